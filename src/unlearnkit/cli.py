@@ -1,0 +1,145 @@
+"""The ``unlearnkit`` command line: parse, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from unlearnkit.errors import UnlearnkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="Make a causal LM forget memorised text, prove it forgot, and show what it kept.")
+err = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")]
+
+
+@app.command(epilog="Example: `unlearnkit run configs/paper/gpt-neo-125m-lora-ihl.yaml --set train.lr=2e-4 "
+                     "--set output.dir=runs/ihl`")
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/paper/)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty output directory")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Unlearn the forget set of CONFIG and write the model, adapter, metrics and report."""
+    from unlearnkit.config import load_config
+    from unlearnkit.loop import run_unlearning
+    from unlearnkit.reports import before_after_table
+
+    overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
+    cfg = load_config(config, overrides)
+    console = Console(quiet=quiet)
+    result = run_unlearning(cfg, console=console, quiet=quiet)
+    Console().print(before_after_table(result))
+    Console().print(f"Outputs in {result.output_dir}")
+    if result.state.diverged_epoch is not None:
+        err.print(f"[red]error:[/red] {result.state.stop_reason}; lower train.lr or enable train.max_grad_norm.")
+        raise typer.Exit(EXIT_DIVERGED)
+
+
+@app.command(epilog="Example: `unlearnkit memorization smollm2 --data tdec,split=val,n=8 --seq-len 64`")
+def memorization(
+    model: Annotated[str, typer.Argument(help="hub id, local directory, .gguf file or 'smollm2'")],
+    data: Annotated[str, typer.Option(help="a file path, or SOURCE[,key=value...] e.g. jang,n=32,set=0")],
+    seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 200,
+    n: Annotated[int, typer.Option("--n", help="n of EL_n")] = 10,
+    data_dir: Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the scores here")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Memorisation accuracy (MA) and extraction likelihood (EL_n) of any model on any source."""
+    from rich.table import Table
+
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.data.sources import load_blocks, resolve_data_dir
+    from unlearnkit.evaluation import evaluate_memorisation
+    from unlearnkit.modeling import load_model
+    from unlearnkit.outputs import atomic_write_json
+    from unlearnkit.progress import Progress
+
+    progress = Progress(quiet=quiet)
+    with progress.status(f"Loading {model}"):
+        loaded = load_model(model)
+    blocks = load_blocks(parse_source(data), loaded.tokenizer, resolve_data_dir(data_dir), seq_len=seq_len)
+    scores = evaluate_memorisation(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
+    table = Table(title=f"{model} on {blocks.name} ({len(blocks)} sequences × {blocks.seq_len} tokens)")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_row("MA", f"{scores['ma']:.4f}")
+    table.add_row(f"EL{n}", f"{scores['el']:.4f}")
+    Console().print(table)
+    if json_out is not None:
+        atomic_write_json(json_out, {"model": model, "data": data, "n": n, **scores})
+
+
+@app.command(epilog="Example: `unlearnkit demo --output runs/demo`")
+def demo(
+    output: Annotated[Path, typer.Option(help="where the demo run writes its outputs")] = Path("runs/demo"),
+    quiet: Quiet = False,
+) -> None:
+    """Memorise synthetic customer records, unlearn the ones whose owners asked, print before/after."""
+    from unlearnkit.demo import demo_table, run_demo
+
+    result = run_demo(output, quiet=quiet)
+    Console().print(demo_table(result))
+    Console().print(f"Outputs (model, adapter, metrics, report) in {result.output_dir}")
+
+
+def parse_source(text: str) -> Any:
+    """``path/to/file.txt`` or ``SOURCE[,key=value...]`` → a data SourceConfig."""
+    import yaml
+
+    from unlearnkit.data.sources import SourceConfig
+
+    if Path(text).expanduser().is_file():
+        return SourceConfig(source="file", path=str(Path(text).expanduser()))
+    name, *pairs = [part.strip() for part in text.split(",")]
+    fields: dict[str, Any] = {"source": name}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UnlearnkitError(f'The data option part "{pair}" is not key=value; write e.g. jang,n=32,set=0.')
+        key, value = pair.split("=", 1)
+        fields[key.strip()] = yaml.safe_load(value)
+    from pydantic import ValidationError
+
+    try:
+        return SourceConfig(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UnlearnkitError(
+            f"The data option {text!r} is invalid at {'.'.join(map(str, first['loc']))}: "
+            f"{first['msg'].removeprefix('Value error, ').rstrip('.?')}."
+        ) from None
+
+
+def main() -> None:
+    """Entry point: user errors become one red sentence and a non-zero exit, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except UnlearnkitError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        sys.exit(EXIT_BAD_INPUT)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as error:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(EXIT_BAD_INPUT)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Fixed-length token blocks: the unit every objective and metric consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenBlocks:
+    """A set of token sequences of equal length.
+
+    ``input_ids`` is ``LongTensor[N, T]``; ``attention_mask`` is ``LongTensor[N, T]`` with 0 on
+    right padding (sequences shorter than T). ``name`` says where the blocks came from and
+    ``ids`` identifies each row in its source (e.g. TDEC ``doc_id``) so reports can name them.
+    ``retokenized`` is True when the rows were given as another tokenizer's ids (TDEC's GPT-2 ids)
+    and were decoded and re-tokenised for this model, so they are not the benchmark's exact tokens.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    name: str
+    ids: list[str] = field(default_factory=list)
+    retokenized: bool = False
+
+    def __post_init__(self) -> None:
+        if self.input_ids.shape != self.attention_mask.shape or self.input_ids.dim() != 2:
+            raise ValueError("input_ids and attention_mask must both be [N, T]")
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def labels(self) -> torch.Tensor:
+        """Labels for a causal-LM loss: the input ids with padding set to -100."""
+        return self.input_ids.masked_fill(self.attention_mask == 0, -100)
+
+    def subset(self, rows: list[int] | torch.Tensor) -> TokenBlocks:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        ids = [self.ids[i] for i in index.tolist()] if self.ids else []
+        return TokenBlocks(
+            self.input_ids[index], self.attention_mask[index], self.name, ids, self.retokenized
+        )
+
+    @classmethod
+    def from_lists(cls, rows: list[list[int]], name: str, pad_id: int = 0,
+                   ids: list[str] | None = None, seq_len: int | None = None) -> TokenBlocks:
+        """Right-pad (or cut) token lists to ``seq_len`` (default: the longest row)."""
+        length = seq_len if seq_len is not None else max((len(r) for r in rows), default=0)
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            row = row[:length]
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return cls(input_ids, mask, name, list(ids) if ids else [])

@@ -1,0 +1,575 @@
+"""Data sources: a :class:`SourceConfig` names a source, :func:`load_blocks` turns it into blocks.
+
+Two kinds of source:
+
+* **token-id sources** (``tdec``, ``jang``, ``jang_domain``): rows of the TDEC benchmark, 200
+  GPT-2/GPT-Neo token ids each. One row becomes one block, cut or right-padded to ``seq_len``.
+  For a model whose tokenizer is not GPT-2's, a row is decoded with the GPT-2 tokenizer (from
+  ``<data_dir>/tokenizers/gpt2``) and re-tokenised with the model's tokenizer (no special
+  tokens, like the TDEC ids themselves); the blocks then carry ``retokenized=True``. Jang et
+  al.'s forget sets name TDEC rows by ``doc_id``; their ids are taken from TDEC exactly
+  (decoding them reproduces the CSV text for most, not all, rows).
+* **text sources** (``wikitext``, ``pile``, ``wikitext2``, ``file``): documents are tokenised with
+  the model's tokenizer (no special tokens), joined with the tokenizer's EOS between documents
+  and cut into consecutive blocks of ``seq_len`` tokens; a final short block is dropped, so text
+  blocks carry no padding. The one exception: when all the text together is shorter than one
+  block, it becomes a single right-padded block (a short user file still gives a forget set).
+  ``n`` keeps ``n`` of the blocks drawn at random by ``seed`` (kept in corpus order).
+
+Every source gives ``ids`` naming each block in its source (TDEC row, CSV ``doc_id``, block index).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.data.catalog import TDEC_OFFICIAL_MD5, ensure_file, resolve_data_dir
+from unlearnkit.errors import UnlearnkitError, unknown_name
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+TDEC_ROW_LEN = 200
+TDEC_PARTS = ("preprefix", "prefix", "suffix")
+GPT2_VOCAB_SIZE = 50257
+# A few GPT-2 token ids that any GPT-2-compatible tokenizer (GPT-2, GPT-Neo, GPT-J) shares.
+_GPT2_PROBES = {"Hello": 15496, "\u0120the": 262, "<|endoftext|>": 50256, "!": 0}
+JANG_SIZES = (1, 4, 8, 32, 128)
+JANG_SETS = 5
+JANG_DOMAINS = (
+    "books3", "enron_emails", "freelaw", "github", "license", "pile-cc", "pubmed_central",
+    "uspto_backgrounds",
+)
+FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
+
+
+class SourceConfig(BaseModel):
+    """One data source, as written in a config (``data.forget``, ``data.retain``, ...).
+
+    Fields a source does not use are rejected when set, so a typo cannot silently do nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    n: int | None = None
+    set: int = 0
+    seed: int = 0
+    split: str | None = None
+    path: str | None = None
+    text_field: str = "text"
+    rows: list[int] | None = None
+    seq_len: int | None = None
+    per_document: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in SOURCES:
+            raise ValueError(str(unknown_name("data source", value, SOURCES)))
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _n_not_negative(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise ValueError(f"n={value} is negative; give the number of sequences (or leave it out for all)")
+        return value
+
+    @field_validator("set", "seed")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"{value} is negative; use 0 or more")
+        return value
+
+    @field_validator("seq_len")
+    @classmethod
+    def _seq_len_positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 2:
+            raise ValueError(f"seq_len={value} is too short; a causal LM block needs at least 2 tokens")
+        return value
+
+    @field_validator("rows")
+    @classmethod
+    def _rows_valid(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("rows is empty; list at least one TDEC row index, or leave rows out")
+        if min(value) < 0:
+            raise ValueError(f"rows contains the negative index {min(value)}; TDEC rows count from 0")
+        if len(set(value)) != len(value):
+            raise ValueError("rows lists the same row more than once; list each row once")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_source(self) -> SourceConfig:
+        spec = SOURCES[self.source]
+        # Compare with the defaults rather than model_fields_set, so a full model_dump() (every
+        # field written out, e.g. in a saved run config) still loads back.
+        unused = sorted(
+            name for name, info in type(self).model_fields.items()
+            if name != "source" and name not in spec.fields and getattr(self, name) != info.default
+        )
+        if unused:
+            uses = ", ".join(sorted(spec.fields)) or "no other fields"
+            raise ValueError(
+                f"{', '.join(unused)} does not apply to source '{self.source}'; "
+                f"remove it ('{self.source}' uses: {uses})"
+            )
+        if spec.splits and self.split is not None and self.split not in spec.splits:
+            raise ValueError(str(unknown_name(f"split for source '{self.source}'", self.split, spec.splits)))
+        if spec.check is not None:
+            spec.check(self)
+        return self
+
+    def label(self) -> str:
+        """A short human-readable name, used as the blocks' ``name`` (e.g. ``jang:32_0``)."""
+        if self.source == "jang":
+            return f"jang:{self.n}_{self.set}"
+        if self.source == "jang_domain":
+            name = f"jang_domain:{self.split}_8_{self.set}"
+            return name if self.n is None else f"{name}:n{self.n}"
+        parts = [self.source]
+        if self.source == "file":
+            parts.append(str(self.path))
+        elif SOURCES[self.source].splits:
+            parts.append(self.split or SOURCES[self.source].splits[0])
+        if self.rows is not None:
+            parts.append(f"rows{len(self.rows)}")
+        elif self.n is not None:
+            parts += [f"n{self.n}", f"seed{self.seed}"]
+        return ":".join(parts)
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class _Context:
+    tokenizer: PreTrainedTokenizerBase
+    data_dir: Path
+    seq_len: int
+    tokenizer_is_gpt2: bool | None
+
+    @property
+    def is_gpt2(self) -> bool:
+        if self.tokenizer_is_gpt2 is None:
+            self.tokenizer_is_gpt2 = is_gpt2_tokenizer(self.tokenizer)
+        return self.tokenizer_is_gpt2
+
+    @property
+    def pad_id(self) -> int:
+        # Padding is masked out everywhere, so any valid id works; prefer the tokenizer's own.
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if isinstance(candidate, int):
+                return candidate
+        return 0
+
+
+def is_gpt2_tokenizer(tokenizer: Any) -> bool:
+    """True when ``tokenizer`` maps tokens to GPT-2's ids (GPT-2, GPT-Neo, GPT-J, ...)."""
+    try:
+        if int(tokenizer.vocab_size) != GPT2_VOCAB_SIZE:
+            return False
+        ids = tokenizer.convert_tokens_to_ids(list(_GPT2_PROBES))
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return list(ids) == list(_GPT2_PROBES.values())
+
+
+def load_gpt2_tokenizer(data_dir: str | Path) -> PreTrainedTokenizerBase:
+    """The GPT-2 tokenizer from ``<data_dir>/tokenizers/gpt2`` (downloaded there if missing)."""
+    for name in ("vocab.json", "merges.txt"):
+        ensure_file(data_dir, f"tokenizers/gpt2/{name}")
+    return _gpt2_tokenizer_cached(str(Path(data_dir) / "tokenizers" / "gpt2"))
+
+
+@lru_cache(maxsize=4)
+def _gpt2_tokenizer_cached(folder: str) -> PreTrainedTokenizerBase:
+    # transformers 5 keeps GPT2TokenizerFast only as a lazy alias its stubs do not declare.
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
+
+    # from_pretrained(dir), not GPT2TokenizerFast(vocab_file=...): in transformers 5 the latter
+    # silently builds an empty tokenizer.
+    return GPT2TokenizerFast.from_pretrained(folder)
+
+
+# --------------------------------------------------------------------------- TDEC and Jang
+
+
+def load_tdec(data_dir: str | Path, split: str = "train") -> np.ndarray:
+    """The TDEC ``split`` ("train" or "val") as a ``uint16 [N, 200]`` array.
+
+    Rebuilt as ``np.concatenate([preprefix, prefix, suffix], 1)`` from the published split files
+    and checked against the benchmark's official md5, which catches a damaged or wrong file.
+    """
+    if split not in TDEC_OFFICIAL_MD5:
+        raise unknown_name("TDEC split", split, TDEC_OFFICIAL_MD5)
+    parts = [np.load(ensure_file(data_dir, f"tdec/{split}_{part}.npy")) for part in TDEC_PARTS]
+    array = np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.uint16)
+    digest = hashlib.md5(array.tobytes()).hexdigest()
+    if array.shape[1] != TDEC_ROW_LEN or digest != TDEC_OFFICIAL_MD5[split]:
+        raise UnlearnkitError(
+            f"The TDEC {split} files in {Path(data_dir) / 'tdec'} do not rebuild the official dataset "
+            f"(md5 {digest}); delete them so they are downloaded again, "
+            "or replace them with the published ones."
+        )
+    return array
+
+
+def _id_blocks(token_rows: np.ndarray, ids: list[str], ctx: _Context, name: str) -> TokenBlocks:
+    """One block per GPT-2 token-id row, re-tokenised when the model's tokenizer differs."""
+    rows = [row.tolist() for row in token_rows]
+    if ctx.is_gpt2:
+        return TokenBlocks.from_lists(rows, name, pad_id=ctx.pad_id, ids=ids, seq_len=ctx.seq_len)
+    gpt2 = load_gpt2_tokenizer(ctx.data_dir)
+    # clean_up_tokenization_spaces=False keeps the decoded text byte-exact with the Pile text.
+    texts = gpt2.batch_decode(rows, clean_up_tokenization_spaces=False)
+    encoded = _encode(ctx.tokenizer, texts)
+    blocks = TokenBlocks.from_lists(encoded, name, pad_id=ctx.pad_id, ids=ids, seq_len=ctx.seq_len)
+    return dataclasses.replace(blocks, retokenized=True)
+
+
+def _load_tdec_source(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
+    split = spec.split or "train"
+    table = load_tdec(ctx.data_dir, split)
+    total = len(table)
+    if spec.rows is not None:
+        bad = [r for r in spec.rows if r >= total]
+        if bad:
+            raise UnlearnkitError(
+                f"TDEC {split} has rows 0..{total - 1} but rows lists {bad[:5]}; use indices below {total}."
+            )
+        chosen = list(spec.rows)
+    else:
+        chosen = _choose(total, spec.n, spec.seed, what=f"TDEC {split} rows", source=spec.label())
+    return _id_blocks(table[chosen], [str(r) for r in chosen], ctx, spec.label())
+
+
+def _jang_blocks(spec: SourceConfig, ctx: _Context, relative: str) -> TokenBlocks:
+    path = ensure_file(ctx.data_dir, relative)
+    records = _read_csv(path, "doc_id")
+    table = load_tdec(ctx.data_dir, "train")
+    try:
+        doc_ids = [int(record["doc_id"]) for record in records]
+    except ValueError as exc:
+        raise UnlearnkitError(
+            f"{path} has a doc_id that is not a whole number ({exc}); restore the original file."
+        ) from exc
+    if any(not 0 <= d < len(table) for d in doc_ids):
+        raise UnlearnkitError(f"{path} names doc_ids outside the TDEC train set; restore the original file.")
+    if spec.source == "jang_domain" and spec.n is not None:
+        doc_ids = doc_ids[: spec.n]
+    if not doc_ids:
+        raise _empty(spec.label(), f"{path} has no rows", "use another set or a larger n")
+    return _id_blocks(table[doc_ids], [str(d) for d in doc_ids], ctx, spec.label())
+
+
+def _check_tdec(spec: SourceConfig) -> None:
+    if spec.rows is not None and spec.n is not None:
+        raise ValueError("source 'tdec' takes either rows (explicit rows) or n (a random draw), not both")
+
+
+def _load_jang(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
+    return _jang_blocks(spec, ctx, f"ku/forget/lm_extraction_{spec.n}_{spec.set}.csv")
+
+
+def _load_jang_domain(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
+    return _jang_blocks(spec, ctx, f"ku/forget_domain/{spec.split}_8_{spec.set}.csv")
+
+
+def _check_jang(spec: SourceConfig) -> None:
+    if spec.n is None or spec.n not in JANG_SIZES:
+        raise ValueError(
+            f"source 'jang' needs n set to one of {', '.join(map(str, JANG_SIZES))} "
+            f"(the forget-set sizes Jang et al. published), not {spec.n}"
+        )
+    _check_jang_set(spec)
+
+
+def _check_jang_domain(spec: SourceConfig) -> None:
+    if spec.split is None:
+        raise ValueError(f"source 'jang_domain' needs split set to a domain: {', '.join(JANG_DOMAINS)}")
+    if spec.n is not None and not 1 <= spec.n <= 8:
+        raise ValueError(f"source 'jang_domain' has 8 sequences per set; n={spec.n} must be 1..8 or left out")
+    _check_jang_set(spec)
+
+
+def _check_jang_set(spec: SourceConfig) -> None:
+    if spec.set >= JANG_SETS:
+        raise ValueError(f"set={spec.set} does not exist; Jang et al. published sets 0..{JANG_SETS - 1}")
+
+
+# --------------------------------------------------------------------------- text sources
+
+
+def _load_jang_csv_text(relative: str) -> Callable[[SourceConfig, _Context], TokenBlocks]:
+    def load(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
+        path = ensure_file(ctx.data_dir, relative)
+        docs = [record["text"] for record in _read_csv(path, "text")]
+        return _text_blocks(docs, spec, ctx, str(path))
+
+    return load
+
+
+def _load_wikitext2(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
+    path = ensure_file(ctx.data_dir, f"text/wikitext-2/{spec.split or 'valid'}.txt")
+    # The whole split is one document, as in the usual WikiText-2 perplexity evaluation.
+    return _text_blocks([_read_text(path)], spec, ctx, str(path))
+
+
+def _load_file(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
+    path = _user_path(str(spec.path), ctx.data_dir)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        docs = [_read_text(path)]
+    elif suffix == ".jsonl":
+        docs = _read_jsonl(path, spec.text_field)
+    else:
+        docs = [record[spec.text_field] for record in _read_csv(path, spec.text_field)]
+    if spec.per_document:
+        return _document_blocks(docs, spec, ctx, str(path))
+    return _text_blocks(docs, spec, ctx, str(path))
+
+
+def _document_blocks(docs: Sequence[str], spec: SourceConfig, ctx: _Context, where: str) -> TokenBlocks:
+    """One block per document (a record to delete stays one sequence), cut or right-padded to seq_len."""
+    encoded = [ids for ids in _encode(ctx.tokenizer, [doc for doc in docs if doc]) if ids]
+    if not encoded:
+        raise _empty(spec.label(), f"{where} has no text", "give a file with text in it")
+    chosen = _choose(len(encoded), spec.n, spec.seed, what="documents", source=spec.label())
+    length = min(ctx.seq_len, max(len(encoded[i]) for i in chosen))
+    return TokenBlocks.from_lists(
+        [encoded[i] for i in chosen], spec.label(), pad_id=ctx.pad_id, ids=[f"doc{i}" for i in chosen],
+        seq_len=length,
+    )
+
+
+def _check_file(spec: SourceConfig) -> None:
+    if not spec.path:
+        raise ValueError(f"source 'file' needs path set to a {', '.join(FILE_SUFFIXES)} file")
+    if Path(spec.path).suffix.lower() not in FILE_SUFFIXES:
+        raise ValueError(
+            f"path {spec.path} is not a {', '.join(FILE_SUFFIXES)} file; "
+            "save the text in one of those formats"
+        )
+
+
+def _user_path(path: str, data_dir: Path) -> Path:
+    """A user path as given (relative to the working directory), else relative to the data dir."""
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    if not candidate.is_absolute() and (data_dir / candidate).is_file():
+        return data_dir / candidate
+    raise UnlearnkitError(f"The data file {candidate} does not exist; check the path in the source's 'path'.")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        # utf-8-sig: files saved by some Windows editors start with a byte-order mark.
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UnlearnkitError(
+            f"{path} is not valid UTF-8 (byte {exc.start}); re-save it as UTF-8 text."
+        ) from exc
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    docs = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UnlearnkitError(
+                f"{path} line {number} is not valid JSON ({exc.msg}); fix that line."
+            ) from exc
+        if not isinstance(record, dict):
+            raise UnlearnkitError(f"{path} line {number} is not a JSON object; write one object per line.")
+        if field not in record:
+            available = ", ".join(sorted(record)) or "none"
+            raise UnlearnkitError(
+                f"{path} line {number} has no field '{field}' (fields: {available}); "
+                "set text_field to one of them."
+            )
+        if not isinstance(record[field], str):
+            raise UnlearnkitError(
+                f"{path} line {number}: field '{field}' is not a string; store the text as a string."
+            )
+        docs.append(record[field])
+    return docs
+
+
+def _read_csv(path: Path, column: str) -> list[dict[str, str]]:
+    # Pile and WikiText rows can exceed the csv module's default 128 KiB field limit.
+    csv.field_size_limit(2**31 - 1)
+    text = _read_text(path)
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    fields = reader.fieldnames or []
+    if column not in fields:
+        available = ", ".join(f for f in fields if f) or "none"
+        raise UnlearnkitError(
+            f"{path} has no column '{column}' (columns: {available}); set text_field to one of them."
+        )
+    return list(reader)
+
+
+def _text_blocks(docs: Sequence[str], spec: SourceConfig, ctx: _Context, where: str) -> TokenBlocks:
+    docs = [doc for doc in docs if doc]
+    if not docs:
+        raise _empty(spec.label(), f"{where} has no text", "give a file with text in it")
+    encoded = [ids for ids in _encode(ctx.tokenizer, docs) if ids]
+    eos = ctx.tokenizer.eos_token_id
+    separator = [eos] if isinstance(eos, int) else _encode(ctx.tokenizer, ["\n\n"])[0]
+    stream: list[int] = []
+    for i, ids in enumerate(encoded):
+        if i:
+            stream.extend(separator)
+        stream.extend(ids)
+    if not stream:
+        raise _empty(spec.label(), f"{where} tokenises to nothing", "give a file with text in it")
+    length = ctx.seq_len
+    if len(stream) < length:
+        rows = [stream]  # the documented exception: shorter than one block -> one padded block
+    else:
+        rows = [stream[i : i + length] for i in range(0, len(stream) - length + 1, length)]
+    chosen = _choose(len(rows), spec.n, spec.seed, what=f"blocks of {length} tokens", source=spec.label())
+    return TokenBlocks.from_lists(
+        [rows[i] for i in chosen], spec.label(), pad_id=ctx.pad_id, ids=[f"block{i}" for i in chosen],
+        seq_len=length,
+    )
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    # verbose=False: the blocks are cut afterwards, so "longer than model_max_length" is noise.
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return [list(ids) for ids in encoded]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _choose(total: int, n: int | None, seed: int, *, what: str, source: str) -> list[int]:
+    """Indices of ``n`` of ``total`` items drawn at random by ``seed``, sorted; all when n is None."""
+    if n is None:
+        chosen = list(range(total))
+    elif n > total:
+        raise UnlearnkitError(
+            f"Source {source} asks for n={n} but has only {total} {what}; set n to {total} or less."
+        )
+    else:
+        rng = np.random.default_rng(seed)
+        chosen = sorted(int(i) for i in rng.choice(total, size=n, replace=False))
+    if not chosen:
+        raise _empty(source, "n=0 selects nothing" if n == 0 else f"it has no {what}", "set n to 1 or more")
+    return chosen
+
+
+def _empty(source: str, why: str, fix: str) -> UnlearnkitError:
+    return UnlearnkitError(f"The data set from source {source} is empty ({why}); {fix}.")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registered source: how to load it and which config fields it reads."""
+
+    loader: Callable[[SourceConfig, _Context], TokenBlocks]
+    fields: frozenset[str]
+    summary: str
+    splits: tuple[str, ...] = ()  # the first one is the default
+    check: Callable[[SourceConfig], None] | None = None
+
+
+_TEXT_FIELDS = frozenset({"n", "seed", "seq_len"})
+SOURCES: dict[str, Source] = {
+    "tdec": Source(
+        _load_tdec_source, frozenset({"n", "seed", "rows", "split", "seq_len"}),
+        "TDEC rows (200 GPT-Neo tokens each): explicit rows, or n drawn by seed", splits=("train", "val"),
+        check=_check_tdec,
+    ),
+    "jang": Source(
+        _load_jang, frozenset({"n", "set", "seq_len"}),
+        "Jang et al.'s forget set ku/forget/lm_extraction_{n}_{set}.csv (TDEC train rows)", check=_check_jang,
+    ),
+    "jang_domain": Source(
+        _load_jang_domain, frozenset({"n", "set", "split", "seq_len"}),
+        "Jang et al.'s one-domain forget set ku/forget_domain/{split}_8_{set}.csv", splits=JANG_DOMAINS,
+        check=_check_jang_domain,
+    ),
+    "wikitext": Source(
+        _load_jang_csv_text("ku/validation/wikitext.csv"), _TEXT_FIELDS,
+        "Jang et al.'s WikiText rows (the paper's retain set), as text blocks",
+    ),
+    "pile": Source(
+        _load_jang_csv_text("ku/validation/pile.csv"), _TEXT_FIELDS,
+        "Jang et al.'s Pile validation documents, as text blocks",
+    ),
+    "wikitext2": Source(
+        _load_wikitext2, _TEXT_FIELDS | {"split"}, "WikiText-2 valid or test, as text blocks",
+        splits=("valid", "test"),
+    ),
+    "file": Source(
+        _load_file, _TEXT_FIELDS | {"path", "text_field", "per_document"},
+        "a user file: .txt (whole text), .jsonl (text_field of each line), .csv (column text_field); "
+        "per_document: true keeps each line/row as its own sequence",
+        check=_check_file,
+    ),
+}
+
+
+__all__ = [
+    "SOURCES", "Source", "SourceConfig", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer",
+    "load_blocks", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir", "source_names",
+]
+
+
+def source_names() -> list[str]:
+    return sorted(SOURCES)
+
+
+def load_blocks(spec: SourceConfig, tokenizer: PreTrainedTokenizerBase, data_dir: str | Path,
+                seq_len: int = TDEC_ROW_LEN, *, tokenizer_is_gpt2: bool | None = None) -> TokenBlocks:
+    """Load ``spec`` as token blocks of ``spec.seq_len or seq_len`` tokens for ``tokenizer``.
+
+    ``tokenizer_is_gpt2`` overrides the detection of a GPT-2-compatible tokenizer (which decides
+    whether TDEC token ids are used as they are or re-tokenised).
+    """
+    if spec.source not in SOURCES:  # a SourceConfig built with model_construct skips validation
+        raise unknown_name("data source", spec.source, SOURCES)
+    length = spec.seq_len or seq_len
+    if length < 2:
+        raise UnlearnkitError(f"seq_len={length} is too short; use at least 2 tokens per block.")
+    ctx = _Context(tokenizer, Path(data_dir), length, tokenizer_is_gpt2)
+    return SOURCES[spec.source].loader(spec, ctx)
+
+
+def dataset_fingerprint(blocks: TokenBlocks) -> str:
+    """sha256 over the blocks' shape, token ids and attention mask (int64, little-endian).
+
+    Two runs with the same fingerprint trained and measured on exactly the same tokens.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"{len(blocks)}x{blocks.seq_len};".encode())
+    for tensor in (blocks.input_ids, blocks.attention_mask):
+        digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().astype("<i8").tobytes())
+    return digest.hexdigest()

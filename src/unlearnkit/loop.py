@@ -1,0 +1,250 @@
+"""The unlearning recipe (Section 3.5), as one function you can read top to bottom.
+
+set up (model, data, thresholds, adapter) → evaluate before → for each epoch: for each
+forget batch draw a retain batch, compute the method's objective, step → evaluate MA and
+EL_n on the forget set → stop once both are at or below the held-out thresholds → write the
+merged model, the adapter, metrics and a report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+
+from unlearnkit.adapters.flora import initialise_flora
+from unlearnkit.adapters.lora import attach_lora
+from unlearnkit.config import RunConfig
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.data.run_sets import load_run_data
+from unlearnkit.evaluation import EvalSets, evaluate_memorisation, evaluation_snapshot
+from unlearnkit.metrics.thresholds import Thresholds, bootstrap_ci
+from unlearnkit.modeling import LoadedModel, load_model, resolve_target_modules
+from unlearnkit.objectives import get_method, unlearning_loss
+from unlearnkit.outputs import check_output_dir
+from unlearnkit.progress import Progress
+from unlearnkit.reports import write_run_outputs
+
+
+@dataclass
+class RunState:
+    """Everything that changes during a run, in one place (so it can be saved and restored)."""
+
+    epoch: int = 0
+    step: int = 0
+    tokens_seen: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+    criterion_met: bool = False
+    diverged_epoch: int | None = None
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    state: RunState
+    thresholds: Thresholds
+    before: dict[str, Any]
+    after: dict[str, Any]
+    output_dir: Path | None
+    timings: dict[str, float]
+    adapter_summary: dict[str, Any] | None = None
+
+
+def run_unlearning(
+    config: RunConfig, *, loaded: LoadedModel | None = None, console: Console | None = None, quiet: bool = False
+) -> RunResult:
+    """Unlearn ``config.data.forget`` from ``config.model`` and write the outputs; see the module docstring.
+
+    ``loaded`` lets a caller reuse a model it already holds; it is deep-copied, never modified.
+    """
+    console = console or Console(quiet=quiet)
+    progress = Progress(console=console, quiet=quiet)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    set_seed(config.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
+
+    # --- set-up: model, data, thresholds ----------------------------------------------------
+    check_output_dir(config.output.dir, config.output.overwrite)  # refuse early, before any work
+    with progress.status("Loading the model"):
+        loaded = _own_copy(loaded) if loaded is not None else load_model(
+            config.model.name, dtype=config.model.dtype, revision=config.model.revision,
+            gguf_file=config.model.gguf_file, tokenizer_name=config.model.tokenizer,
+            trust_remote_code=config.model.trust_remote_code,
+        )
+    model, tokenizer = loaded.model, loaded.tokenizer
+    method = get_method(config.method.name)
+    data = load_run_data(config, tokenizer, needs_retain=method.uses_retain or config.adapter.name == "flora")
+    target_modules = (resolve_target_modules(model, config.adapter.modules)
+                      if config.adapter.name != "none" else [])
+    model.to(accelerator.device)
+    timings["setup_s"] = time.perf_counter() - started
+
+    # LoRA layers start as a no-op (B = 0), so attaching them before evaluating changes no
+    # output, and a rank the layers cannot take is refused before any expensive work.
+    if config.adapter.name == "none":
+        model.requires_grad_(True)
+    else:
+        model = attach_lora(model, target_modules, rank=config.adapter.rank, alpha=config.adapter.alpha,
+                            dropout=config.adapter.dropout)
+
+    eval_sets = EvalSets(forget=data.forget, validation=data.validation)
+    t0 = time.perf_counter()
+    before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before")
+    thresholds = _thresholds(config, before)
+    timings["eval_before_s"] = time.perf_counter() - t0
+
+    # --- FLoRA: replace the zero-initialised LoRA factors by Fisher-weighted ones (Section 3.4) --
+    t0 = time.perf_counter()
+    adapter_summary = None
+    if config.adapter.name == "flora":
+        assert data.retain is not None
+        with progress.status("FLoRA: Fisher information and weighted SVD"):
+            summary = initialise_flora(model, data.forget, data.retain, config.adapter.flora)
+        adapter_summary = summary.to_dict()
+    timings["adapter_init_s"] = time.perf_counter() - t0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # --- the loop ---------------------------------------------------------------------------
+    state = RunState()
+    generator = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = math.ceil(len(data.forget) / config.train.batch_size)
+    retain_batch_size = config.train.retain_batch_size or config.train.batch_size
+    last_good = _snapshot(trainable)
+    t_train = time.perf_counter()
+    for epoch in range(1, config.train.epochs + 1):
+        state.epoch = epoch
+        model.train()
+        epoch_losses: list[dict[str, float]] = []
+        order = torch.randperm(len(data.forget), generator=generator)
+        for start in progress.track(range(0, len(order), config.train.batch_size), total=steps_per_epoch,
+                                    description=f"epoch {epoch}/{config.train.epochs}", unit="step"):
+            forget = data.forget.subset(order[start:start + config.train.batch_size])
+            retain = None
+            if method.uses_retain and data.retain is not None:
+                # The retain set is sampled with replacement: it is usually much larger than the
+                # forget set, and each step needs a fresh batch of general text.
+                rows = torch.randint(len(data.retain), (retain_batch_size,), generator=generator)
+                retain = data.retain.subset(rows)
+            with accelerator.accumulate(model):
+                loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device)
+                if not torch.isfinite(loss):
+                    state.diverged_epoch = epoch
+                    break
+                accelerator.backward(loss)
+                if config.train.max_grad_norm is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, config.train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
+            epoch_losses.append(parts)
+        if state.diverged_epoch is not None:
+            _restore(trainable, last_good)
+            state.stop_reason = (f"the loss became NaN or infinite in epoch {epoch}; the model was restored "
+                                 f"to its state after epoch {epoch - 1}")
+            break
+
+        # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
+        model.eval()
+        scores = evaluate_memorisation(model, data.forget, config.eval, progress, label=f"epoch {epoch}")
+        record = {
+            "epoch": epoch,
+            **{k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
+               if losses_of(epoch_losses, k)},
+            "forget_ma": scores["ma"], "forget_el": scores["el"],
+            "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
+            "elapsed_s": round(time.perf_counter() - started, 2), "tokens_seen": state.tokens_seen,
+        }
+        state.history.append(record)
+        progress.log_epoch(record, config.eval.el_n)
+        last_good = _snapshot(trainable)
+        if scores["ma"] <= thresholds.ma and scores["el"] <= thresholds.el:
+            state.criterion_met = True
+            if config.eval.early_stop:
+                state.stop_reason = f"forgetting criterion met after epoch {epoch}"
+                break
+    timings["train_s"] = time.perf_counter() - t_train
+    if not state.stop_reason:
+        state.stop_reason = (f"forgetting criterion met by epoch {state.epoch}" if state.criterion_met else
+                             f"forgetting criterion NOT met within {config.train.epochs} epochs")
+
+    # --- after: evaluate, merge, write --------------------------------------------------------
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    t0 = time.perf_counter()
+    after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after")
+    timings["eval_after_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
+    result = RunResult(config, state, thresholds, before, after, None, timings, adapter_summary)
+    with progress.status("Writing outputs"):
+        result.output_dir = write_run_outputs(result, model, tokenizer, data, target_modules)
+    return result
+
+
+def losses_of(records: list[dict[str, float]], key: str) -> list[float]:
+    return [r[key] for r in records if key in r]
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+def _step_loss(model: Any, method: Any, forget: TokenBlocks, retain: TokenBlocks | None, config: RunConfig,
+               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    forget_logits = model(input_ids=forget.input_ids.to(device),
+                          attention_mask=forget.attention_mask.to(device)).logits
+    retain_logits = retain_labels = None
+    if retain is not None:
+        retain_logits = model(input_ids=retain.input_ids.to(device),
+                              attention_mask=retain.attention_mask.to(device)).logits
+        retain_labels = retain.labels().to(device)
+    return unlearning_loss(method, forget_logits, forget.labels().to(device), retain_logits, retain_labels,
+                           config.method.retain_weight)
+
+
+def _thresholds(config: RunConfig, before: dict[str, Any]) -> Thresholds:
+    """The config's thresholds where given, else the held-out means measured before unlearning (Appendix B)."""
+    given_ma, given_el, n = config.eval.ma_threshold, config.eval.el_threshold, config.eval.el_n
+    if given_ma is not None and given_el is not None:
+        return Thresholds(ma=given_ma, el=given_el, n_sequences=0, source="config", n=n)
+    held_out = before["validation"]
+    ma = torch.tensor(held_out["ma_per_sequence"], dtype=torch.float64)
+    el = torch.tensor(held_out["el_per_sequence"], dtype=torch.float64)
+    return Thresholds(
+        ma=given_ma if given_ma is not None else float(ma.mean()),
+        el=given_el if given_el is not None else float(el.mean()),
+        n_sequences=len(ma), source=held_out["name"], n=n,
+        ma_ci=bootstrap_ci(ma, config.eval.bootstrap, config.seed),
+        el_ci=bootstrap_ci(el, config.eval.bootstrap, config.seed + 1),
+    )
+
+
+def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().to("cpu", copy=True) for p in params]
+
+
+def _restore(params: list[torch.nn.Parameter], saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for param, value in zip(params, saved):
+            param.copy_(value.to(param.device))
+
+
+def _own_copy(loaded: LoadedModel) -> LoadedModel:
+    import copy
+
+    return LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.source, loaded.gguf_file)
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())

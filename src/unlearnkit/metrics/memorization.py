@@ -1,0 +1,368 @@
+"""Memorisation metrics of the paper's Appendix B: memorisation accuracy (MA) and extraction likelihood (EL_n).
+
+All functions take any Hugging Face causal LM (``model(input_ids=..., attention_mask=...).logits``) and
+token ids ``[B, T]`` with optional right padding (``attention_mask`` 0 on padding). Padding tokens are never
+part of a sequence: each row is cut to its valid length before it is scored.
+
+Greedy decoding and EOS
+-----------------------
+EL_n compares greedy continuations with the text. We implement greedy decoding ourselves (KV cache, argmax,
+ties resolved by ``torch.argmax``: lowest token id) and keep generating past EOS, always exactly the number of
+tokens the definition asks for. So EL_n does not depend on which token the tokenizer calls EOS, and an EOS
+inside a text is an ordinary token.
+
+Exactness of the fast EL_n
+--------------------------
+:func:`extraction_likelihood` returns the same greedy tokens, hence bit-identical values, as
+:func:`extraction_likelihood_reference`, using the identity that the greedy continuation from prefix ``x[:i]``
+is ``x_i`` followed by the continuation from ``x[:i+1]`` whenever the model's first greedy token equals ``x_i``.
+That identity is exact in real arithmetic. In floating point the same logits computed through different tensor
+shapes (a full teacher-forced pass vs. a prefill of the prefix, different batch sizes, different padding) may
+differ in the last bits, which can flip an argmax only where the top two logits tie to within ~1e-6. Such ties
+did not occur in our tests and benchmarks (float32, tiny and 125M-shaped GPT-Neo, SmolLM2); the functions
+report how close the closest call was (``min_margin`` in :func:`extraction_likelihood_details`) so a user can
+see when a result rests on a near-tie. Running the model in float64 makes such flips practically impossible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from unlearnkit.errors import UnlearnkitError
+
+__all__ = [
+    "ELDetails",
+    "extraction_likelihood",
+    "extraction_likelihood_details",
+    "extraction_likelihood_reference",
+    "greedy_generate",
+    "memorization_accuracy",
+    "ngrams",
+    "overlap_n",
+]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (no dropout) under ``torch.no_grad`` and restore its previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache``; older versions only know the former."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(out: object) -> object:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # a parameter-free module (only in tests)
+        return torch.device("cpu")
+
+
+def valid_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+    """Valid (non-padded) length of each row; right padding is assumed, as in :class:`TokenBlocks`."""
+    if input_ids.dim() != 2:
+        raise UnlearnkitError(
+            f"input_ids must be a [batch, tokens] tensor but has shape {tuple(input_ids.shape)}; "
+            "add a batch dimension with input_ids.unsqueeze(0)."
+        )
+    if attention_mask is None:
+        return [int(input_ids.shape[1])] * int(input_ids.shape[0])
+    if attention_mask.shape != input_ids.shape:
+        raise UnlearnkitError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+            f"{tuple(input_ids.shape)}; pass the mask that belongs to these ids."
+        )
+    return [int(v) for v in attention_mask.sum(dim=1).tolist()]
+
+
+def ngrams(seq: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    """All n-grams of ``seq`` in order, with repeats (``len(seq) - n + 1`` of them, or none)."""
+    return [tuple(seq[k : k + n]) for k in range(len(seq) - n + 1)]
+
+
+def overlap_n(pred: Sequence[int], label: Sequence[int], n: int) -> float | None:
+    """OVERLAP_n (Eq. 6): share of ``pred``'s n-grams (with repeats) found in the set of ``label``'s n-grams,
+    divided by the number of n-grams of ``label`` (as in Jang et al.'s ``validation_el``).
+
+    Returns ``None`` when ``label`` has no n-gram (fewer than ``n`` tokens): the term is undefined and skipped.
+    """
+    label_grams = ngrams(label, n)
+    if not label_grams:
+        return None
+    label_set = set(label_grams)
+    hits = sum(1 for gram in ngrams(pred, n) if gram in label_set)
+    return hits / len(label_grams)
+
+
+def _el_from_continuations(x: list[int], conts: list[list[int]], n: int) -> float:
+    """EL_n (Eq. 7) from the greedy continuation ``conts[i]`` of every prefix ``x[:i]``, i = 1..T-1.
+
+    Shared by the reference and the fast path so that both sum the same terms in the same order (Jang et al.
+    loop i from T-1 down to 1). An n-gram of the label ``x[i:]`` is in its set iff the last place it occurs in
+    ``x`` starts at or after ``i``; one dictionary of last starts serves every i.
+    """
+    length = len(x)
+    last_start: dict[tuple[int, ...], int] = {}
+    for k, gram in enumerate(ngrams(x, n)):
+        last_start[gram] = k
+    total = 0.0
+    for i in reversed(range(1, length)):
+        n_label = length - i - n + 1
+        if n_label <= 0:  # the label x[i:] has fewer than n tokens: undefined term, skipped (Jang et al.)
+            continue
+        hits = sum(1 for gram in ngrams(conts[i], n) if last_start.get(gram, -1) >= i)
+        total += hits / n_label
+    return total / (length - n)
+
+
+def _check_lengths(lengths: list[int], n: int) -> None:
+    if n < 1:
+        raise UnlearnkitError(f"EL_n needs n >= 1 but got n={n}; use n=10 as in the paper.")
+    for row, length in enumerate(lengths):
+        if length < n + 1:
+            raise UnlearnkitError(
+                f"Sequence {row} has {length} tokens, which is shorter than n+1 = {n + 1} tokens needed for "
+                f"EL_{n}; use a smaller n or longer texts."
+            )
+
+
+# ----------------------------------------------------------------------------------------------- greedy
+def greedy_generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int] | int,
+    batch_size: int = 32,
+) -> tuple[list[list[int]], float]:
+    """Greedy continuations of ``prompts`` (token lists), ``max_new_tokens[j]`` new tokens for prompt j.
+
+    Prompts of different lengths are left-padded in one batch with explicit ``position_ids`` (as
+    ``model.generate`` does), decoded with the KV cache, and never stopped at EOS. Returns the continuations and
+    the smallest gap between the top two logits over all decisions (how close the closest argmax was).
+    Call it inside :func:`eval_mode`.
+    """
+    if isinstance(max_new_tokens, int):
+        max_new_tokens = [max_new_tokens] * len(prompts)
+    device = model_device(model)
+    cache_kw = _cache_kwarg(model)
+    results: list[list[int]] = [[] for _ in prompts]
+    min_margin = float("inf")
+    for start in range(0, len(prompts), batch_size):
+        rows = list(range(start, min(start + batch_size, len(prompts))))
+        steps = max(max_new_tokens[r] for r in rows)
+        if steps <= 0:
+            continue
+        width = max(len(prompts[r]) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            p = list(prompts[r])
+            ids[j, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[j, width - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = _output_cache(out)
+        logits = out.logits[:, -1, :]
+        next_pos = positions[:, -1:] + 1
+        generated = []
+        for step in range(steps):
+            top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
+            if top2.shape[-1] == 2:
+                min_margin = min(min_margin, float((top2[:, 0] - top2[:, 1]).min()))
+            token = logits.argmax(dim=-1, keepdim=True)
+            generated.append(token)
+            if step == steps - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            out = model(input_ids=token, attention_mask=mask, position_ids=next_pos,
+                        use_cache=True, **{cache_kw: cache})
+            cache = _output_cache(out)
+            logits = out.logits[:, -1, :]
+            next_pos = next_pos + 1
+        tokens = torch.cat(generated, dim=1).tolist()
+        for j, r in enumerate(rows):
+            results[r] = tokens[j][: max_new_tokens[r]]
+    return results, min_margin
+
+
+def _teacher_forced_argmax(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """argmax_v p(v | x_<t) for every position, and the top-1 minus top-2 logit gap; one pass per batch."""
+    device = model_device(model)
+    preds, margins = [], []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start : start + batch_size].to(device)
+        mask = attention_mask[start : start + batch_size].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        preds.append(logits.argmax(dim=-1).cpu())
+        top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
+        gap = top2[..., 0] - top2[..., -1] if top2.shape[-1] == 2 else torch.full_like(top2[..., 0], 1e9)
+        margins.append(gap.cpu())
+    return torch.cat(preds), torch.cat(margins)
+
+
+# ------------------------------------------------------------------------------------------------- MA
+def memorization_accuracy(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Memorisation accuracy, Eq. 8 (Tirumala et al. 2022; paper Appendix B), one value per sequence:
+
+        MA(x) = sum_{t=1}^{T-1} 1{ argmax_v p(v | x_<t) = x_t } / (T - 1)
+
+    over the valid (non-padded) tokens of each row, from one teacher-forced pass. Returns ``float64[B]``.
+    """
+    lengths = valid_lengths(input_ids, attention_mask)
+    for row, length in enumerate(lengths):
+        if length < 2:
+            raise UnlearnkitError(
+                f"Sequence {row} has {length} token(s); MA needs at least 2 tokens, so drop empty texts first."
+            )
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    with eval_mode(model):
+        preds, _ = _teacher_forced_argmax(model, input_ids, mask, batch_size)
+    hits = (preds[:, :-1] == input_ids[:, 1:].cpu()) & (mask[:, 1:].cpu() > 0)
+    return hits.sum(dim=1).double() / torch.tensor(lengths, dtype=torch.float64).sub(1)
+
+
+# ----------------------------------------------------------------------------------------------- EL_n
+def extraction_likelihood_reference(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    n: int = 10,
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Extraction likelihood EL_n, Eqs. 6-7 (Jang et al. 2023, ``validation_el``), the slow reference:
+
+        OVERLAP_n(a, b) = |{c in n-grams(a) (with repeats) : c in set(n-grams(b))}| / |n-grams(b)|
+        EL_n(x) = sum_{i=1}^{T-n} OVERLAP_n(f(x_<i), x_>=i) / (T - n)
+
+    where f(x_<i) is the greedy continuation of the prefix x[:i] to the full length T (T - i new tokens).
+    For every prefix length i, the prefixes of all rows still long enough are decoded together (they have
+    the same length, so no padding), like Jang et al.'s loop. Returns ``float64[B]``.
+    """
+    lengths = valid_lengths(input_ids, attention_mask)
+    _check_lengths(lengths, n)
+    rows, conts = _reference_continuations(model, input_ids, lengths, batch_size)
+    return torch.tensor([_el_from_continuations(rows[b], conts[b], n) for b in range(len(rows))],
+                        dtype=torch.float64)
+
+
+def _reference_continuations(
+    model: torch.nn.Module, input_ids: torch.Tensor, lengths: list[int], batch_size: int
+) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """The rows cut to their lengths, and ``conts[b][i]`` = greedy continuation of ``x_b[:i]`` to full length,
+    generated afresh for every prefix (the reference's slow way)."""
+    rows = [input_ids[b, : lengths[b]].tolist() for b in range(len(lengths))]
+    conts: list[list[list[int]]] = [[[] for _ in range(length)] for length in lengths]
+    with eval_mode(model):
+        for i in reversed(range(1, max(lengths, default=0))):
+            live = [b for b in range(len(rows)) if lengths[b] > i]
+            out, _ = greedy_generate(model, [rows[b][:i] for b in live],
+                                     [lengths[b] - i for b in live], batch_size)
+            for b, cont in zip(live, out):
+                conts[b][i] = cont
+    return rows, conts
+
+
+@dataclass
+class ELDetails:
+    """What :func:`extraction_likelihood_details` found, for diagnostics and benchmarks."""
+
+    el: torch.Tensor  # float64[B], EL_n per sequence
+    branches: int  # prefixes whose greedy first token departs from the text (generated afresh)
+    prefixes: int  # all prefixes i = 1..T-1 over all rows
+    generated_tokens: int  # tokens decoded for the branches
+    min_margin: float  # smallest top-1 minus top-2 logit gap over all argmax decisions taken
+
+
+def extraction_likelihood_details(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    n: int = 10,
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 32,
+) -> ELDetails:
+    """Fast exact EL_n (Eqs. 6-7) with diagnostics; see :func:`extraction_likelihood`."""
+    lengths = valid_lengths(input_ids, attention_mask)
+    _check_lengths(lengths, n)
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    rows = [input_ids[b, : lengths[b]].tolist() for b in range(len(lengths))]
+    with eval_mode(model):
+        # One teacher-forced pass gives the first greedy token of every prefix: first[b][i-1] follows x[:i].
+        first_t, margin_t = _teacher_forced_argmax(model, input_ids, mask, batch_size)
+        first = first_t.tolist()
+        min_margin = min((float(margin_t[b, : lengths[b] - 1].min()) for b in range(len(rows))),
+                         default=float("inf"))
+        # A branch starts wherever the model departs from the text; only those need decoding.
+        branches = [(b, i) for b in range(len(rows)) for i in range(1, lengths[b])
+                    if first[b][i - 1] != rows[b][i]]
+        # Sorting by prompt length keeps left padding and per-batch decode lengths small.
+        branches.sort(key=lambda bi: (bi[1], bi[0]))
+        prompts = [rows[b][:i] + [first[b][i - 1]] for b, i in branches]
+        wanted = [lengths[b] - i - 1 for b, i in branches]
+        tails, gen_margin = greedy_generate(model, prompts, wanted, batch_size)
+    min_margin = min(min_margin, gen_margin)
+    branch_cont = {bi: [first[bi[0]][bi[1] - 1], *tail] for bi, tail in zip(branches, tails)}
+
+    values = []
+    for b, x in enumerate(rows):
+        conts: list[list[int]] = [[] for _ in range(lengths[b] + 1)]
+        # Backwards: where the first greedy token equals x_i, f(x_<i) = x_i followed by f(x_<i+1).
+        for i in reversed(range(1, lengths[b])):
+            conts[i] = branch_cont[(b, i)] if (b, i) in branch_cont else [x[i], *conts[i + 1]]
+        values.append(_el_from_continuations(x, conts, n))
+    return ELDetails(
+        el=torch.tensor(values, dtype=torch.float64),
+        branches=len(branches),
+        prefixes=sum(length - 1 for length in lengths),
+        generated_tokens=sum(wanted),
+        min_margin=min_margin,
+    )
+
+
+def extraction_likelihood(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    n: int = 10,
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Extraction likelihood EL_n, Eqs. 6-7, fast and exact: same greedy tokens as
+    :func:`extraction_likelihood_reference`, hence the same values (see the module docstring on ties).
+
+    The greedy continuation from x[:i] starts with argmax p(. | x_<i), which one teacher-forced pass gives
+    for every i. Where that token is x_i, the continuation is x_i followed by the continuation from x[:i+1]
+    (the same prompt). So only the prefixes where the model departs from the text ("branches") are decoded,
+    batched and sorted by length; the rest is assembled backwards from i = T-1. A memorised text has few
+    branches (cost ~ one forward pass); an unmemorised one costs about what the reference costs.
+    Returns ``float64[B]``.
+    """
+    return extraction_likelihood_details(model, input_ids, n, attention_mask, batch_size).el

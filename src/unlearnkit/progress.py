@@ -1,0 +1,52 @@
+"""Progress display: rich bars in units a user understands, silenced by ``--quiet``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+T = TypeVar("T")
+
+
+class Progress:
+    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+        self.console = console or Console(quiet=quiet)
+        self.quiet = quiet
+
+    def _bar(self) -> RichProgress:
+        return RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=self.console, transient=True, disable=self.quiet,
+        )
+
+    def track(self, items: Iterable[T], total: int, description: str, unit: str = "") -> Iterator[T]:
+        with self._bar() as bar:
+            task = bar.add_task(description, total=total, unit=unit)
+            for item in items:
+                yield item
+                bar.advance(task)
+
+    @contextmanager
+    def status(self, text: str) -> Iterator[None]:
+        if self.quiet:
+            yield
+            return
+        with self.console.status(text):
+            yield
+        self.console.print(f"[green]✓[/green] {text}")
+
+    def log_epoch(self, record: dict[str, Any], el_n: int) -> None:
+        parts = [f"epoch {record['epoch']}"]
+        for key in ("loss", "forget_loss", "retain_loss"):
+            if key in record:
+                parts.append(f"{key} {record[key]:.4f}")
+        parts.append(f"MA {record['forget_ma']:.3f} (≤ {record['ma_threshold']:.3f})")
+        parts.append(f"EL{el_n} {record['forget_el']:.4f} (≤ {record['el_threshold']:.4f})")
+        parts.append(f"{record['elapsed_s']:.0f}s, {record['tokens_seen']} tokens")
+        self.console.print(" · ".join(parts))

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny randomly initialised models and the offline data pack."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_gpt_neo(vocab_size: int = 96, seed: int = 0, layers: int = 2, hidden: int = 32):
+    """A GPT-Neo small enough to memorise a few sequences in seconds."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(seed)
+    config = GPTNeoConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_heads=4,
+        attention_types=[[["global", "local"], layers // 2]] if layers % 2 == 0 else [[["global"], layers]],
+        intermediate_size=4 * hidden, max_position_embeddings=256, window_size=256,
+        bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
+    )
+    return GPTNeoForCausalLM(config).eval()
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip("the offline data pack ../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_gpt_neo()
+
+
+def tiny_tokenizer(texts: list[str], vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained in about a second: keeps tiny models' output layers small."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", bos_token="<|endoftext|>")

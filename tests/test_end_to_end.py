@@ -1,0 +1,161 @@
+"""End to end: a tiny GPT-Neo memorises a few TDEC sequences, then each method unlearns them.
+
+Checks what a user relies on: forget-set MA falls to the held-out threshold, the output
+directory is complete and reloads to the same logits, and bad input fails cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_gpt_neo, tiny_tokenizer
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from unlearnkit.config import load_config
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.data.sources import SourceConfig, load_blocks
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.loop import run_unlearning
+from unlearnkit.memorize import memorize
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ_LEN = 32
+
+
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def memorised_model_dir(tmp_path_factory) -> Path:
+    """A tiny GPT-Neo that knows some WikiText and has memorised 4 TDEC sequences (re-tokenised)."""
+    if not DATA.exists():
+        pytest.skip("the offline data pack ../shared/data is not present")
+    text = (DATA / "text" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")
+    tokenizer = tiny_tokenizer([text[i:i + 2000] for i in range(0, 400_000, 2000)], vocab_size=512)
+    forget = load_blocks(SourceConfig(source="jang", n=4, set=0), tokenizer, DATA, seq_len=SEQ_LEN)
+    retain = load_blocks(SourceConfig(source="wikitext", n=32), tokenizer, DATA, seq_len=SEQ_LEN)
+    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=64)
+    both = TokenBlocks(torch.cat([forget.input_ids, retain.input_ids]),
+                       torch.cat([forget.attention_mask, retain.attention_mask]), "forget+retain")
+    memorize(model, both, lr=3e-3, max_epochs=15, batch_size=8, target_ma=1.1)  # some general text first
+    result = memorize(model, forget, lr=3e-3, max_epochs=200, batch_size=4, target_ma=0.95)
+    assert result.reached_target, result
+    directory = tmp_path_factory.mktemp("memorised")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _config(model_dir: Path, out: Path, method: str, adapter: str, lr: float, extra: list[str] | None = None):
+    return load_config(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml", [
+        f"model.name={model_dir}", f"output.dir={out}", f"method.name={method}", f"adapter.name={adapter}",
+        f"train.lr={lr}", f"data.seq_len={SEQ_LEN}", "data.forget.n=4", "data.retain.n=32",
+        "data.validation.n=8", "train.batch_size=2", "train.retain_batch_size=4", "train.grad_accum=1", "train.epochs=15",
+        f"data.dir={REPO.parent / 'shared' / 'data'}", "adapter.rank=4", "adapter.alpha=8",
+        *(extra or []),
+    ])
+
+
+CASES = [("ga", "none", 3e-3), ("gd", "none", 3e-3), ("ihl", "none", 3e-3),
+         ("ga", "lora", 3e-2), ("gd", "lora", 3e-2), ("ihl", "lora", 3e-2), ("ihl", "flora", 3e-2)]
+
+
+@pytest.mark.parametrize(("method", "adapter", "lr"), CASES)
+def test_each_method_unlearns_and_outputs_reload(memorised_model_dir, tmp_path, method, adapter, lr):
+    out = tmp_path / "run"
+    config = _config(memorised_model_dir, out, method, adapter, lr)
+    result = run_unlearning(config, quiet=True)
+
+    before, after = result.before["forget"], result.after["forget"]
+    assert before["ma"] >= 0.95
+    assert result.state.criterion_met, result.state.history
+    assert after["ma"] <= result.thresholds.ma and after["el"] <= result.thresholds.el
+    assert result.thresholds.n_sequences == 8
+
+    # the output directory is complete and self-describing
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["criterion_met"] and len(metrics["epochs"]) == len(result.state.history) >= 1
+    assert load_config(out / "config.yaml") == config
+    assert "Forgetting criterion met" in (out / "report.md").read_text()
+    assert not list(tmp_path.glob(".run.partial-*"))
+
+    # the merged model reloads to the unlearned logits; the adapter applies to the original base
+    tokenizer = AutoTokenizer.from_pretrained(memorised_model_dir)
+    ids = load_blocks(config.data.forget, tokenizer, DATA, seq_len=SEQ_LEN).input_ids
+    merged = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    with torch.no_grad():
+        merged_logits = merged(ids).logits
+        from unlearnkit.metrics.memorization import memorization_accuracy
+
+        assert float(memorization_accuracy(merged, ids).mean()) == pytest.approx(after["ma"])
+        if adapter != "none":
+            base = AutoModelForCausalLM.from_pretrained(memorised_model_dir).eval()
+            adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
+            torch.testing.assert_close(adapted(ids).logits, merged_logits, rtol=1e-4, atol=1e-4)
+        else:
+            assert not (out / "adapter").exists()
+
+
+def test_without_early_stopping_runs_all_epochs_and_says_so(memorised_model_dir, tmp_path):
+    config = _config(memorised_model_dir, tmp_path / "run", "ihl", "lora", 1e-6, ["train.epochs=2"])
+    result = run_unlearning(config, quiet=True)
+    assert not result.state.criterion_met and len(result.state.history) == 2
+    assert "NOT met within 2 epochs" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_non_finite_loss_keeps_last_good_state(memorised_model_dir, tmp_path):
+    config = _config(memorised_model_dir, tmp_path / "run", "ga", "none", 1e30,
+                     ["train.epochs=6", "train.max_grad_norm=null", "eval.ma_threshold=0", "eval.el_threshold=0"])
+    result = run_unlearning(config, quiet=True)
+    assert result.state.diverged_epoch is not None
+    assert "NaN or infinite in epoch" in result.state.stop_reason
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+
+
+def test_bad_input_writes_nothing(memorised_model_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(UnlearnkitError, match="not empty.*--overwrite"):
+        run_unlearning(_config(memorised_model_dir, out, "ihl", "lora", 1e-2), quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    with pytest.raises(UnlearnkitError, match="rank"):
+        run_unlearning(_config(memorised_model_dir, tmp_path / "r2", "ihl", "lora", 1e-2, ["adapter.rank=64"]),
+                       quiet=True)
+    with pytest.raises(UnlearnkitError, match="shorter than n\\+1"):
+        run_unlearning(_config(memorised_model_dir, tmp_path / "r3", "ihl", "lora", 1e-2, ["eval.el_n=40"]),
+                       quiet=True)
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unlearnkit.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorised_model_dir, tmp_path):
+    out = tmp_path / "cli-run"
+    done = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--quiet",
+                "--set", f"model.name={memorised_model_dir}", "--set", f"output.dir={out}",
+                "--set", f"data.seq_len={SEQ_LEN}", "--set", "data.forget.n=4", "--set", "data.retain.n=16",
+                "--set", "data.validation.n=4", "--set", "train.epochs=1", "--set", "train.grad_accum=1",
+                "--set", "adapter.rank=4", "--set", "train.batch_size=2", "train.retain_batch_size=4")
+    assert done.returncode == 0, done.stderr
+    assert "forget MA" in done.stdout and (out / "model" / "config.json").exists()
+
+    bad = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set", "train.lrr=1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert 'Did you mean "lr"' in bad.stderr and len(bad.stderr.strip().splitlines()) <= 3
+
+    scored = _cli("memorization", str(memorised_model_dir), "--data", "jang,n=4,set=0", "--seq-len", str(SEQ_LEN),
+                  "--quiet", "--json", str(tmp_path / "scores.json"))
+    assert scored.returncode == 0, scored.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["ma"] >= 0.95 and len(scores["el_per_sequence"]) == 4

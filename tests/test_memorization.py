@@ -1,0 +1,219 @@
+"""MA and EL_n (paper Appendix B): fast EL equals the reference, both equal brute force, MA equals a loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_gpt_neo
+from transformers import GenerationConfig
+
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.metrics.memorization import (
+    _el_from_continuations,
+    _reference_continuations,
+    extraction_likelihood,
+    extraction_likelihood_details,
+    extraction_likelihood_reference,
+    memorization_accuracy,
+    ngrams,
+    overlap_n,
+)
+from unlearnkit.metrics.thresholds import Thresholds, bootstrap_ci, thresholds_from_holdout
+
+VOCAB = 96
+EOS = VOCAB - 1  # tiny_gpt_neo's eos/bos id
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and on a shared, busy 2-core machine OpenMP threads that wait
+    for each other made these tests ~100x slower; one thread keeps them fast and deterministic."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def memorise(model: torch.nn.Module, seqs: torch.Tensor, steps: int = 300) -> torch.nn.Module:
+    """Train ``model`` on ``seqs`` until every sequence has MA = 1 (about 50 steps, seconds)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        loss = model(input_ids=seqs, labels=seqs).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 24 and memorization_accuracy(model, seqs).min() == 1.0:
+            break
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def memorised():
+    gen = torch.Generator().manual_seed(1)
+    seqs = torch.randint(0, VOCAB - 1, (4, 32), generator=gen)
+    seqs[1, 10] = EOS  # an EOS inside a memorised text is an ordinary token
+    seqs[2, 20] = EOS
+    model = memorise(tiny_gpt_neo(vocab_size=VOCAB), seqs)
+    assert memorization_accuracy(model, seqs).min() > 0.9
+    return model, seqs
+
+
+@pytest.fixture(scope="module")
+def mixed_batch(memorised):
+    """Memorised and random rows, right-padded to different valid lengths, EOS inside some rows."""
+    _, seqs = memorised
+    gen = torch.Generator().manual_seed(2)
+    rand = torch.randint(0, VOCAB, (3, 32), generator=gen)
+    rand[0, 5] = EOS
+    rows = [seqs[0].tolist(), seqs[1, :27].tolist(), seqs[2].tolist(), seqs[3, :12].tolist(),
+            rand[0].tolist(), rand[1, :21].tolist(), rand[2, :11].tolist()]
+    return TokenBlocks.from_lists(rows, name="mixed", pad_id=0)
+
+
+def test_ngrams_and_overlap_on_hand_made_lists():
+    assert ngrams([1, 2, 3, 4], 2) == [(1, 2), (2, 3), (3, 4)]
+    assert ngrams([1, 2], 3) == []
+    # label 2-grams {(1,2),(2,3),(3,1)}: 3 of them; pred 2-grams (1,2),(2,1),(1,2),(2,3): 3 hits (repeats count)
+    assert overlap_n([1, 2, 1, 2, 3], [1, 2, 3, 1], 2) == pytest.approx(3 / 3)
+    assert overlap_n([9, 9, 9], [1, 2, 3], 1) == 0.0
+    assert overlap_n([1, 1, 1], [1, 2, 3, 4], 1) == pytest.approx(3 / 4)
+    assert overlap_n([1, 2, 3], [1, 2], 3) is None  # undefined term: skipped by EL
+
+
+def test_el_assembly_by_hand():
+    # x = 1 2 3 4 5, n = 2: terms i = 1..3 (label x[i:] has >= 2 tokens), denominator T - n = 3.
+    x = [1, 2, 3, 4, 5]
+    conts = [[], [2, 3, 9, 9], [3, 4, 5], [9, 5], [5]]
+    # i=1: label 2345 -> {23,34,45}; pred 2399 has 23 -> 1/3.  i=2: pred 345 = label -> 2/2.
+    # i=3: label 45 -> {45}; pred 95 -> 0/1.
+    assert _el_from_continuations(x, conts, 2) == pytest.approx((1 / 3 + 1 + 0) / 3)
+
+
+def test_ma_equals_explicit_prefix_loop(memorised, mixed_batch):
+    model, _ = memorised
+    ma = memorization_accuracy(model, mixed_batch.input_ids, mixed_batch.attention_mask)
+    lengths = mixed_batch.attention_mask.sum(1).tolist()
+    with torch.no_grad():
+        for b, length in enumerate(lengths):
+            x = mixed_batch.input_ids[b, :length]
+            hits = sum(int(model(input_ids=x[None, :i]).logits[0, -1].argmax() == x[i]) for i in range(1, length))
+            assert ma[b].item() == pytest.approx(hits / (length - 1), abs=1e-12)
+
+
+def test_ma_restores_training_mode(memorised):
+    model, seqs = memorised
+    model.train()
+    try:
+        memorization_accuracy(model, seqs)
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_memorised_sequences_have_el_one(memorised):
+    model, seqs = memorised
+    full = seqs[memorization_accuracy(model, seqs) == 1.0]
+    if len(full):  # a perfectly memorised text reproduces itself from every prefix
+        assert torch.equal(extraction_likelihood(model, full, n=5), torch.ones(len(full), dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def reference_continuations(memorised, mixed_batch):
+    """The reference's greedy continuations do not depend on n: generate them once for all n."""
+    model, _ = memorised
+    lengths = mixed_batch.attention_mask.sum(1).tolist()
+    return _reference_continuations(model, mixed_batch.input_ids, lengths, batch_size=32)
+
+
+@pytest.mark.parametrize("n", [1, 5, 10])
+def test_fast_el_equals_reference(memorised, mixed_batch, reference_continuations, n):
+    model, _ = memorised
+    keep = mixed_batch.attention_mask.sum(1) >= n + 1
+    ids, mask = mixed_batch.input_ids[keep], mixed_batch.attention_mask[keep]
+    rows, conts = reference_continuations
+    ref = torch.tensor([_el_from_continuations(rows[b], conts[b], n) for b in range(len(rows)) if keep[b]],
+                       dtype=torch.float64)
+    fast = extraction_likelihood_details(model, ids, n=n, attention_mask=mask, batch_size=8)
+    assert torch.equal(fast.el, ref), (fast.el, ref)
+    assert 0 < fast.branches < fast.prefixes  # both chained and branched prefixes were exercised
+    assert ref[0] > 0.5 and ref[-1] < 0.5  # memorised rows score high, random ones low
+
+
+def test_public_reference_equals_fast(memorised, mixed_batch):
+    model, _ = memorised
+    sub = mixed_batch.subset([3, 6])  # short memorised, short random (both padded)
+    ref = extraction_likelihood_reference(model, sub.input_ids, n=10, attention_mask=sub.attention_mask)
+    assert torch.equal(extraction_likelihood(model, sub.input_ids, n=10, attention_mask=sub.attention_mask), ref)
+
+
+def test_fast_el_equals_reference_on_untrained_model():
+    model = tiny_gpt_neo(vocab_size=VOCAB, seed=3)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(4))
+    ref = extraction_likelihood_reference(model, ids, n=1)
+    assert torch.equal(extraction_likelihood(model, ids, n=1, batch_size=5), ref)
+
+
+def _brute_force_el(model, x: list[int], n: int) -> float:
+    """Jang et al.'s loop with model.generate on one unpadded sequence, written independently."""
+    length = len(x)
+    total = 0.0
+    for i in reversed(range(1, length)):
+        config = GenerationConfig(do_sample=False, max_new_tokens=length - i, pad_token_id=0)
+        out = model.generate(torch.tensor([x[:i]]), attention_mask=torch.ones(1, i, dtype=torch.long),
+                             generation_config=config)
+        pred = out[0, i:].tolist()
+        assert len(pred) == length - i  # generation went on past EOS
+        label = x[i:]
+        label_grams = [tuple(label[k : k + n]) for k in range(len(label) - n + 1)]
+        if not label_grams:
+            continue
+        pred_grams = [tuple(pred[k : k + n]) for k in range(len(pred) - n + 1)]
+        total += sum(g in set(label_grams) for g in pred_grams) / len(label_grams)
+    return total / (length - n)
+
+
+def test_reference_equals_brute_force_generate(memorised, mixed_batch):
+    model, _ = memorised
+    rows = [1, 6]  # memorised with EOS and padding, short random
+    lengths = mixed_batch.attention_mask.sum(1)
+    ref = extraction_likelihood_reference(model, mixed_batch.input_ids[rows], n=5,
+                                          attention_mask=mixed_batch.attention_mask[rows])
+    # model.generate would stop at EOS; the definition generates the full length, so switch EOS off.
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        for k, b in enumerate(rows):
+            x = mixed_batch.input_ids[b, : int(lengths[b])].tolist()
+            assert ref[k].item() == pytest.approx(_brute_force_el(model, x, 5), abs=1e-12)
+    finally:
+        model.generation_config.eos_token_id = saved
+
+
+def test_padding_does_not_change_values(memorised, mixed_batch):
+    model, _ = memorised
+    both = extraction_likelihood(model, mixed_batch.input_ids, n=5, attention_mask=mixed_batch.attention_mask)
+    alone = extraction_likelihood(model, mixed_batch.input_ids[3:4, :12], n=5)
+    assert both[3].item() == pytest.approx(alone[0].item(), abs=1e-12)
+
+
+def test_sequence_shorter_than_n_plus_one_raises(tiny_model):
+    ids = torch.randint(0, VOCAB, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0  # 10 valid tokens < n + 1 = 11
+    for fn in (extraction_likelihood, extraction_likelihood_reference):
+        with pytest.raises(UnlearnkitError, match="shorter than n\\+1"):
+            fn(tiny_model, ids, n=10, attention_mask=mask)
+
+
+def test_thresholds_from_holdout(memorised, mixed_batch):
+    model, _ = memorised
+    th = thresholds_from_holdout(model, mixed_batch, n=5, bootstrap=200, seed=0)
+    assert isinstance(th, Thresholds) and th.n_sequences == len(mixed_batch) and th.source == "mixed"
+    ma = memorization_accuracy(model, mixed_batch.input_ids, mixed_batch.attention_mask)
+    assert th.ma == pytest.approx(float(ma.mean()))
+    assert th.ma_ci[0] <= th.ma <= th.ma_ci[1] and th.el_ci[0] <= th.el <= th.el_ci[1]
+    assert th.to_dict()["ma_ci"] == list(th.ma_ci)
+    assert bootstrap_ci(torch.full((5,), 0.25)) == (0.25, 0.25)

@@ -1,0 +1,126 @@
+"""Each loss against a direct formula; IHL's gradient against the closed form of Appendix A."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.objectives import (
+    METHODS,
+    get_method,
+    gradient_ascent_loss,
+    inverted_hinge_loss,
+    lm_loss,
+    unlearning_loss,
+)
+
+
+def _example(seed: int = 0, batch: int = 2, length: int = 5, vocab: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, length, vocab, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(vocab, (batch, length), generator=g)
+    if batch > 1:
+        labels[1, 3:] = -100  # padding
+    return logits, labels
+
+
+def _direct_terms(logits: torch.Tensor, labels: torch.Tensor):
+    """Per-token (nll, ihl) computed with explicit loops over positions and vocabulary."""
+    nll, ihl = [], []
+    for b in range(logits.shape[0]):
+        for t in range(logits.shape[1] - 1):
+            target = int(labels[b, t + 1])
+            if target == -100:
+                continue
+            row = logits[b, t]
+            z = sum(math.exp(float(v)) for v in row)
+            p = [math.exp(float(v)) / z for v in row]
+            nll.append(-math.log(p[target]))
+            best_other = max(p[v] for v in range(len(p)) if v != target)
+            ihl.append(max(0.0, 1.0 + p[target] - best_other))
+    return nll, ihl
+
+
+def test_lm_and_ga_losses_match_direct_formula():
+    logits, labels = _example()
+    nll, _ = _direct_terms(logits, labels)
+    assert lm_loss(logits, labels).item() == pytest.approx(sum(nll) / len(nll), rel=1e-9)
+    assert gradient_ascent_loss(logits, labels).item() == pytest.approx(-sum(nll) / len(nll), rel=1e-9)
+
+
+def test_ihl_value_matches_direct_formula():
+    logits, labels = _example(seed=1)
+    _, ihl = _direct_terms(logits, labels)
+    assert inverted_hinge_loss(logits, labels).item() == pytest.approx(sum(ihl) / len(ihl), rel=1e-9)
+
+
+def test_ihl_value_when_true_token_is_the_top_prediction():
+    # p(x_t) is the maximum, so the best *other* token is the runner-up.
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [5.0, 1.0, 0.0]]], dtype=torch.float64)
+    labels = torch.tensor([[0, 0]])
+    p = torch.softmax(logits[0, 0], -1)
+    expected = 1 + p[0] - p[1]
+    assert inverted_hinge_loss(logits, labels).item() == pytest.approx(float(expected))
+
+
+def test_ihl_gradient_matches_appendix_a_three_cases():
+    logits, labels = _example(seed=2, batch=1, length=6, vocab=9)
+    logits.requires_grad_(True)
+    inverted_hinge_loss(logits, labels).backward()
+    grad = logits.grad
+    count = int((labels[:, 1:] != -100).sum())
+    for t in range(labels.shape[1] - 1):
+        target = int(labels[0, t + 1])
+        p = torch.softmax(logits[0, t].detach(), -1)
+        others = p.clone()
+        others[target] = -1
+        v_star = int(others.argmax())
+        p_true, p_star = p[target], p[v_star]
+        if 1 + p_true - p_star <= 0:
+            expected = torch.zeros_like(p)
+        else:
+            expected = p * (p_star - p_true)  # v ≠ x_t, v ≠ v*
+            expected[target] = p_true * (p_star - p_true + 1)
+            expected[v_star] = p_star * (p_star - p_true - 1)
+        torch.testing.assert_close(grad[0, t] * count, expected, rtol=1e-9, atol=1e-12)
+    # the last position predicts nothing and receives no gradient
+    assert torch.count_nonzero(grad[0, -1]) == 0
+
+
+def test_ihl_is_bounded_and_vanishes_when_forgotten():
+    # 1 + p(x_t) - p(v*) >= 0 always; when another token takes all the mass, loss and gradient vanish
+    logits = torch.tensor([[[0.0, 50.0, 0.0], [0.0, 50.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[0, 0]])
+    loss = inverted_hinge_loss(logits, labels)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-12)
+    assert logits.grad.abs().max() < 1e-15
+    worst = torch.tensor([[[0.0, 0.0], [50.0, 0.0]]], dtype=torch.float64)
+    assert inverted_hinge_loss(worst, torch.tensor([[0, 0]])).item() <= 2.0
+
+
+def test_ihl_ignores_all_masked_batch():
+    logits, _ = _example()
+    labels = torch.full((2, 5), -100)
+    assert inverted_hinge_loss(logits, labels).item() == 0.0
+
+
+def test_methods_combine_forget_and_retain_terms():
+    f_logits, f_labels = _example(seed=3)
+    r_logits, r_labels = _example(seed=4)
+    total, parts = unlearning_loss(get_method("ihl"), f_logits, f_labels, r_logits, r_labels, retain_weight=0.5)
+    expected = inverted_hinge_loss(f_logits, f_labels) + 0.5 * lm_loss(r_logits, r_labels)
+    assert total.item() == pytest.approx(expected.item())
+    assert set(parts) == {"forget_loss", "retain_loss", "loss"}
+    total, parts = unlearning_loss(get_method("ga"), f_logits, f_labels)
+    assert total.item() == pytest.approx(-lm_loss(f_logits, f_labels).item())
+    assert "retain_loss" not in parts
+    assert METHODS["gd"].uses_retain and not METHODS["ga"].uses_retain
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(UnlearnkitError, match='Unknown method "ihll".*ga, gd, ihl.*Did you mean "ihl"'):
+        get_method("ihll")
