@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_gpt_neo, tiny_tokenizer
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import tiny_gpt_neo, tiny_tokenizer
 from unlearnkit.config import load_config
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.sources import SourceConfig, load_blocks
@@ -56,7 +56,8 @@ def _config(model_dir: Path, out: Path, method: str, adapter: str, lr: float, ex
     return load_config(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml", [
         f"model.name={model_dir}", f"output.dir={out}", f"method.name={method}", f"adapter.name={adapter}",
         f"train.lr={lr}", f"data.seq_len={SEQ_LEN}", "data.forget.n=4", "data.retain.n=32",
-        "data.validation.n=8", "train.batch_size=2", "train.retain_batch_size=4", "train.grad_accum=1", "train.epochs=15",
+        "data.validation.n=8", "train.batch_size=2", "train.retain_batch_size=4", "train.grad_accum=1",
+        "train.epochs=15",
         f"data.dir={REPO.parent / 'shared' / 'data'}", "adapter.rank=4", "adapter.alpha=8",
         *(extra or []),
     ])
@@ -159,3 +160,21 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorised_mo
     assert scored.returncode == 0, scored.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["ma"] >= 0.95 and len(scores["el_per_sequence"]) == 4
+
+
+def test_fisher_command_saves_a_reusable_fisher(memorised_model_dir, tmp_path):
+    out = tmp_path / "fisher"
+    common = ["--set", f"model.name={memorised_model_dir}", "--set", f"data.seq_len={SEQ_LEN}",
+              "--set", "data.forget.n=4", "--set", "data.retain.n=8", "--set", "data.validation.n=4",
+              "--set", "adapter.rank=4"]
+    done = _cli("fisher", str(REPO / "configs/paper/gpt-neo-125m-flora-ihl.yaml"), "--out", str(out), "--quiet",
+                *common)
+    assert done.returncode == 0, done.stderr
+    assert (out / "forget.safetensors").exists() and (out / "retain.safetensors").exists()
+    assert "mean F_forget" in done.stdout
+    config = _config(memorised_model_dir, tmp_path / "run", "ihl", "flora", 3e-2,
+                     ["train.epochs=1", f"adapter.flora.fisher_path={out}"])
+    result = run_unlearning(config, quiet=True)
+    assert result.adapter_summary is not None
+    again = _cli("fisher", str(REPO / "configs/paper/gpt-neo-125m-flora-ihl.yaml"), "--out", str(out), *common)
+    assert again.returncode == 2 and "not empty" in again.stderr

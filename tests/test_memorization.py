@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_gpt_neo
 from transformers import GenerationConfig
 
+from conftest import tiny_gpt_neo
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.metrics.memorization import (
@@ -76,7 +76,7 @@ def mixed_batch(memorised):
 def test_ngrams_and_overlap_on_hand_made_lists():
     assert ngrams([1, 2, 3, 4], 2) == [(1, 2), (2, 3), (3, 4)]
     assert ngrams([1, 2], 3) == []
-    # label 2-grams {(1,2),(2,3),(3,1)}: 3 of them; pred 2-grams (1,2),(2,1),(1,2),(2,3): 3 hits (repeats count)
+    # label 2-grams {(1,2),(2,3),(3,1)}: 3; pred 2-grams (1,2),(2,1),(1,2),(2,3): 3 hits (repeats count)
     assert overlap_n([1, 2, 1, 2, 3], [1, 2, 3, 1], 2) == pytest.approx(3 / 3)
     assert overlap_n([9, 9, 9], [1, 2, 3], 1) == 0.0
     assert overlap_n([1, 1, 1], [1, 2, 3, 4], 1) == pytest.approx(3 / 4)
@@ -99,7 +99,8 @@ def test_ma_equals_explicit_prefix_loop(memorised, mixed_batch):
     with torch.no_grad():
         for b, length in enumerate(lengths):
             x = mixed_batch.input_ids[b, :length]
-            hits = sum(int(model(input_ids=x[None, :i]).logits[0, -1].argmax() == x[i]) for i in range(1, length))
+            hits = sum(int(model(input_ids=x[None, :i]).logits[0, -1].argmax() == x[i])
+                       for i in range(1, length))
             assert ma[b].item() == pytest.approx(hits / (length - 1), abs=1e-12)
 
 
@@ -117,7 +118,8 @@ def test_memorised_sequences_have_el_one(memorised):
     model, seqs = memorised
     full = seqs[memorization_accuracy(model, seqs) == 1.0]
     if len(full):  # a perfectly memorised text reproduces itself from every prefix
-        assert torch.equal(extraction_likelihood(model, full, n=5), torch.ones(len(full), dtype=torch.float64))
+        ones = torch.ones(len(full), dtype=torch.float64)
+        assert torch.equal(extraction_likelihood(model, full, n=5), ones)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +148,8 @@ def test_public_reference_equals_fast(memorised, mixed_batch):
     model, _ = memorised
     sub = mixed_batch.subset([3, 6])  # short memorised, short random (both padded)
     ref = extraction_likelihood_reference(model, sub.input_ids, n=10, attention_mask=sub.attention_mask)
-    assert torch.equal(extraction_likelihood(model, sub.input_ids, n=10, attention_mask=sub.attention_mask), ref)
+    fast = extraction_likelihood(model, sub.input_ids, n=10, attention_mask=sub.attention_mask)
+    assert torch.equal(fast, ref)
 
 
 def test_fast_el_equals_reference_on_untrained_model():

@@ -80,6 +80,60 @@ def memorization(
         atomic_write_json(json_out, {"model": model, "data": data, "n": n, **scores})
 
 
+@app.command(epilog="Example: `unlearnkit fisher configs/paper/gpt-neo-125m-flora-ihl.yaml --out runs/fisher-125m`, "
+                     "then `unlearnkit run ... --set adapter.flora.fisher_path=runs/fisher-125m`")
+def fisher(
+    config: Annotated[Path, typer.Argument(help="YAML config naming the model, data and target modules")],
+    out: Annotated[Path, typer.Option(help="directory for forget.safetensors and retain.safetensors")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Compute the forget and retain empirical Fisher (Eq. 2) of the target weights and save them for reuse."""
+    from rich.table import Table
+
+    from unlearnkit.adapters.fisher import empirical_fisher, save_fisher
+    from unlearnkit.adapters.flora import relative_importance, row_weights
+    from unlearnkit.config import load_config
+    from unlearnkit.data.run_sets import load_run_data
+    from unlearnkit.modeling import load_model, resolve_target_modules
+    from unlearnkit.progress import Progress
+
+    cfg = load_config(config, list(set_ or []))
+    if out.exists() and any(out.iterdir()):
+        raise UnlearnkitError(f"The Fisher directory {out} is not empty; choose another --out or delete it.")
+    progress = Progress(quiet=quiet)
+    with progress.status(f"Loading {cfg.model.name}"):
+        loaded = load_model(cfg.model.name, dtype=cfg.model.dtype, revision=cfg.model.revision,
+                            gguf_file=cfg.model.gguf_file, tokenizer_name=cfg.model.tokenizer,
+                            trust_remote_code=cfg.model.trust_remote_code)
+    data = load_run_data(cfg, loaded.tokenizer, needs_retain=True)
+    if data.retain is None:
+        raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
+    targets = resolve_target_modules(loaded.model, cfg.adapter.modules)
+    options = cfg.adapter.flora
+    results = {}
+    for role, blocks in (("forget", data.forget), ("retain", data.retain)):
+        with progress.status(f"Fisher over the {role} set ({len(blocks)} sequences)"):
+            results[role] = empirical_fisher(loaded.model, targets, blocks, batch_size=options.fisher_batch_size,
+                                             estimator=options.estimator)
+    staging = out.with_name(f".{out.name}.partial")
+    for role, result in results.items():
+        save_fisher(result, staging / f"{role}.safetensors")
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    staging.replace(out)
+    forget_f, retain_f = results["forget"].normalised(), results["retain"].normalised()
+    table = Table(title=f"Empirical Fisher ({options.estimator}) of {len(forget_f)} target weights")
+    for column in ("weight", "shape", "mean F_forget", "mean F_retain", "row weight min / max"):
+        table.add_column(column, justify="right" if column != "weight" else "left")
+    for name in forget_f:
+        weights = row_weights(relative_importance(forget_f[name], retain_f[name], options.eps))
+        table.add_row(name, "×".join(map(str, forget_f[name].shape)), f"{float(forget_f[name].mean()):.3e}",
+                      f"{float(retain_f[name].mean()):.3e}", f"{float(weights.min()):.3g} / {float(weights.max()):.3g}")
+    Console().print(table)
+    Console().print(f"Saved to {out}; reuse with --set adapter.flora.fisher_path={out}")
+
+
 @app.command(epilog="Example: `unlearnkit demo --output runs/demo`")
 def demo(
     output: Annotated[Path, typer.Option(help="where the demo run writes its outputs")] = Path("runs/demo"),

@@ -8,6 +8,7 @@ is reproducible from its output directory alone.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,6 +103,7 @@ class EvalConfig(Section):
     batch_size: int = Field(32, ge=1)
     el_method: Literal["fast", "reference"] = "fast"
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the threshold interval")
+    retain_sequences: int = Field(0, ge=0, description="retain sequences also scored before and after (0: none)")
 
 
 class OutputConfig(Section):
@@ -158,11 +160,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     # YAML reads "2e-4" as a string (no dot); numbers are what users mean.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and any(c in value.lower() for c in ".e"):
+        with contextlib.suppress(ValueError):
+            value = float(value)
     return key.strip().split("."), value
 
 
@@ -227,7 +227,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise UnlearnkitError(f"The config file {path} is not valid UTF-8 YAML ({error}); fix its syntax.") from None
+            raise UnlearnkitError(
+                f"The config file {path} is not valid UTF-8 YAML ({error}); fix its syntax."
+            ) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise UnlearnkitError(f"The config file {path} must hold a mapping of sections; see configs/paper/.")
         raw = loaded or {}

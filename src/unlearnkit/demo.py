@@ -115,7 +115,7 @@ def demo_config(directory: Path, settings: DemoSettings, output_dir: Path) -> An
         "method": {"name": settings.method},
         "adapter": {"name": settings.adapter, "rank": 8, "alpha": 16, "modules": ["q", "v", "ffn"]},
         "train": {"lr": 1e-2, "epochs": 30, "batch_size": 2, "retain_batch_size": 4},
-        "eval": {"el_n": 10},
+        "eval": {"el_n": 10, "retain_sequences": settings.customers - settings.forget},
         "output": {"dir": str(output_dir), "overwrite": True},
     })
 
@@ -135,7 +135,8 @@ def demo_table(result: RunResult) -> Table:
     table.add_column("customers")
     for column in ("MA before", "MA after", f"EL{n} before", f"EL{n} after"):
         table.add_column(column, justify="right")
-    rows = [("forgotten (asked for deletion)", "forget"), ("never seen (held out)", "validation")]
+    rows = [("forgotten (asked for deletion)", "forget"), ("kept (other customers)", "retain"),
+            ("never seen (held out)", "validation")]
     for label, key in rows:
         b, a = result.before[key], result.after[key]
         table.add_row(label, f"{b['ma']:.3f}", f"{a['ma']:.3f}", f"{b['el']:.3f}", f"{a['el']:.3f}")

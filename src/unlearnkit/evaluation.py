@@ -23,12 +23,13 @@ from unlearnkit.progress import Progress
 class EvalSets:
     forget: TokenBlocks
     validation: TokenBlocks | None = None
+    retain: TokenBlocks | None = None  # what the model should keep: scored before and after only
 
 
 def evaluate_memorisation(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
                           label: str = "") -> dict[str, Any]:
     """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``."""
-    with progress.status(f"{label}: MA and EL{config.el_n} on {len(blocks)} {blocks.name} sequences".strip(": ")):
+    with progress.status(f"{label}: MA and EL{config.el_n} on {len(blocks)} sequences", announce=False):
         ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size)
         if config.el_method == "fast":
             el = extraction_likelihood(model, blocks.input_ids, n=config.el_n, attention_mask=blocks.attention_mask,
@@ -45,7 +46,9 @@ def evaluate_memorisation(model: Any, blocks: TokenBlocks, config: EvalConfig, p
 
 def evaluation_snapshot(model: Any, sets: EvalSets, config: EvalConfig, progress: Progress,
                         label: str) -> dict[str, Any]:
-    snapshot = {"forget": evaluate_memorisation(model, sets.forget, config, progress, label)}
-    if sets.validation is not None:
-        snapshot["validation"] = evaluate_memorisation(model, sets.validation, config, progress, label)
+    snapshot = {}
+    for role in ("forget", "validation", "retain"):
+        blocks = getattr(sets, role)
+        if blocks is not None:
+            snapshot[role] = evaluate_memorisation(model, blocks, config, progress, f"{label} · {role}")
     return snapshot

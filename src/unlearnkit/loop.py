@@ -96,7 +96,9 @@ def run_unlearning(
         model = attach_lora(model, target_modules, rank=config.adapter.rank, alpha=config.adapter.alpha,
                             dropout=config.adapter.dropout)
 
-    eval_sets = EvalSets(forget=data.forget, validation=data.validation)
+    kept = (data.retain.subset(list(range(min(config.eval.retain_sequences, len(data.retain)))))
+            if data.retain is not None and config.eval.retain_sequences > 0 else None)
+    eval_sets = EvalSets(forget=data.forget, validation=data.validation, retain=kept)
     t0 = time.perf_counter()
     before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before")
     thresholds = _thresholds(config, before)
@@ -112,6 +114,7 @@ def run_unlearning(
         adapter_summary = summary.to_dict()
     timings["adapter_init_s"] = time.perf_counter() - t0
     trainable = [p for p in model.parameters() if p.requires_grad]
+    assert config.train.lr is not None  # resolved by RunConfig
     optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -157,7 +160,7 @@ def run_unlearning(
 
         # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
         model.eval()
-        scores = evaluate_memorisation(model, data.forget, config.eval, progress, label=f"epoch {epoch}")
+        scores = evaluate_memorisation(model, data.forget, config.eval, progress, label=f"epoch {epoch} · forget")
         record = {
             "epoch": epoch,
             **{k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
@@ -236,7 +239,7 @@ def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
 
 def _restore(params: list[torch.nn.Parameter], saved: list[torch.Tensor]) -> None:
     with torch.no_grad():
-        for param, value in zip(params, saved):
+        for param, value in zip(params, saved, strict=True):
             param.copy_(value.to(param.device))
 
 

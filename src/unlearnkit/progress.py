@@ -33,13 +33,15 @@ class Progress:
                 bar.advance(task)
 
     @contextmanager
-    def status(self, text: str) -> Iterator[None]:
+    def status(self, text: str, announce: bool = True) -> Iterator[None]:
+        """A spinner while the block runs; ``announce`` prints a ✓ line when it is done."""
         if self.quiet:
             yield
             return
         with self.console.status(text):
             yield
-        self.console.print(f"[green]✓[/green] {text}")
+        if announce:
+            self.console.print(f"[green]✓[/green] {text}")
 
     def log_epoch(self, record: dict[str, Any], el_n: int) -> None:
         parts = [f"epoch {record['epoch']}"]

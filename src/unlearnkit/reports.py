@@ -79,6 +79,11 @@ def summary_rows(result: RunResult) -> list[tuple[str, str, str]]:
         ("forget MA", f"{result.before['forget']['ma']:.3f}", f"{result.after['forget']['ma']:.3f}"),
         (f"forget EL{n}", f"{result.before['forget']['el']:.4f}", f"{result.after['forget']['el']:.4f}"),
     ]
+    if "retain" in result.before:
+        rows += [
+            ("retain MA", f"{result.before['retain']['ma']:.3f}", f"{result.after['retain']['ma']:.3f}"),
+            (f"retain EL{n}", f"{result.before['retain']['el']:.4f}", f"{result.after['retain']['el']:.4f}"),
+        ]
     if "validation" in result.before:
         rows += [
             ("held-out MA", f"{result.before['validation']['ma']:.3f}", f"{result.after['validation']['ma']:.3f}"),
@@ -108,8 +113,8 @@ def render_report(result: RunResult) -> str:
     lines = [
         f"# Unlearning report: {config.method.name.upper()} with adapter `{config.adapter.name}`",
         "",
-        f"Model `{config.model.name}`; forget set `{config.data.forget.source}` ({len(result.before['forget']['ma_per_sequence'])} "
-        f"sequences of up to {config.data.seq_len} tokens); seed {config.seed}.",
+        f"Model `{config.model.name}`; forget set `{config.data.forget.source}` "
+        f"({result.before['forget']['sequences']} sequences of up to {config.data.seq_len} tokens); seed {config.seed}.",
         "",
         f"{verdict} {state.stop_reason[0].upper() + state.stop_reason[1:]}.",
         "",

@@ -1,4 +1,4 @@
-"""Memorisation metrics of the paper's Appendix B: memorisation accuracy (MA) and extraction likelihood (EL_n).
+"""Memorisation metrics of the paper's Appendix B: memorisation accuracy (MA), extraction likelihood (EL_n).
 
 All functions take any Hugging Face causal LM (``model(input_ids=..., attention_mask=...).logits``) and
 token ids ``[B, T]`` with optional right padding (``attention_mask`` 0 on padding). Padding tokens are never
@@ -15,7 +15,7 @@ Exactness of the fast EL_n
 --------------------------
 :func:`extraction_likelihood` returns the same greedy tokens, hence bit-identical values, as
 :func:`extraction_likelihood_reference`, using the identity that the greedy continuation from prefix ``x[:i]``
-is ``x_i`` followed by the continuation from ``x[:i+1]`` whenever the model's first greedy token equals ``x_i``.
+is ``x_i`` followed by the continuation from ``x[:i+1]`` whenever the first greedy token equals ``x_i``.
 That identity is exact in real arithmetic. In floating point the same logits computed through different tensor
 shapes (a full teacher-forced pass vs. a prefill of the prefix, different batch sizes, different padding) may
 differ in the last bits, which can flip an argmax only where the top two logits tie to within ~1e-6. Such ties
@@ -107,7 +107,7 @@ def overlap_n(pred: Sequence[int], label: Sequence[int], n: int) -> float | None
     """OVERLAP_n (Eq. 6): share of ``pred``'s n-grams (with repeats) found in the set of ``label``'s n-grams,
     divided by the number of n-grams of ``label`` (as in Jang et al.'s ``validation_el``).
 
-    Returns ``None`` when ``label`` has no n-gram (fewer than ``n`` tokens): the term is undefined and skipped.
+    Returns ``None`` when ``label`` has no n-gram (fewer than ``n`` tokens): the term is undefined, skipped.
     """
     label_grams = ngrams(label, n)
     if not label_grams:
@@ -159,7 +159,7 @@ def greedy_generate(
     """Greedy continuations of ``prompts`` (token lists), ``max_new_tokens[j]`` new tokens for prompt j.
 
     Prompts of different lengths are left-padded in one batch with explicit ``position_ids`` (as
-    ``model.generate`` does), decoded with the KV cache, and never stopped at EOS. Returns the continuations and
+    ``model.generate`` does), decoded with the KV cache, never stopped at EOS. Returns the continuations and
     the smallest gap between the top two logits over all decisions (how close the closest argmax was).
     Call it inside :func:`eval_mode`.
     """
@@ -242,7 +242,7 @@ def memorization_accuracy(
     for row, length in enumerate(lengths):
         if length < 2:
             raise UnlearnkitError(
-                f"Sequence {row} has {length} token(s); MA needs at least 2 tokens, so drop empty texts first."
+                f"Sequence {row} has {length} token(s); MA needs at least 2 tokens, so drop empty texts."
             )
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     with eval_mode(model):
@@ -287,7 +287,7 @@ def _reference_continuations(
             live = [b for b in range(len(rows)) if lengths[b] > i]
             out, _ = greedy_generate(model, [rows[b][:i] for b in live],
                                      [lengths[b] - i for b in live], batch_size)
-            for b, cont in zip(live, out):
+            for b, cont in zip(live, out, strict=True):
                 conts[b][i] = cont
     return rows, conts
 
@@ -330,7 +330,7 @@ def extraction_likelihood_details(
         wanted = [lengths[b] - i - 1 for b, i in branches]
         tails, gen_margin = greedy_generate(model, prompts, wanted, batch_size)
     min_margin = min(min_margin, gen_margin)
-    branch_cont = {bi: [first[bi[0]][bi[1] - 1], *tail] for bi, tail in zip(branches, tails)}
+    branch_cont = {bi: [first[bi[0]][bi[1] - 1], *tail] for bi, tail in zip(branches, tails, strict=True)}
 
     values = []
     for b, x in enumerate(rows):

@@ -66,7 +66,8 @@ def extraction_attack(
     """
     if min(prefix_len, suffix_len) < 1 or prefix_start < 0 or not 0 <= context_start <= prefix_start:
         raise UnlearnkitError(
-            f"Extraction layout prefix_start={prefix_start}, prefix_len={prefix_len}, suffix_len={suffix_len}, "
+            f"Extraction layout prefix_start={prefix_start}, prefix_len={prefix_len}, "
+            f"suffix_len={suffix_len}, "
             f"context_start={context_start} is invalid; use prefix_len, suffix_len >= 1 and "
             "0 <= context_start <= prefix_start."
         )
@@ -84,7 +85,7 @@ def extraction_attack(
     with eval_mode(model):
         generated, _ = greedy_generate(model, prompts, suffix_len, batch_size)
     matched = []
-    for gen, true in zip(generated, suffixes):
+    for gen, true in zip(generated, suffixes, strict=True):
         k = 0
         while k < suffix_len and gen[k] == true[k]:
             k += 1
@@ -126,7 +127,8 @@ def token_statistics(
             token_lp = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
             for j in range(ids.shape[0]):
                 m = lengths[start + j] - 1
-                out.append({"logp": token_lp[j, :m].cpu(), "mu": mu[j, :m].cpu(), "sigma": sigma[j, :m].cpu()})
+                out.append({"logp": token_lp[j, :m].cpu(), "mu": mu[j, :m].cpu(),
+                            "sigma": sigma[j, :m].cpu()})
     return out
 
 
@@ -176,12 +178,14 @@ def mia_scores(
         scores["min_k_pp"].append(_lowest_k_mean(z, k))
     if texts is not None:
         scores["zlib"] = [
-            loss / max(1, len(zlib.compress(text.encode("utf-8")))) for loss, text in zip(scores["loss"], texts)
+            loss / max(1, len(zlib.compress(text.encode("utf-8"))))
+            for loss, text in zip(scores["loss"], texts, strict=True)
         ]
     return scores
 
 
-def auc(member_scores: Sequence[float] | torch.Tensor, nonmember_scores: Sequence[float] | torch.Tensor) -> float:
+def auc(member_scores: Sequence[float] | torch.Tensor,
+        nonmember_scores: Sequence[float] | torch.Tensor) -> float:
     """ROC AUC = P(member score > non-member score) + 0.5 P(equal): the Mann-Whitney U statistic / (n1 n0),
     from average ranks (ties get the mean of their ranks)."""
     pos = np.asarray(member_scores, dtype=np.float64).ravel()
