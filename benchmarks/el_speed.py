@@ -119,6 +119,7 @@ def write_json(payload: dict[str, Any], path: Path) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=2)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are for everyone to read
     os.replace(tmp, path)
 
 

@@ -103,6 +103,7 @@ class EvalConfig(Section):
     batch_size: int = Field(32, ge=1)
     el_method: Literal["fast", "reference"] = "fast"
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the threshold interval")
+    audit: bool = Field(True, description="extraction attack and membership inference before and after")
     retain_sequences: int = Field(0, ge=0, description="retain sequences also scored before and after (0: none)")
 
 

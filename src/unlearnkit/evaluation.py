@@ -1,11 +1,13 @@
 """What "evaluate the model now" means, before and after unlearning, with results held by name.
 
-Today: MA and EL_n (Appendix B) on the forget and held-out sets. Downstream evaluations
-(reasoning, dialogue, perplexity, privacy audit) add entries to the same snapshot.
+MA and EL_n (Appendix B) on the forget, held-out and (optionally) retain sets, plus the privacy
+checks (TDEC extraction attack, membership inference). Downstream evaluations (reasoning,
+dialogue, perplexity) add entries to the same snapshot.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,9 @@ from unlearnkit.metrics.memorization import (
     extraction_likelihood,
     extraction_likelihood_reference,
     memorization_accuracy,
+    valid_lengths,
 )
+from unlearnkit.metrics.privacy import extraction_attack, extraction_layout, membership_inference
 from unlearnkit.progress import Progress
 
 
@@ -44,11 +48,32 @@ def evaluate_memorisation(model: Any, blocks: TokenBlocks, config: EvalConfig, p
     }
 
 
+def privacy_checks(model: Any, forget: TokenBlocks, holdout: TokenBlocks, config: EvalConfig,
+                   tokenizer: Any = None) -> dict[str, Any]:
+    """The TDEC extraction attack on both sets and membership-inference AUCs, forget (members) vs held-out."""
+    layout = extraction_layout(min(valid_lengths(forget.input_ids, forget.attention_mask)
+                                   + valid_lengths(holdout.input_ids, holdout.attention_mask)))
+    checks: dict[str, Any] = {"extraction_layout": layout}
+    if layout is not None:
+        for role, blocks in (("forget", forget), ("validation", holdout)):
+            attack = extraction_attack(model, blocks.input_ids, blocks.attention_mask,
+                                       prefix_start=layout["prefix_start"], prefix_len=layout["prefix_len"],
+                                       suffix_len=layout["suffix_len"], batch_size=config.batch_size)
+            attack.pop("layout")
+            checks[f"extraction_{role}"] = attack
+    mia = membership_inference(model, forget, holdout, tokenizer=tokenizer)
+    checks["mia_auc"] = {name: (None if math.isnan(value) else value) for name, value in mia["auc"].items()}
+    return checks
+
+
 def evaluation_snapshot(model: Any, sets: EvalSets, config: EvalConfig, progress: Progress,
-                        label: str) -> dict[str, Any]:
-    snapshot = {}
+                        label: str, tokenizer: Any = None) -> dict[str, Any]:
+    snapshot: dict[str, Any] = {}
     for role in ("forget", "validation", "retain"):
         blocks = getattr(sets, role)
         if blocks is not None:
             snapshot[role] = evaluate_memorisation(model, blocks, config, progress, f"{label} · {role}")
+    if config.audit and sets.validation is not None:
+        with progress.status(f"{label}: extraction attack and membership inference", announce=False):
+            snapshot["privacy"] = privacy_checks(model, sets.forget, sets.validation, config, tokenizer)
     return snapshot

@@ -100,7 +100,7 @@ def run_unlearning(
             if data.retain is not None and config.eval.retain_sequences > 0 else None)
     eval_sets = EvalSets(forget=data.forget, validation=data.validation, retain=kept)
     t0 = time.perf_counter()
-    before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before")
+    before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer)
     thresholds = _thresholds(config, before)
     timings["eval_before_s"] = time.perf_counter() - t0
 
@@ -186,7 +186,7 @@ def run_unlearning(
     model = accelerator.unwrap_model(model)
     model.eval()
     t0 = time.perf_counter()
-    after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after")
+    after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer)
     timings["eval_after_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     result = RunResult(config, state, thresholds, before, after, None, timings, adapter_summary)

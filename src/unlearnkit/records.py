@@ -1,9 +1,17 @@
-"""Deterministic synthetic customer records: clearly fake personal data for deletion-request demos."""
+"""Deterministic synthetic customer records: clearly fake personal data for deletion-request demos.
+
+Every record is fake by construction: names are drawn from two short lists, e-mail addresses use
+the reserved ``.example`` domain (RFC 2606) and phone numbers the ``555-0100``-``555-0199`` range
+reserved for fiction. The same ``(count, seed)`` always gives the same records, and no name repeats.
+The text is kept short (about 50 SmolLM2 tokens) so memorising and scoring stay cheap on a CPU.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from unlearnkit.errors import UnlearnkitError
 
 FIRST = ["Alma", "Bruno", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kavya", "Lars",
          "Mina", "Nuno", "Olga", "Pavel", "Quinn", "Rosa", "Sami", "Tove", "Umar", "Vera", "Wen", "Ximena",
@@ -11,26 +19,39 @@ FIRST = ["Alma", "Bruno", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiro", 
 LAST = ["Abara", "Bergstrom", "Castellano", "Dragomir", "Eklund", "Fontaine", "Gallardo", "Haugen", "Ivanova",
         "Jovanovic", "Kowalczyk", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Pereira", "Quiroga", "Rasmussen",
         "Szabo", "Takahashi", "Urquhart", "Varga", "Whitfield", "Xu", "Yilmaz", "Zeller"]
-STREETS = ["Elm", "Harbour", "Juniper", "Lantern", "Maple", "Orchard", "Quarry", "Willow", "Beacon", "Copper"]
 TOWNS = ["Northby", "Eastmere", "Southwold", "Westhaven", "Millbrook", "Ashford", "Fernvale", "Glenrock"]
+EMAIL_DOMAIN = "mail.example"
+MAX_RECORDS = len(FIRST) * len(LAST)
 
 
 @dataclass(frozen=True)
 class Record:
     name: str
-    birth_date: str
-    address: str
     email: str
     phone: str
-    account: str
+    town: str
 
     def text(self) -> str:
-        return (f"Customer record. Name: {self.name}. Date of birth: {self.birth_date}. Address: {self.address}. "
-                f"E-mail: {self.email}. Phone: {self.phone}. Account number: {self.account}.")
+        return (f"Customer record. Name: {self.name}. E-mail: {self.email}. Phone: {self.phone}. "
+                f"Town: {self.town}.")
+
+    def prefix(self, field: str) -> str:
+        """The record's text up to and including ``field``'s label (``"E-mail:"``, ``"Phone:"``), no value."""
+        label = f" {field}:"
+        text = self.text()
+        if label not in text:
+            raise ValueError(f"the record template has no field {field!r}")
+        return text[: text.index(label) + len(label)]
 
 
 def synthetic_records(count: int, seed: int = 0) -> list[Record]:
-    """``count`` unique fake customers, the same for the same seed (e-mails use the reserved .example domain)."""
+    """``count`` unique fake customers, the same for the same seed.
+
+    E-mails use the reserved ``.example`` domain; phones are ``NNN-555-01NN`` (the fictional range).
+    """
+    if not 0 <= count <= MAX_RECORDS:
+        raise UnlearnkitError(f"Synthetic records: {count} asked for, but at most {MAX_RECORDS} distinct names "
+                              "exist; ask for fewer customers.")
     rng = random.Random(seed)
     records: list[Record] = []
     seen: set[str] = set()
@@ -42,10 +63,8 @@ def synthetic_records(count: int, seed: int = 0) -> list[Record]:
         seen.add(name)
         records.append(Record(
             name=name,
-            birth_date=f"{rng.randint(1940, 2004)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-            address=f"{rng.randint(1, 199)} {rng.choice(STREETS)} Street, {rng.choice(TOWNS)}",
-            email=f"{first.lower()}.{last.lower()}{rng.randint(10, 99)}@mail.example",
-            phone=f"+1-555-01{rng.randint(0, 99):02d}-{rng.randint(0, 9999):04d}",
-            account=f"FAKE-{rng.randint(10**7, 10**8 - 1)}",
+            email=f"{first.lower()}.{last.lower()}{rng.randint(10, 99)}@{EMAIL_DOMAIN}",
+            phone=f"{rng.randint(201, 989)}-555-01{rng.randint(0, 99):02d}",
+            town=rng.choice(TOWNS),
         ))
     return records

@@ -90,6 +90,15 @@ def summary_rows(result: RunResult) -> list[tuple[str, str, str]]:
             (f"held-out EL{n}", f"{result.before['validation']['el']:.4f}",
              f"{result.after['validation']['el']:.4f}"),
         ]
+    if "privacy" in result.before:
+        b, a = result.before["privacy"], result.after["privacy"]
+        if "extraction_forget" in b:
+            rows.append(("forget suffix extraction rate", f"{b['extraction_forget']['exact_match_rate']:.3f}",
+                         f"{a['extraction_forget']['exact_match_rate']:.3f}"))
+        for name, value in b["mia_auc"].items():
+            after = a["mia_auc"].get(name)
+            rows.append((f"MIA AUC {name}", "n/a" if value is None else f"{value:.3f}",
+                         "n/a" if after is None else f"{after:.3f}"))
     return rows
 
 
@@ -114,7 +123,8 @@ def render_report(result: RunResult) -> str:
         f"# Unlearning report: {config.method.name.upper()} with adapter `{config.adapter.name}`",
         "",
         f"Model `{config.model.name}`; forget set `{config.data.forget.source}` "
-        f"({result.before['forget']['sequences']} sequences of up to {config.data.seq_len} tokens); seed {config.seed}.",
+        f"({result.before['forget']['sequences']} sequences of up to {config.data.seq_len} tokens); "
+        f"seed {config.seed}.",
         "",
         f"{verdict} {state.stop_reason[0].upper() + state.stop_reason[1:]}.",
         "",
