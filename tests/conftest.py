@@ -11,7 +11,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models gain nothing from a second thread, and OpenMP threads that spin while another
+# process holds the other core make them up to 100x slower.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def tiny_gpt_neo(vocab_size: int = 96, seed: int = 0, layers: int = 2, hidden: int = 32):

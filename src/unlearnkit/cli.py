@@ -228,17 +228,16 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UnlearnkitError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False)
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(EXIT_BAD_INPUT)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
-    except Exception as error:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:
+        # Usage errors come from the click that typer bundles, whose classes are not click's own.
+        if hasattr(error, "show") and hasattr(error, "exit_code"):
             error.show()
             sys.exit(EXIT_BAD_INPUT)
         raise

@@ -208,6 +208,8 @@ def _explain(error: ValidationError) -> UnlearnkitError:
     message = first["msg"].removeprefix("Value error, ")
     if not key:
         return UnlearnkitError(f"Invalid configuration: {message}.".replace("..", "."))
+    if message.endswith((".", "?")):
+        return UnlearnkitError(f"Invalid value for {key}: {message}")
     return UnlearnkitError(f"Invalid value for {key}: {message}; fix it in the config or with --set {key}=...")
 
 

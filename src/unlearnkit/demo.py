@@ -315,8 +315,22 @@ def measure(model: Any, tokenizer: Any, settings: DemoSettings, progress: Progre
 
 def run_demo(output_dir: Path, settings: DemoSettings | None = None, *, compare: bool = False,
              quiet: bool = False, console: Console | None = None) -> DemoResult:
+    """Steps 1-3 (see the module docstring); writes demo.md, demo.png and demo.json next to the run's report."""
     settings = settings or DemoSettings()
     settings.check()
+    threads = torch.get_num_threads()
+    if settings.tiny:
+        # A tiny model's matrices are too small to share between threads: one thread is several times
+        # faster, above all on a busy machine.
+        torch.set_num_threads(1)
+    try:
+        return _run_demo(output_dir, settings, compare, quiet, console)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(output_dir: Path, settings: DemoSettings, compare: bool, quiet: bool,
+              console: Console | None) -> DemoResult:
     console = console or Console(quiet=quiet)
     progress = Progress(console=console, quiet=quiet)
     output_dir = Path(output_dir).expanduser()
@@ -497,7 +511,8 @@ def demo_document(result: DemoResult) -> dict[str, Any]:
 
 
 def _means(snapshot: dict[str, Any]) -> dict[str, Any]:
-    return {role: {"ma": v["ma"], "el": v["el"], "sequences": v["sequences"]} for role, v in snapshot.items()}
+    return {role: {"ma": v["ma"], "el": v["el"], "sequences": v["sequences"]} for role, v in snapshot.items()
+            if isinstance(v, dict) and "ma" in v}
 
 
 def plot_demo(result: DemoResult, path: Path) -> None:

@@ -172,7 +172,7 @@ def run_unlearning(
         state.history.append(record)
         progress.log_epoch(record, config.eval.el_n)
         last_good = _snapshot(trainable)
-        if scores["ma"] <= thresholds.ma and scores["el"] <= thresholds.el:
+        if thresholds.forgotten(scores["ma"], scores["el"]):
             state.criterion_met = True
             if config.eval.early_stop:
                 state.stop_reason = f"forgetting criterion met after epoch {epoch}"

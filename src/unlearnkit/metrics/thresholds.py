@@ -34,8 +34,8 @@ class Thresholds:
         return out
 
     def forgotten(self, ma: float, el: float) -> bool:
-        """The paper's stopping rule: both forget-set means below the held-out means."""
-        return ma < self.ma and el < self.el
+        """The stopping rule of Appendix B: both forget-set means at or below the held-out means."""
+        return ma <= self.ma and el <= self.el
 
 
 def bootstrap_ci(values: torch.Tensor, bootstrap: int = 1000, seed: int = 0,
