@@ -95,7 +95,11 @@ def test_local_directory_round_trip(tmp_path, data_dir):
 
 
 def test_unreachable_hub_id_says_how_to_use_a_local_copy(monkeypatch):
+    import huggingface_hub.constants
+
+    # the hub reads the variable at import time: set both so no request is even attempted
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UnlearnkitError, match="local cache.*set model.name to that directory"):
         load_model("unlearnkit-tests/no-such-model")
 
