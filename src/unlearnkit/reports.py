@@ -115,10 +115,33 @@ def before_after_table(result: RunResult) -> Table:
     return table
 
 
+def _threshold_lines(result: RunResult) -> list[str]:
+    th = result.thresholds
+    if not th.n_sequences:
+        return []
+    ma_ci, el_ci = th.ma_ci, th.el_ci
+    return [f"Thresholds from {th.n_sequences} held-out sequences: MA {th.ma:.4f} (95% bootstrap interval "
+            f"{ma_ci[0]:.4f}-{ma_ci[1]:.4f}), EL{th.n} {th.el:.4f} ({el_ci[0]:.4f}-{el_ci[1]:.4f}).", ""]
+
+
+def _adapter_lines(result: RunResult) -> list[str]:
+    summary = result.adapter_summary
+    if not summary:
+        return []
+    timings = ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in summary.get("timings", {}).items())
+    lines = ["## FLoRA initialisation", "",
+             f"{len(summary['layers'])} layers initialised from the forget/retain Fisher ratio "
+             f"({summary['forget_tokens']} forget and {summary['retain_tokens']} retain tokens); {timings}."]
+    if summary["fallback_layers"]:
+        lines.append(f"**{len(summary['fallback_layers'])} layers had all-zero or non-finite importance and fell "
+                     f"back to uniform row weights (plain SVD):** {', '.join(summary['fallback_layers'])}.")
+    return [*lines, ""]
+
+
 def render_report(result: RunResult) -> str:
     config, state, th = result.config, result.state, result.thresholds
     n = config.eval.el_n
-    verdict = "**Forgetting criterion met.**" if state.criterion_met else "**Forgetting criterion NOT met.**"
+    verdict = "**Forgetting criterion met**" if state.criterion_met else "**Forgetting criterion NOT met**"
     lines = [
         f"# Unlearning report: {config.method.name.upper()} with adapter `{config.adapter.name}`",
         "",
@@ -126,7 +149,7 @@ def render_report(result: RunResult) -> str:
         f"({result.before['forget']['sequences']} sequences of up to {config.data.seq_len} tokens); "
         f"seed {config.seed}.",
         "",
-        f"{verdict} {state.stop_reason[0].upper() + state.stop_reason[1:]}.",
+        f"{verdict}: {state.stop_reason}.",
         "",
         f"The criterion (Appendix B): forget-set mean MA ≤ {th.ma:.4f} and mean EL{n} ≤ {th.el:.4f}, "
         + (f"the means of {th.n_sequences} held-out sequences ({th.source})." if th.n_sequences
@@ -136,6 +159,8 @@ def render_report(result: RunResult) -> str:
         "|---|---:|---:|",
         *[f"| {name} | {b} | {a} |" for name, b, a in summary_rows(result)],
         "",
+        *_threshold_lines(result),
+        *_adapter_lines(result),
         "## Per epoch",
         "",
         f"| epoch | loss | forget MA | forget EL{n} | elapsed (s) | tokens |",
