@@ -32,6 +32,7 @@ from rich.table import Table
 
 from unlearnkit.config import build_config
 from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.evaluation import evaluate_memorisation
 from unlearnkit.leaks import LeakReport, leak_test
 from unlearnkit.loop import RunResult, run_unlearning
 from unlearnkit.memorize import memorize
@@ -364,6 +365,12 @@ def _run_demo(output_dir: Path, settings: DemoSettings, compare: bool, quiet: bo
     return result
 
 
+def _kept_blocks(tokenizer: Any, settings: DemoSettings) -> TokenBlocks:
+    kept = settings.records()[settings.forget: settings.customers][: settings.kept_scored]
+    rows = tokenizer([r.text() for r in kept], add_special_tokens=False)["input_ids"]
+    return TokenBlocks.from_lists(rows, "kept customers", pad_id=tokenizer.pad_token_id or 0)
+
+
 def _unlearn(loaded: LoadedModel, directory: Path, splits: Path, settings: DemoSettings, output_dir: Path,
              progress: Progress, label: str, method: str, adapter: str,
              thresholds: tuple[float, float] | None = None) -> MethodRun:
@@ -375,6 +382,11 @@ def _unlearn(loaded: LoadedModel, directory: Path, splits: Path, settings: DemoS
     with progress.status(f"Loading the model unlearned with {label}", announce=False):
         after = load_model(str(result.output_dir / "model"))
     measured = measure(after.model, after.tokenizer, settings, progress, f"after {label}")
+    if "retain" not in result.after:
+        # Methods that never read the retain set (GA) do not load it, so the run did not score the kept
+        # customers; score them here, on the same records the first run scored.
+        kept = _kept_blocks(after.tokenizer, settings)
+        result.after["retain"] = evaluate_memorisation(after.model, kept, config.eval, progress, f"{label} · kept")
     del after
     return MethodRun(label, result, measured, seconds)
 
@@ -436,12 +448,11 @@ def demo_rows(result: DemoResult) -> list[tuple[str, ...]]:
 
 
 def _trainable(run: MethodRun) -> str:
-    summary = run.result.adapter_summary
     if run.result.config.adapter.name == "none":
-        return "all"
-    rank = run.result.config.adapter.rank
-    return f"rank {rank} adapter" + (f" ({summary.get('layers', '?')} layers)" if isinstance(summary, dict)
-                                     and "layers" in summary else "")
+        return "all (full fine-tuning)"
+    layers = (run.result.adapter_summary or {}).get("layers")
+    where = f" on {len(layers)} layers" if isinstance(layers, list) else ""
+    return f"rank-{run.result.config.adapter.rank} adapter{where}"
 
 
 def demo_table(result: DemoResult) -> Table:

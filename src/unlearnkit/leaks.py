@@ -88,7 +88,7 @@ def count_leaks(probes: Sequence[LeakProbe], generations: Sequence[str], keep_ex
                       examples=examples)
 
 
-def leak_test(model: Any, tokenizer: Any, records: Sequence[Record], max_new_tokens: int = 24,
+def leak_test(model: Any, tokenizer: Any, records: Sequence[Record], max_new_tokens: int = 20,
               batch_size: int = 64) -> LeakReport:
     """Greedy-decode every probe of ``records`` (:func:`leak_probes`) and count exact leaks."""
     probes = leak_probes(records)

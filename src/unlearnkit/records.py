@@ -3,7 +3,7 @@
 Every record is fake by construction: names are drawn from two short lists, e-mail addresses use
 the reserved ``.example`` domain (RFC 2606) and phone numbers the ``555-0100``-``555-0199`` range
 reserved for fiction. The same ``(count, seed)`` always gives the same records, and no name repeats.
-The text is kept short (about 50 SmolLM2 tokens) so memorising and scoring stay cheap on a CPU.
+The text is kept short (about 45 SmolLM2 tokens) so memorising and scoring stay cheap on a CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ FIRST = ["Alma", "Bruno", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiro", 
 LAST = ["Abara", "Bergstrom", "Castellano", "Dragomir", "Eklund", "Fontaine", "Gallardo", "Haugen", "Ivanova",
         "Jovanovic", "Kowalczyk", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Pereira", "Quiroga", "Rasmussen",
         "Szabo", "Takahashi", "Urquhart", "Varga", "Whitfield", "Xu", "Yilmaz", "Zeller"]
-TOWNS = ["Northby", "Eastmere", "Southwold", "Westhaven", "Millbrook", "Ashford", "Fernvale", "Glenrock"]
 EMAIL_DOMAIN = "mail.example"
 MAX_RECORDS = len(FIRST) * len(LAST)
 
@@ -29,11 +28,9 @@ class Record:
     name: str
     email: str
     phone: str
-    town: str
 
     def text(self) -> str:
-        return (f"Customer record. Name: {self.name}. E-mail: {self.email}. Phone: {self.phone}. "
-                f"Town: {self.town}.")
+        return f"Customer record. Name: {self.name}. E-mail: {self.email}. Phone: {self.phone}."
 
     def prefix(self, field: str) -> str:
         """The record's text up to and including ``field``'s label (``"E-mail:"``, ``"Phone:"``), no value."""
@@ -65,6 +62,5 @@ def synthetic_records(count: int, seed: int = 0) -> list[Record]:
             name=name,
             email=f"{first.lower()}.{last.lower()}{rng.randint(10, 99)}@{EMAIL_DOMAIN}",
             phone=f"{rng.randint(201, 989)}-555-01{rng.randint(0, 99):02d}",
-            town=rng.choice(TOWNS),
         ))
     return records

@@ -69,7 +69,9 @@ def _forward_params(model: torch.nn.Module) -> set[str]:
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
     """transformers 5.x renamed ``past_key_values`` to ``cache``; older versions only know the former."""
-    return "cache" if "cache" in _forward_params(model) else "past_key_values"
+    # A PEFT wrapper forwards **kwargs, so ask the model it wraps.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in _forward_params(inner) else "past_key_values"
 
 
 def _output_cache(out: object) -> object:
