@@ -67,11 +67,12 @@ def privacy_checks(model: Any, forget: TokenBlocks, holdout: TokenBlocks, config
 
 
 def evaluation_snapshot(model: Any, sets: EvalSets, config: EvalConfig, progress: Progress,
-                        label: str, tokenizer: Any = None) -> dict[str, Any]:
-    snapshot: dict[str, Any] = {}
+                        label: str, tokenizer: Any = None, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scores of every set by role; ``known`` supplies scores already measured on this very model."""
+    snapshot: dict[str, Any] = dict(known or {})
     for role in ("forget", "validation", "retain"):
         blocks = getattr(sets, role)
-        if blocks is not None:
+        if blocks is not None and role not in snapshot:
             snapshot[role] = evaluate_memorisation(model, blocks, config, progress, f"{label} · {role}")
     if config.audit and sets.validation is not None:
         with progress.status(f"{label}: extraction attack and membership inference", announce=False):

@@ -124,6 +124,7 @@ def run_unlearning(
     steps_per_epoch = math.ceil(len(data.forget) / config.train.batch_size)
     retain_batch_size = config.train.retain_batch_size or config.train.batch_size
     last_good = _snapshot(trainable)
+    last_scores: dict[str, Any] | None = None  # forget-set scores of the model as last_good holds it
     t_train = time.perf_counter()
     for epoch in range(1, config.train.epochs + 1):
         state.epoch = epoch
@@ -171,7 +172,7 @@ def run_unlearning(
         }
         state.history.append(record)
         progress.log_epoch(record, config.eval.el_n)
-        last_good = _snapshot(trainable)
+        last_good, last_scores = _snapshot(trainable), scores
         if thresholds.forgotten(scores["ma"], scores["el"]):
             state.criterion_met = True
             if config.eval.early_stop:
@@ -186,7 +187,10 @@ def run_unlearning(
     model = accelerator.unwrap_model(model)
     model.eval()
     t0 = time.perf_counter()
-    after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer)
+    # The forget set was just scored after the last epoch (or the epoch restored to); reuse that.
+    known = {"forget": last_scores} if last_scores is not None else None
+    after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
+                                known=known)
     timings["eval_after_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     result = RunResult(config, state, thresholds, before, after, None, timings, adapter_summary)

@@ -70,7 +70,8 @@ def _forward_params(model: torch.nn.Module) -> set[str]:
 def _cache_kwarg(model: torch.nn.Module) -> str:
     """transformers 5.x renamed ``past_key_values`` to ``cache``; older versions only know the former."""
     # A PEFT wrapper forwards **kwargs, so ask the model it wraps.
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)
+    inner = get_base_model() if callable(get_base_model) else model
     return "cache" if "cache" in _forward_params(inner) else "past_key_values"
 
 
