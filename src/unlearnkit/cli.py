@@ -134,9 +134,10 @@ def fisher(
     Console().print(f"Saved to {out}; reuse with --set adapter.flora.fisher_path={out}")
 
 
-@app.command(epilog="Example: `unlearnkit demo --compare --output runs/demo` (first run memorises and caches the "
-                     "model: about 10 minutes on 2 CPU cores; later runs about 5). "
-                     "`unlearnkit demo --tiny` runs the same pipeline on a tiny model in seconds.")
+@app.command(epilog="Example: `unlearnkit demo --compare --output runs/demo`. The first run fine-tunes SmolLM2 "
+                     "until it has memorised the records and caches that model (~/.cache/unlearnkit/demo, or "
+                     "$UNLEARNKIT_CACHE); later runs start from the cache. `unlearnkit demo --tiny` runs the same "
+                     "pipeline on a tiny model in well under a minute.")
 def demo(
     output: Annotated[Path, typer.Option(help="where the demo writes its outputs (replaced if present)")] = Path(
         "runs/demo"),
@@ -194,6 +195,52 @@ def audit(
     Console().print(format_audit_table(result))
     if json_out is not None:
         atomic_write_json(json_out, {"model": model, "forget": forget, "holdout": holdout, **result})
+
+
+testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                          help="A miniature TDEC testbed that runs on a CPU (GPT-Neo trained from scratch) and the "
+                               "memorised SmolLM2 of configs/smollm2/.")
+app.add_typer(testbed_app, name="testbed")
+
+
+@testbed_app.command("build", epilog="Example: `unlearnkit run configs/testbed/flora-ihl.yaml --set "
+                                     "model.name=$(unlearnkit testbed build --size small --print-path)`")
+def testbed_build(
+    size: Annotated[str, typer.Option(help="tiny (about a minute; for tests) | small (the miniature of Table 1, "
+                                           "≤ 20 min on 2 cores) | smollm2 (SmolLM2-135M memorising jang 32_0, "
+                                           "about 7 min)")] = "small",
+    data_dir: Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")] = None,
+    print_path: Annotated[bool, typer.Option("--print-path", help="print only the model directory (for "
+                                                                  "--set model.name=...); progress goes to stderr")
+                          ] = False,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even when cached")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train (or reuse from the cache) a model that has memorised TDEC rows, and print where it is."""
+    from unlearnkit.progress import Progress
+    from unlearnkit.testbed import SIZES, build_smollm2, build_testbed, read_manifest
+
+    if size not in (*SIZES, "smollm2"):
+        raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join((*SIZES, "smollm2"))}.')
+    progress = Progress(console=Console(stderr=print_path, quiet=quiet), quiet=quiet)
+    if size == "smollm2":
+        directory = build_smollm2(data_dir=data_dir, quiet=quiet, progress=progress, force=force)
+    else:
+        directory = build_testbed(size, data_dir=data_dir, quiet=quiet, progress=progress, force=force)
+    if print_path:
+        print(directory / "model")
+        return
+    manifest = read_manifest(directory)
+    measured = manifest["measured"]
+    if size == "smollm2":
+        measured = measured["after"]
+        forget = measured["forget"]
+    else:
+        forget = measured["pool"]
+    held = measured["heldout_tdec_val"]
+    Console().print(f"{size}: forget {'set' if size == 'smollm2' else 'pool'} MA {forget['ma']:.3f}, EL10 "
+                    f"{forget['el10']:.3f}; held-out TDEC MA {held['ma']:.3f}, EL10 {held['el10']:.3f}")
+    Console().print(f"Model in {directory / 'model'} (manifest.json beside it)")
 
 
 def parse_source(text: str) -> Any:

@@ -82,7 +82,8 @@ def run_unlearning(
         )
     model, tokenizer = loaded.model, loaded.tokenizer
     method = get_method(config.method.name)
-    data = load_run_data(config, tokenizer, needs_retain=method.uses_retain or config.adapter.name == "flora")
+    needs_retain = method.uses_retain or config.adapter.name == "flora" or config.eval.retain_sequences > 0
+    data = load_run_data(config, tokenizer, needs_retain=needs_retain)
     target_modules = (resolve_target_modules(model, config.adapter.modules)
                       if config.adapter.name != "none" else [])
     model.to(accelerator.device)

@@ -26,10 +26,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
@@ -64,6 +71,7 @@ def staged_directory(directory: str | Path, overwrite: bool) -> Iterator[Path]:
     final = check_output_dir(directory, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the output is an ordinary directory
     try:
         yield staging
     except BaseException:
