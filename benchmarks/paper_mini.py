@@ -1,0 +1,199 @@
+"""Table 1 in miniature: the paper's six methods on the CPU testbed, over several forget sets.
+
+For each forget set (32 rows of the memorised pool: Jang et al.'s lm_extraction_32_0 first, then further
+disjoint 32-row slices of lm_extraction_128_0) and each method (configs/testbed/*.yaml), unlearn until
+forget EL10 and MA are at or below the held-out TDEC validation means (or the epoch limit), then report:
+trainable parameters (%), epochs, EL10 and MA after, perplexity on the retain set (WikiText rows the
+testbed trained on) and on held-out text (Pile tail + WikiText-2 test, never trained on), and success.
+
+    python benchmarks/paper_mini.py --size tiny --quick     # minutes: the tiny testbed, 10-epoch limit
+    python benchmarks/paper_mini.py                         # the small testbed, 3 forget sets, 20 epochs
+
+The testbed is built first if it is not cached (``unlearnkit testbed build``). Writes
+benchmarks/results/paper_mini.json (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from unlearnkit.config import RunConfig, load_config
+from unlearnkit.data.catalog import resolve_data_dir
+from unlearnkit.data.sources import SourceConfig
+from unlearnkit.loop import run_unlearning
+from unlearnkit.modeling import load_model, resolve_target_modules
+from unlearnkit.outputs import atomic_write_json
+from unlearnkit.testbed import (
+    METHODS,
+    build_testbed,
+    forget_set_sources,
+    heldout_perplexity,
+    heldout_text_blocks,
+    measure,
+    perplexity_of,
+    read_manifest,
+    retain_eval_blocks,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "paper_mini.json"
+CONFIGS = ROOT / "configs" / "testbed"
+
+
+def trainable_percent(model: Any, config: RunConfig) -> float:
+    """LoRA / FLoRA: r x (in + out) per target weight; full fine-tuning: 100."""
+    total = sum(p.numel() for p in model.parameters())
+    if config.adapter.name == "none":
+        return 100.0
+    modules = dict(model.named_modules())
+    adapter = 0
+    for name in resolve_target_modules(model, config.adapter.modules):
+        weight = modules[name].weight
+        adapter += config.adapter.rank * (weight.shape[0] + weight.shape[1])
+    return 100.0 * adapter / total
+
+
+def run_one(method: str, forget: SourceConfig, model_dir: Path, manifest: dict[str, Any], loaded: Any,
+            text_sets: dict[str, Any], retain_blocks: Any, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    rank = int(manifest["lora_rank"])
+    overrides = [f"model.name={model_dir}", f"data.seq_len={manifest['seq_len']}", f"adapter.rank={rank}",
+                 f"adapter.alpha={2 * rank}", f"output.dir={scratch / method}", "output.overwrite=true",
+                 "eval.audit=false", f"train.epochs={args.epochs}"]
+    if args.data_dir:
+        overrides.append(f"data.dir={args.data_dir}")
+    config = load_config(CONFIGS / f"{method}.yaml", overrides)
+    assert config.train.lr is not None
+    config.train.lr = config.train.lr * args.lr_scale
+    config.data.forget = forget
+    started = time.perf_counter()
+    result = run_unlearning(config, loaded=loaded, quiet=True)
+    seconds = time.perf_counter() - started
+    assert result.output_dir is not None
+    after_model = load_model(str(result.output_dir / "model")).model
+    ppl = heldout_perplexity(after_model, text_sets)
+    row = {
+        "method": method, "forget": forget.label(), "params_pct": trainable_percent(loaded.model, config),
+        "epochs": result.state.epoch, "success": bool(result.state.criterion_met),
+        "el10": result.after["forget"]["el"], "ma": result.after["forget"]["ma"],
+        "el10_before": result.before["forget"]["el"], "ma_before": result.before["forget"]["ma"],
+        "threshold_el10": result.thresholds.el, "threshold_ma": result.thresholds.ma,
+        "retain_ppl": perplexity_of(after_model, retain_blocks), "heldout_ppl": ppl["combined"],
+        "heldout_ppl_parts": {k: v for k, v in ppl.items() if k != "combined"},
+        "diverged": result.state.diverged_epoch is not None, "stop_reason": result.state.stop_reason,
+        "seconds": round(seconds, 1), "lr": config.train.lr, "rank": config.adapter.rank,
+    }
+    shutil.rmtree(result.output_dir, ignore_errors=True)
+    return row
+
+
+def summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    summary = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        summary.append({
+            "method": method, "params_pct": mine[0]["params_pct"],
+            "epochs": statistics.mean(r["epochs"] for r in mine),
+            "el10": statistics.mean(r["el10"] for r in mine), "ma": statistics.mean(r["ma"] for r in mine),
+            "retain_ppl": statistics.mean(r["retain_ppl"] for r in mine),
+            "heldout_ppl": statistics.mean(r["heldout_ppl"] for r in mine),
+            "successes": sum(r["success"] for r in mine), "runs": len(mine),
+        })
+    return summary
+
+
+def table(before: dict[str, Any], summary: list[dict[str, Any]], title: str) -> Table:
+    out = Table(title=title)
+    for column in ("Method", "Params (%)", "Epochs", "EL10 (%)", "MA (%)", "Retain PPL", "Held-out PPL",
+                   "Success"):
+        out.add_column(column, justify="left" if column == "Method" else "right")
+    out.add_row("Before", "-", "-", f"{100 * before['el10']:.1f}", f"{100 * before['ma']:.1f}",
+                f"{before['retain_ppl']:.1f}", f"{before['heldout_ppl']:.1f}", "-")
+    for s in summary:
+        out.add_row(s["method"], f"{s['params_pct']:.2f}", f"{s['epochs']:.1f}", f"{100 * s['el10']:.1f}",
+                    f"{100 * s['ma']:.1f}", f"{s['retain_ppl']:.1f}", f"{s['heldout_ppl']:.1f}",
+                    f"{s['successes']}/{s['runs']}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("tiny", "small"), default="small")
+    parser.add_argument("--forget-sets", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the six")
+    parser.add_argument("--quick", action="store_true", help="at most 10 unlearning epochs (default 20)")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="multiply every config's learning rate (the paper's 5e-5 / 2e-4 were tuned for "
+                             "GPT-Neo, pre-trained at 6e-4; the testbeds are trained at 3e-3 / 5e-3)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on busy 2-core machines)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.epochs = 10 if args.quick else 20
+    torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    console = Console()
+    started = time.perf_counter()
+    directory = build_testbed(args.size, data_dir=args.data_dir)
+    manifest = read_manifest(directory)
+    model_dir = directory / "model"
+    loaded = load_model(str(model_dir))
+    data_dir = resolve_data_dir(args.data_dir)
+    seq_len = int(manifest["seq_len"])
+    count = int(manifest["settings"]["heldout_blocks"])
+    text_sets = heldout_text_blocks(loaded.tokenizer, data_dir, seq_len, count)
+    retain_blocks = retain_eval_blocks(loaded.tokenizer, data_dir, seq_len, count)
+    forgets = forget_set_sources(manifest, args.forget_sets)
+    rows: list[dict[str, Any]] = []
+    befores = []
+    with tempfile.TemporaryDirectory(prefix="paper-mini-") as scratch:
+        for index, forget in enumerate(forgets):
+            from unlearnkit.data.sources import load_blocks
+
+            blocks = load_blocks(forget, loaded.tokenizer, data_dir, seq_len=seq_len)
+            befores.append(measure(loaded.model, blocks))
+            for method in methods:
+                row = run_one(method, forget, model_dir, manifest, loaded, text_sets, retain_blocks, args,
+                              Path(scratch) / f"set{index}")
+                rows.append(row)
+                console.print(f"set {index} ({forget.label()}) {method}: {row['epochs']} epochs, EL10 "
+                              f"{row['el10']:.3f}, MA {row['ma']:.3f} (thresholds {row['threshold_el10']:.3f} / "
+                              f"{row['threshold_ma']:.3f}), held-out PPL {row['heldout_ppl']:.1f}, "
+                              f"{'success' if row['success'] else 'NOT forgotten'} ({row['seconds']:.0f}s)")
+    before = {
+        "el10": statistics.mean(b["el10"] for b in befores), "ma": statistics.mean(b["ma"] for b in befores),
+        "retain_ppl": perplexity_of(loaded.model, retain_blocks),
+        "heldout_ppl": heldout_perplexity(loaded.model, text_sets)["combined"],
+    }
+    summary = summarise(rows, methods)
+    console.print(table(before, summary, f"Table 1 in miniature: {args.size} testbed, {len(forgets)} forget set(s) "
+                                         f"of 32, ≤ {args.epochs} epochs"))
+    atomic_write_json(args.out, {
+        "benchmark": "paper_mini", "size": args.size, "quick": args.quick, "max_epochs": args.epochs,
+        "lr_scale": args.lr_scale,
+        "forget_sets": [f.model_dump(mode="json", exclude_unset=True) for f in forgets],
+        "testbed": {k: manifest[k] for k in ("key", "settings", "measured", "seconds", "parameters", "kept_tokens")},
+        "before": before, "summary": summary, "runs": rows,
+        "seconds": round(time.perf_counter() - started, 1), "threads": args.threads,
+        "machine": platform.machine(), "torch": torch.__version__,
+    })
+    console.print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The miniature TDEC testbed: the tiny build memorises its pool, configs load, the CLI prints the path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unlearnkit.cli import app
+from unlearnkit.config import load_config
+from unlearnkit.testbed import METHODS, forget_set_sources, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+EXPECTED = {"ga": ("ga", "none"), "gd": ("gd", "none"), "lora-gd": ("gd", "lora"), "lora-ihl": ("ihl", "lora"),
+            "flora-gd": ("gd", "flora"), "flora-ihl": ("ihl", "flora")}
+
+
+@pytest.fixture(scope="module")
+def tiny_testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if not SHARED_DATA.exists():
+        pytest.skip("the offline data pack ../shared/data is not present")
+    from unlearnkit.testbed import build_testbed
+
+    saved = {k: os.environ.get(k) for k in ("UNLEARNKIT_CACHE", "UNLEARNKIT_DATA")}
+    os.environ["UNLEARNKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["UNLEARNKIT_DATA"] = str(SHARED_DATA)
+    torch.set_num_threads(1)
+    try:
+        yield build_testbed("tiny", quiet=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_tiny_testbed_memorises_its_pool_and_not_held_out_text(tiny_testbed: Path) -> None:
+    manifest = read_manifest(tiny_testbed)
+    assert (tiny_testbed / "model" / "config.json").is_file()
+    assert (tiny_testbed / "model" / "tokenizer_config.json").is_file()  # the GPT-2 tokenizer travels along
+    assert tiny_testbed.name.startswith("tiny-") and tiny_testbed.parent.name == "testbed"
+    assert (tiny_testbed.parent / "tiny").resolve() == tiny_testbed.resolve()  # the "latest" link
+    pool, held = manifest["measured"]["pool"], manifest["measured"]["heldout_tdec_val"]
+    assert manifest["training"]["reached_target"]
+    assert pool["ma"] >= 0.9
+    assert held["ma"] < pool["ma"] - 0.3
+    assert pool["el10"] > held["el10"] + 0.1
+    assert len(manifest["pool_rows"]) == 128
+    assert set(manifest["jang32_rows"]) <= set(manifest["pool_rows"])
+
+
+def test_forget_sets_are_disjoint_pool_slices(tiny_testbed: Path) -> None:
+    manifest = read_manifest(tiny_testbed)
+    sets = forget_set_sources(manifest, 3)
+    assert sets[0].source == "jang" and sets[0].n == 32
+    rows = [set(manifest["jang32_rows"])] + [set(s.rows or []) for s in sets[1:]]
+    assert all(len(r) == 32 for r in rows)
+    assert len(set().union(*rows)) == 96
+    assert set().union(*rows) <= set(manifest["pool_rows"])
+
+
+def test_print_path_reuses_the_cache(tiny_testbed: Path) -> None:
+    result = CliRunner().invoke(app, ["testbed", "build", "--size", "tiny", "--print-path", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == str(tiny_testbed / "model")
+
+
+def test_testbed_build_rejects_unknown_size() -> None:
+    result = CliRunner().invoke(app, ["testbed", "build", "--size", "huge"])
+    assert result.exit_code != 0
+
+
+@pytest.mark.parametrize("kind", ["testbed", "smollm2"])
+def test_configs_load_and_name_the_six_methods(kind: str) -> None:
+    files = sorted((REPO / "configs" / kind).glob("*.yaml"))
+    assert sorted(f.stem for f in files) == sorted(METHODS)
+    for path in files:
+        config = load_config(path)
+        assert (config.method.name, config.adapter.name) == EXPECTED[path.stem]
+        assert config.data.forget.source == "jang" and config.data.forget.n == 32
+        assert config.data.validation is not None and config.data.validation.split == "val"
+        if config.method.name != "ga":
+            assert config.data.retain is not None and config.data.retain.source == "wikitext"
+        assert kind in config.model.name  # the cache link `unlearnkit testbed build` maintains
