@@ -34,7 +34,6 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/el_speed.py --quick
 	$(BIN)/python benchmarks/flora_init.py --quick
-	$(BIN)/python benchmarks/paper_mini.py --size tiny --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
