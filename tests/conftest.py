@@ -45,14 +45,6 @@ def tiny_model():
 
 def tiny_tokenizer(texts: list[str], vocab_size: int = 512):
     """A byte-level BPE tokenizer trained in about a second: keeps tiny models' output layers small."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from unlearnkit.modeling import train_byte_bpe_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    return train_byte_bpe_tokenizer(texts, vocab_size)

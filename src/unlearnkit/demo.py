@@ -36,7 +36,7 @@ from unlearnkit.evaluation import evaluate_memorisation
 from unlearnkit.leaks import LeakReport, leak_test
 from unlearnkit.loop import RunResult, run_unlearning
 from unlearnkit.memorize import memorize
-from unlearnkit.modeling import LoadedModel, load_model
+from unlearnkit.modeling import LoadedModel, load_model, train_byte_bpe_tokenizer
 from unlearnkit.outputs import atomic_write_json, atomic_write_text
 from unlearnkit.perplexity import general_text, general_text_blocks, perplexity
 from unlearnkit.progress import Progress
@@ -166,26 +166,12 @@ def cache_root() -> Path:
 # --------------------------------------------------------------------------------- step 1: memorise
 
 
-def _tiny_tokenizer(texts: list[str], vocab: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", bos_token="<|endoftext|>")
-
-
 def _tiny_base(settings: DemoSettings, records: list[str]) -> LoadedModel:
     """A randomly initialised tiny GPT-Neo and a byte-level BPE tokenizer trained here on the spot."""
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
     text = general_text()
-    tokenizer = _tiny_tokenizer(records + [text[i:i + 4000] for i in range(0, len(text), 4000)],
+    tokenizer = train_byte_bpe_tokenizer(records + [text[i:i + 4000] for i in range(0, len(text), 4000)],
                                 TINY_SHAPE["vocab"])
     torch.manual_seed(settings.seed)
     layers, hidden = TINY_SHAPE["layers"], TINY_SHAPE["hidden"]
