@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import tiny_gpt_neo
+from test_memorization import memorise
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.memorization import memorization_accuracy
 from unlearnkit.metrics.privacy import (
     auc,
     audit,
@@ -39,17 +39,7 @@ def one_thread():
 def memorised():
     gen = torch.Generator().manual_seed(5)
     seqs = torch.randint(0, VOCAB - 1, (4, 32), generator=gen)
-    model = tiny_gpt_neo(vocab_size=VOCAB, seed=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(300):
-        loss = model(input_ids=seqs, labels=seqs).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 25 == 24 and memorization_accuracy(model, seqs).min() == 1.0:
-            break
-    model.eval()
+    model = memorise(tiny_gpt_neo(vocab_size=VOCAB, seed=1), seqs)
     holdout = torch.randint(0, VOCAB - 1, (4, 32), generator=gen)
     return model, seqs, holdout
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from unlearnkit.leaks import LeakReport, leak_test
 from unlearnkit.loop import RunResult, run_unlearning
 from unlearnkit.memorize import memorize
 from unlearnkit.modeling import LoadedModel, load_model, train_byte_bpe_tokenizer
-from unlearnkit.outputs import atomic_write_json, atomic_write_text
+from unlearnkit.outputs import atomic_write_json, atomic_write_text, save_model_to_cache
 from unlearnkit.perplexity import general_text, general_text_blocks, perplexity
 from unlearnkit.progress import Progress
 from unlearnkit.records import Record, synthetic_records
@@ -226,16 +225,8 @@ def prepare_memorised_model(settings: DemoSettings, progress: Progress) -> tuple
     mark = "[green]✓[/green]" if result.reached_target else "[yellow]![/yellow]"
     progress.console.print(f"{mark} Step 1: {len(texts)} records memorised: MA {result.ma:.3f} after "
                            f"{result.epochs} epochs ({seconds:.0f}s); cached in {directory}")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     with progress.status("Saving the memorised model to the cache", announce=False):
-        model.save_pretrained(staging / "model")
-        tokenizer.save_pretrained(staging / "model")
-        atomic_write_json(staging / "memorised.json", info)
-    if directory.exists():  # an incomplete earlier attempt, or a concurrent run that finished first
-        shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
+        save_model_to_cache(directory, model, tokenizer, "memorised.json", info)
     return directory, {**info, "cached": False}
 
 

@@ -84,3 +84,20 @@ def staged_directory(directory: str | Path, overwrite: bool) -> Iterator[Path]:
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_to_cache(directory: Path, model: Any, tokenizer: Any, info_name: str, info: dict[str, Any]) -> None:
+    """Write ``model/`` (weights + tokenizer) and ``info_name`` into ``directory``, atomically.
+
+    Caches are keyed by their settings, so an existing directory is an incomplete earlier attempt
+    or a concurrent build that finished first; either way the fresh copy replaces it.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging / "model")
+    tokenizer.save_pretrained(staging / "model")
+    atomic_write_json(staging / info_name, info)
+    if directory.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+    os.replace(staging, directory)

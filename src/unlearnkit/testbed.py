@@ -38,7 +38,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from collections import Counter
 from collections.abc import Generator
@@ -51,7 +50,7 @@ import torch
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.sources import GPT2_VOCAB_SIZE, SourceConfig, load_blocks, load_gpt2_tokenizer, load_tdec
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.outputs import atomic_write_json
+from unlearnkit.outputs import save_model_to_cache
 from unlearnkit.progress import Progress
 
 TESTBED_VERSION = 1
@@ -438,15 +437,7 @@ def build_testbed(size: str = "small", *, data_dir: str | Path | None = None, qu
     }
     if not set(manifest["jang32_rows"]) <= set(manifest["pool_rows"]):  # pragma: no cover - data invariant
         raise UnlearnkitError("lm_extraction_32_k is not inside lm_extraction_128_k; the data files are not Jang's.")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging / "model")
-    tokenizer.save_pretrained(staging / "model")
-    atomic_write_json(staging / "manifest.json", manifest)
-    if directory.exists():  # an earlier forced build, or a concurrent build that finished first
-        shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
+    save_model_to_cache(directory, model, tokenizer, "manifest.json", manifest)
     _point_latest(directory, settings.size)
     if not quiet:
         mark = "[green]✓[/green]" if trained.reached_target else "[yellow]![/yellow]"
@@ -556,15 +547,7 @@ def build_smollm2(*, data_dir: str | Path | None = None, quiet: bool = False, pr
         "seconds": {"train": round(train_s, 1), "total": round(time.perf_counter() - started, 1)},
         "threads": torch.get_num_threads(), "torch": torch.__version__, "data_dir": str(data_path),
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging / "model")
-    tokenizer.save_pretrained(staging / "model")
-    atomic_write_json(staging / "manifest.json", manifest)
-    if directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
+    save_model_to_cache(directory, model, tokenizer, "manifest.json", manifest)
     _point_latest(directory, "smollm2")
     if not quiet:
         progress.console.print(f"✓ SmolLM2 memorised jang 32_{settings.forget_set}: MA {after['forget']['ma']:.3f} "
