@@ -95,7 +95,7 @@ def fisher(
     from unlearnkit.adapters.flora import relative_importance, row_weights
     from unlearnkit.config import load_config
     from unlearnkit.data.run_sets import load_run_data
-    from unlearnkit.modeling import load_model, resolve_target_modules
+    from unlearnkit.modeling import load_configured_model, resolve_target_modules
     from unlearnkit.progress import Progress
 
     cfg = load_config(config, list(set_ or []))
@@ -103,9 +103,7 @@ def fisher(
         raise UnlearnkitError(f"The Fisher directory {out} is not empty; choose another --out or delete it.")
     progress = Progress(quiet=quiet)
     with progress.status(f"Loading {cfg.model.name}"):
-        loaded = load_model(cfg.model.name, dtype=cfg.model.dtype, revision=cfg.model.revision,
-                            gguf_file=cfg.model.gguf_file, tokenizer_name=cfg.model.tokenizer,
-                            trust_remote_code=cfg.model.trust_remote_code)
+        loaded = load_configured_model(cfg.model)
     data = load_run_data(cfg, loaded.tokenizer, needs_retain=True)
     if data.retain is None:
         raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")

@@ -26,7 +26,7 @@ from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import load_run_data
 from unlearnkit.evaluation import EvalSets, evaluate_memorisation, evaluation_snapshot
 from unlearnkit.metrics.thresholds import Thresholds, bootstrap_ci
-from unlearnkit.modeling import LoadedModel, load_model, resolve_target_modules
+from unlearnkit.modeling import LoadedModel, load_configured_model, resolve_target_modules
 from unlearnkit.objectives import get_method, unlearning_loss
 from unlearnkit.outputs import check_output_dir
 from unlearnkit.progress import Progress
@@ -75,11 +75,7 @@ def run_unlearning(
     # --- set-up: model, data, thresholds ----------------------------------------------------
     check_output_dir(config.output.dir, config.output.overwrite)  # refuse early, before any work
     with progress.status("Loading the model"):
-        loaded = _own_copy(loaded) if loaded is not None else load_model(
-            config.model.name, dtype=config.model.dtype, revision=config.model.revision,
-            gguf_file=config.model.gguf_file, tokenizer_name=config.model.tokenizer,
-            trust_remote_code=config.model.trust_remote_code,
-        )
+        loaded = _own_copy(loaded) if loaded is not None else load_configured_model(config.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     method = get_method(config.method.name)
     needs_retain = method.uses_retain or config.adapter.name == "flora" or config.eval.retain_sequences > 0

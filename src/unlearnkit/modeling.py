@@ -189,6 +189,13 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, source=name, gguf_file=gguf)
 
 
+def load_configured_model(model_config: Any) -> LoadedModel:
+    """:func:`load_model` with every setting of a config's ``model`` section."""
+    return load_model(model_config.name, dtype=model_config.dtype, revision=model_config.revision,
+                      gguf_file=model_config.gguf_file, tokenizer_name=model_config.tokenizer,
+                      trust_remote_code=model_config.trust_remote_code)
+
+
 def _dequantizing_gguf_config() -> Any:
     """Ask transformers to unpack GGUF blocks into dense (trainable) weights where it can keep them packed."""
     try:
