@@ -64,15 +64,39 @@ def trainable_percent(model: Any, config: RunConfig) -> float:
     return 100.0 * adapter / total
 
 
-def run_one(method: str, forget: SourceConfig, model_dir: Path, manifest: dict[str, Any], loaded: Any,
-            text_sets: dict[str, Any], retain_blocks: Any, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+def method_config(method: str, model_dir: Path, manifest: dict[str, Any], args: argparse.Namespace,
+                  extra: list[str] | None = None) -> RunConfig:
     rank = int(manifest["lora_rank"])
     overrides = [f"model.name={model_dir}", f"data.seq_len={manifest['seq_len']}", f"adapter.rank={rank}",
-                 f"adapter.alpha={2 * rank}", f"output.dir={scratch / method}", "output.overwrite=true",
-                 "eval.audit=false", f"train.epochs={args.epochs}"]
+                 f"adapter.alpha={2 * rank}", "output.overwrite=true", "eval.audit=false",
+                 f"train.epochs={args.epochs}", *(extra or [])]
     if args.data_dir:
         overrides.append(f"data.dir={args.data_dir}")
-    config = load_config(CONFIGS / f"{method}.yaml", overrides)
+    return load_config(CONFIGS / f"{method}.yaml", overrides)
+
+
+def held_out_thresholds(loaded: Any, model_dir: Path, manifest: dict[str, Any], args: argparse.Namespace,
+                        data_dir: Path) -> dict[str, Any]:
+    """The forgetting thresholds (Appendix B: held-out means), measured once: every run shares the model and the
+    held-out set, and EL10 on unmemorised text is the most expensive score of a run."""
+    from unlearnkit.data.sources import load_blocks
+    from unlearnkit.evaluation import evaluate_memorisation
+    from unlearnkit.progress import Progress
+
+    config = method_config(METHODS[0], model_dir, manifest, args)
+    assert config.data.validation is not None
+    blocks = load_blocks(config.data.validation, loaded.tokenizer, data_dir, seq_len=config.data.seq_len)
+    scores = evaluate_memorisation(loaded.model, blocks, config.eval, Progress(quiet=True), "held-out")
+    return {"ma": scores["ma"], "el10": scores["el"], "source": config.data.validation.label(),
+            "sequences": scores["sequences"]}
+
+
+def run_one(method: str, forget: SourceConfig, model_dir: Path, manifest: dict[str, Any], loaded: Any,
+            text_sets: dict[str, Any], retain_blocks: Any, args: argparse.Namespace, scratch: Path,
+            thresholds: dict[str, Any]) -> dict[str, Any]:
+    config = method_config(method, model_dir, manifest, args, [
+        f"output.dir={scratch / method}", f"eval.ma_threshold={thresholds['ma']}",
+        f"eval.el_threshold={thresholds['el10']}"])
     assert config.train.lr is not None
     config.train.lr = config.train.lr * args.lr_scale
     config.data.forget = forget
@@ -95,6 +119,18 @@ def run_one(method: str, forget: SourceConfig, model_dir: Path, manifest: dict[s
     }
     shutil.rmtree(result.output_dir, ignore_errors=True)
     return row
+
+
+def previous_rows(args: argparse.Namespace) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Rows of an earlier (possibly interrupted) run with the same testbed size, for --resume."""
+    import json
+
+    if not args.out.is_file():
+        return {}
+    previous = json.loads(args.out.read_text(encoding="utf-8"))
+    if previous.get("size") != args.size:
+        return {}
+    return {(r["forget"], r["method"], previous["lr_scale"], previous["max_epochs"]): r for r in previous["runs"]}
 
 
 def summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -140,6 +176,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on busy 2-core machines)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the rows --out already holds for the same size, lr scale and epoch limit")
     args = parser.parse_args()
     args.epochs = 10 if args.quick else 20
     torch.set_num_threads(args.threads)
@@ -159,8 +197,24 @@ def main() -> None:
     text_sets = heldout_text_blocks(loaded.tokenizer, data_dir, seq_len, count)
     retain_blocks = retain_eval_blocks(loaded.tokenizer, data_dir, seq_len, count)
     forgets = forget_set_sources(manifest, args.forget_sets)
+    thresholds = held_out_thresholds(loaded, model_dir, manifest, args, data_dir)
+    console.print(f"Thresholds (held-out {thresholds['source']}): MA {thresholds['ma']:.4f}, "
+                  f"EL10 {thresholds['el10']:.4f}")
+    done = previous_rows(args) if args.resume else {}
     rows: list[dict[str, Any]] = []
     befores = []
+
+    def document(complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "paper_mini", "complete": complete, "size": args.size, "quick": args.quick,
+            "max_epochs": args.epochs, "lr_scale": args.lr_scale, "thresholds": thresholds,
+            "forget_sets": [f.model_dump(mode="json", exclude_unset=True) for f in forgets],
+            "testbed": {k: manifest[k] for k in ("key", "settings", "measured", "seconds", "parameters",
+                                                 "kept_tokens")},
+            "runs": rows, "seconds": round(time.perf_counter() - started, 1), "threads": args.threads,
+            "machine": platform.machine(), "torch": torch.__version__,
+        }
+
     with tempfile.TemporaryDirectory(prefix="paper-mini-") as scratch:
         for index, forget in enumerate(forgets):
             from unlearnkit.data.sources import load_blocks
@@ -168,13 +222,16 @@ def main() -> None:
             blocks = load_blocks(forget, loaded.tokenizer, data_dir, seq_len=seq_len)
             befores.append(measure(loaded.model, blocks))
             for method in methods:
-                row = run_one(method, forget, model_dir, manifest, loaded, text_sets, retain_blocks, args,
-                              Path(scratch) / f"set{index}")
+                key = (forget.label(), method, args.lr_scale, args.epochs)
+                row = done.get(key) or run_one(method, forget, model_dir, manifest, loaded, text_sets, retain_blocks,
+                                               args, Path(scratch) / f"set{index}", thresholds)
                 rows.append(row)
                 console.print(f"set {index} ({forget.label()}) {method}: {row['epochs']} epochs, EL10 "
-                              f"{row['el10']:.3f}, MA {row['ma']:.3f} (thresholds {row['threshold_el10']:.3f} / "
-                              f"{row['threshold_ma']:.3f}), held-out PPL {row['heldout_ppl']:.1f}, "
-                              f"{'success' if row['success'] else 'NOT forgotten'} ({row['seconds']:.0f}s)")
+                              f"{row['el10']:.3f}, MA {row['ma']:.3f}, retain PPL {row['retain_ppl']:.1f}, "
+                              f"held-out PPL {row['heldout_ppl']:.1f}, "
+                              f"{'success' if row['success'] else 'NOT forgotten'} ({row['seconds']:.0f}s"
+                              f"{', from the previous results' if key in done else ''})")
+                atomic_write_json(args.out, document(complete=False))  # a long run keeps what it measured
     before = {
         "el10": statistics.mean(b["el10"] for b in befores), "ma": statistics.mean(b["ma"] for b in befores),
         "retain_ppl": perplexity_of(loaded.model, retain_blocks),
@@ -182,16 +239,8 @@ def main() -> None:
     }
     summary = summarise(rows, methods)
     console.print(table(before, summary, f"Table 1 in miniature: {args.size} testbed, {len(forgets)} forget set(s) "
-                                         f"of 32, ≤ {args.epochs} epochs"))
-    atomic_write_json(args.out, {
-        "benchmark": "paper_mini", "size": args.size, "quick": args.quick, "max_epochs": args.epochs,
-        "lr_scale": args.lr_scale,
-        "forget_sets": [f.model_dump(mode="json", exclude_unset=True) for f in forgets],
-        "testbed": {k: manifest[k] for k in ("key", "settings", "measured", "seconds", "parameters", "kept_tokens")},
-        "before": before, "summary": summary, "runs": rows,
-        "seconds": round(time.perf_counter() - started, 1), "threads": args.threads,
-        "machine": platform.machine(), "torch": torch.__version__,
-    })
+                                         f"of 32, ≤ {args.epochs} epochs, lr × {args.lr_scale:g}"))
+    atomic_write_json(args.out, {**document(complete=True), "before": before, "summary": summary})
     console.print(f"Wrote {args.out}")
 
 

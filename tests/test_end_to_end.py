@@ -111,6 +111,15 @@ def test_without_early_stopping_runs_all_epochs_and_says_so(memorised_model_dir,
     assert "NOT met within 2 epochs" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_warmup_raises_the_learning_rate_linearly_over_updates(memorised_model_dir, tmp_path):
+    # 4 forget sequences in batches of 2: 2 updates per epoch; warm-up over 3 updates.
+    config = _config(memorised_model_dir, tmp_path / "run", "ihl", "lora", 1e-3,
+                     ["train.epochs=2", "train.warmup_steps=3", "eval.early_stop=false"])
+    history = run_unlearning(config, quiet=True).state.history
+    assert history[0]["lr"] == pytest.approx(1e-3 * 3 / 4)  # the lr the next update would use
+    assert history[1]["lr"] == pytest.approx(1e-3)
+
+
 def test_non_finite_loss_keeps_last_good_state(memorised_model_dir, tmp_path):
     config = _config(memorised_model_dir, tmp_path / "run", "ga", "none", 1e30,
                      ["train.epochs=6", "train.max_grad_norm=null", "eval.ma_threshold=0", "eval.el_threshold=0"])

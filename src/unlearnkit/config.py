@@ -92,7 +92,7 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null to disable")
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="optimizer updates over which the lr rises linearly to train.lr")
 
 
 class EvalConfig(Section):

@@ -113,7 +113,9 @@ def run_unlearning(
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert config.train.lr is not None  # resolved by RunConfig
     optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    warmup = config.train.warmup_steps  # counted in optimizer updates, i.e. after gradient accumulation
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: min(1.0, (update + 1) / (warmup + 1)))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     # --- the loop ---------------------------------------------------------------------------
     state = RunState()
@@ -146,6 +148,7 @@ def run_unlearning(
                 if config.train.max_grad_norm is not None and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, config.train.max_grad_norm)
                 optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.tokens_seen += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
@@ -163,7 +166,7 @@ def run_unlearning(
             "epoch": epoch,
             **{k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
                if losses_of(epoch_losses, k)},
-            "forget_ma": scores["ma"], "forget_el": scores["el"],
+            "lr": optimizer.param_groups[0]["lr"], "forget_ma": scores["ma"], "forget_el": scores["el"],
             "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
             "elapsed_s": round(time.perf_counter() - started, 2), "tokens_seen": state.tokens_seen,
         }

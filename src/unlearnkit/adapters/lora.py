@@ -7,6 +7,7 @@ adapters that any PEFT user can load with ``PeftModel.from_pretrained``.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,7 +71,10 @@ def attach_lora(model: PreTrainedModel, target_modules: list[str], rank: int = 1
     config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha,  # type: ignore[arg-type]
                         lora_dropout=dropout,
                         target_modules=list(target_modules), fan_in_fan_out=conv1d, init_lora_weights=True)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PEFT still asks transformers for the deprecated `is_gradient_checkpointing`; nothing for a user to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def merged_model(peft_model: PeftModel) -> PreTrainedModel:
