@@ -12,9 +12,11 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.metrics.memorization import (
     _el_from_continuations,
     _reference_continuations,
+    eval_mode,
     extraction_likelihood,
     extraction_likelihood_details,
     extraction_likelihood_reference,
+    greedy_generate,
     memorization_accuracy,
     ngrams,
     overlap_n,
@@ -220,3 +222,21 @@ def test_thresholds_from_holdout(memorised, mixed_batch):
     assert th.ma_ci[0] <= th.ma <= th.ma_ci[1] and th.el_ci[0] <= th.el <= th.el_ci[1]
     assert th.to_dict()["ma_ci"] == list(th.ma_ci)
     assert bootstrap_ci(torch.full((5,), 0.25)) == (0.25, 0.25)
+
+
+def test_batched_greedy_stays_inside_the_position_table():
+    # A GPT-Neo whose 20 positions are exactly its texts' length (as the testbed's): rows of one batch need
+    # different numbers of new tokens, and no row may be pushed past position 19. Batched = one by one.
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(GPTNeoConfig(
+        vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+        max_position_embeddings=20, window_size=20, intermediate_size=64, bos_token_id=0, eos_token_id=0)).eval()
+    prompts = [list(range(1, 20)), list(range(1, 15)), list(range(3, 6)), list(range(2, 21))]
+    wanted = [1, 6, 17, 0]
+    with eval_mode(model):
+        batched, _ = greedy_generate(model, prompts, wanted, batch_size=4)
+        alone = [greedy_generate(model, [p], [w])[0][0] for p, w in zip(prompts, wanted, strict=True)]
+    assert batched == alone
+    assert [len(c) for c in batched] == wanted

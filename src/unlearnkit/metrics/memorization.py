@@ -178,8 +178,7 @@ def greedy_generate(
     keep: dict[str, int] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
     results: list[list[int]] = [[] for _ in prompts]
     min_margin = float("inf")
-    for start in range(0, len(prompts), batch_size):
-        rows = list(range(start, min(start + batch_size, len(prompts))))
+    for rows in _decode_batches([len(p) for p in prompts], max_new_tokens, batch_size, _context_limit(model)):
         steps = max(max_new_tokens[r] for r in rows)
         if steps <= 0:
             continue
@@ -195,7 +194,11 @@ def greedy_generate(
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
         cache = _output_cache(out)
         logits = out.logits[:, -1, :]
-        next_pos = positions[:, -1:] + 1
+        # Rows that have all their tokens keep decoding with the batch (their extra tokens are discarded); their
+        # position stops advancing so it never passes the last one they need (a model's position table may end
+        # there: a GPT-Neo trained on 200-token blocks with 200 positions). Token k is fed to produce token k+1.
+        need = torch.tensor([max_new_tokens[r] for r in rows], device=device).unsqueeze(1)
+        next_pos = positions[:, -1:] + (need > 1).long()
         generated = []
         for step in range(steps):
             top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
@@ -210,11 +213,36 @@ def greedy_generate(
                         use_cache=True, **{cache_kw: cache})
             cache = _output_cache(out)
             logits = out.logits[:, -1, :]
-            next_pos = next_pos + 1
+            next_pos = next_pos + (need > step + 2).long()
         tokens = torch.cat(generated, dim=1).tolist()
         for j, r in enumerate(rows):
             results[r] = tokens[j][: max_new_tokens[r]]
     return results, min_margin
+
+
+def _context_limit(model: torch.nn.Module) -> int | None:
+    """The model's position table size, if its config names one."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def _decode_batches(prompt_lengths: Sequence[int], new_tokens: Sequence[int], batch_size: int,
+                    limit: int | None) -> Iterator[list[int]]:
+    """Consecutive rows, at most ``batch_size`` per batch, such that a batch's padded width plus its decode steps
+    stays within ``limit`` positions: a left-padded row's cache holds the batch's full width, and a model with a
+    fixed position table (GPT-Neo's attention mask is ``max_position_embeddings`` wide) cannot go beyond it."""
+    rows: list[int] = []
+    width = steps = 0
+    for r, (length, new) in enumerate(zip(prompt_lengths, new_tokens, strict=True)):
+        w, s = max(width, length), max(steps, new)
+        if rows and (len(rows) == batch_size or (limit is not None and w + s - 1 > limit)):
+            yield rows
+            rows, w, s = [], length, new
+        rows.append(r)
+        width, steps = w, s
+    if rows:
+        yield rows
 
 
 def _teacher_forced_argmax(
