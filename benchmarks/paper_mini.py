@@ -172,7 +172,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="at most 10 unlearning epochs (default 20)")
     parser.add_argument("--lr-scale", type=float, default=1.0,
                         help="multiply every config's learning rate (the paper's 5e-5 / 2e-4 were tuned for "
-                             "GPT-Neo, pre-trained at 6e-4; the testbeds are trained at 3e-3 / 5e-3)")
+                             "GPT-Neo, pre-trained at 6e-4; the small testbed is trained at 1e-3, the tiny one "
+                             "at 5e-3)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on busy 2-core machines)")
     parser.add_argument("--out", type=Path, default=RESULTS)

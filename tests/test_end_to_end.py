@@ -120,6 +120,27 @@ def test_warmup_raises_the_learning_rate_linearly_over_updates(memorised_model_d
     assert history[1]["lr"] == pytest.approx(1e-3)
 
 
+def test_scoring_el_only_once_ma_passes_stops_at_the_same_epoch(memorised_model_dir, tmp_path):
+    runs = {}
+    for lazy in (False, True):
+        config = _config(memorised_model_dir, tmp_path / f"run-{lazy}", "ihl", "lora", 5e-2,
+                         [f"eval.el_only_when_ma_passes={str(lazy).lower()}"])
+        runs[lazy] = run_unlearning(config, quiet=True)
+    full, lazy_run = runs[False], runs[True]
+    assert lazy_run.state.history[-1]["epoch"] == full.state.history[-1]["epoch"]
+    assert lazy_run.state.criterion_met and full.state.criterion_met
+    skipped = 0
+    for eager, lazy in zip(full.state.history, lazy_run.state.history, strict=True):
+        assert lazy["forget_ma"] == pytest.approx(eager["forget_ma"])
+        if lazy["forget_ma"] > lazy["ma_threshold"]:
+            assert lazy["forget_el"] is None
+            skipped += 1
+        else:
+            assert lazy["forget_el"] == pytest.approx(eager["forget_el"])
+    assert skipped >= 1, "choose a learning rate that takes more than one epoch"
+    assert lazy_run.after["forget"]["el"] == pytest.approx(full.after["forget"]["el"])
+
+
 def test_non_finite_loss_keeps_last_good_state(memorised_model_dir, tmp_path):
     config = _config(memorised_model_dir, tmp_path / "run", "ga", "none", 1e30,
                      ["train.epochs=6", "train.max_grad_norm=null", "eval.ma_threshold=0", "eval.el_threshold=0"])

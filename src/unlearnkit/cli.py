@@ -236,8 +236,11 @@ def testbed_build(
     else:
         forget = measured["pool"]
     held = measured["heldout_tdec_val"]
-    Console().print(f"{size}: forget {'set' if size == 'smollm2' else 'pool'} MA {forget['ma']:.3f}, EL10 "
-                    f"{forget['el10']:.3f}; held-out TDEC MA {held['ma']:.3f}, EL10 {held['el10']:.3f}")
+    def scores(measured: dict[str, float]) -> str:
+        return f"MA {measured['ma']:.3f}" + (f", EL10 {measured['el10']:.3f}" if "el10" in measured else "")
+
+    Console().print(f"{size}: forget {'set' if size == 'smollm2' else 'pool'} {scores(forget)}; "
+                    f"held-out TDEC {scores(held)}")
     Console().print(f"Model in {directory / 'model'} (manifest.json beside it)")
 
 

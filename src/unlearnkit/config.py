@@ -105,6 +105,10 @@ class EvalConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the threshold interval")
     audit: bool = Field(True, description="extraction attack and membership inference before and after")
     retain_sequences: int = Field(0, ge=0, description="retain sequences also scored before and after (0: none)")
+    el_only_when_ma_passes: bool = Field(
+        False, description="after each epoch, score EL_n only once forget MA is at or below its threshold: the "
+                           "stopping rule needs both, so it stops at the same epoch, and EL_n of half-forgotten "
+                           "text is the dearest score of a run; the per-epoch EL curve then has gaps")
 
 
 class OutputConfig(Section):

@@ -31,10 +31,14 @@ class EvalSets:
 
 
 def evaluate_memorisation(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
-                          label: str = "") -> dict[str, Any]:
-    """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``."""
+                          label: str = "", el_if_ma_at_most: float | None = None) -> dict[str, Any]:
+    """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``; EL_n is ``None`` (not scored) when
+    ``el_if_ma_at_most`` is given and the mean MA is above it."""
     with progress.status(f"{label}: MA and EL{config.el_n} on {len(blocks)} sequences", announce=False):
         ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size)
+        if el_if_ma_at_most is not None and float(ma.mean()) > el_if_ma_at_most:
+            return {"name": blocks.name, "sequences": len(blocks), "ma": float(ma.mean()), "el": None,
+                    "ma_per_sequence": [round(float(v), 6) for v in ma], "el_per_sequence": None}
         if config.el_method == "fast":
             el = extraction_likelihood(model, blocks.input_ids, n=config.el_n, attention_mask=blocks.attention_mask,
                                        batch_size=config.batch_size)

@@ -161,7 +161,8 @@ def run_unlearning(
 
         # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
         model.eval()
-        scores = evaluate_memorisation(model, data.forget, config.eval, progress, label=f"epoch {epoch} · forget")
+        scores = evaluate_memorisation(model, data.forget, config.eval, progress, label=f"epoch {epoch} · forget",
+                                       el_if_ma_at_most=thresholds.ma if config.eval.el_only_when_ma_passes else None)
         record = {
             "epoch": epoch,
             **{k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
@@ -173,7 +174,7 @@ def run_unlearning(
         state.history.append(record)
         progress.log_epoch(record, config.eval.el_n)
         last_good, last_scores = _snapshot(trainable), scores
-        if thresholds.forgotten(scores["ma"], scores["el"]):
+        if scores["el"] is not None and thresholds.forgotten(scores["ma"], scores["el"]):
             state.criterion_met = True
             if config.eval.early_stop:
                 state.stop_reason = f"forgetting criterion met after epoch {epoch}"
@@ -188,7 +189,7 @@ def run_unlearning(
     model.eval()
     t0 = time.perf_counter()
     # The forget set was just scored after the last epoch (or the epoch restored to); reuse that.
-    known = {"forget": last_scores} if last_scores is not None else None
+    known = {"forget": last_scores} if last_scores is not None and last_scores["el"] is not None else None
     after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
                                 known=known)
     timings["eval_after_s"] = time.perf_counter() - t0

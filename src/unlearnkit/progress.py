@@ -49,6 +49,7 @@ class Progress:
             if key in record:
                 parts.append(f"{key} {record[key]:.4f}")
         parts.append(f"MA {record['forget_ma']:.3f} (≤ {record['ma_threshold']:.3f})")
-        parts.append(f"EL{el_n} {record['forget_el']:.4f} (≤ {record['el_threshold']:.4f})")
+        el = "not scored (MA above its threshold)" if record["forget_el"] is None else f"{record['forget_el']:.4f}"
+        parts.append(f"EL{el_n} {el} (≤ {record['el_threshold']:.4f})")
         parts.append(f"{record['elapsed_s']:.0f}s, {record['tokens_seen']} tokens")
         self.console.print(" · ".join(parts))

@@ -165,7 +165,7 @@ def render_report(result: RunResult) -> str:
         "",
         f"| epoch | loss | forget MA | forget EL{n} | elapsed (s) | tokens |",
         "|---:|---:|---:|---:|---:|---:|",
-        *[f"| {r['epoch']} | {r.get('loss', float('nan')):.4f} | {r['forget_ma']:.3f} | {r['forget_el']:.4f} | "
+        *[f"| {r['epoch']} | {r.get('loss', float('nan')):.4f} | {r['forget_ma']:.3f} | {_maybe(r['forget_el'])} | "
           f"{r['elapsed_s']:.0f} | {r['tokens_seen']} |" for r in state.history],
         "",
         "## Files",
@@ -180,3 +180,7 @@ def render_report(result: RunResult) -> str:
               "- `config.yaml`: the resolved configuration (`unlearnkit run config.yaml` repeats the run).",
               "- `run.json`: package versions, seed, data fingerprints, target modules, timings.", ""]
     return "\n".join(lines)
+
+
+def _maybe(value: float | None) -> str:
+    return "— (MA above threshold)" if value is None else f"{value:.4f}"
