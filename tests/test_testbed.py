@@ -46,11 +46,12 @@ def test_tiny_testbed_memorises_its_pool_and_not_held_out_text(tiny_testbed: Pat
     assert (tiny_testbed / "model" / "tokenizer_config.json").is_file()  # the GPT-2 tokenizer travels along
     assert tiny_testbed.name.startswith("tiny-") and tiny_testbed.parent.name == "testbed"
     assert (tiny_testbed.parent / "tiny").resolve() == tiny_testbed.resolve()  # the "latest" link
-    pool, held = manifest["measured"]["pool"], manifest["measured"]["heldout_tdec_val"]
+    measured = manifest["measured"]
+    pool, first, held = measured["pool"], measured["forget_set_0"], measured["heldout_tdec_val"]
     assert manifest["training"]["reached_target"]
     assert pool["ma"] >= 0.9
     assert held["ma"] < pool["ma"] - 0.3
-    assert pool["el10"] > held["el10"] + 0.1
+    assert first["el10"] > held["el10"] + 0.1
     assert len(manifest["pool_rows"]) == 128
     assert set(manifest["jang32_rows"]) <= set(manifest["pool_rows"])
 

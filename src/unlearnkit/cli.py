@@ -234,12 +234,12 @@ def testbed_build(
         measured = measured["after"]
         forget = measured["forget"]
     else:
-        forget = measured["pool"]
+        forget = measured.get("forget_set_0", measured["pool"])
     held = measured["heldout_tdec_val"]
     def scores(measured: dict[str, float]) -> str:
         return f"MA {measured['ma']:.3f}" + (f", EL10 {measured['el10']:.3f}" if "el10" in measured else "")
 
-    Console().print(f"{size}: forget {'set' if size == 'smollm2' else 'pool'} {scores(forget)}; "
+    Console().print(f"{size}: forget set {scores(forget)}; "
                     f"held-out TDEC {scores(held)}")
     Console().print(f"Model in {directory / 'model'} (manifest.json beside it)")
 

@@ -416,8 +416,11 @@ def build_testbed(size: str = "small", *, data_dir: str | Path | None = None, qu
     with progress.status("Measuring memorisation and perplexity", announce=not quiet):
         pool_jang32 = load_blocks(SourceConfig(source="jang", n=FORGET_SIZE, set=settings.pool_set), tokenizer,
                                   data_path, seq_len=settings.seq_len)
+        # EL10 is scored on the first forget set rather than the whole pool: it is the dearest score (minutes per
+        # 32 rows on 2 cores), and the 32 rows are the ones the configs unlearn.
         measured = {
-            "pool": measure(model, data.pool),
+            "pool": measure(model, data.pool, el=False),
+            "forget_set_0": measure(model, pool_jang32),
             "heldout_tdec_val": measure(model, data.heldout_tdec),
             "perplexity": {**heldout_perplexity(model, data.heldout_text),
                            "retain": perplexity_of(model, data.retain_eval)},
@@ -447,9 +450,10 @@ def build_testbed(size: str = "small", *, data_dir: str | Path | None = None, qu
     if not quiet:
         mark = "[green]✓[/green]" if trained.reached_target else "[yellow]![/yellow]"
         progress.console.print(
-            f"{mark} {settings.size} testbed: pool MA {measured['pool']['ma']:.3f}, "
-            f"EL10 {measured['pool']['el10']:.3f}; held-out TDEC MA {measured['heldout_tdec_val']['ma']:.3f}, EL10 "
-            f"{measured['heldout_tdec_val']['el10']:.3f}; {trained.epochs} epochs, "
+            f"{mark} {settings.size} testbed: pool MA {measured['pool']['ma']:.3f}, forget set 0 "
+            f"EL10 {measured['forget_set_0']['el10']:.3f}; held-out TDEC MA "
+            f"{measured['heldout_tdec_val']['ma']:.3f}, EL10 {measured['heldout_tdec_val']['el10']:.3f}; "
+            f"{trained.epochs} epochs, "
             f"{manifest['seconds']['total']:.0f}s; cached in {directory}")
     return directory
 
