@@ -205,8 +205,8 @@ app.add_typer(testbed_app, name="testbed")
                                      "model.name=$(unlearnkit testbed build --size small --print-path)`")
 def testbed_build(
     size: Annotated[str, typer.Option(help="tiny (about a minute; for tests) | small (the miniature of Table 1, "
-                                           "≤ 20 min on 2 cores) | smollm2 (SmolLM2-135M memorising jang 32_0, "
-                                           "about 7 min)")] = "small",
+                                           "8-28 min on 2 cores) | smollm2 (SmolLM2-135M memorising jang 32_0, "
+                                           "about 26 min on one core)")] = "small",
     data_dir: Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")] = None,
     print_path: Annotated[bool, typer.Option("--print-path", help="print only the model directory (for "
                                                                   "--set model.name=...); progress goes to stderr")
