@@ -257,3 +257,17 @@ def test_fisher_passed_in_must_cover_the_lora_layers() -> None:
     partial = empirical_fisher(tiny_gpt_neo(), ["q_proj"], FORGET)
     with pytest.raises(UnlearnkitError, match="lacks weights"):
         initialise_flora(model, FORGET, RETAIN, fisher=(partial, partial))
+
+
+def test_retain_fisher_sample_is_seeded_and_sized_like_the_forget_set():
+    from unlearnkit.adapters.flora import FloraOptions, fisher_retain_sample
+    from unlearnkit.data.blocks import TokenBlocks
+
+    retain = TokenBlocks(torch.arange(100 * 4).reshape(100, 4), torch.ones(100, 4, dtype=torch.long), "retain")
+    default = fisher_retain_sample(retain, 8, FloraOptions(), seed=1)
+    assert len(default) == 8 and len({tuple(r) for r in default.input_ids.tolist()}) == 8
+    assert torch.equal(default.input_ids, fisher_retain_sample(retain, 8, FloraOptions(), seed=1).input_ids)
+    assert not torch.equal(default.input_ids, fisher_retain_sample(retain, 8, FloraOptions(), seed=2).input_ids)
+    assert len(fisher_retain_sample(retain, 8, FloraOptions(retain_sequences=20), seed=1)) == 20
+    assert len(fisher_retain_sample(retain, 8, FloraOptions(retain_sequences=None), seed=1)) == 100
+    assert len(fisher_retain_sample(retain, 8, FloraOptions(retain_sequences=500), seed=1)) == 100

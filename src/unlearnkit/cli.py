@@ -92,7 +92,7 @@ def fisher(
     from rich.table import Table
 
     from unlearnkit.adapters.fisher import empirical_fisher, save_fisher
-    from unlearnkit.adapters.flora import relative_importance, row_weights
+    from unlearnkit.adapters.flora import fisher_retain_sample, relative_importance, row_weights
     from unlearnkit.config import load_config
     from unlearnkit.data.run_sets import load_run_data
     from unlearnkit.modeling import load_configured_model, resolve_target_modules
@@ -110,7 +110,8 @@ def fisher(
     targets = resolve_target_modules(loaded.model, cfg.adapter.modules)
     options = cfg.adapter.flora
     results = {}
-    for role, blocks in (("forget", data.forget), ("retain", data.retain)):
+    retain = fisher_retain_sample(data.retain, len(data.forget), options, cfg.seed)
+    for role, blocks in (("forget", data.forget), ("retain", retain)):
         with progress.status(f"Fisher over the {role} set ({len(blocks)} sequences)"):
             results[role] = empirical_fisher(loaded.model, targets, blocks, batch_size=options.fisher_batch_size,
                                              estimator=options.estimator)

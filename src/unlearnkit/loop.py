@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 
-from unlearnkit.adapters.flora import initialise_flora
+from unlearnkit.adapters.flora import fisher_retain_sample, initialise_flora
 from unlearnkit.adapters.lora import attach_lora
 from unlearnkit.config import RunConfig
 from unlearnkit.data.blocks import TokenBlocks
@@ -106,8 +106,10 @@ def run_unlearning(
     adapter_summary = None
     if config.adapter.name == "flora":
         assert data.retain is not None
-        with progress.status("FLoRA: Fisher information and weighted SVD"):
-            summary = initialise_flora(model, data.forget, data.retain, config.adapter.flora)
+        fisher_retain = fisher_retain_sample(data.retain, len(data.forget), config.adapter.flora, config.seed)
+        with progress.status(f"FLoRA: Fisher information ({len(data.forget)} forget, {len(fisher_retain)} retain "
+                             f"sequences) and weighted SVD"):
+            summary = initialise_flora(model, data.forget, fisher_retain, config.adapter.flora)
         adapter_summary = summary.to_dict()
     timings["adapter_init_s"] = time.perf_counter() - t0
     trainable = [p for p in model.parameters() if p.requires_grad]
