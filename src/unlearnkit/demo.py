@@ -265,7 +265,8 @@ def demo_config(model_dir: Path, splits: Path, settings: DemoSettings, output_di
                  "validation": None if thresholds is not None else records("holdout")},
         "method": {"name": method},
         "adapter": {"name": adapter, "rank": rank, "alpha": 2 * rank, "modules": ["q", "v", "ffn"],
-                    "flora": {"svd": preset.svd}},
+                    # the kept customers are few: the retain Fisher sees all of them
+                    "flora": {"svd": preset.svd, "retain_sequences": None}},
         "train": {"lr": lr, "epochs": settings.epochs or preset.epochs, "batch_size": preset.batch_size,
                   "retain_batch_size": preset.retain_batch_size},
         "eval": evaluation,
