@@ -35,8 +35,8 @@ def one_run(label: str, cache: Path, out: Path, settings: DemoSettings, compare:
     started = time.perf_counter()
     result = run_demo(out, settings, compare=compare, quiet=False)
     wall = time.perf_counter() - started
-    Console().print(demo_table(result))
-    Console().print(f"[bold]{label}[/bold]: {wall:.0f}s wall; " +
+    Console(emoji=False).print(demo_table(result))
+    Console(emoji=False).print(f"[bold]{label}[/bold]: {wall:.0f}s wall; " +
                     ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items()))
     return {"wall_s": round(wall, 1), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             **demo_document(result)}

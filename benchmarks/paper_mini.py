@@ -205,7 +205,7 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    console = Console()
+    console = Console(emoji=False)
     started = time.perf_counter()
     directory = build_testbed(args.size, data_dir=args.data_dir)
     manifest = read_manifest(directory)

@@ -13,7 +13,7 @@ from unlearnkit.errors import UnlearnkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Make a causal LM forget memorised text, prove it forgot, and show what it kept.")
-err = Console(stderr=True)
+err = Console(emoji=False, stderr=True)
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -36,10 +36,10 @@ def run(
 
     overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
     cfg = load_config(config, overrides)
-    console = Console(quiet=quiet)
+    console = Console(emoji=False, quiet=quiet)
     result = run_unlearning(cfg, console=console, quiet=quiet)
-    Console().print(before_after_table(result))
-    Console().print(f"Outputs in {result.output_dir}")
+    Console(emoji=False).print(before_after_table(result))
+    Console(emoji=False).print(f"Outputs in {result.output_dir}")
     if result.state.diverged_epoch is not None:
         err.print(f"[red]error:[/red] {result.state.stop_reason}; lower train.lr or enable train.max_grad_norm.")
         raise typer.Exit(EXIT_DIVERGED)
@@ -75,7 +75,7 @@ def memorization(
     table.add_column("mean", justify="right")
     table.add_row("MA", f"{scores['ma']:.4f}")
     table.add_row(f"EL{n}", f"{scores['el']:.4f}")
-    Console().print(table)
+    Console(emoji=False).print(table)
     if json_out is not None:
         atomic_write_json(json_out, {"model": model, "data": data, "n": n, **scores})
 
@@ -129,8 +129,8 @@ def fisher(
         weights = row_weights(relative_importance(forget_f[name], retain_f[name], options.eps))
         table.add_row(name, "×".join(map(str, forget_f[name].shape)), f"{float(forget_f[name].mean()):.3e}",
                       f"{float(retain_f[name].mean()):.3e}", f"{float(weights.min()):.3g} / {float(weights.max()):.3g}")
-    Console().print(table)
-    Console().print(f"Saved to {out}; reuse with --set adapter.flora.fisher_path={out}")
+    Console(emoji=False).print(table)
+    Console(emoji=False).print(f"Saved to {out}; reuse with --set adapter.flora.fisher_path={out}")
 
 
 @app.command(epilog="Example: `unlearnkit demo --compare --output runs/demo`. The first run fine-tunes SmolLM2 "
@@ -159,8 +159,9 @@ def demo(
     settings = DemoSettings(tiny=tiny, customers=customers, forget=forget, holdout=holdout, seed=seed,
                             epochs=epochs, lr=lr, rank=rank)
     result = run_demo(output, settings, compare=compare, quiet=quiet)
-    Console().print(demo_table(result))
-    Console().print(f"Outputs in {result.output_dir}: demo.md, demo.png, demo.json, report.md, model/, adapter/")
+    console = Console(emoji=False)
+    console.print(demo_table(result))
+    console.print(f"Outputs in {result.output_dir}: demo.md, demo.png, demo.json, report.md, model/, adapter/")
 
 
 @app.command(epilog="Example: `unlearnkit audit runs/ihl/model --forget jang,n=32,set=0 "
@@ -191,7 +192,7 @@ def audit(
     holdout_blocks = load_blocks(parse_source(holdout), loaded.tokenizer, directory, seq_len=seq_len)
     with progress.status(f"Auditing {len(forget_blocks)} forget and {len(holdout_blocks)} held-out sequences"):
         result = run_audit(loaded.model, forget_blocks, holdout_blocks, n=n, tokenizer=loaded.tokenizer)
-    Console().print(format_audit_table(result))
+    Console(emoji=False).print(format_audit_table(result))
     if json_out is not None:
         atomic_write_json(json_out, {"model": model, "forget": forget, "holdout": holdout, **result})
 
@@ -221,7 +222,7 @@ def testbed_build(
 
     if size not in (*SIZES, "smollm2"):
         raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join((*SIZES, "smollm2"))}.')
-    progress = Progress(console=Console(stderr=print_path, quiet=quiet), quiet=quiet)
+    progress = Progress(console=Console(emoji=False, stderr=print_path, quiet=quiet), quiet=quiet)
     if size == "smollm2":
         directory = build_smollm2(data_dir=data_dir, quiet=quiet, progress=progress, force=force)
     else:
@@ -240,9 +241,9 @@ def testbed_build(
     def scores(measured: dict[str, float]) -> str:
         return f"MA {measured['ma']:.3f}" + (f", EL10 {measured['el10']:.3f}" if "el10" in measured else "")
 
-    Console().print(f"{size}: forget set {scores(forget)}; "
+    Console(emoji=False).print(f"{size}: forget set {scores(forget)}; "
                     f"held-out TDEC {scores(held)}")
-    Console().print(f"Model in {directory / 'model'} (manifest.json beside it)")
+    Console(emoji=False).print(f"Model in {directory / 'model'} (manifest.json beside it)")
 
 
 def parse_source(text: str) -> Any:

@@ -310,7 +310,7 @@ def run_demo(output_dir: Path, settings: DemoSettings | None = None, *, compare:
 
 def _run_demo(output_dir: Path, settings: DemoSettings, compare: bool, quiet: bool,
               console: Console | None) -> DemoResult:
-    console = console or Console(quiet=quiet)
+    console = console or Console(emoji=False, quiet=quiet)
     progress = Progress(console=console, quiet=quiet)
     output_dir = Path(output_dir).expanduser()
     timings: dict[str, float] = {}

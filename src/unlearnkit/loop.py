@@ -65,7 +65,7 @@ def run_unlearning(
 
     ``loaded`` lets a caller reuse a model it already holds; it is deep-copied, never modified.
     """
-    console = console or Console(quiet=quiet)
+    console = console or Console(emoji=False, quiet=quiet)
     progress = Progress(console=console, quiet=quiet)
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 class Progress:
     def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
-        self.console = console or Console(quiet=quiet)
+        self.console = console or Console(emoji=False, quiet=quiet)
         self.quiet = quiet
 
     def _bar(self) -> RichProgress:
