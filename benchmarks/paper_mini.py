@@ -119,7 +119,8 @@ def run_one(method: str, forget: SourceConfig, model_dir: Path, manifest: dict[s
     after_model = load_model(str(result.output_dir / "model")).model
     ppl = heldout_perplexity(after_model, text_sets)
     row = {
-        "method": method, "forget": forget.label(), "params_pct": trainable_percent(loaded.model, config),
+        "method": method, "forget": forget.label(), "forget_spec": spec_key(forget),
+        "params_pct": trainable_percent(loaded.model, config),
         "epochs": result.state.epoch, "success": bool(result.state.criterion_met),
         "el10": result.after["forget"]["el"], "ma": result.after["forget"]["ma"],
         "el10_before": result.before["forget"]["el"], "ma_before": result.before["forget"]["ma"],
@@ -145,8 +146,16 @@ def previous_rows(args: argparse.Namespace) -> dict[tuple[Any, ...], dict[str, A
         if previous.get("size") != args.size:
             continue
         for r in previous["runs"]:
-            rows[(r["forget"], r["method"], previous["lr_scale"], previous["max_epochs"])] = r
+            if "forget_spec" in r:  # the label alone does not tell two tdec row slices apart
+                rows[(r["forget_spec"], r["method"], previous["lr_scale"], previous["max_epochs"])] = r
     return rows
+
+
+def spec_key(forget: SourceConfig) -> str:
+    """Names a forget set exactly (its rows included)."""
+    import json
+
+    return json.dumps(forget.model_dump(mode="json", exclude_unset=True), sort_keys=True)
 
 
 def summarise(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -205,7 +214,7 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    console = Console(emoji=False)
+    console = Console(emoji=False, width=max(120, Console().width))
     started = time.perf_counter()
     directory = build_testbed(args.size, data_dir=args.data_dir)
     manifest = read_manifest(directory)
@@ -243,7 +252,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="paper-mini-") as scratch:
         for index, forget in enumerate(forgets):
             for method in methods:
-                key = (forget.label(), method, args.lr_scale, args.epochs)
+                key = (spec_key(forget), method, args.lr_scale, args.epochs)
                 row = done.get(key) or run_one(method, forget, model_dir, manifest, loaded, text_sets, retain_blocks,
                                                args, Path(scratch) / f"set{index}", thresholds)
                 rows.append(row)
