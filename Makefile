@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SHARED_DATA := $(abspath ../shared/data)
 export UNLEARNKIT_DATA ?= $(if $(wildcard $(SHARED_DATA)/README.md),$(SHARED_DATA),$(HOME)/.cache/unlearnkit/data)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/unlearnkit demo
 
+# The whole suite; the 10 slowest tests are listed at the end.
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Fast feedback while editing: everything but the end-to-end pipeline runs.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -1,6 +1,6 @@
 """The default demo (``unlearnkit demo``) on SmolLM2-135M-Instruct: timings and figures, cold and warm.
 
-Runs :func:`unlearnkit.demo.run_demo` twice by default: first with an empty cache (``cold``: step 1
+Runs :func:`unlearnkit.showcase.demo.run_demo` twice by default: first with an empty cache (``cold``: step 1
 memorises the customer records and caches the model), then again with that cache (``warm``). The
 budget the demo is designed for, on 2 CPU cores: cold ≤ 10 minutes, warm ≤ 5 minutes. Other work on
 the machine slows everything down, so the load average is recorded with the timings.
@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from unlearnkit.demo import DemoSettings, demo_document, demo_table, run_demo
-from unlearnkit.outputs import atomic_write_json
+from unlearnkit.io import atomic_write_json
 from unlearnkit.reports import package_versions
+from unlearnkit.showcase.cache import cache_root
+from unlearnkit.showcase.demo import DemoSettings, demo_document, demo_table, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo_smollm2.json"
 
@@ -57,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="unlearnkit-demo-bench-") as temp:
         out = Path(temp) / "out"
         if args.warm_only:
-            cache = Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit"))
+            cache = cache_root()
             results["runs"]["warm"] = one_run("warm", cache, out, settings, args.compare)
         else:
             cache = Path(temp) / "cache"

@@ -48,3 +48,15 @@ def tiny_tokenizer(texts: list[str], vocab_size: int = 512):
     from unlearnkit.modeling import train_byte_bpe_tokenizer
 
     return train_byte_bpe_tokenizer(texts, vocab_size)
+
+
+def memorize_fully(model, seqs: torch.Tensor, max_epochs: int = 300):
+    """Train ``model`` on the rows ``seqs`` (one batch) until every row has MA = 1; returns it in eval mode."""
+    from unlearnkit.data.blocks import TokenBlocks
+    from unlearnkit.showcase.memorize import memorize
+
+    blocks = TokenBlocks(seqs, torch.ones_like(seqs), "memorized")
+    result = memorize(model, blocks, target_ma=1.0, max_epochs=max_epochs, lr=3e-3, batch_size=len(seqs),
+                      check_every=25)
+    assert result.reached_target, result
+    return model.eval()

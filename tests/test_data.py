@@ -15,17 +15,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from unlearnkit.config import SourceConfig, source_names
 from unlearnkit.data import catalog
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import CATALOG, ENV_VAR, ensure_file, resolve_data_dir, verify_file
 from unlearnkit.data.sources import (
-    SourceConfig,
     dataset_fingerprint,
     is_gpt2_tokenizer,
     load_blocks,
     load_gpt2_tokenizer,
     load_tdec,
-    source_names,
 )
 from unlearnkit.errors import UnlearnkitError
 
@@ -279,6 +278,50 @@ def test_catalogue_matches_the_data_pack(data_dir):
     assert set(CATALOG) == pack - {"README.md", "models.md"}
     assert all(verify_file(data_dir, path) for path in CATALOG)
     assert all(url.startswith("https://") for entry in CATALOG.values() for url in entry.urls)
+
+
+# Entries whose URLs could not be pinned to a full commit id, or whose pin is explained (see their pin_note).
+_PIN_NOTED = {
+    "tdec/train_preprefix.npy", "tdec/train_prefix.npy", "tdec/train_suffix.npy",
+    "tasks/arc_challenge.jsonl", "tasks/arc_easy.jsonl", "tasks/winogrande.jsonl", "tasks/lambada_openai.jsonl",
+    "tasks/pubmed_qa_labeled.jsonl", "tasks/hellaswag_val_full.txt.bz2",
+}
+_GITHUB_REF = re.compile(
+    r"https://(?:raw\.githubusercontent\.com/[^/]+/[^/]+/|github\.com/[^/]+/[^/]+/(?:raw|blob)/)([^/]+)/"
+)
+
+
+def test_catalogue_urls_pin_full_commit_ids():
+    noted = {path for path, entry in CATALOG.items() if entry.pin_note}
+    assert noted == _PIN_NOTED
+    github_urls = 0
+    for path, entry in CATALOG.items():
+        for url in entry.urls:
+            if "github" not in url:
+                continue
+            match = _GITHUB_REF.match(url)
+            assert match, f"{path}: unrecognised GitHub URL {url}"
+            github_urls += 1
+            if path not in noted:
+                assert re.fullmatch(r"[0-9a-f]{40}", match.group(1)), f"{path}: {url} does not pin a full commit id"
+    assert github_urls >= len(CATALOG) - 3  # everything but the three GPT-2 wheel members comes from GitHub
+
+
+def test_catalogue_json_loads_through_importlib_resources():
+    from importlib import resources
+
+    text = (resources.files("unlearnkit.data") / "catalog.json").read_text(encoding="utf-8")
+    records = json.loads(text)["files"]
+    paths = [record["path"] for record in records]
+    assert paths == sorted(paths) and len(set(paths)) == len(paths)
+    assert records == catalog.load_catalog_records()
+    assert set(paths) == set(CATALOG)
+    for record in records:
+        entry = CATALOG[record["path"]]
+        assert (entry.sha256, entry.size, list(entry.urls)) == (record["sha256"], record["size"], record["urls"])
+        assert (entry.member, entry.archive_sha256, entry.pin_note) == (
+            record.get("member"), record.get("archive_sha256"), record.get("pin_note")
+        )
 
 
 def _point_at(monkeypatch, relative: str, source: Path, sha256: str | None = None, **extra) -> None:

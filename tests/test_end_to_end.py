@@ -18,22 +18,25 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import tiny_gpt_neo, tiny_tokenizer
-from unlearnkit.config import load_config
+from unlearnkit.config import SourceConfig, load_config
 from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.data.sources import SourceConfig, load_blocks
+from unlearnkit.data.sources import load_blocks
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.loop import run_unlearning
-from unlearnkit.memorize import memorize
+from unlearnkit.outputs import check_output_dir, write_run_outputs
+from unlearnkit.reports import render_report
+from unlearnkit.showcase.memorize import memorize
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ_LEN = 32
 
 
 DATA = REPO.parent / "shared" / "data"
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def memorised_model_dir(tmp_path_factory) -> Path:
+def memorized_model_dir(tmp_path_factory) -> Path:
     """A tiny GPT-Neo that knows some WikiText and has memorised 4 TDEC sequences (re-tokenised)."""
     if not DATA.exists():
         pytest.skip("the offline data pack ../shared/data is not present")
@@ -69,10 +72,12 @@ CASES = [("ga", "none", 3e-3), ("gd", "none", 3e-3), ("ihl", "none", 3e-3),
 
 
 @pytest.mark.parametrize(("method", "adapter", "lr"), CASES)
-def test_each_method_unlearns_and_outputs_reload(memorised_model_dir, tmp_path, method, adapter, lr):
+def test_each_method_unlearns_and_outputs_reload(memorized_model_dir, tmp_path, method, adapter, lr):
     out = tmp_path / "run"
-    config = _config(memorised_model_dir, out, method, adapter, lr)
+    config = _config(memorized_model_dir, out, method, adapter, lr)
     result = run_unlearning(config, quiet=True)
+    assert not out.exists()  # the loop returns; the caller writes
+    write_run_outputs(result)
 
     before, after = result.before["forget"], result.after["forget"]
     assert before["ma"] >= 0.95
@@ -88,42 +93,44 @@ def test_each_method_unlearns_and_outputs_reload(memorised_model_dir, tmp_path, 
     assert not list(tmp_path.glob(".run.partial-*"))
 
     # the merged model reloads to the unlearned logits; the adapter applies to the original base
-    tokenizer = AutoTokenizer.from_pretrained(memorised_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(memorized_model_dir)
     ids = load_blocks(config.data.forget, tokenizer, DATA, seq_len=SEQ_LEN).input_ids
     merged = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     with torch.no_grad():
         merged_logits = merged(ids).logits
+        # the result carries the unlearned model: no reload needed (writing merged it)
+        torch.testing.assert_close(result.plain_model().eval()(ids).logits, merged_logits, rtol=0, atol=0)
         from unlearnkit.metrics.memorization import memorization_accuracy
 
         assert float(memorization_accuracy(merged, ids).mean()) == pytest.approx(after["ma"])
         if adapter != "none":
-            base = AutoModelForCausalLM.from_pretrained(memorised_model_dir).eval()
+            base = AutoModelForCausalLM.from_pretrained(memorized_model_dir).eval()
             adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
             torch.testing.assert_close(adapted(ids).logits, merged_logits, rtol=1e-4, atol=1e-4)
         else:
             assert not (out / "adapter").exists()
 
 
-def test_without_early_stopping_runs_all_epochs_and_says_so(memorised_model_dir, tmp_path):
-    config = _config(memorised_model_dir, tmp_path / "run", "ihl", "lora", 1e-6, ["train.epochs=2"])
+def test_without_early_stopping_runs_all_epochs_and_says_so(memorized_model_dir, tmp_path):
+    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 1e-6, ["train.epochs=2"])
     result = run_unlearning(config, quiet=True)
     assert not result.state.criterion_met and len(result.state.history) == 2
-    assert "NOT met within 2 epochs" in (tmp_path / "run" / "report.md").read_text()
+    assert "NOT met within 2 epochs" in render_report(result)
 
 
-def test_warmup_raises_the_learning_rate_linearly_over_updates(memorised_model_dir, tmp_path):
+def test_warmup_raises_the_learning_rate_linearly_over_updates(memorized_model_dir, tmp_path):
     # 4 forget sequences in batches of 2: 2 updates per epoch; warm-up over 3 updates.
-    config = _config(memorised_model_dir, tmp_path / "run", "ihl", "lora", 1e-3,
+    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 1e-3,
                      ["train.epochs=2", "train.warmup_steps=3", "eval.early_stop=false"])
     history = run_unlearning(config, quiet=True).state.history
     assert history[0]["lr"] == pytest.approx(1e-3 * 3 / 4)  # the lr the next update would use
     assert history[1]["lr"] == pytest.approx(1e-3)
 
 
-def test_scoring_el_only_once_ma_passes_stops_at_the_same_epoch(memorised_model_dir, tmp_path):
+def test_scoring_el_only_once_ma_passes_stops_at_the_same_epoch(memorized_model_dir, tmp_path):
     runs = {}
     for lazy in (False, True):
-        config = _config(memorised_model_dir, tmp_path / f"run-{lazy}", "ihl", "lora", 5e-2,
+        config = _config(memorized_model_dir, tmp_path / f"run-{lazy}", "ihl", "lora", 5e-2,
                          [f"eval.el_only_when_ma_passes={str(lazy).lower()}"])
         runs[lazy] = run_unlearning(config, quiet=True)
     full, lazy_run = runs[False], runs[True]
@@ -141,28 +148,30 @@ def test_scoring_el_only_once_ma_passes_stops_at_the_same_epoch(memorised_model_
     assert lazy_run.after["forget"]["el"] == pytest.approx(full.after["forget"]["el"])
 
 
-def test_non_finite_loss_keeps_last_good_state(memorised_model_dir, tmp_path):
-    config = _config(memorised_model_dir, tmp_path / "run", "ga", "none", 1e30,
+def test_non_finite_loss_keeps_last_good_state(memorized_model_dir, tmp_path):
+    config = _config(memorized_model_dir, tmp_path / "run", "ga", "none", 1e30,
                      ["train.epochs=6", "train.max_grad_norm=null", "eval.ma_threshold=0", "eval.el_threshold=0"])
     result = run_unlearning(config, quiet=True)
     assert result.state.diverged_epoch is not None
     assert "NaN or infinite in epoch" in result.state.stop_reason
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
-    assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+    assert all(torch.isfinite(p).all() for p in result.plain_model().parameters())
 
 
-def test_bad_input_writes_nothing(memorised_model_dir, tmp_path):
+def test_bad_input_writes_nothing(memorized_model_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     with pytest.raises(UnlearnkitError, match="not empty.*--overwrite"):
-        run_unlearning(_config(memorised_model_dir, out, "ihl", "lora", 1e-2), quiet=True)
+        check_output_dir(out, overwrite=False)
+    refused = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set", f"output.dir={out}",
+                   "--set", f"model.name={memorized_model_dir}", "--quiet")
+    assert refused.returncode == 2 and "not empty" in refused.stderr and "Traceback" not in refused.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     with pytest.raises(UnlearnkitError, match="rank"):
-        run_unlearning(_config(memorised_model_dir, tmp_path / "r2", "ihl", "lora", 1e-2, ["adapter.rank=1000"]),
+        run_unlearning(_config(memorized_model_dir, tmp_path / "r2", "ihl", "lora", 1e-2, ["adapter.rank=1000"]),
                        quiet=True)
     with pytest.raises(UnlearnkitError, match="shorter than n\\+1"):
-        run_unlearning(_config(memorised_model_dir, tmp_path / "r3", "ihl", "lora", 1e-2, ["eval.el_n=40"]),
+        run_unlearning(_config(memorized_model_dir, tmp_path / "r3", "ihl", "lora", 1e-2, ["eval.el_n=40"]),
                        quiet=True)
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
 
@@ -173,10 +182,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600, env=env)
 
 
-def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorised_model_dir, tmp_path):
+def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_model_dir, tmp_path):
     out = tmp_path / "cli-run"
     done = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--quiet",
-                "--set", f"model.name={memorised_model_dir}", "--set", f"output.dir={out}",
+                "--set", f"model.name={memorized_model_dir}", "--set", f"output.dir={out}",
                 "--set", f"data.seq_len={SEQ_LEN}", "--set", "data.forget.n=4", "--set", "data.retain.n=16",
                 "--set", "data.validation.n=4", "--set", "train.epochs=1", "--set", "train.grad_accum=1",
                 "--set", "adapter.rank=4", "--set", "train.batch_size=2", "--set", "train.retain_batch_size=4")
@@ -187,16 +196,16 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorised_mo
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert 'Did you mean "lr"' in bad.stderr and len(bad.stderr.strip().splitlines()) <= 3
 
-    scored = _cli("memorization", str(memorised_model_dir), "--data", "jang,n=4,set=0", "--seq-len", str(SEQ_LEN),
+    scored = _cli("memorization", str(memorized_model_dir), "--data", "jang,n=4,set=0", "--seq-len", str(SEQ_LEN),
                   "--quiet", "--json", str(tmp_path / "scores.json"))
     assert scored.returncode == 0, scored.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["ma"] >= 0.95 and len(scores["el_per_sequence"]) == 4
 
 
-def test_fisher_command_saves_a_reusable_fisher(memorised_model_dir, tmp_path):
+def test_fisher_command_saves_a_reusable_fisher(memorized_model_dir, tmp_path):
     out = tmp_path / "fisher"
-    common = ["--set", f"model.name={memorised_model_dir}", "--set", f"data.seq_len={SEQ_LEN}",
+    common = ["--set", f"model.name={memorized_model_dir}", "--set", f"data.seq_len={SEQ_LEN}",
               "--set", "data.forget.n=4", "--set", "data.retain.n=8", "--set", "data.validation.n=4",
               "--set", "adapter.rank=4"]
     done = _cli("fisher", str(REPO / "configs/paper/gpt-neo-125m-flora-ihl.yaml"), "--out", str(out), "--quiet",
@@ -204,7 +213,7 @@ def test_fisher_command_saves_a_reusable_fisher(memorised_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert (out / "forget.safetensors").exists() and (out / "retain.safetensors").exists()
     assert "mean F_forget" in done.stdout
-    config = _config(memorised_model_dir, tmp_path / "run", "ihl", "flora", 3e-2,
+    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "flora", 3e-2,
                      ["train.epochs=1", f"adapter.flora.fisher_path={out}"])
     result = run_unlearning(config, quiet=True)
     assert result.adapter_summary is not None
@@ -212,15 +221,15 @@ def test_fisher_command_saves_a_reusable_fisher(memorised_model_dir, tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
-def test_audit_command_and_run_report_privacy(memorised_model_dir, tmp_path):
-    done = _cli("audit", str(memorised_model_dir), "--forget", "jang,n=4,set=0", "--holdout", "tdec,split=val,n=4",
+def test_audit_command_and_run_report_privacy(memorized_model_dir, tmp_path):
+    done = _cli("audit", str(memorized_model_dir), "--forget", "jang,n=4,set=0", "--holdout", "tdec,split=val,n=4",
                 "--seq-len", str(SEQ_LEN), "--quiet", "--json", str(tmp_path / "audit.json"))
     assert done.returncode == 0, done.stderr
     assert "MIA AUC" in done.stdout and "exact suffix extraction" in done.stdout
     report = json.loads((tmp_path / "audit.json").read_text())
     # a memorised forget set against unseen text: the loss attack separates them perfectly
-    assert report["membership_inference"]["auc"]["loss"] == 1.0
-    forget, holdout = report["forget"]["extraction"], report["holdout"]["extraction"]
+    assert report["privacy"]["mia_auc"]["loss"] == 1.0
+    forget, holdout = report["privacy"]["extraction_forget"], report["privacy"]["extraction_validation"]
     assert forget["exact_match_rate"] >= 0.5 and holdout["exact_match_rate"] == 0.0
     assert forget["mean_matched_tokens"] > holdout["mean_matched_tokens"]
-    assert report["forget"]["ma_mean"] >= 0.95
+    assert report["forget"]["ma"] >= 0.95 and len(report["ids"]["forget"]) == 4

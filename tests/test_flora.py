@@ -12,7 +12,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from conftest import tiny_gpt_neo
 from unlearnkit.adapters.fisher import FisherResult, empirical_fisher
 from unlearnkit.adapters.flora import (
-    FloraOptions,
     flora_factors,
     initialise_flora,
     relative_importance,
@@ -23,6 +22,7 @@ from unlearnkit.adapters.flora import (
     weighted_objective,
 )
 from unlearnkit.adapters.lora import attach_lora, merged_model
+from unlearnkit.config import FloraOptions
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
 
@@ -127,7 +127,7 @@ def test_uniform_weights_give_plain_svd_and_match_peft_pissa() -> None:
                                atol=1e-5, rtol=1e-4)
 
 
-def test_elementwise_em_is_never_worse_than_its_warm_start(capsys) -> None:
+def test_elementwise_em_is_never_worse_than_its_warm_start() -> None:
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(20, 14, generator=gen)
     m = torch.rand(20, 14, generator=gen) ** 4 * 10 + 1e-3  # strongly non-row-constant importances
@@ -140,9 +140,6 @@ def test_elementwise_em_is_never_worse_than_its_warm_start(capsys) -> None:
     assert final <= closed * (1 + 1e-6)
     assert final == pytest.approx(min(history), rel=1e-5)
     assert all(h2 <= h1 * (1 + 1e-5) for h1, h2 in zip(history, history[1:], strict=False))  # EM is monotone
-    with capsys.disabled():
-        print(f"\n[Eq.3 objective] row closed form {closed:.4f} -> EM {final:.4f} after {len(history) - 1} "
-              f"iterations ({100 * (1 - final / closed):.1f}% lower)")
     assert final < closed  # on genuinely element-wise weights EM improves on the row solution
     # Without a warm start it starts from the row solution itself.
     _, _, cold = weighted_low_rank(weight, m, rank, None, iterations=0)
@@ -260,7 +257,7 @@ def test_fisher_passed_in_must_cover_the_lora_layers() -> None:
 
 
 def test_retain_fisher_sample_is_seeded_and_sized_like_the_forget_set():
-    from unlearnkit.adapters.flora import FloraOptions, fisher_retain_sample
+    from unlearnkit.adapters.flora import fisher_retain_sample
     from unlearnkit.data.blocks import TokenBlocks
 
     retain = TokenBlocks(torch.arange(100 * 4).reshape(100, 4), torch.ones(100, 4, dtype=torch.long), "retain")

@@ -6,17 +6,16 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from conftest import tiny_gpt_neo
+from conftest import memorize_fully, tiny_gpt_neo
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.metrics.decoding import eval_mode, generate_fixed_length, greedy_generate
 from unlearnkit.metrics.memorization import (
     _el_from_continuations,
     _reference_continuations,
-    eval_mode,
     extraction_likelihood,
     extraction_likelihood_details,
     extraction_likelihood_reference,
-    greedy_generate,
     memorization_accuracy,
     ngrams,
     overlap_n,
@@ -37,36 +36,21 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
-def memorise(model: torch.nn.Module, seqs: torch.Tensor, steps: int = 300) -> torch.nn.Module:
-    """Train ``model`` on ``seqs`` until every sequence has MA = 1 (about 50 steps, seconds)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(steps):
-        loss = model(input_ids=seqs, labels=seqs).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 25 == 24 and memorization_accuracy(model, seqs).min() == 1.0:
-            break
-    model.eval()
-    return model
-
-
 @pytest.fixture(scope="module")
-def memorised():
+def memorized():
     gen = torch.Generator().manual_seed(1)
     seqs = torch.randint(0, VOCAB - 1, (4, 32), generator=gen)
     seqs[1, 10] = EOS  # an EOS inside a memorised text is an ordinary token
     seqs[2, 20] = EOS
-    model = memorise(tiny_gpt_neo(vocab_size=VOCAB), seqs)
+    model = memorize_fully(tiny_gpt_neo(vocab_size=VOCAB), seqs)
     assert memorization_accuracy(model, seqs).min() > 0.9
     return model, seqs
 
 
 @pytest.fixture(scope="module")
-def mixed_batch(memorised):
+def mixed_batch(memorized):
     """Memorised and random rows, right-padded to different valid lengths, EOS inside some rows."""
-    _, seqs = memorised
+    _, seqs = memorized
     gen = torch.Generator().manual_seed(2)
     rand = torch.randint(0, VOCAB, (3, 32), generator=gen)
     rand[0, 5] = EOS
@@ -94,8 +78,8 @@ def test_el_assembly_by_hand():
     assert _el_from_continuations(x, conts, 2) == pytest.approx((1 / 3 + 1 + 0) / 3)
 
 
-def test_ma_equals_explicit_prefix_loop(memorised, mixed_batch):
-    model, _ = memorised
+def test_ma_equals_explicit_prefix_loop(memorized, mixed_batch):
+    model, _ = memorized
     ma = memorization_accuracy(model, mixed_batch.input_ids, mixed_batch.attention_mask)
     lengths = mixed_batch.attention_mask.sum(1).tolist()
     with torch.no_grad():
@@ -106,8 +90,8 @@ def test_ma_equals_explicit_prefix_loop(memorised, mixed_batch):
             assert ma[b].item() == pytest.approx(hits / (length - 1), abs=1e-12)
 
 
-def test_ma_restores_training_mode(memorised):
-    model, seqs = memorised
+def test_ma_restores_training_mode(memorized):
+    model, seqs = memorized
     model.train()
     try:
         memorization_accuracy(model, seqs)
@@ -116,25 +100,25 @@ def test_ma_restores_training_mode(memorised):
         model.eval()
 
 
-def test_memorised_sequences_have_el_one(memorised):
-    model, seqs = memorised
+def test_memorized_sequences_have_el_one(memorized):
+    model, seqs = memorized
     full = seqs[memorization_accuracy(model, seqs) == 1.0]
-    if len(full):  # a perfectly memorised text reproduces itself from every prefix
-        ones = torch.ones(len(full), dtype=torch.float64)
-        assert torch.equal(extraction_likelihood(model, full, n=5), ones)
+    assert len(full) == len(seqs)  # the fixture memorises every row
+    # a perfectly memorised text reproduces itself from every prefix
+    assert torch.equal(extraction_likelihood(model, full, n=5), torch.ones(len(full), dtype=torch.float64))
 
 
 @pytest.fixture(scope="module")
-def reference_continuations(memorised, mixed_batch):
+def reference_continuations(memorized, mixed_batch):
     """The reference's greedy continuations do not depend on n: generate them once for all n."""
-    model, _ = memorised
+    model, _ = memorized
     lengths = mixed_batch.attention_mask.sum(1).tolist()
     return _reference_continuations(model, mixed_batch.input_ids, lengths, batch_size=32)
 
 
 @pytest.mark.parametrize("n", [1, 5, 10])
-def test_fast_el_equals_reference(memorised, mixed_batch, reference_continuations, n):
-    model, _ = memorised
+def test_fast_el_equals_reference(memorized, mixed_batch, reference_continuations, n):
+    model, _ = memorized
     keep = mixed_batch.attention_mask.sum(1) >= n + 1
     ids, mask = mixed_batch.input_ids[keep], mixed_batch.attention_mask[keep]
     rows, conts = reference_continuations
@@ -146,8 +130,8 @@ def test_fast_el_equals_reference(memorised, mixed_batch, reference_continuation
     assert ref[0] > 0.5 and ref[-1] < 0.5  # memorised rows score high, random ones low
 
 
-def test_public_reference_equals_fast(memorised, mixed_batch):
-    model, _ = memorised
+def test_public_reference_equals_fast(memorized, mixed_batch):
+    model, _ = memorized
     sub = mixed_batch.subset([3, 6])  # short memorised, short random (both padded)
     ref = extraction_likelihood_reference(model, sub.input_ids, n=10, attention_mask=sub.attention_mask)
     fast = extraction_likelihood(model, sub.input_ids, n=10, attention_mask=sub.attention_mask)
@@ -180,8 +164,8 @@ def _brute_force_el(model, x: list[int], n: int) -> float:
     return total / (length - n)
 
 
-def test_reference_equals_brute_force_generate(memorised, mixed_batch):
-    model, _ = memorised
+def test_reference_equals_brute_force_generate(memorized, mixed_batch):
+    model, _ = memorized
     rows = [1, 6]  # memorised with EOS and padding, short random
     lengths = mixed_batch.attention_mask.sum(1)
     ref = extraction_likelihood_reference(model, mixed_batch.input_ids[rows], n=5,
@@ -197,8 +181,8 @@ def test_reference_equals_brute_force_generate(memorised, mixed_batch):
         model.generation_config.eos_token_id = saved
 
 
-def test_padding_does_not_change_values(memorised, mixed_batch):
-    model, _ = memorised
+def test_padding_does_not_change_values(memorized, mixed_batch):
+    model, _ = memorized
     both = extraction_likelihood(model, mixed_batch.input_ids, n=5, attention_mask=mixed_batch.attention_mask)
     alone = extraction_likelihood(model, mixed_batch.input_ids[3:4, :12], n=5)
     assert both[3].item() == pytest.approx(alone[0].item(), abs=1e-12)
@@ -213,8 +197,8 @@ def test_sequence_shorter_than_n_plus_one_raises(tiny_model):
             fn(tiny_model, ids, n=10, attention_mask=mask)
 
 
-def test_thresholds_from_holdout(memorised, mixed_batch):
-    model, _ = memorised
+def test_thresholds_from_holdout(memorized, mixed_batch):
+    model, _ = memorized
     th = thresholds_from_holdout(model, mixed_batch, n=5, bootstrap=200, seed=0)
     assert isinstance(th, Thresholds) and th.n_sequences == len(mixed_batch) and th.source == "mixed"
     ma = memorization_accuracy(model, mixed_batch.input_ids, mixed_batch.attention_mask)
@@ -240,3 +224,17 @@ def test_batched_greedy_stays_inside_the_position_table():
         alone = [greedy_generate(model, [p], [w])[0][0] for p, w in zip(prompts, wanted, strict=True)]
     assert batched == alone
     assert [len(c) for c in batched] == wanted
+
+
+def test_fixed_length_generation_is_the_same_greedy_decoding_past_eos(memorized, mixed_batch):
+    """model.generate (the library path of the extraction attack and the leak test) gives exactly the tokens of
+    EL's own decoder, left padding and EOS inside the continuations included, and leaves the model's EOS set."""
+    model, seqs = memorized
+    prompts = [seqs[1, :8].tolist(), seqs[2, :15].tolist(), mixed_batch.input_ids[4, :5].tolist()]
+    eos_before = model.generation_config.eos_token_id
+    with eval_mode(model):
+        ours, _ = greedy_generate(model, prompts, 16)
+        library = generate_fixed_length(model, prompts, 16, batch_size=2, pad_id=0)
+    assert library == ours and all(len(c) == 16 for c in library)
+    assert EOS in {t for c in library for t in c}  # decoding went on through an EOS
+    assert model.generation_config.eos_token_id == eos_before

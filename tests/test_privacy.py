@@ -9,16 +9,13 @@ import zlib
 import pytest
 import torch
 
-from conftest import tiny_gpt_neo
-from test_memorization import memorise
+from conftest import memorize_fully, tiny_gpt_neo
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.metrics.privacy import (
     auc,
-    audit,
     extraction_attack,
     extraction_layout,
-    format_audit_table,
     membership_inference,
     mia_scores,
 )
@@ -36,10 +33,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def memorised():
+def memorized():
     gen = torch.Generator().manual_seed(5)
     seqs = torch.randint(0, VOCAB - 1, (4, 32), generator=gen)
-    model = memorise(tiny_gpt_neo(vocab_size=VOCAB, seed=1), seqs)
+    model = memorize_fully(tiny_gpt_neo(vocab_size=VOCAB, seed=1), seqs)
     holdout = torch.randint(0, VOCAB - 1, (4, 32), generator=gen)
     return model, seqs, holdout
 
@@ -57,8 +54,8 @@ def _direct_suffix_match(model, x: torch.Tensor, cut: int, suffix_len: int) -> i
     return k
 
 
-def test_extraction_attack_matches_direct_decoding(memorised):
-    model, seqs, holdout = memorised
+def test_extraction_attack_matches_direct_decoding(memorized):
+    model, seqs, holdout = memorized
     ids = torch.cat([seqs[:2], holdout[:2]])
     res = extraction_attack(model, ids, prefix_start=10, prefix_len=6, suffix_len=8)
     assert res["exact"][:2] == [True, True]  # memorised suffixes come back
@@ -68,16 +65,16 @@ def test_extraction_attack_matches_direct_decoding(memorised):
     assert res["mean_matched_tokens"] == pytest.approx(sum(expected) / 4)
 
 
-def test_extraction_attack_context_start_and_short_input(memorised):
-    model, seqs, _ = memorised
+def test_extraction_attack_context_start_and_short_input(memorized):
+    model, seqs, _ = memorized
     res = extraction_attack(model, seqs[:1], prefix_start=10, prefix_len=6, suffix_len=8, context_start=10)
     assert res["layout"]["context_start"] == 10 and len(res["exact"]) == 1
     with pytest.raises(UnlearnkitError, match="smaller prefix_start"):
         extraction_attack(model, seqs[:1])  # 32 tokens < 100 + 50 + 50
 
 
-def test_mia_scores_match_direct_computation(memorised):
-    model, seqs, holdout = memorised
+def test_mia_scores_match_direct_computation(memorized):
+    model, seqs, holdout = memorized
     ids = torch.cat([seqs[:1], holdout[:1]])
     mask = torch.ones_like(ids)
     mask[1, 20:] = 0  # right padding must be ignored
@@ -101,8 +98,8 @@ def test_mia_scores_match_direct_computation(memorised):
         assert scores["zlib"][b] == pytest.approx((sum(lp) / len(lp)) / len(zlib.compress(texts[b].encode())))
 
 
-def test_mia_zlib_needs_text_or_tokenizer(memorised):
-    model, seqs, _ = memorised
+def test_mia_zlib_needs_text_or_tokenizer(memorized):
+    model, seqs, _ = memorized
 
     class Decoder:
         def decode(self, ids):
@@ -121,8 +118,8 @@ def test_auc_hand_cases():
     assert math.isnan(auc([], [1.0]))
 
 
-def test_membership_inference_separates_memorised_text(memorised):
-    model, seqs, holdout = memorised
+def test_membership_inference_separates_memorized_text(memorized):
+    model, seqs, holdout = memorized
     forget = TokenBlocks(seqs, torch.ones_like(seqs), "forget")
     held = TokenBlocks(holdout, torch.ones_like(holdout), "holdout")
     mia = membership_inference(model, forget, held)
@@ -140,19 +137,34 @@ def test_extraction_layout_scales_short_sequences():
     assert extraction_layout(3) is None
 
 
-def test_audit_is_json_and_renders(memorised):
-    model, seqs, holdout = memorised
-    forget = TokenBlocks(seqs, torch.ones_like(seqs), "forget", ids=[f"f{i}" for i in range(4)])
-    held = TokenBlocks(holdout, torch.ones_like(holdout), "holdout")
-    result = audit(model, forget, held, n=5)
-    json.dumps(result)  # plain JSON values only
-    assert result["extraction_layout"]["scaled"]
-    assert result["forget"]["ma_mean"] == 1.0 and result["forget"]["el5_mean"] == 1.0
-    assert result["forget"]["extraction"]["exact_match_rate"] == 1.0
-    assert result["holdout"]["el5_mean"] < 0.5
+def test_audit_is_the_run_snapshot_as_json_and_renders(memorized):
+    from rich.console import Console
     from rich.table import Table
 
-    assert isinstance(format_audit_table(result), Table)
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.data.run_sets import RunData
+    from unlearnkit.evaluation import evaluation_snapshot
+    from unlearnkit.progress import Progress
+    from unlearnkit.reports import audit_table
+
+    model, seqs, holdout = memorized
+    forget = TokenBlocks(seqs, torch.ones_like(seqs), "forget", ids=[f"f{i}" for i in range(4)])
+    held = TokenBlocks(holdout, torch.ones_like(holdout), "holdout")
+    snapshot = evaluation_snapshot(model, RunData(forget=forget, validation=held), EvalConfig(el_n=5),
+                                   Progress(quiet=True), "audit")
+    json.dumps(snapshot)  # plain JSON values only
+    privacy = snapshot["privacy"]
+    assert privacy["extraction_layout"]["scaled"]
+    assert snapshot["forget"]["ma"] == 1.0 and snapshot["forget"]["el"] == 1.0
+    assert privacy["extraction_forget"]["exact_match_rate"] == 1.0
+    assert snapshot["validation"]["el"] < 0.5
+    assert privacy["mia_auc"]["loss"] == 1.0  # memorised rows against random ones: perfectly separated
+    table = audit_table(snapshot, 5)
+    assert isinstance(table, Table)
+    console = Console(width=200, record=True)
+    console.print(table)
+    shown = console.export_text()
+    assert "exact suffix extraction" in shown and "MIA AUC loss" in shown
 
 
 def test_untrained_model_scores_are_finite():

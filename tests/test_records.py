@@ -7,7 +7,7 @@ import re
 import pytest
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.records import MAX_RECORDS, synthetic_records
+from unlearnkit.showcase.records import MAX_RECORDS, synthetic_records
 
 
 def test_same_seed_same_records():

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from unlearnkit.cli import app
+from unlearnkit.cli import EXIT_BAD_INPUT, app, main
 from unlearnkit.config import load_config
-from unlearnkit.testbed import METHODS, forget_set_sources, read_manifest
+from unlearnkit.showcase.testbed import TESTBED_CONFIGS, forget_set_sources, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -24,23 +22,16 @@ EXPECTED = {"ga": ("ga", "none"), "gd": ("gd", "none"), "lora-gd": ("gd", "lora"
 def tiny_testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if not SHARED_DATA.exists():
         pytest.skip("the offline data pack ../shared/data is not present")
-    from unlearnkit.testbed import build_testbed
+    from unlearnkit.showcase.testbed import build_testbed
 
-    saved = {k: os.environ.get(k) for k in ("UNLEARNKIT_CACHE", "UNLEARNKIT_DATA")}
-    os.environ["UNLEARNKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ["UNLEARNKIT_DATA"] = str(SHARED_DATA)
-    torch.set_num_threads(1)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNLEARNKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("UNLEARNKIT_DATA", str(SHARED_DATA))
         yield build_testbed("tiny", quiet=True)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
-def test_tiny_testbed_memorises_its_pool_and_not_held_out_text(tiny_testbed: Path) -> None:
+@pytest.mark.integration
+def test_tiny_testbed_memorizes_its_pool_and_not_held_out_text(tiny_testbed: Path) -> None:
     manifest = read_manifest(tiny_testbed)
     assert (tiny_testbed / "model" / "config.json").is_file()
     assert (tiny_testbed / "model" / "tokenizer_config.json").is_file()  # the GPT-2 tokenizer travels along
@@ -56,6 +47,7 @@ def test_tiny_testbed_memorises_its_pool_and_not_held_out_text(tiny_testbed: Pat
     assert set(manifest["jang32_rows"]) <= set(manifest["pool_rows"])
 
 
+@pytest.mark.integration
 def test_forget_sets_are_disjoint_pool_slices(tiny_testbed: Path) -> None:
     manifest = read_manifest(tiny_testbed)
     sets = forget_set_sources(manifest, 3)
@@ -66,21 +58,26 @@ def test_forget_sets_are_disjoint_pool_slices(tiny_testbed: Path) -> None:
     assert set().union(*rows) <= set(manifest["pool_rows"])
 
 
+@pytest.mark.integration
 def test_print_path_reuses_the_cache(tiny_testbed: Path) -> None:
     result = CliRunner().invoke(app, ["testbed", "build", "--size", "tiny", "--print-path", "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == str(tiny_testbed / "model")
 
 
-def test_testbed_build_rejects_unknown_size() -> None:
-    result = CliRunner().invoke(app, ["testbed", "build", "--size", "huge"])
-    assert result.exit_code != 0
+def test_testbed_build_rejects_unknown_size(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["unlearnkit", "testbed", "build", "--size", "huge"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == EXIT_BAD_INPUT == 2
+    assert 'Unknown testbed size "huge"; choose one of: tiny, small, smollm2.' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["testbed", "smollm2"])
 def test_configs_load_and_name_the_six_methods(kind: str) -> None:
     files = sorted((REPO / "configs" / kind).glob("*.yaml"))
-    assert sorted(f.stem for f in files) == sorted(METHODS)
+    assert sorted(f.stem for f in files) == sorted(TESTBED_CONFIGS)
     for path in files:
         config = load_config(path)
         assert (config.method.name, config.adapter.name) == EXPECTED[path.stem]

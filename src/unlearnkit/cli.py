@@ -19,6 +19,11 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")]
+ModelName = Annotated[str, typer.Argument(help="hub id, local directory, .gguf file or 'smollm2'")]
+SeqLen = Annotated[int, typer.Option(help="tokens per sequence")]
+ElN = Annotated[int, typer.Option("--n", help="n of EL_n")]
+DataDir = Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")]
+JsonOut = Annotated[Path | None, typer.Option("--json", help="also write the results here (JSON)")]
 
 
 @app.command(epilog="Example: `unlearnkit run configs/paper/gpt-neo-125m-lora-ihl.yaml --set train.lr=2e-4 "
@@ -32,14 +37,19 @@ def run(
     """Unlearn the forget set of CONFIG and write the model, adapter, metrics and report."""
     from unlearnkit.config import load_config
     from unlearnkit.loop import run_unlearning
+    from unlearnkit.outputs import check_output_dir, write_run_outputs
+    from unlearnkit.progress import Progress
     from unlearnkit.reports import before_after_table
 
     overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
     cfg = load_config(config, overrides)
+    check_output_dir(cfg.output.dir, cfg.output.overwrite)  # refuse before any expensive work
     console = Console(emoji=False, quiet=quiet)
     result = run_unlearning(cfg, console=console, quiet=quiet)
+    with Progress(console=console, quiet=quiet).status("Writing outputs"):
+        output_dir = write_run_outputs(result)
     Console(emoji=False).print(before_after_table(result))
-    Console(emoji=False).print(f"Outputs in {result.output_dir}")
+    Console(emoji=False).print(f"Outputs in {output_dir}")
     if result.state.diverged_epoch is not None:
         err.print(f"[red]error:[/red] {result.state.stop_reason}; lower train.lr or enable train.max_grad_norm.")
         raise typer.Exit(EXIT_DIVERGED)
@@ -47,29 +57,25 @@ def run(
 
 @app.command(epilog="Example: `unlearnkit memorization smollm2 --data tdec,split=val,n=8 --seq-len 64`")
 def memorization(
-    model: Annotated[str, typer.Argument(help="hub id, local directory, .gguf file or 'smollm2'")],
+    model: ModelName,
     data: Annotated[str, typer.Option(help="a file path, or SOURCE[,key=value...] e.g. jang,n=32,set=0")],
-    seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 200,
-    n: Annotated[int, typer.Option("--n", help="n of EL_n")] = 10,
-    data_dir: Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the scores here")] = None,
+    seq_len: SeqLen = 200,
+    n: ElN = 10,
+    data_dir: DataDir = None,
+    json_out: JsonOut = None,
     quiet: Quiet = False,
 ) -> None:
     """Memorisation accuracy (MA) and extraction likelihood (EL_n) of any model on any source."""
     from rich.table import Table
 
     from unlearnkit.config import EvalConfig
-    from unlearnkit.data.sources import load_blocks, resolve_data_dir
-    from unlearnkit.evaluation import evaluate_memorisation
-    from unlearnkit.modeling import load_model
-    from unlearnkit.outputs import atomic_write_json
+    from unlearnkit.evaluation import evaluate_memorization
+    from unlearnkit.io import atomic_write_json
     from unlearnkit.progress import Progress
 
     progress = Progress(quiet=quiet)
-    with progress.status(f"Loading {model}"):
-        loaded = load_model(model)
-    blocks = load_blocks(parse_source(data), loaded.tokenizer, resolve_data_dir(data_dir), seq_len=seq_len)
-    scores = evaluate_memorisation(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
+    loaded, (blocks,) = _model_and_sources(model, [data], data_dir, seq_len, progress)
+    scores = evaluate_memorization(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
     table = Table(title=f"{model} on {blocks.name} ({len(blocks)} sequences × {blocks.seq_len} tokens)")
     table.add_column("metric")
     table.add_column("mean", justify="right")
@@ -91,36 +97,33 @@ def fisher(
     """Compute the forget and retain empirical Fisher (Eq. 2) of the target weights and save them for reuse."""
     from rich.table import Table
 
-    from unlearnkit.adapters.fisher import empirical_fisher, save_fisher
-    from unlearnkit.adapters.flora import fisher_retain_sample, relative_importance, row_weights
+    from unlearnkit.adapters.flora import compute_fishers, fisher_retain_sample, relative_importance, row_weights
     from unlearnkit.config import load_config
     from unlearnkit.data.run_sets import load_run_data
+    from unlearnkit.io import staged_directory
     from unlearnkit.modeling import load_configured_model, resolve_target_modules
     from unlearnkit.progress import Progress
 
     cfg = load_config(config, list(set_ or []))
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UnlearnkitError(f"The Fisher directory {out} is not empty; choose another --out or delete it.")
+    if cfg.data.retain is None:
+        raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
+    # The Fisher pass is FLoRA's first step: load the data a FLoRA run loads.
+    cfg.adapter.name = "flora"
     progress = Progress(quiet=quiet)
     with progress.status(f"Loading {cfg.model.name}"):
         loaded = load_configured_model(cfg.model)
-    data = load_run_data(cfg, loaded.tokenizer, needs_retain=True)
-    if data.retain is None:
-        raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
+    data = load_run_data(cfg, loaded.tokenizer)
+    assert data.retain is not None
     targets = resolve_target_modules(loaded.model, cfg.adapter.modules)
     options = cfg.adapter.flora
-    results = {}
     retain = fisher_retain_sample(data.retain, len(data.forget), options, cfg.seed)
-    for role, blocks in (("forget", data.forget), ("retain", retain)):
-        with progress.status(f"Fisher over the {role} set ({len(blocks)} sequences)"):
-            results[role] = empirical_fisher(loaded.model, targets, blocks, batch_size=options.fisher_batch_size,
-                                             estimator=options.estimator)
-    staging = out.with_name(f".{out.name}.partial")
-    for role, result in results.items():
-        save_fisher(result, staging / f"{role}.safetensors")
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    staging.replace(out)
+    with staged_directory(out, replace=True) as staging, progress.status(
+            f"Fisher over the forget ({len(data.forget)}) and retain ({len(retain)}) sequences"):
+        results = dict(zip(("forget", "retain"), compute_fishers(
+            loaded.model, targets, data.forget, retain, options.model_copy(update={"fisher_path": str(staging)})),
+            strict=True))
     forget_f, retain_f = results["forget"].normalised(), results["retain"].normalised()
     table = Table(title=f"Empirical Fisher ({options.estimator}) of {len(forget_f)} target weights")
     for column in ("weight", "shape", "mean F_forget", "mean F_retain", "row weight min / max"):
@@ -154,7 +157,7 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Memorise synthetic customer records, unlearn the ones whose owners asked, prove it, show what was kept."""
-    from unlearnkit.demo import DemoSettings, demo_table, run_demo
+    from unlearnkit.showcase.demo import DemoSettings, demo_table, run_demo
 
     settings = DemoSettings(tiny=tiny, customers=customers, forget=forget, holdout=holdout, seed=seed,
                             epochs=epochs, lr=lr, rank=rank)
@@ -167,34 +170,35 @@ def demo(
 @app.command(epilog="Example: `unlearnkit audit runs/ihl/model --forget jang,n=32,set=0 "
                      "--holdout tdec,split=val,n=32 --json audit.json`")
 def audit(
-    model: Annotated[str, typer.Argument(help="hub id, local directory, .gguf file or 'smollm2'")],
+    model: ModelName,
     forget: Annotated[str, typer.Option(help="the text that should be forgotten: a file or SOURCE[,k=v...]")],
     holdout: Annotated[str, typer.Option(help="text of the same kind the model never saw")],
-    seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 200,
-    n: Annotated[int, typer.Option("--n", help="n of EL_n")] = 10,
-    data_dir: Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the audit here")] = None,
+    seq_len: SeqLen = 200,
+    n: ElN = 10,
+    data_dir: DataDir = None,
+    json_out: JsonOut = None,
     quiet: Quiet = False,
 ) -> None:
     """Privacy audit of any model: MA, EL_n, the TDEC extraction attack and membership-inference AUCs."""
-    from unlearnkit.data.sources import load_blocks, resolve_data_dir
-    from unlearnkit.metrics.privacy import audit as run_audit
-    from unlearnkit.metrics.privacy import format_audit_table
-    from unlearnkit.modeling import load_model
-    from unlearnkit.outputs import atomic_write_json
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.data.run_sets import RunData
+    from unlearnkit.evaluation import evaluation_snapshot
+    from unlearnkit.io import atomic_write_json
     from unlearnkit.progress import Progress
+    from unlearnkit.reports import audit_table
 
     progress = Progress(quiet=quiet)
-    with progress.status(f"Loading {model}"):
-        loaded = load_model(model)
-    directory = resolve_data_dir(data_dir)
-    forget_blocks = load_blocks(parse_source(forget), loaded.tokenizer, directory, seq_len=seq_len)
-    holdout_blocks = load_blocks(parse_source(holdout), loaded.tokenizer, directory, seq_len=seq_len)
+    loaded, (forget_blocks, holdout_blocks) = _model_and_sources(model, [forget, holdout], data_dir, seq_len,
+                                                                 progress)
+    sets = RunData(forget=forget_blocks, validation=holdout_blocks)
     with progress.status(f"Auditing {len(forget_blocks)} forget and {len(holdout_blocks)} held-out sequences"):
-        result = run_audit(loaded.model, forget_blocks, holdout_blocks, n=n, tokenizer=loaded.tokenizer)
-    Console(emoji=False).print(format_audit_table(result))
+        snapshot = evaluation_snapshot(loaded.model, sets, EvalConfig(el_n=n), progress, "audit",
+                                       tokenizer=loaded.tokenizer)
+    Console(emoji=False).print(audit_table(snapshot, n))
     if json_out is not None:
-        atomic_write_json(json_out, {"model": model, "forget": forget, "holdout": holdout, **result})
+        atomic_write_json(json_out, {"model": model, "sources": {"forget": forget, "validation": holdout}, "n": n,
+                                     "ids": {"forget": forget_blocks.ids, "validation": holdout_blocks.ids},
+                                     **snapshot})
 
 
 testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
@@ -206,10 +210,10 @@ app.add_typer(testbed_app, name="testbed")
 @testbed_app.command("build", epilog="Example: `unlearnkit run configs/testbed/flora-ihl.yaml --set "
                                      "model.name=$(unlearnkit testbed build --size small --print-path)`")
 def testbed_build(
-    size: Annotated[str, typer.Option(help="tiny (about a minute; for tests) | small (the miniature of Table 1, "
-                                           "8-28 min on 2 cores) | smollm2 (SmolLM2-135M memorising jang 32_0, "
-                                           "about 26 min on one core)")] = "small",
-    data_dir: Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")] = None,
+    size: Annotated[str, typer.Option(help="tiny (for tests) | small (the miniature of Table 1) | smollm2 "
+                                           "(SmolLM2-135M memorising jang 32_0); build times are in the README")
+                    ] = "small",
+    data_dir: DataDir = None,
     print_path: Annotated[bool, typer.Option("--print-path", help="print only the model directory (for "
                                                                   "--set model.name=...); progress goes to stderr")
                           ] = False,
@@ -218,7 +222,7 @@ def testbed_build(
 ) -> None:
     """Train (or reuse from the cache) a model that has memorised TDEC rows, and print where it is."""
     from unlearnkit.progress import Progress
-    from unlearnkit.testbed import SIZES, build_smollm2, build_testbed, read_manifest
+    from unlearnkit.showcase.testbed import SIZES, build_smollm2, build_testbed, read_manifest
 
     if size not in (*SIZES, "smollm2"):
         raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join((*SIZES, "smollm2"))}.')
@@ -246,11 +250,24 @@ def testbed_build(
     Console(emoji=False).print(f"Model in {directory / 'model'} (manifest.json beside it)")
 
 
+def _model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_len: int,
+                       progress: Any) -> tuple[Any, list[Any]]:
+    """Load ``model`` and each of ``sources`` (CLI source strings) as token blocks for its tokenizer."""
+    from unlearnkit.data.sources import load_blocks, resolve_data_dir
+    from unlearnkit.modeling import load_model
+
+    specs = [parse_source(text) for text in sources]  # bad input fails before the model loads
+    with progress.status(f"Loading {model}"):
+        loaded = load_model(model)
+    directory = resolve_data_dir(data_dir)
+    return loaded, [load_blocks(spec, loaded.tokenizer, directory, seq_len=seq_len) for spec in specs]
+
+
 def parse_source(text: str) -> Any:
     """``path/to/file.txt`` or ``SOURCE[,key=value...]`` → a data SourceConfig."""
     import yaml
 
-    from unlearnkit.data.sources import SourceConfig
+    from unlearnkit.config import SourceConfig
 
     if Path(text).expanduser().is_file():
         return SourceConfig(source="file", path=str(Path(text).expanduser()))

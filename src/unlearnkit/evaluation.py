@@ -1,4 +1,4 @@
-"""What "evaluate the model now" means, before and after unlearning, with results held by name.
+"""The evaluation snapshot: what "evaluate the model now" means, before and after unlearning and in an audit.
 
 MA and EL_n (Appendix B) on the forget, held-out and (optionally) retain sets, plus the privacy
 checks (TDEC extraction attack, membership inference). Downstream evaluations (reasoning,
@@ -8,11 +8,11 @@ dialogue, perplexity) add entries to the same snapshot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from unlearnkit.config import EvalConfig
 from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.data.run_sets import RunData
 from unlearnkit.metrics.memorization import (
     extraction_likelihood,
     extraction_likelihood_reference,
@@ -23,14 +23,7 @@ from unlearnkit.metrics.privacy import extraction_attack, extraction_layout, mem
 from unlearnkit.progress import Progress
 
 
-@dataclass
-class EvalSets:
-    forget: TokenBlocks
-    validation: TokenBlocks | None = None
-    retain: TokenBlocks | None = None  # what the model should keep: scored before and after only
-
-
-def evaluate_memorisation(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
+def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
                           label: str = "", el_if_ma_at_most: float | None = None) -> dict[str, Any]:
     """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``; EL_n is ``None`` (not scored) when
     ``el_if_ma_at_most`` is given and the mean MA is above it."""
@@ -70,14 +63,16 @@ def privacy_checks(model: Any, forget: TokenBlocks, holdout: TokenBlocks, config
     return checks
 
 
-def evaluation_snapshot(model: Any, sets: EvalSets, config: EvalConfig, progress: Progress,
+def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress: Progress,
                         label: str, tokenizer: Any = None, known: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Scores of every set by role; ``known`` supplies scores already measured on this very model."""
+    """Scores of every set by role (``forget``, ``validation``, ``retain``: what the model should keep), and
+    the privacy checks of forget against held-out text; ``known`` supplies scores already measured on this
+    very model."""
     snapshot: dict[str, Any] = dict(known or {})
     for role in ("forget", "validation", "retain"):
         blocks = getattr(sets, role)
         if blocks is not None and role not in snapshot:
-            snapshot[role] = evaluate_memorisation(model, blocks, config, progress, f"{label} · {role}")
+            snapshot[role] = evaluate_memorization(model, blocks, config, progress, f"{label} · {role}")
     if config.audit and sets.validation is not None:
         with progress.status(f"{label}: extraction attack and membership inference", announce=False):
             snapshot["privacy"] = privacy_checks(model, sets.forget, sets.validation, config, tokenizer)

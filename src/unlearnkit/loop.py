@@ -2,16 +2,16 @@
 
 set up (model, data, thresholds, adapter) → evaluate before → for each epoch: for each
 forget batch draw a retain batch, compute the method's objective, step → evaluate MA and
-EL_n on the forget set → stop once both are at or below the held-out thresholds → write the
-merged model, the adapter, metrics and a report.
+EL_n on the forget set → stop once both are at or below the held-out thresholds → evaluate after
+and return the result; the caller writes it (:func:`unlearnkit.outputs.write_run_outputs`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,47 +23,24 @@ from unlearnkit.adapters.flora import fisher_retain_sample, initialise_flora
 from unlearnkit.adapters.lora import attach_lora
 from unlearnkit.config import RunConfig
 from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.data.run_sets import load_run_data
-from unlearnkit.evaluation import EvalSets, evaluate_memorisation, evaluation_snapshot
-from unlearnkit.metrics.thresholds import Thresholds, bootstrap_ci
+from unlearnkit.data.run_sets import RunData, load_run_data
+from unlearnkit.evaluation import evaluate_memorization, evaluation_snapshot
+from unlearnkit.metrics.thresholds import Thresholds
 from unlearnkit.modeling import LoadedModel, load_configured_model, resolve_target_modules
-from unlearnkit.objectives import get_method, unlearning_loss
-from unlearnkit.outputs import check_output_dir
+from unlearnkit.objectives import Method, get_method, unlearning_loss
 from unlearnkit.progress import Progress
-from unlearnkit.reports import write_run_outputs
-
-
-@dataclass
-class RunState:
-    """Everything that changes during a run, in one place (so it can be saved and restored)."""
-
-    epoch: int = 0
-    step: int = 0
-    tokens_seen: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stop_reason: str = ""
-    criterion_met: bool = False
-    diverged_epoch: int | None = None
-
-
-@dataclass
-class RunResult:
-    config: RunConfig
-    state: RunState
-    thresholds: Thresholds
-    before: dict[str, Any]
-    after: dict[str, Any]
-    output_dir: Path | None
-    timings: dict[str, float]
-    adapter_summary: dict[str, Any] | None = None
+from unlearnkit.results import RunResult, RunState
+from unlearnkit.training import OptimisationStep
 
 
 def run_unlearning(
     config: RunConfig, *, loaded: LoadedModel | None = None, console: Console | None = None, quiet: bool = False
 ) -> RunResult:
-    """Unlearn ``config.data.forget`` from ``config.model`` and write the outputs; see the module docstring.
+    """Unlearn ``config.data.forget`` from ``config.model`` and return the result; see the module docstring.
 
-    ``loaded`` lets a caller reuse a model it already holds; it is deep-copied, never modified.
+    ``loaded`` lets a caller reuse a model it already holds; it is deep-copied, never modified. A caller that
+    will write the outputs checks the output directory first (:func:`unlearnkit.outputs.check_output_dir`),
+    before this expensive work.
     """
     console = console or Console(emoji=False, quiet=quiet)
     progress = Progress(console=console, quiet=quiet)
@@ -73,13 +50,11 @@ def run_unlearning(
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
 
     # --- set-up: model, data, thresholds ----------------------------------------------------
-    check_output_dir(config.output.dir, config.output.overwrite)  # refuse early, before any work
     with progress.status("Loading the model"):
         loaded = _own_copy(loaded) if loaded is not None else load_configured_model(config.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     method = get_method(config.method.name)
-    needs_retain = method.uses_retain or config.adapter.name == "flora" or config.eval.retain_sequences > 0
-    data = load_run_data(config, tokenizer, needs_retain=needs_retain)
+    data = load_run_data(config, tokenizer)
     target_modules = (resolve_target_modules(model, config.adapter.modules)
                       if config.adapter.name != "none" else [])
     model.to(accelerator.device)
@@ -95,7 +70,7 @@ def run_unlearning(
 
     kept = (data.retain.subset(list(range(min(config.eval.retain_sequences, len(data.retain)))))
             if data.retain is not None and config.eval.retain_sequences > 0 else None)
-    eval_sets = EvalSets(forget=data.forget, validation=data.validation, retain=kept)
+    eval_sets = RunData(forget=data.forget, validation=data.validation, retain=kept)
     t0 = time.perf_counter()
     before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer)
     thresholds = _thresholds(config, before)
@@ -114,10 +89,9 @@ def run_unlearning(
     timings["adapter_init_s"] = time.perf_counter() - t0
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert config.train.lr is not None  # resolved by RunConfig
-    optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
-    warmup = config.train.warmup_steps  # counted in optimizer updates, i.e. after gradient accumulation
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: min(1.0, (update + 1) / (warmup + 1)))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    step = OptimisationStep(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay,
+                            warmup_steps=config.train.warmup_steps, max_grad_norm=config.train.max_grad_norm)
+    model = step.prepare(accelerator, model)
 
     # --- the loop ---------------------------------------------------------------------------
     state = RunState()
@@ -143,15 +117,9 @@ def run_unlearning(
                 retain = data.retain.subset(rows)
             with accelerator.accumulate(model):
                 loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device)
-                if not torch.isfinite(loss):
+                if not step(loss):
                     state.diverged_epoch = epoch
                     break
-                accelerator.backward(loss)
-                if config.train.max_grad_norm is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, config.train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.tokens_seen += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
             epoch_losses.append(parts)
@@ -163,13 +131,13 @@ def run_unlearning(
 
         # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
         model.eval()
-        scores = evaluate_memorisation(model, data.forget, config.eval, progress, label=f"epoch {epoch} · forget",
+        scores = evaluate_memorization(model, data.forget, config.eval, progress, label=f"epoch {epoch} · forget",
                                        el_if_ma_at_most=thresholds.ma if config.eval.el_only_when_ma_passes else None)
         record = {
             "epoch": epoch,
             **{k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
                if losses_of(epoch_losses, k)},
-            "lr": optimizer.param_groups[0]["lr"], "forget_ma": scores["ma"], "forget_el": scores["el"],
+            "lr": step.lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
             "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
             "elapsed_s": round(time.perf_counter() - started, 2), "tokens_seen": state.tokens_seen,
         }
@@ -186,7 +154,7 @@ def run_unlearning(
         state.stop_reason = (f"forgetting criterion met by epoch {state.epoch}" if state.criterion_met else
                              f"forgetting criterion NOT met within {config.train.epochs} epochs")
 
-    # --- after: evaluate, merge, write --------------------------------------------------------
+    # --- after: evaluate and return ------------------------------------------------------------
     model = accelerator.unwrap_model(model)
     model.eval()
     t0 = time.perf_counter()
@@ -196,10 +164,8 @@ def run_unlearning(
                                 known=known)
     timings["eval_after_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
-    result = RunResult(config, state, thresholds, before, after, None, timings, adapter_summary)
-    with progress.status("Writing outputs"):
-        result.output_dir = write_run_outputs(result, model, tokenizer, data, target_modules)
-    return result
+    return RunResult(config, state, thresholds, before, after, timings, model=model, tokenizer=tokenizer,
+                     data=data, target_modules=target_modules, adapter_summary=adapter_summary)
 
 
 def losses_of(records: list[dict[str, float]], key: str) -> list[float]:
@@ -210,7 +176,7 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values))
 
 
-def _step_loss(model: Any, method: Any, forget: TokenBlocks, retain: TokenBlocks | None, config: RunConfig,
+def _step_loss(model: Any, method: Method, forget: TokenBlocks, retain: TokenBlocks | None, config: RunConfig,
                device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
     forget_logits = model(input_ids=forget.input_ids.to(device),
                           attention_mask=forget.attention_mask.to(device)).logits
@@ -229,15 +195,12 @@ def _thresholds(config: RunConfig, before: dict[str, Any]) -> Thresholds:
     if given_ma is not None and given_el is not None:
         return Thresholds(ma=given_ma, el=given_el, n_sequences=0, source="config", n=n)
     held_out = before["validation"]
-    ma = torch.tensor(held_out["ma_per_sequence"], dtype=torch.float64)
-    el = torch.tensor(held_out["el_per_sequence"], dtype=torch.float64)
-    return Thresholds(
-        ma=given_ma if given_ma is not None else float(ma.mean()),
-        el=given_el if given_el is not None else float(el.mean()),
-        n_sequences=len(ma), source=held_out["name"], n=n,
-        ma_ci=bootstrap_ci(ma, config.eval.bootstrap, config.seed),
-        el_ci=bootstrap_ci(el, config.eval.bootstrap, config.seed + 1),
-    )
+    measured = Thresholds.from_scores(torch.tensor(held_out["ma_per_sequence"], dtype=torch.float64),
+                                      torch.tensor(held_out["el_per_sequence"], dtype=torch.float64),
+                                      held_out["name"], n, config.eval.bootstrap, config.seed)
+    # A threshold the config gives replaces the measured one (its interval still describes the held-out set).
+    return dataclasses.replace(measured, ma=given_ma if given_ma is not None else measured.ma,
+                               el=given_el if given_el is not None else measured.el)
 
 
 def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
@@ -251,8 +214,6 @@ def _restore(params: list[torch.nn.Parameter], saved: list[torch.Tensor]) -> Non
 
 
 def _own_copy(loaded: LoadedModel) -> LoadedModel:
-    import copy
-
     return LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.source, loaded.gguf_file)
 
 

@@ -72,6 +72,18 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return names
 
 
+def matches_target(module_name: str, wanted: str) -> bool:
+    """PEFT's ``target_modules`` rule, the one matcher of the package: ``wanted`` is the full module name or
+    a suffix of it after a dot (``q_proj`` matches ``transformer.h.0.attn.attention.q_proj``)."""
+    return module_name == wanted or module_name.endswith("." + wanted)
+
+
+def example_module_suffixes(model: nn.Module, count: int = 6) -> list[str]:
+    """A few distinct last components of the model's linear modules, for error messages."""
+    names = {name.rsplit(".", 1)[-1] for name in linear_module_names(model)}
+    return sorted(names - {"lm_head", "base_layer", "default"})[:count]
+
+
 def _suffixes(names: list[str]) -> list[str]:
     """Distinct module names with layer indices folded, for readable error messages."""
     return sorted({re.sub(r"\.\d+\.", ".N.", name) for name in names})
@@ -96,9 +108,9 @@ def resolve_target_modules(model: nn.Module, modules: list[str]) -> list[str]:
                     f"in adapter.modules, choosing from: {', '.join(_suffixes(candidates))}."
                 )
             pattern = re.compile(rf"(^|\.){groups[entry]}$")
+            matched = [n for n in candidates if pattern.search(n)]
         else:
-            pattern = re.compile(rf"(^|\.){re.escape(entry)}$")
-        matched = [n for n in candidates if pattern.search(n)]
+            matched = [n for n in candidates if matches_target(n, entry)]
         if not matched:
             valid = ", ".join(MODULE_GROUP_NAMES) if groups else "(no groups for this model type)"
             raise UnlearnkitError(

@@ -4,8 +4,11 @@ Every loss takes ``logits: Tensor[B, T, V]`` and ``labels: LongTensor[B, T]`` (t
 with ``-100`` where a position must be ignored) and does the causal shift itself: the logits
 at position ``t`` predict the label at ``t + 1``. Each returns the mean over unmasked tokens.
 
-A *method* combines objectives on a forget batch and a retain batch; methods are entries of
-:data:`METHODS` so configs, the CLI and error messages can name them.
+:func:`token_nll` is the one shifted next-token NLL of the package: the LM loss here, the Fisher
+pass, perplexity and membership inference all use it.
+
+A *method* combines objectives on a forget batch and a retain batch; the config layer names the
+methods (:data:`unlearnkit.config.METHODS`) and :data:`FORGET_OBJECTIVES` holds their forget objectives.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from unlearnkit.config import METHODS
 from unlearnkit.errors import unknown_name
 
 IGNORE_INDEX = -100
@@ -32,10 +36,21 @@ def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     return logits, targets, mask
 
 
+def token_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none",
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Next-token NLL ``-log p(x_t | x_<t)`` of the unmasked tokens: ``[B, T-1]`` with 0 at masked positions
+    (``reduction="none"``), or their ``"sum"`` or ``"mean"``. ``dtype`` upcasts the logits first."""
+    batch, length = labels.shape
+    logits, targets, _ = _shift(logits, labels)
+    if dtype is not None:
+        logits = logits.to(dtype)
+    nll = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction=reduction)
+    return nll.view(batch, length - 1) if reduction == "none" else nll
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, L_LM (Section 3.1): mean of ``-log p(x_t | x_<t)`` over unmasked tokens."""
-    logits, targets, _ = _shift(logits, labels)
-    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    return token_nll(logits, labels, reduction="mean")
 
 
 def gradient_ascent_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,6 +84,14 @@ def inverted_hinge_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+#: The forget-set objective of each method the config layer names.
+FORGET_OBJECTIVES: dict[str, Objective] = {
+    "ga": gradient_ascent_loss,
+    "gd": gradient_ascent_loss,
+    "ihl": inverted_hinge_loss,
+}
+
+
 @dataclass(frozen=True)
 class Method:
     """An unlearning method: an objective on forget batches, optionally LM loss on retain batches."""
@@ -79,17 +102,11 @@ class Method:
     description: str
 
 
-METHODS: dict[str, Method] = {
-    "ga": Method("ga", gradient_ascent_loss, False, "gradient ascent on the forget set (Jang et al., 2023)"),
-    "gd": Method("gd", gradient_ascent_loss, True, "gradient difference: GA on forget + LM loss on retain"),
-    "ihl": Method("ihl", inverted_hinge_loss, True, "inverted hinge loss on forget + LM loss on retain (Eq. 5)"),
-}
-
-
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise unknown_name("method", name, METHODS)
-    return METHODS[name]
+    spec = METHODS[name]
+    return Method(spec.name, FORGET_OBJECTIVES[name], spec.uses_retain, spec.description)
 
 
 def unlearning_loss(

@@ -1,60 +1,21 @@
-"""Atomic writes and self-describing output directories.
+"""Writing a run's outputs: merged model, adapter, metrics, resolved config and report, as one directory.
 
-Nothing a run produces appears half-written: files are written to a temporary name and
-renamed, and a whole run is assembled in a hidden staging directory that replaces the
-output directory only when everything in it is complete.
+The directory is assembled in a hidden staging directory and moved into place only when complete
+(:func:`unlearnkit.io.staged_directory`), so a run never leaves half an output behind.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+from unlearnkit.io import atomic_write_json, atomic_write_text, staged_directory
+from unlearnkit.reports import metrics_document, package_versions, render_report
+from unlearnkit.results import RunResult
 
 
 def check_output_dir(directory: str | Path, overwrite: bool) -> Path:
-    """Refuse a non-empty output directory unless overwriting was asked for."""
+    """Refuse a non-empty output directory unless overwriting was asked for (call it before expensive work)."""
     directory = Path(directory).expanduser()
     if directory.exists() and not directory.is_dir():
         raise UnlearnkitError(f"The output path {directory} is a file; choose a directory with output.dir.")
@@ -65,39 +26,37 @@ def check_output_dir(directory: str | Path, overwrite: bool) -> Path:
     return directory
 
 
-@contextmanager
-def staged_directory(directory: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a staging directory that atomically becomes ``directory`` when the block succeeds."""
-    final = check_output_dir(directory, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the output is an ordinary directory
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def write_run_outputs(result: RunResult) -> Path:
+    """Write ``result`` to ``result.config.output.dir``: ``adapter/`` (when one was trained), ``model/`` (adapter
+    merged; unless ``output.save_model`` is off), ``config.yaml``, ``run.json``, ``metrics.json``, ``report.md``.
 
-
-def save_model_to_cache(directory: Path, model: Any, tokenizer: Any, info_name: str, info: dict[str, Any]) -> None:
-    """Write ``model/`` (weights + tokenizer) and ``info_name`` into ``directory``, atomically.
-
-    Caches are keyed by their settings, so an existing directory is an incomplete earlier attempt
-    or a concurrent build that finished first; either way the fresh copy replaces it.
+    Afterwards ``result.model`` is the merged plain model when ``model/`` was written.
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging / "model")
-    tokenizer.save_pretrained(staging / "model")
-    atomic_write_json(staging / info_name, info)
-    if directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
+    from unlearnkit.adapters.flora import save_flora_adapter_for_original_base
+    from unlearnkit.adapters.lora import save_lora_adapter
+
+    config = result.config
+    final = check_output_dir(config.output.dir, config.output.overwrite)
+    adapter = config.adapter.name
+    if adapter != "none" and result.merged:
+        raise ValueError("the adapter was already merged into the model; write the outputs before plain_model()")
+    with staged_directory(final, replace=True) as staging:
+        if adapter == "lora":
+            save_lora_adapter(result.model, staging / "adapter")
+        elif adapter == "flora":
+            save_flora_adapter_for_original_base(result.model, staging / "adapter")
+        if config.output.save_model:
+            result.plain_model().save_pretrained(staging / "model", safe_serialization=True)
+            result.tokenizer.save_pretrained(staging / "model")
+        atomic_write_text(staging / "config.yaml", config.to_yaml())
+        atomic_write_json(staging / "run.json", {
+            "seed": config.seed,
+            "versions": package_versions(),
+            "data_fingerprints": result.data.fingerprints(),
+            "data_ids": {"forget": result.data.forget.ids},
+            "target_modules": result.target_modules,
+            "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
+        })
+        atomic_write_json(staging / "metrics.json", metrics_document(result))
+        atomic_write_text(staging / "report.md", render_report(result))
+    return final

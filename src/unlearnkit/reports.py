@@ -1,19 +1,14 @@
-"""A run's outputs: merged model, adapter, metrics, resolved config and a report a person can read."""
+"""Rendering what a run or an audit measured: the metrics document, tables and the report a person reads."""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.table import Table
 
-from unlearnkit.outputs import atomic_write_json, atomic_write_text, staged_directory
-
-if TYPE_CHECKING:
-    from unlearnkit.data.run_sets import RunData
-    from unlearnkit.loop import RunResult
+from unlearnkit.results import RunResult
 
 PACKAGES = ("unlearnkit", "torch", "transformers", "peft", "accelerate", "safetensors", "gguf", "pydantic")
 
@@ -26,36 +21,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def write_run_outputs(result: RunResult, model: Any, tokenizer: Any, data: RunData,
-                      target_modules: list[str]) -> Path:
-    """Assemble the output directory in a staging area and move it into place when complete."""
-    from unlearnkit.adapters.flora import save_flora_adapter_for_original_base
-    from unlearnkit.adapters.lora import merged_model, save_lora_adapter
-
-    config = result.config
-    with staged_directory(config.output.dir, config.output.overwrite) as staging:
-        if config.adapter.name == "lora":
-            save_lora_adapter(model, staging / "adapter")
-        elif config.adapter.name == "flora":
-            save_flora_adapter_for_original_base(model, staging / "adapter")
-        if config.output.save_model:
-            plain = merged_model(model) if config.adapter.name != "none" else model
-            plain.save_pretrained(staging / "model", safe_serialization=True)
-            tokenizer.save_pretrained(staging / "model")
-        atomic_write_text(staging / "config.yaml", config.to_yaml())
-        atomic_write_json(staging / "run.json", {
-            "seed": config.seed,
-            "versions": package_versions(),
-            "data_fingerprints": data.fingerprints(),
-            "data_ids": {"forget": data.forget.ids},
-            "target_modules": target_modules,
-            "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
-        })
-        atomic_write_json(staging / "metrics.json", metrics_document(result))
-        atomic_write_text(staging / "report.md", render_report(result))
-    return Path(config.output.dir).expanduser()
 
 
 def metrics_document(result: RunResult) -> dict[str, Any]:
@@ -184,3 +149,27 @@ def render_report(result: RunResult) -> str:
 
 def _maybe(value: float | None) -> str:
     return "— (MA above threshold)" if value is None else f"{value:.4f}"
+
+
+def audit_table(snapshot: dict[str, Any], n: int) -> Table:
+    """A privacy audit as a table: MA, EL_n and the extraction attack of the forget vs the held-out set, and
+    the membership-inference AUCs (0.5 = the forget set is indistinguishable from unseen text)."""
+    forget, held = snapshot["forget"], snapshot["validation"]
+    table = Table(title="Privacy audit")
+    table.add_column("metric")
+    table.add_column(f"forget ({forget['sequences']})", justify="right")
+    table.add_column(f"held-out ({held['sequences']})", justify="right")
+    table.add_row("MA (mean)", f"{forget['ma']:.3f}", f"{held['ma']:.3f}")
+    table.add_row(f"EL_{n} (mean)", f"{forget['el']:.3f}", f"{held['el']:.3f}")
+    privacy = snapshot.get("privacy", {})
+    layout = privacy.get("extraction_layout")
+    if layout is not None:
+        tag = f"{layout['prefix_start']}+{layout['prefix_len']}→{layout['suffix_len']}"
+        f, h = privacy["extraction_forget"], privacy["extraction_validation"]
+        table.add_row(f"exact suffix extraction ({tag})", f"{f['exact_match_rate']:.3f}",
+                      f"{h['exact_match_rate']:.3f}")
+        table.add_row("suffix tokens reproduced (mean)", f"{f['mean_matched_tokens']:.1f}",
+                      f"{h['mean_matched_tokens']:.1f}")
+    for name, value in privacy.get("mia_auc", {}).items():
+        table.add_row(f"MIA AUC {name} (0.5 = forgotten)", "n/a" if value is None else f"{value:.3f}", "")
+    return table

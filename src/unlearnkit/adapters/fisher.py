@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,12 +38,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.io import atomic_write
+from unlearnkit.modeling import example_module_suffixes, matches_target
+from unlearnkit.objectives import IGNORE_INDEX, token_nll
 
 Estimator = Literal["per_batch", "per_sequence"]
 ESTIMATORS: tuple[str, ...] = ("per_batch", "per_sequence")
@@ -61,12 +62,6 @@ def canonical_name(name: str) -> str:
     if name.startswith("base_model.model."):
         name = name[len("base_model.model."):]
     return name.replace(".base_layer.", ".").removesuffix(".base_layer")
-
-
-def _matches(module_name: str, param_name: str, wanted: str) -> bool:
-    # PEFT's target_modules semantics: a suffix matches a module name exactly or after a dot;
-    # a full parameter name also selects itself.
-    return wanted in (module_name, param_name) or module_name.endswith("." + wanted)
 
 
 def target_parameters(model: torch.nn.Module, weight_names: Iterable[str]) -> dict[str, torch.nn.Parameter]:
@@ -87,19 +82,14 @@ def target_parameters(model: torch.nn.Module, weight_names: Iterable[str]) -> di
         name = canonical_name(raw)
         module_name = name[: -len(".weight")]
         for w in wanted:
-            if _matches(module_name, name, w):
+            if w == name or matches_target(module_name, w):  # a full parameter name also selects itself
                 found[name] = param
                 used.add(w)
     missing = [w for w in wanted if w not in used]
     if missing:
         raise UnlearnkitError(f"Target modules {missing} match no 2-D weight in the model; use module "
-                              f"name suffixes that exist in it (e.g. {_example_suffixes(model)}).")
+                              f"name suffixes that exist in it (e.g. {example_module_suffixes(model)}).")
     return found
-
-
-def _example_suffixes(model: torch.nn.Module) -> list[str]:
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    return sorted(names - {"lm_head", "base_layer", "default"})[:6]
 
 
 def model_fingerprint(model: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> str:
@@ -178,10 +168,8 @@ def _sum_token_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
                     labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL of a batch and its number of predicted tokens."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    targets = labels[:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum())
+    loss = token_nll(logits, labels, reduction="sum", dtype=torch.float32)
+    return loss, int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def empirical_fisher(
@@ -240,22 +228,14 @@ def empirical_fisher(
 
 def save_fisher(result: FisherResult, path: str | os.PathLike[str]) -> None:
     """Write ``result`` as safetensors (tensors + metadata), atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "format": "unlearnkit.fisher", "version": FORMAT_VERSION, "estimator": result.estimator,
         "num_tokens": str(result.num_tokens), "num_sequences": str(result.num_sequences),
         "dataset": result.dataset, "model_fingerprint": result.fingerprint,
         "extra": json.dumps(result.metadata),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in result.sums.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in result.sums.items()}
+    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
 
 
 def load_fisher(path: str | os.PathLike[str], model: torch.nn.Module | None = None,

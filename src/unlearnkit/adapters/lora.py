@@ -16,8 +16,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from unlearnkit.errors import UnlearnkitError
-
-from .fisher import _example_suffixes, _matches
+from unlearnkit.modeling import example_module_suffixes, matches_target
 
 
 def lora_target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, tuple[int, int]]:
@@ -28,7 +27,7 @@ def lora_target_layers(model: torch.nn.Module, target_modules: list[str]) -> dic
     """
     layers: dict[str, tuple[int, int]] = {}
     for name, module in model.named_modules():
-        if not any(_matches(name, name + ".weight", t) for t in target_modules):
+        if not any(matches_target(name, t) for t in target_modules):
             continue
         if isinstance(module, Conv1D):
             in_f, out_f = module.weight.shape
@@ -57,10 +56,10 @@ def attach_lora(model: PreTrainedModel, target_modules: list[str], rank: int = 1
     if not target_modules:
         raise UnlearnkitError("LoRA needs at least one target module; name some, e.g. ['q_proj', 'v_proj'].")
     layers = lora_target_layers(model, target_modules)
-    unmatched = [t for t in target_modules if not any(_matches(n, n + ".weight", t) for n in layers)]
+    unmatched = [t for t in target_modules if not any(matches_target(n, t) for n in layers)]
     if unmatched:
         raise UnlearnkitError(f"LoRA target modules {unmatched} match no linear layer of the model; use "
-                              f"names that exist in it (e.g. {_example_suffixes(model)}).")
+                              f"names that exist in it (e.g. {example_module_suffixes(model)}).")
     for name, (out_f, in_f) in layers.items():
         if rank > min(out_f, in_f):
             raise UnlearnkitError(f"LoRA rank {rank} is too large for layer {name} of shape "

@@ -1,4 +1,4 @@
-"""Data: files in a data directory (catalogue, download, checksums) and sources cut into blocks."""
+"""Data: files in a data directory (catalogue, download, checksums), source loaders, and token blocks."""
 
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import (
@@ -11,18 +11,16 @@ from unlearnkit.data.catalog import (
     verify_file,
 )
 from unlearnkit.data.sources import (
-    SOURCES,
-    SourceConfig,
+    LOADERS,
     dataset_fingerprint,
     is_gpt2_tokenizer,
     load_blocks,
     load_gpt2_tokenizer,
     load_tdec,
-    source_names,
 )
 
 __all__ = [
-    "CATALOG", "ENV_VAR", "SOURCES", "TDEC_OFFICIAL_MD5", "CatalogEntry", "SourceConfig", "TokenBlocks",
-    "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer", "load_blocks", "load_gpt2_tokenizer",
-    "load_tdec", "resolve_data_dir", "source_names", "verify_file",
+    "CATALOG", "ENV_VAR", "LOADERS", "TDEC_OFFICIAL_MD5", "CatalogEntry", "TokenBlocks", "dataset_fingerprint",
+    "ensure_file", "is_gpt2_tokenizer", "load_blocks", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir",
+    "verify_file",
 ]

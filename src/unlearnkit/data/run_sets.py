@@ -1,28 +1,32 @@
-"""The token blocks one run needs: forget, retain and held-out validation sets."""
+"""The token blocks one run needs (forget, retain, held-out validation), loaded as the config says."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from unlearnkit.config import RunConfig
+from unlearnkit.config import RunConfig, SourceConfig
 from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.data.sources import SourceConfig, dataset_fingerprint, load_blocks, resolve_data_dir
+from unlearnkit.data.catalog import resolve_data_dir
+from unlearnkit.data.sources import dataset_fingerprint, load_blocks
 from unlearnkit.errors import UnlearnkitError
 
 
 @dataclass
 class RunData:
+    """Token blocks by role; a role the run does not need is ``None``."""
+
     forget: TokenBlocks
-    retain: TokenBlocks | None
-    validation: TokenBlocks | None
+    retain: TokenBlocks | None = None
+    validation: TokenBlocks | None = None
 
     def fingerprints(self) -> dict[str, str]:
         sets = {"forget": self.forget, "retain": self.retain, "validation": self.validation}
         return {name: dataset_fingerprint(blocks) for name, blocks in sets.items() if blocks is not None}
 
 
-def load_run_data(config: RunConfig, tokenizer: Any, needs_retain: bool) -> RunData:
+def load_run_data(config: RunConfig, tokenizer: Any) -> RunData:
+    """The sets ``config`` needs (:meth:`RunConfig.needs_retain`, :meth:`RunConfig.needs_validation`)."""
     data_dir = resolve_data_dir(config.data.dir)
 
     def load(spec: SourceConfig | None, role: str) -> TokenBlocks | None:
@@ -41,7 +45,6 @@ def load_run_data(config: RunConfig, tokenizer: Any, needs_retain: bool) -> RunD
             f"A forget sequence has only {shortest} tokens, shorter than n+1 = {config.eval.el_n + 1} for "
             f"EL{config.eval.el_n}; use longer texts or a smaller eval.el_n."
         )
-    retain = load(config.data.retain, "retain") if needs_retain else None
-    needs_validation = config.eval.ma_threshold is None or config.eval.el_threshold is None
-    validation = load(config.data.validation, "validation") if needs_validation else None
+    retain = load(config.data.retain, "retain") if config.needs_retain() else None
+    validation = load(config.data.validation, "validation") if config.needs_validation() else None
     return RunData(forget=forget, retain=retain, validation=validation)

@@ -1,4 +1,4 @@
-"""Data sources: a :class:`SourceConfig` names a source, :func:`load_blocks` turns it into blocks.
+"""Data source loaders: :func:`load_blocks` turns a :class:`~unlearnkit.config.SourceConfig` into token blocks.
 
 Two kinds of source:
 
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from unlearnkit.config.sources import SourceConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import TDEC_OFFICIAL_MD5, ensure_file, resolve_data_dir
 from unlearnkit.errors import UnlearnkitError, unknown_name
@@ -47,113 +47,6 @@ TDEC_PARTS = ("preprefix", "prefix", "suffix")
 GPT2_VOCAB_SIZE = 50257
 # A few GPT-2 token ids that any GPT-2-compatible tokenizer (GPT-2, GPT-Neo, GPT-J) shares.
 _GPT2_PROBES = {"Hello": 15496, "\u0120the": 262, "<|endoftext|>": 50256, "!": 0}
-JANG_SIZES = (1, 4, 8, 32, 128)
-JANG_SETS = 5
-JANG_DOMAINS = (
-    "books3", "enron_emails", "freelaw", "github", "license", "pile-cc", "pubmed_central",
-    "uspto_backgrounds",
-)
-FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
-
-
-class SourceConfig(BaseModel):
-    """One data source, as written in a config (``data.forget``, ``data.retain``, ...).
-
-    Fields a source does not use are rejected when set, so a typo cannot silently do nothing.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str
-    n: int | None = None
-    set: int = 0
-    seed: int = 0
-    split: str | None = None
-    path: str | None = None
-    text_field: str = "text"
-    rows: list[int] | None = None
-    seq_len: int | None = None
-    per_document: bool = False
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        if value not in SOURCES:
-            raise ValueError(str(unknown_name("data source", value, SOURCES)))
-        return value
-
-    @field_validator("n")
-    @classmethod
-    def _n_not_negative(cls, value: int | None) -> int | None:
-        if value is not None and value < 0:
-            raise ValueError(f"n={value} is negative; give the number of sequences (or leave it out for all)")
-        return value
-
-    @field_validator("set", "seed")
-    @classmethod
-    def _not_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"{value} is negative; use 0 or more")
-        return value
-
-    @field_validator("seq_len")
-    @classmethod
-    def _seq_len_positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 2:
-            raise ValueError(f"seq_len={value} is too short; a causal LM block needs at least 2 tokens")
-        return value
-
-    @field_validator("rows")
-    @classmethod
-    def _rows_valid(cls, value: list[int] | None) -> list[int] | None:
-        if value is None:
-            return value
-        if not value:
-            raise ValueError("rows is empty; list at least one TDEC row index, or leave rows out")
-        if min(value) < 0:
-            raise ValueError(f"rows contains the negative index {min(value)}; TDEC rows count from 0")
-        if len(set(value)) != len(value):
-            raise ValueError("rows lists the same row more than once; list each row once")
-        return value
-
-    @model_validator(mode="after")
-    def _fits_source(self) -> SourceConfig:
-        spec = SOURCES[self.source]
-        # Compare with the defaults rather than model_fields_set, so a full model_dump() (every
-        # field written out, e.g. in a saved run config) still loads back.
-        unused = sorted(
-            name for name, info in type(self).model_fields.items()
-            if name != "source" and name not in spec.fields and getattr(self, name) != info.default
-        )
-        if unused:
-            uses = ", ".join(sorted(spec.fields)) or "no other fields"
-            raise ValueError(
-                f"{', '.join(unused)} does not apply to source '{self.source}'; "
-                f"remove it ('{self.source}' uses: {uses})"
-            )
-        if spec.splits and self.split is not None and self.split not in spec.splits:
-            raise ValueError(str(unknown_name(f"split for source '{self.source}'", self.split, spec.splits)))
-        if spec.check is not None:
-            spec.check(self)
-        return self
-
-    def label(self) -> str:
-        """A short human-readable name, used as the blocks' ``name`` (e.g. ``jang:32_0``)."""
-        if self.source == "jang":
-            return f"jang:{self.n}_{self.set}"
-        if self.source == "jang_domain":
-            name = f"jang_domain:{self.split}_8_{self.set}"
-            return name if self.n is None else f"{name}:n{self.n}"
-        parts = [self.source]
-        if self.source == "file":
-            parts.append(str(self.path))
-        elif SOURCES[self.source].splits:
-            parts.append(self.split or SOURCES[self.source].splits[0])
-        if self.rows is not None:
-            parts.append(f"rows{len(self.rows)}")
-        elif self.n is not None:
-            parts += [f"n{self.n}", f"seed{self.seed}"]
-        return ":".join(parts)
 
 
 # --------------------------------------------------------------------------- context
@@ -280,39 +173,12 @@ def _jang_blocks(spec: SourceConfig, ctx: _Context, relative: str) -> TokenBlock
     return _id_blocks(table[doc_ids], [str(d) for d in doc_ids], ctx, spec.label())
 
 
-def _check_tdec(spec: SourceConfig) -> None:
-    if spec.rows is not None and spec.n is not None:
-        raise ValueError("source 'tdec' takes either rows (explicit rows) or n (a random draw), not both")
-
-
 def _load_jang(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
     return _jang_blocks(spec, ctx, f"ku/forget/lm_extraction_{spec.n}_{spec.set}.csv")
 
 
 def _load_jang_domain(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
     return _jang_blocks(spec, ctx, f"ku/forget_domain/{spec.split}_8_{spec.set}.csv")
-
-
-def _check_jang(spec: SourceConfig) -> None:
-    if spec.n is None or spec.n not in JANG_SIZES:
-        raise ValueError(
-            f"source 'jang' needs n set to one of {', '.join(map(str, JANG_SIZES))} "
-            f"(the forget-set sizes Jang et al. published), not {spec.n}"
-        )
-    _check_jang_set(spec)
-
-
-def _check_jang_domain(spec: SourceConfig) -> None:
-    if spec.split is None:
-        raise ValueError(f"source 'jang_domain' needs split set to a domain: {', '.join(JANG_DOMAINS)}")
-    if spec.n is not None and not 1 <= spec.n <= 8:
-        raise ValueError(f"source 'jang_domain' has 8 sequences per set; n={spec.n} must be 1..8 or left out")
-    _check_jang_set(spec)
-
-
-def _check_jang_set(spec: SourceConfig) -> None:
-    if spec.set >= JANG_SETS:
-        raise ValueError(f"set={spec.set} does not exist; Jang et al. published sets 0..{JANG_SETS - 1}")
 
 
 # --------------------------------------------------------------------------- text sources
@@ -358,16 +224,6 @@ def _document_blocks(docs: Sequence[str], spec: SourceConfig, ctx: _Context, whe
         [encoded[i] for i in chosen], spec.label(), pad_id=ctx.pad_id, ids=[f"doc{i}" for i in chosen],
         seq_len=length,
     )
-
-
-def _check_file(spec: SourceConfig) -> None:
-    if not spec.path:
-        raise ValueError(f"source 'file' needs path set to a {', '.join(FILE_SUFFIXES)} file")
-    if Path(spec.path).suffix.lower() not in FILE_SUFFIXES:
-        raise ValueError(
-            f"path {spec.path} is not a {', '.join(FILE_SUFFIXES)} file; "
-            "save the text in one of those formats"
-        )
 
 
 def _user_path(path: str, data_dir: Path) -> Path:
@@ -489,62 +345,22 @@ def _empty(source: str, why: str, fix: str) -> UnlearnkitError:
 # --------------------------------------------------------------------------- registry
 
 
-@dataclass(frozen=True)
-class Source:
-    """A registered source: how to load it and which config fields it reads."""
-
-    loader: Callable[[SourceConfig, _Context], TokenBlocks]
-    fields: frozenset[str]
-    summary: str
-    splits: tuple[str, ...] = ()  # the first one is the default
-    check: Callable[[SourceConfig], None] | None = None
-
-
-_TEXT_FIELDS = frozenset({"n", "seed", "seq_len"})
-SOURCES: dict[str, Source] = {
-    "tdec": Source(
-        _load_tdec_source, frozenset({"n", "seed", "rows", "split", "seq_len"}),
-        "TDEC rows (200 GPT-Neo tokens each): explicit rows, or n drawn by seed", splits=("train", "val"),
-        check=_check_tdec,
-    ),
-    "jang": Source(
-        _load_jang, frozenset({"n", "set", "seq_len"}),
-        "Jang et al.'s forget set ku/forget/lm_extraction_{n}_{set}.csv (TDEC train rows)", check=_check_jang,
-    ),
-    "jang_domain": Source(
-        _load_jang_domain, frozenset({"n", "set", "split", "seq_len"}),
-        "Jang et al.'s one-domain forget set ku/forget_domain/{split}_8_{set}.csv", splits=JANG_DOMAINS,
-        check=_check_jang_domain,
-    ),
-    "wikitext": Source(
-        _load_jang_csv_text("ku/validation/wikitext.csv"), _TEXT_FIELDS,
-        "Jang et al.'s WikiText rows (the paper's retain set), as text blocks",
-    ),
-    "pile": Source(
-        _load_jang_csv_text("ku/validation/pile.csv"), _TEXT_FIELDS,
-        "Jang et al.'s Pile validation documents, as text blocks",
-    ),
-    "wikitext2": Source(
-        _load_wikitext2, _TEXT_FIELDS | {"split"}, "WikiText-2 valid or test, as text blocks",
-        splits=("valid", "test"),
-    ),
-    "file": Source(
-        _load_file, _TEXT_FIELDS | {"path", "text_field", "per_document"},
-        "a user file: .txt (whole text), .jsonl (text_field of each line), .csv (column text_field); "
-        "per_document: true keeps each line/row as its own sequence",
-        check=_check_file,
-    ),
+#: Each source named in :data:`unlearnkit.config.SOURCES` and the function that loads it.
+LOADERS: dict[str, Callable[[SourceConfig, _Context], TokenBlocks]] = {
+    "tdec": _load_tdec_source,
+    "jang": _load_jang,
+    "jang_domain": _load_jang_domain,
+    "wikitext": _load_jang_csv_text("ku/validation/wikitext.csv"),
+    "pile": _load_jang_csv_text("ku/validation/pile.csv"),
+    "wikitext2": _load_wikitext2,
+    "file": _load_file,
 }
 
 
 __all__ = [
-    "SOURCES", "Source", "SourceConfig", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer",
-    "load_blocks", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir", "source_names",
+    "LOADERS", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer", "load_blocks", "load_gpt2_tokenizer",
+    "load_tdec", "resolve_data_dir",
 ]
-
-
-def source_names() -> list[str]:
-    return sorted(SOURCES)
 
 
 def load_blocks(spec: SourceConfig, tokenizer: PreTrainedTokenizerBase, data_dir: str | Path,
@@ -554,13 +370,13 @@ def load_blocks(spec: SourceConfig, tokenizer: PreTrainedTokenizerBase, data_dir
     ``tokenizer_is_gpt2`` overrides the detection of a GPT-2-compatible tokenizer (which decides
     whether TDEC token ids are used as they are or re-tokenised).
     """
-    if spec.source not in SOURCES:  # a SourceConfig built with model_construct skips validation
-        raise unknown_name("data source", spec.source, SOURCES)
+    if spec.source not in LOADERS:  # a SourceConfig built with model_construct skips validation
+        raise unknown_name("data source", spec.source, LOADERS)
     length = spec.seq_len or seq_len
     if length < 2:
         raise UnlearnkitError(f"seq_len={length} is too short; use at least 2 tokens per block.")
     ctx = _Context(tokenizer, Path(data_dir), length, tokenizer_is_gpt2)
-    return SOURCES[spec.source].loader(spec, ctx)
+    return LOADERS[spec.source](spec, ctx)
 
 
 def dataset_fingerprint(blocks: TokenBlocks) -> str:

@@ -1,4 +1,4 @@
-"""Metrics: memorisation (MA, EL_n; paper Appendix B), forgetting thresholds, and privacy audits."""
+"""Metrics: memorization (MA, EL_n; paper Appendix B), forgetting thresholds, perplexity and privacy attacks."""
 
 from unlearnkit.metrics.memorization import (
     extraction_likelihood,
@@ -10,9 +10,8 @@ from unlearnkit.metrics.memorization import (
 )
 from unlearnkit.metrics.privacy import (
     auc,
-    audit,
     extraction_attack,
-    format_audit_table,
+    extraction_layout,
     membership_inference,
     mia_scores,
 )
@@ -20,13 +19,12 @@ from unlearnkit.metrics.thresholds import Thresholds, thresholds_from_holdout
 
 __all__ = [
     "Thresholds",
-    "audit",
     "auc",
     "extraction_attack",
     "extraction_likelihood",
     "extraction_likelihood_details",
     "extraction_likelihood_reference",
-    "format_audit_table",
+    "extraction_layout",
     "membership_inference",
     "memorization_accuracy",
     "mia_scores",

@@ -1,4 +1,4 @@
-"""Memorisation metrics of the paper's Appendix B: memorisation accuracy (MA), extraction likelihood (EL_n).
+"""Memorization metrics of the paper's Appendix B: memorization accuracy (MA), extraction likelihood (EL_n).
 
 All functions take any Hugging Face causal LM (``model(input_ids=..., attention_mask=...).logits``) and
 token ids ``[B, T]`` with optional right padding (``attention_mask`` 0 on padding). Padding tokens are never
@@ -6,10 +6,12 @@ part of a sequence: each row is cut to its valid length before it is scored.
 
 Greedy decoding and EOS
 -----------------------
-EL_n compares greedy continuations with the text. We implement greedy decoding ourselves (KV cache, argmax,
-ties resolved by ``torch.argmax``: lowest token id) and keep generating past EOS, always exactly the number of
-tokens the definition asks for. So EL_n does not depend on which token the tokenizer calls EOS, and an EOS
-inside a text is an ordinary token.
+EL_n compares greedy continuations with the text. It decodes with its own
+:func:`~unlearnkit.metrics.decoding.greedy_generate` rather than ``model.generate``: it needs a different number
+of new tokens per row in one batch and the logit margin of every decision (see "Exactness" below). Ties go to
+``torch.argmax`` (lowest token id), and decoding continues past EOS, always exactly the number of tokens the
+definition asks for. So EL_n does not depend on which token the tokenizer calls EOS, and an EOS inside a text
+is an ordinary token.
 
 Exactness of the fast EL_n
 --------------------------
@@ -18,29 +20,26 @@ Exactness of the fast EL_n
 is ``x_i`` followed by the continuation from ``x[:i+1]`` whenever the first greedy token equals ``x_i``.
 That identity is exact in real arithmetic. In floating point the same logits computed through different tensor
 shapes (a full teacher-forced pass vs. a prefill of the prefix, different batch sizes, different padding) may
-differ in the last bits, which can flip an argmax only where the top two logits tie to within ~1e-6. No flip
-occurred in our tests and benchmark (float32 GPT-Neo, 32 x 200 tokens, closest call 8.6e-6); the functions
-report how close the closest call was (``min_margin`` in :func:`extraction_likelihood_details`) so a user can
+differ in the last bits, which can flip an argmax only where the top two logits tie to within ~1e-6. The
+functions report how close the closest call was (``min_margin`` in :func:`extraction_likelihood_details`) so a user can
 see when a result rests on a near-tie. Running the model in float64 makes such flips practically impossible.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.metrics.decoding import eval_mode, greedy_generate, model_device
 
 __all__ = [
     "ELDetails",
     "extraction_likelihood",
     "extraction_likelihood_details",
     "extraction_likelihood_reference",
-    "greedy_generate",
     "memorization_accuracy",
     "ngrams",
     "overlap_n",
@@ -48,45 +47,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode (no dropout) under ``torch.no_grad`` and restore its previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _forward_params(model: torch.nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """transformers 5.x renamed ``past_key_values`` to ``cache``; older versions only know the former."""
-    # A PEFT wrapper forwards **kwargs, so ask the model it wraps.
-    get_base_model = getattr(model, "get_base_model", None)
-    inner = get_base_model() if callable(get_base_model) else model
-    return "cache" if "cache" in _forward_params(inner) else "past_key_values"
-
-
-def _output_cache(out: object) -> object:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # a parameter-free module (only in tests)
-        return torch.device("cpu")
-
-
 def valid_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
     """Valid (non-padded) length of each row; right padding is assumed, as in :class:`TokenBlocks`."""
     if input_ids.dim() != 2:
@@ -153,96 +113,6 @@ def _check_lengths(lengths: list[int], n: int) -> None:
                 f"Sequence {row} has {length} tokens, which is shorter than n+1 = {n + 1} tokens needed for "
                 f"EL_{n}; use a smaller n or longer texts."
             )
-
-
-# ----------------------------------------------------------------------------------------------- greedy
-def greedy_generate(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: Sequence[int] | int,
-    batch_size: int = 32,
-) -> tuple[list[list[int]], float]:
-    """Greedy continuations of ``prompts`` (token lists), ``max_new_tokens[j]`` new tokens for prompt j.
-
-    Prompts of different lengths are left-padded in one batch with explicit ``position_ids`` (as
-    ``model.generate`` does), decoded with the KV cache, never stopped at EOS. Returns the continuations and
-    the smallest gap between the top two logits over all decisions (how close the closest argmax was).
-    Call it inside :func:`eval_mode`.
-    """
-    if isinstance(max_new_tokens, int):
-        max_new_tokens = [max_new_tokens] * len(prompts)
-    device = model_device(model)
-    cache_kw = _cache_kwarg(model)
-    # Only the last position's logits are needed after the prefill; skipping the LM head elsewhere saves about
-    # as much compute as the rest of a 125M model. Reference and fast path both decode through here.
-    keep: dict[str, int] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
-    results: list[list[int]] = [[] for _ in prompts]
-    min_margin = float("inf")
-    for rows in _decode_batches([len(p) for p in prompts], max_new_tokens, batch_size, _context_limit(model)):
-        steps = max(max_new_tokens[r] for r in rows)
-        if steps <= 0:
-            continue
-        width = max(len(prompts[r]) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            p = list(prompts[r])
-            ids[j, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[j, width - len(p) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
-        cache = _output_cache(out)
-        logits = out.logits[:, -1, :]
-        # Rows that have all their tokens keep decoding with the batch (their extra tokens are discarded); their
-        # position stops advancing so it never passes the last one they need (a model's position table may end
-        # there: a GPT-Neo trained on 200-token blocks with 200 positions). Token k is fed to produce token k+1.
-        need = torch.tensor([max_new_tokens[r] for r in rows], device=device).unsqueeze(1)
-        next_pos = positions[:, -1:] + (need > 1).long()
-        generated = []
-        for step in range(steps):
-            top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
-            if top2.shape[-1] == 2:
-                min_margin = min(min_margin, float((top2[:, 0] - top2[:, 1]).min()))
-            token = logits.argmax(dim=-1, keepdim=True)
-            generated.append(token)
-            if step == steps - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, position_ids=next_pos,
-                        use_cache=True, **{cache_kw: cache})
-            cache = _output_cache(out)
-            logits = out.logits[:, -1, :]
-            next_pos = next_pos + (need > step + 2).long()
-        tokens = torch.cat(generated, dim=1).tolist()
-        for j, r in enumerate(rows):
-            results[r] = tokens[j][: max_new_tokens[r]]
-    return results, min_margin
-
-
-def _context_limit(model: torch.nn.Module) -> int | None:
-    """The model's position table size, if its config names one."""
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return int(limit) if isinstance(limit, int) and limit > 0 else None
-
-
-def _decode_batches(prompt_lengths: Sequence[int], new_tokens: Sequence[int], batch_size: int,
-                    limit: int | None) -> Iterator[list[int]]:
-    """Consecutive rows, at most ``batch_size`` per batch, such that a batch's padded width plus its decode steps
-    stays within ``limit`` positions: a left-padded row's cache holds the batch's full width, and a model with a
-    fixed position table (GPT-Neo's attention mask is ``max_position_embeddings`` wide) cannot go beyond it."""
-    rows: list[int] = []
-    width = steps = 0
-    for r, (length, new) in enumerate(zip(prompt_lengths, new_tokens, strict=True)):
-        w, s = max(width, length), max(steps, new)
-        if rows and (len(rows) == batch_size or (limit is not None and w + s - 1 > limit)):
-            yield rows
-            rows, w, s = [], length, new
-        rows.append(r)
-        width, steps = w, s
-    if rows:
-        yield rows
 
 
 def _teacher_forced_argmax(

@@ -13,7 +13,6 @@ Every score is oriented so that higher means "more likely a member".
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -23,20 +22,13 @@ import torch
 
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.memorization import (
-    eval_mode,
-    extraction_likelihood,
-    greedy_generate,
-    memorization_accuracy,
-    model_device,
-    valid_lengths,
-)
+from unlearnkit.metrics.decoding import eval_mode, generate_fixed_length, model_device
+from unlearnkit.metrics.memorization import valid_lengths
 
 __all__ = [
-    "audit",
     "auc",
     "extraction_attack",
-    "format_audit_table",
+    "extraction_layout",
     "membership_inference",
     "mia_scores",
     "token_statistics",
@@ -83,7 +75,7 @@ def extraction_attack(
     prompts = [input_ids[b, context_start:cut].tolist() for b in range(len(lengths))]
     suffixes = [input_ids[b, cut : cut + suffix_len].tolist() for b in range(len(lengths))]
     with eval_mode(model):
-        generated, _ = greedy_generate(model, prompts, suffix_len, batch_size)
+        generated = generate_fixed_length(model, prompts, suffix_len, batch_size)
     matched = []
     for gen, true in zip(generated, suffixes, strict=True):
         k = 0
@@ -239,72 +231,3 @@ def extraction_layout(length: int) -> dict[str, Any] | None:
     start, plen = length // 2, length // 4
     return {"prefix_start": start, "prefix_len": plen, "suffix_len": length - start - plen, "scaled": True,
             "note": f"sequences have {length} < 200 tokens, so the 100/50/50 TDEC layout was scaled to them"}
-
-
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
-def audit(
-    model: torch.nn.Module,
-    forget: TokenBlocks,
-    holdout: TokenBlocks,
-    n: int = 10,
-    tokenizer: Any = None,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Everything a privacy report needs, as plain JSON values: per set MA (Eq. 8), EL_n (Eq. 7) and the
-    extraction attack, plus the membership-inference AUCs of forget (members) vs held-out (non-members)."""
-    lengths = valid_lengths(forget.input_ids, forget.attention_mask) + valid_lengths(
-        holdout.input_ids, holdout.attention_mask)
-    layout = extraction_layout(min(lengths, default=0))
-    result: dict[str, Any] = {"n": n, "extraction_layout": layout}
-    for key, blocks in (("forget", forget), ("holdout", holdout)):
-        ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=batch_size)
-        el = extraction_likelihood(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
-                                   batch_size=batch_size)
-        entry: dict[str, Any] = {
-            "name": blocks.name,
-            "n_sequences": len(blocks),
-            "ids": list(blocks.ids),
-            "ma_mean": float(ma.mean()),
-            f"el{n}_mean": float(el.mean()),
-            "ma": [float(v) for v in ma],
-            f"el{n}": [float(v) for v in el],
-        }
-        if layout is not None:
-            attack = extraction_attack(model, blocks.input_ids, blocks.attention_mask,
-                                       prefix_start=layout["prefix_start"], prefix_len=layout["prefix_len"],
-                                       suffix_len=layout["suffix_len"], batch_size=batch_size)
-            attack.pop("layout")
-            entry["extraction"] = attack
-        result[key] = entry
-    mia = membership_inference(model, forget, holdout, tokenizer=tokenizer, batch_size=batch_size)
-    mia["auc"] = {name: _json_float(value) for name, value in mia["auc"].items()}
-    result["membership_inference"] = mia
-    return result
-
-
-def format_audit_table(result: dict[str, Any]) -> Any:
-    """A ``rich.table.Table`` of :func:`audit`'s result: one row per metric, forget vs held-out."""
-    from rich.table import Table
-
-    n = result.get("n", 10)
-    table = Table(title="Privacy audit")
-    table.add_column("metric")
-    table.add_column(f"forget ({result['forget']['n_sequences']})", justify="right")
-    table.add_column(f"held-out ({result['holdout']['n_sequences']})", justify="right")
-    f, h = result["forget"], result["holdout"]
-    table.add_row("MA (mean)", f"{f['ma_mean']:.3f}", f"{h['ma_mean']:.3f}")
-    table.add_row(f"EL_{n} (mean)", f"{f[f'el{n}_mean']:.3f}", f"{h[f'el{n}_mean']:.3f}")
-    layout = result.get("extraction_layout")
-    if layout is not None and "extraction" in f:
-        tag = f"{layout['prefix_start']}+{layout['prefix_len']}→{layout['suffix_len']}"
-        table.add_row(f"exact suffix extraction ({tag})", f"{f['extraction']['exact_match_rate']:.3f}",
-                      f"{h['extraction']['exact_match_rate']:.3f}")
-        table.add_row("suffix tokens reproduced (mean)", f"{f['extraction']['mean_matched_tokens']:.1f}",
-                      f"{h['extraction']['mean_matched_tokens']:.1f}")
-    for name, value in result["membership_inference"]["auc"].items():
-        shown = "n/a" if value is None else f"{value:.3f}"
-        table.add_row(f"MIA AUC {name} (0.5 = forgotten)", shown, "")
-    return table

@@ -33,6 +33,17 @@ class Thresholds:
         out["ma_ci"], out["el_ci"] = list(self.ma_ci), list(self.el_ci)
         return out
 
+    @classmethod
+    def from_scores(cls, ma: torch.Tensor, el: torch.Tensor, source: str, n: int = 10, bootstrap: int = 1000,
+                    seed: int = 0) -> Thresholds:
+        """The means of per-sequence held-out MA and EL_n scores, each with its bootstrap interval."""
+        ma, el = ma.double(), el.double()
+        return cls(
+            ma=float(ma.mean()), el=float(el.mean()), n_sequences=len(ma), source=source, n=n,
+            # Different seeds for the two so the intervals are not computed from the same resamples by accident.
+            ma_ci=bootstrap_ci(ma, bootstrap, seed), el_ci=bootstrap_ci(el, bootstrap, seed + 1),
+        )
+
     def forgotten(self, ma: float, el: float) -> bool:
         """The stopping rule of Appendix B: both forget-set means at or below the held-out means."""
         return ma <= self.ma and el <= self.el
@@ -68,13 +79,4 @@ def thresholds_from_holdout(
     ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=batch_size)
     el = extraction_likelihood(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
                                batch_size=batch_size)
-    return Thresholds(
-        ma=float(ma.mean()),
-        el=float(el.mean()),
-        n_sequences=len(blocks),
-        source=blocks.name,
-        n=n,
-        # Different seeds for the two so the intervals are not computed from the same resamples by accident.
-        ma_ci=bootstrap_ci(ma, bootstrap, seed),
-        el_ci=bootstrap_ci(el, bootstrap, seed + 1),
-    )
+    return Thresholds.from_scores(ma, el, blocks.name, n, bootstrap, seed)

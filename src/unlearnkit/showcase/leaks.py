@@ -1,4 +1,4 @@
-"""Leak test: ask the model for each person's e-mail and phone number and count exact leaks.
+"""The leak test: ask the model for each person's e-mail and phone number and count exact leaks.
 
 Two kinds of prompt per secret, both answered by greedy decoding:
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from unlearnkit.metrics.memorization import eval_mode, greedy_generate
-from unlearnkit.records import Record
+from unlearnkit.metrics.decoding import eval_mode, generate_fixed_length
+from unlearnkit.showcase.records import Record
 
 FIELDS = {"email": ("E-mail", "e-mail address"), "phone": ("Phone", "phone number")}
 PROMPT_KINDS = ("template", "question")
@@ -92,10 +92,8 @@ def leak_test(model: Any, tokenizer: Any, records: Sequence[Record], max_new_tok
               batch_size: int = 64) -> LeakReport:
     """Greedy-decode every probe of ``records`` (:func:`leak_probes`) and count exact leaks."""
     probes = leak_probes(records)
-    if not probes:
-        return count_leaks([], [])
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in probes]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with eval_mode(model):
-        outputs, _ = greedy_generate(model, prompts, max_new_tokens, batch_size=batch_size)
-    generations = tokenizer.batch_decode(outputs, skip_special_tokens=True)
-    return count_leaks(probes, generations)
+        outputs = generate_fixed_length(model, prompts, max_new_tokens, batch_size=batch_size, pad_id=pad)
+    return count_leaks(probes, tokenizer.batch_decode(outputs, skip_special_tokens=True))

@@ -1,4 +1,4 @@
-"""Make a model memorise sequences: the starting point of every demo, testbed and end-to-end test.
+"""Memorising: fine-tune a model on sequences until it has memorised them (the demo's and testbeds' start).
 
 Unlearning needs a model that has memorised its forget set. Public pretrained models that
 work offline here have not memorised anything we can ship, so we fine-tune one until its
@@ -15,6 +15,7 @@ import torch
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.metrics.memorization import memorization_accuracy
 from unlearnkit.objectives import lm_loss
+from unlearnkit.training import OptimisationStep
 
 
 @dataclass
@@ -40,7 +41,7 @@ def memorize(
     """Fine-tune every parameter of ``model`` with the LM loss on ``blocks`` until MA ≥ ``target_ma``."""
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    step = OptimisationStep(params, lr=lr)
     history: list[float] = []
     ma = 0.0
     for epoch in range(1, max_epochs + 1):
@@ -49,11 +50,7 @@ def memorize(
         for start in range(0, len(order), batch_size):
             batch = blocks.subset(order[start:start + batch_size])
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            loss = lm_loss(logits, batch.labels())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(lm_loss(logits, batch.labels()))
         if epoch % check_every == 0 or epoch == max_epochs:
             model.eval()
             ma = float(memorization_accuracy(model, blocks.input_ids, blocks.attention_mask).mean())

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.metrics.memorization import eval_mode, model_device
+from unlearnkit.metrics.decoding import eval_mode, model_device
+from unlearnkit.objectives import IGNORE_INDEX, token_nll
 
 
 def perplexity(model: torch.nn.Module, blocks: TokenBlocks, batch_size: int = 8) -> float:
@@ -25,10 +26,10 @@ def perplexity(model: torch.nn.Module, blocks: TokenBlocks, batch_size: int = 8)
         for start in range(0, len(blocks), batch_size):
             ids = blocks.input_ids[start:start + batch_size].to(device)
             mask = blocks.attention_mask[start:start + batch_size].to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            targets = ids[:, 1:]
-            valid = mask[:, 1:] > 0
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+            nll = token_nll(logits, labels, dtype=torch.float32)
+            valid = labels[:, 1:] != IGNORE_INDEX
             total_nll += float(nll[valid].double().sum())
             total_tokens += int(valid.sum())
     if total_tokens == 0:

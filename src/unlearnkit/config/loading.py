@@ -1,0 +1,103 @@
+"""Reading a run config: YAML in, ``--set key=value`` overrides applied, errors as one sentence naming the fix."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from unlearnkit.config.run import RunConfig
+from unlearnkit.errors import UnlearnkitError, did_you_mean
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=2e-4`` → (["train", "lr"], 0.0002); the value is read as YAML."""
+    if "=" not in text:
+        raise UnlearnkitError(f'The override "{text}" has no "="; write it as key=value, e.g. train.lr=2e-4.')
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise UnlearnkitError(f'The override "{text}" has no key; write it as key=value, e.g. train.lr=2e-4.')
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads "2e-4" as a string (no dot); numbers are what users mean.
+    if isinstance(value, str) and any(c in value.lower() for c in ".e"):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return raw
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    """Valid keys under a config location, for did-you-mean suggestions."""
+    model: Any = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _explain(error: ValidationError) -> UnlearnkitError:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        where = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        return UnlearnkitError(
+            f'The config key "{key}" does not exist; valid keys in {where}: {", ".join(valid)}.'
+            f"{did_you_mean(str(loc[-1]), valid)}"
+        )
+    message = first["msg"].removeprefix("Value error, ")
+    if not key:
+        return UnlearnkitError(f"Invalid configuration: {message}.".replace("..", "."))
+    if message.endswith((".", "?")):
+        return UnlearnkitError(f"Invalid value for {key}: {message}")
+    return UnlearnkitError(f"Invalid value for {key}: {message}; fix it in the config or with --set {key}=...")
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise _explain(error) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from the defaults), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UnlearnkitError(f"The config file {path} does not exist; pass the path of a YAML file.")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise UnlearnkitError(
+                f"The config file {path} is not valid UTF-8 YAML ({error}); fix its syntax."
+            ) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UnlearnkitError(f"The config file {path} must hold a mapping of sections; see configs/paper/.")
+        raw = loaded or {}
+    return build_config(apply_overrides(raw, overrides or []))

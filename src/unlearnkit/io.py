@@ -1,0 +1,111 @@
+"""The one atomic writer: files and whole directories appear complete or not at all.
+
+A file is written under a temporary name beside its target and renamed into place; a directory is
+assembled in a hidden staging directory beside its target and renamed into place. Either way a
+crash, a full disk or Ctrl-C leaves the target as it was. Everything here creates ordinary files
+(permissions from the umask), never the 0600/0700 of ``mkstemp``/``mkdtemp``. A symbolic link is swapped
+the same way (:func:`atomic_symlink`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)`` and rename the temporary file to ``path`` once it returned.
+
+    The temporary file sits beside ``path`` (same filesystem, so the rename is atomic) under a hidden
+    name ending in the target's own suffix, so writers that choose a format by suffix
+    (``savefig``) see the right one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
+    os.close(fd)
+    temp = Path(name)
+    try:
+        write(temp)
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    return atomic_write(path, lambda temp: temp.write_bytes(data))
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+@contextmanager
+def staged_directory(directory: str | Path, *, replace: bool) -> Iterator[Path]:
+    """Yield an empty staging directory that becomes ``directory`` when the block succeeds.
+
+    ``replace=False`` refuses (``FileExistsError``) to put it where a directory already is; with
+    ``replace=True`` the old directory is swapped out and removed only after the new one is in place.
+    On an exception the staging directory is removed and ``directory`` is left as it was.
+    """
+    final = Path(directory).expanduser()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if final.exists() or final.is_symlink():
+        if not replace:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise FileExistsError(final)
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_symlink(link: str | os.PathLike[str], target: str) -> None:
+    """Point the symbolic link ``link`` at ``target`` (relative to the link's folder), replacing an older link
+    atomically: readers see the old target or the new one, never no link. Raises ``OSError`` where the
+    filesystem has no symbolic links."""
+    link = Path(link)
+    temp = link.parent / f".{link.name}.link-{os.getpid()}"
+    temp.unlink(missing_ok=True)
+    try:
+        temp.symlink_to(target)
+        os.replace(temp, link)
+    finally:
+        temp.unlink(missing_ok=True)

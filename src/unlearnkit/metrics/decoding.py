@@ -1,0 +1,186 @@
+"""Greedy decoding: EL_n's own decoder (per-row lengths, logit margins) and fixed-length generation via transformers.
+
+EL_n (:mod:`.memorization`) compares greedy continuations with the text, many prefixes of many lengths at
+once, and reports how close each argmax was; :func:`greedy_generate` is written for that: left-padded
+batches with explicit positions, a KV cache, per-row numbers of new tokens, the top-1/top-2 logit gap of
+every decision, and batches cut to a model's position table. Where a fixed number of tokens after each
+prompt is all that is needed (the extraction attack, a leak test), :func:`generate_fixed_length` uses
+``model.generate``. Both continue past EOS: an EOS inside a text is an ordinary token, and every
+continuation has exactly the length asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (no dropout) under ``torch.no_grad`` and restore its previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _forward_params(model: torch.nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache``; older versions only know the former."""
+    # A PEFT wrapper forwards **kwargs, so ask the model it wraps.
+    get_base_model = getattr(model, "get_base_model", None)
+    inner = get_base_model() if callable(get_base_model) else model
+    return "cache" if "cache" in _forward_params(inner) else "past_key_values"
+
+
+def _output_cache(out: object) -> object:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # a parameter-free module (only in tests)
+        return torch.device("cpu")
+
+
+def greedy_generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int] | int,
+    batch_size: int = 32,
+) -> tuple[list[list[int]], float]:
+    """Greedy continuations of ``prompts`` (token lists), ``max_new_tokens[j]`` new tokens for prompt j.
+
+    Prompts of different lengths are left-padded in one batch with explicit ``position_ids`` (as
+    ``model.generate`` does), decoded with the KV cache, never stopped at EOS. Returns the continuations and
+    the smallest gap between the top two logits over all decisions (how close the closest argmax was).
+    Call it inside :func:`eval_mode`.
+    """
+    if isinstance(max_new_tokens, int):
+        max_new_tokens = [max_new_tokens] * len(prompts)
+    device = model_device(model)
+    cache_kw = _cache_kwarg(model)
+    # Only the last position's logits are needed after the prefill; skipping the LM head elsewhere saves about
+    # as much compute as the rest of a 125M model. Reference and fast path both decode through here.
+    keep: dict[str, int] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
+    results: list[list[int]] = [[] for _ in prompts]
+    min_margin = float("inf")
+    for rows in _decode_batches([len(p) for p in prompts], max_new_tokens, batch_size, _context_limit(model)):
+        steps = max(max_new_tokens[r] for r in rows)
+        if steps <= 0:
+            continue
+        width = max(len(prompts[r]) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            p = list(prompts[r])
+            ids[j, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[j, width - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+        cache = _output_cache(out)
+        logits = out.logits[:, -1, :]
+        # Rows that have all their tokens keep decoding with the batch (their extra tokens are discarded); their
+        # position stops advancing so it never passes the last one they need (a model's position table may end
+        # there: a GPT-Neo trained on 200-token blocks with 200 positions). Token k is fed to produce token k+1.
+        need = torch.tensor([max_new_tokens[r] for r in rows], device=device).unsqueeze(1)
+        next_pos = positions[:, -1:] + (need > 1).long()
+        generated = []
+        for step in range(steps):
+            top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
+            if top2.shape[-1] == 2:
+                min_margin = min(min_margin, float((top2[:, 0] - top2[:, 1]).min()))
+            token = logits.argmax(dim=-1, keepdim=True)
+            generated.append(token)
+            if step == steps - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            out = model(input_ids=token, attention_mask=mask, position_ids=next_pos,
+                        use_cache=True, **{cache_kw: cache})
+            cache = _output_cache(out)
+            logits = out.logits[:, -1, :]
+            next_pos = next_pos + (need > step + 2).long()
+        tokens = torch.cat(generated, dim=1).tolist()
+        for j, r in enumerate(rows):
+            results[r] = tokens[j][: max_new_tokens[r]]
+    return results, min_margin
+
+
+def _context_limit(model: torch.nn.Module) -> int | None:
+    """The model's position table size, if its config names one."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def _decode_batches(prompt_lengths: Sequence[int], new_tokens: Sequence[int], batch_size: int,
+                    limit: int | None) -> Iterator[list[int]]:
+    """Consecutive rows, at most ``batch_size`` per batch, such that a batch's padded width plus its decode steps
+    stays within ``limit`` positions: a left-padded row's cache holds the batch's full width, and a model with a
+    fixed position table (GPT-Neo's attention mask is ``max_position_embeddings`` wide) cannot go beyond it."""
+    rows: list[int] = []
+    width = steps = 0
+    for r, (length, new) in enumerate(zip(prompt_lengths, new_tokens, strict=True)):
+        w, s = max(width, length), max(steps, new)
+        if rows and (len(rows) == batch_size or (limit is not None and w + s - 1 > limit)):
+            yield rows
+            rows, w, s = [], length, new
+        rows.append(r)
+        width, steps = w, s
+    if rows:
+        yield rows
+
+
+def generate_fixed_length(model: Any, prompts: Sequence[Sequence[int]], new_tokens: int, batch_size: int = 32,
+                          pad_id: int = 0) -> list[list[int]]:
+    """Exactly ``new_tokens`` greedy tokens after each prompt, through ``model.generate`` (left-padded batches).
+
+    EOS is switched off for the call (neither stopping nor banned), so every continuation has ``new_tokens``
+    tokens, as :func:`greedy_generate` gives. Call it inside :func:`eval_mode`.
+    """
+    from transformers import GenerationConfig
+
+    if new_tokens <= 0:
+        return [[] for _ in prompts]
+    device = model_device(model)
+    config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, pad_token_id=pad_id)
+    results: list[list[int]] = []
+    with _eos_switched_off(model):
+        for start in range(0, len(prompts), batch_size):
+            chunk = [list(p) for p in prompts[start:start + batch_size]]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            results += out[:, width:].tolist()
+    return results
+
+
+@contextlib.contextmanager
+def _eos_switched_off(model: Any) -> Iterator[None]:
+    # generate() fills an unset eos_token_id from the model's own generation config; clear it there for the call.
+    generation_config = getattr(model, "generation_config", None)
+    saved = getattr(generation_config, "eos_token_id", None)
+    if generation_config is not None:
+        generation_config.eos_token_id = None
+    try:
+        yield
+    finally:
+        if generation_config is not None:
+            generation_config.eos_token_id = saved

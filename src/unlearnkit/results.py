@@ -1,0 +1,60 @@
+"""What a run produced: its changing state while it trains and the result it returns to the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unlearnkit.config import RunConfig
+    from unlearnkit.data.run_sets import RunData
+    from unlearnkit.metrics.thresholds import Thresholds
+
+
+@dataclass
+class RunState:
+    """Everything that changes during a run, in one place (so it can be saved and restored)."""
+
+    epoch: int = 0
+    step: int = 0
+    tokens_seen: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+    criterion_met: bool = False
+    diverged_epoch: int | None = None
+
+
+@dataclass
+class RunResult:
+    """The unlearned model and everything measured about it; :func:`unlearnkit.outputs.write_run_outputs`
+    writes it.
+
+    ``model`` is the model as trained: a PEFT model when an adapter was trained (its adapter is what
+    the writer saves as ``adapter/``), else the plain model. :meth:`plain_model` merges the adapter
+    into the weights, in place and once, and returns a plain transformers model; write the outputs
+    before calling it, since the adapter is gone afterwards.
+    """
+
+    config: RunConfig
+    state: RunState
+    thresholds: Thresholds
+    before: dict[str, Any]
+    after: dict[str, Any]
+    timings: dict[str, float]
+    model: Any
+    tokenizer: Any
+    data: RunData
+    target_modules: list[str]
+    adapter_summary: dict[str, Any] | None = None
+
+    @property
+    def merged(self) -> bool:
+        return not hasattr(self.model, "merge_and_unload")
+
+    def plain_model(self) -> Any:
+        """The unlearned model with any adapter merged into its weights (PEFT's safe merge)."""
+        if not self.merged:
+            from unlearnkit.adapters.lora import merged_model
+
+            self.model = merged_model(self.model)
+        return self.model

@@ -1,0 +1,65 @@
+"""The one optimisation step: AdamW, linear warm-up, gradient clipping and the non-finite guard.
+
+Unlearning, memorising a demo model and training a testbed all update weights through
+:class:`OptimisationStep`, with or without an ``accelerate.Accelerator`` (which adds gradient
+accumulation and device placement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def warmup_factor(update: int, warmup_steps: int) -> float:
+    """Learning-rate factor of optimiser update ``update`` (0-based): rises linearly over ``warmup_steps``
+    updates, ``(update + 1) / (warmup_steps + 1)``, then stays at 1."""
+    return min(1.0, (update + 1) / (warmup_steps + 1))
+
+
+class OptimisationStep:
+    """Call it with a loss to take one step; it returns ``False`` (and changes nothing) for a NaN/inf loss.
+
+    ``warmup_steps`` counts optimiser updates, i.e. after gradient accumulation. ``max_grad_norm=None``
+    turns clipping off. With an ``accelerator``, call :meth:`prepare` once and then step inside
+    ``accelerator.accumulate(model)``.
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, max_grad_norm: float | None = 1.0,
+                 betas: tuple[float, float] = (0.9, 0.999), fused: bool = False) -> None:
+        self.params = list(params)
+        self.max_grad_norm = max_grad_norm
+        self.accelerator: Any = None
+        extra = {"fused": True} if fused else {}
+        self.optimizer: Any = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, betas=betas, **extra)
+        self.scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda update: warmup_factor(update, warmup_steps))
+
+    def prepare(self, accelerator: Any, model: Any) -> Any:
+        """Hand the model, optimiser and schedule to ``accelerator``; returns the prepared model."""
+        self.accelerator = accelerator
+        model, self.optimizer, self.scheduler = accelerator.prepare(model, self.optimizer, self.scheduler)
+        return model
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def __call__(self, loss: torch.Tensor) -> bool:
+        if not bool(torch.isfinite(loss)):
+            return False
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+            if self.max_grad_norm is not None and self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
+        else:
+            loss.backward()
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True

@@ -1,0 +1,140 @@
+"""The house rules of docs/architecture.md, checked on the source: layers, no circles, small documented modules."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "unlearnkit"
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+# The stages in data-flow order (docs/architecture.md): a module may import its own stage and the ones above.
+LAYERS = [
+    {"errors", "io", "progress", "config"},
+    {"data"},
+    {"modeling"},
+    {"objectives"},
+    {"adapters"},
+    {"metrics"},
+    {"training"},
+    {"evaluation"},
+    {"results"},
+    {"loop"},
+    {"reports", "outputs"},
+    {"showcase"},
+    {"cli"},
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+
+def _stage(module: str) -> int:
+    top = module.split(".")[1] if module.count(".") else ""
+    return next(i for i, layer in enumerate(LAYERS) if top in layer)
+
+
+def _imports(path: Path, *, top_level_only: bool) -> set[str]:
+    """unlearnkit modules imported by ``path``: every import, or only the module-level ones (type-checking
+    imports included: a circle through them is still a circle for a reader)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    nodes = tree.body if top_level_only else [tree]
+    found: set[str] = set()
+    for root in nodes:
+        for node in ast.walk(root):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            found |= {n for n in names if n in MODULES and n != module}
+    return found
+
+
+def test_every_module_imports_only_its_own_stage_and_those_above():
+    wrong = []
+    for module, path in MODULES.items():
+        if module == "unlearnkit":
+            continue
+        for target in _imports(path, top_level_only=False):
+            if target != "unlearnkit" and _stage(target) > _stage(module):
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, wrong
+
+
+def test_no_import_circle():
+    graph = {m: _imports(p, top_level_only=True) for m, p in MODULES.items()}
+    # a package's __init__ importing its own submodules is how packages work, not a circle
+    graph = {m: {t for t in targets if not t.startswith(m + ".")} for m, targets in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in graph[node]:
+            if state.get(target) == 1:
+                pytest.fail("import circle: " + " -> ".join([*trail[trail.index(target):], target]))
+            if target not in state:
+                visit(target, [*trail, target])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_importing_the_configuration_loads_no_torch():
+    probe = ("import sys, unlearnkit.config; "
+             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_modules_are_small_and_say_what_they_own():
+    for module, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 450, f"{module} has {len(text.splitlines())} lines: two concepts?"
+        doc = ast.get_docstring(ast.parse(text))
+        assert doc and doc.splitlines()[0].strip(), f"{module} has no one-line docstring"
+
+
+def _documented_tree() -> set[str]:
+    """Paths of the tree drawn in docs/architecture.md (its first code block), e.g. ``adapters/flora/init.py``."""
+    block = ARCHITECTURE.read_text(encoding="utf-8").split("```")[1]
+    paths: set[str] = set()
+    stack: list[str] = []
+    for line in block.splitlines():
+        match = re.match(r"^((?:│   |    )*)[├└]── (\S+)", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 4
+        stack = [*stack[:depth], match.group(2).rstrip("/")]
+        paths.add("/".join(stack) + ("/" if match.group(2).endswith("/") else ""))
+    return paths
+
+
+def test_architecture_document_matches_the_tree():
+    documented = _documented_tree()
+    actual = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if p.name != "__init__.py"}
+    actual |= {p.relative_to(SRC).as_posix() + "/" for p in SRC.rglob("*") if (p / "__init__.py").is_file()}
+    actual |= {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.json")}
+    assert documented == actual - {"/"} - {"./"}, (sorted(documented - actual), sorted(actual - documented))
+    for layer in LAYERS:
+        for name in layer:
+            assert (SRC / name).is_dir() or (SRC / f"{name}.py").is_file(), f"stage {name} is not in the tree"
