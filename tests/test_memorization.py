@@ -9,7 +9,7 @@ from transformers import GenerationConfig
 from conftest import memorize_fully, tiny_gpt_neo
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.decoding import eval_mode, generate_fixed_length, greedy_generate
+from unlearnkit.metrics.decoding import eval_mode, generate_continuations, greedy_generate
 from unlearnkit.metrics.memorization import (
     _el_from_continuations,
     _reference_continuations,
@@ -234,7 +234,7 @@ def test_fixed_length_generation_is_the_same_greedy_decoding_past_eos(memorized,
     eos_before = model.generation_config.eos_token_id
     with eval_mode(model):
         ours, _ = greedy_generate(model, prompts, 16)
-        library = generate_fixed_length(model, prompts, 16, batch_size=2, pad_id=0)
+        library = generate_continuations(model, prompts, 16, batch_size=2, pad_id=0)
     assert library == ours and all(len(c) == 16 for c in library)
     assert EOS in {t for c in library for t in c}  # decoding went on through an EOS
     assert model.generation_config.eos_token_id == eos_before

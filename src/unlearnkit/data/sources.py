@@ -184,11 +184,23 @@ def _load_jang_domain(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
 # --------------------------------------------------------------------------- text sources
 
 
-def _load_jang_csv_text(relative: str) -> Callable[[SourceConfig, _Context], TokenBlocks]:
+#: Jang et al.'s validation documents by name: the Pile (perplexity) and WikiText (the retain set).
+DOCUMENT_SETS = {"pile": "ku/validation/pile.csv", "wikitext": "ku/validation/wikitext.csv"}
+
+
+def load_documents(name: str, data_dir: str | Path, limit: int | None = None) -> list[str]:
+    """The non-empty documents of :data:`DOCUMENT_SETS` ``name`` in file order (the first ``limit``)."""
+    if name not in DOCUMENT_SETS:
+        raise unknown_name("document set", name, DOCUMENT_SETS)
+    docs = [record["text"] for record in _read_csv(ensure_file(data_dir, DOCUMENT_SETS[name]), "text")]
+    docs = [doc for doc in docs if doc]
+    return docs if limit is None else docs[:limit]
+
+
+def _load_jang_csv_text(name: str) -> Callable[[SourceConfig, _Context], TokenBlocks]:
     def load(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
-        path = ensure_file(ctx.data_dir, relative)
-        docs = [record["text"] for record in _read_csv(path, "text")]
-        return _text_blocks(docs, spec, ctx, str(path))
+        docs = load_documents(name, ctx.data_dir)
+        return _text_blocks(docs, spec, ctx, str(ctx.data_dir / DOCUMENT_SETS[name]))
 
     return load
 
@@ -350,16 +362,16 @@ LOADERS: dict[str, Callable[[SourceConfig, _Context], TokenBlocks]] = {
     "tdec": _load_tdec_source,
     "jang": _load_jang,
     "jang_domain": _load_jang_domain,
-    "wikitext": _load_jang_csv_text("ku/validation/wikitext.csv"),
-    "pile": _load_jang_csv_text("ku/validation/pile.csv"),
+    "wikitext": _load_jang_csv_text("wikitext"),
+    "pile": _load_jang_csv_text("pile"),
     "wikitext2": _load_wikitext2,
     "file": _load_file,
 }
 
 
 __all__ = [
-    "LOADERS", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer", "load_blocks", "load_gpt2_tokenizer",
-    "load_tdec", "resolve_data_dir",
+    "DOCUMENT_SETS", "LOADERS", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer", "load_blocks",
+    "load_documents", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir",
 ]
 
 

@@ -4,7 +4,7 @@ EL_n (:mod:`.memorization`) compares greedy continuations with the text, many pr
 once, and reports how close each argmax was; :func:`greedy_generate` is written for that: left-padded
 batches with explicit positions, a KV cache, per-row numbers of new tokens, the top-1/top-2 logit gap of
 every decision, and batches cut to a model's position table. Where a fixed number of tokens after each
-prompt is all that is needed (the extraction attack, a leak test), :func:`generate_fixed_length` uses
+prompt is all that is needed (the extraction attack, a leak test), :func:`generate_continuations` uses
 ``model.generate``. Both continue past EOS: an EOS inside a text is an ordinary token, and every
 continuation has exactly the length asked for.
 """
@@ -80,7 +80,7 @@ def greedy_generate(
     keep: dict[str, int] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
     results: list[list[int]] = [[] for _ in prompts]
     min_margin = float("inf")
-    for rows in _decode_batches([len(p) for p in prompts], max_new_tokens, batch_size, _context_limit(model)):
+    for rows in _decode_batches([len(p) for p in prompts], max_new_tokens, batch_size, context_limit(model)):
         steps = max(max_new_tokens[r] for r in rows)
         if steps <= 0:
             continue
@@ -122,7 +122,7 @@ def greedy_generate(
     return results, min_margin
 
 
-def _context_limit(model: torch.nn.Module) -> int | None:
+def context_limit(model: torch.nn.Module) -> int | None:
     """The model's position table size, if its config names one."""
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -147,12 +147,12 @@ def _decode_batches(prompt_lengths: Sequence[int], new_tokens: Sequence[int], ba
         yield rows
 
 
-def generate_fixed_length(model: Any, prompts: Sequence[Sequence[int]], new_tokens: int, batch_size: int = 32,
-                          pad_id: int = 0) -> list[list[int]]:
-    """Exactly ``new_tokens`` greedy tokens after each prompt, through ``model.generate`` (left-padded batches).
-
-    EOS is switched off for the call (neither stopping nor banned), so every continuation has ``new_tokens``
-    tokens, as :func:`greedy_generate` gives. Call it inside :func:`eval_mode`.
+def generate_continuations(model: Any, prompts: Sequence[Sequence[int]], new_tokens: int, batch_size: int = 32,
+                           pad_id: int = 0, stop_at_eos: bool = False) -> list[list[int]]:
+    """Greedy continuations of each prompt through ``model.generate`` (left-padded batches): exactly
+    ``new_tokens`` tokens, as :func:`greedy_generate` gives, with EOS an ordinary token (neither stopping nor
+    banned); with ``stop_at_eos`` at most ``new_tokens``, each cut before its first EOS (a chat reply).
+    Call it inside :func:`eval_mode`.
     """
     from transformers import GenerationConfig
 
@@ -160,16 +160,25 @@ def generate_fixed_length(model: Any, prompts: Sequence[Sequence[int]], new_toke
         return [[] for _ in prompts]
     device = model_device(model)
     config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, pad_token_id=pad_id)
+    eos = _eos_ids(model)
     results: list[list[int]] = []
-    with _eos_switched_off(model):
+    with contextlib.nullcontext() if stop_at_eos else _eos_switched_off(model):
         for start in range(0, len(prompts), batch_size):
             chunk = [list(p) for p in prompts[start:start + batch_size]]
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-            results += out[:, width:].tolist()
+            for row in out[:, width:].tolist():
+                if stop_at_eos:
+                    row = row[: next((k for k, t in enumerate(row) if t in eos), len(row))]
+                results.append(row)
     return results
+
+
+def _eos_ids(model: Any) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
 
 
 @contextlib.contextmanager

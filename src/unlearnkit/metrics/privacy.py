@@ -22,7 +22,7 @@ import torch
 
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.decoding import eval_mode, generate_fixed_length, model_device
+from unlearnkit.metrics.decoding import eval_mode, generate_continuations, model_device
 from unlearnkit.metrics.memorization import valid_lengths
 
 __all__ = [
@@ -75,7 +75,7 @@ def extraction_attack(
     prompts = [input_ids[b, context_start:cut].tolist() for b in range(len(lengths))]
     suffixes = [input_ids[b, cut : cut + suffix_len].tolist() for b in range(len(lengths))]
     with eval_mode(model):
-        generated = generate_fixed_length(model, prompts, suffix_len, batch_size)
+        generated = generate_continuations(model, prompts, suffix_len, batch_size)
     matched = []
     for gen, true in zip(generated, suffixes, strict=True):
         k = 0

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from unlearnkit.metrics.decoding import eval_mode, generate_fixed_length
+from unlearnkit.metrics.decoding import eval_mode, generate_continuations
 from unlearnkit.showcase.records import Record
 
 FIELDS = {"email": ("E-mail", "e-mail address"), "phone": ("Phone", "phone number")}
@@ -95,5 +95,5 @@ def leak_test(model: Any, tokenizer: Any, records: Sequence[Record], max_new_tok
     prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in probes]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with eval_mode(model):
-        outputs = generate_fixed_length(model, prompts, max_new_tokens, batch_size=batch_size, pad_id=pad)
+        outputs = generate_continuations(model, prompts, max_new_tokens, batch_size=batch_size, pad_id=pad)
     return count_leaks(probes, tokenizer.batch_decode(outputs, skip_special_tokens=True))
