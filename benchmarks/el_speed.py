@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from unlearnkit.io import atomic_write_json
 from unlearnkit.metrics.memorization import (
     extraction_likelihood_details,
     extraction_likelihood_reference,
@@ -112,17 +111,6 @@ def smollm2() -> torch.nn.Module | None:
     return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name).eval()
 
 
-def write_json(payload: dict[str, Any], path: Path) -> None:
-    """Atomic write: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are for everyone to read
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
-        write_json(payload, args.out)  # after every case, so a long run leaves partial results
+        atomic_write_json(args.out, payload)  # after every case, so a long run leaves partial results
 
     shape = (args.sequences, args.seq_len)
     if "memorised" in cases:
@@ -193,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             ids = torch.randint(0, 49152, shape, generator=gen)
             record(compare("unmemorised/smollm2-135m", model_or_none, ids, args.n, args.batch_size,
                            args.skip_reference))
-    write_json(payload, args.out)
+    atomic_write_json(args.out, payload)
     bad = [r["case"] for r in rows if r.get("identical") is False]
     if bad:
         print(f"NOT IDENTICAL: {bad}", file=sys.stderr)

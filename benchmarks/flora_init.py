@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import resource
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +38,7 @@ from unlearnkit.adapters.flora import initialise_flora
 from unlearnkit.adapters.lora import attach_lora
 from unlearnkit.config import FloraOptions
 from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "flora_init.json"
 
@@ -168,14 +167,6 @@ def bench_model(name: str, built: tuple[Any, list[str], int], n: int, length: in
     }
 
 
-def write_atomically(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and data: a smoke run")
@@ -205,8 +196,8 @@ def main() -> None:
         results["models"][name] = bench_model(name, built, n, length, rank, batch=8)
         del built
         results["ru_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        write_atomically(results, args.out)  # after each model, so a long run keeps what it measured
-    write_atomically(results, args.out)
+        atomic_write_json(args.out, results)  # after each model, so a long run keeps what it measured
+    atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

@@ -20,6 +20,7 @@ def test_paper_configs_load_with_the_papers_settings():
         full = config.adapter.name == "none"
         assert config.train.lr == (5e-5 if full else 2e-4), path.name
         assert config.train.epochs == 20 and config.eval.el_n == 10
+        assert config.eval.downstream is not None and config.eval.downstream.suite == "paper"
         assert config.data.forget.source == "jang" and config.data.forget.n == 32 and config.data.seq_len == 200
         if not full:
             assert config.adapter.rank == 16 and config.adapter.modules == ["q", "v", "ffn"]
@@ -78,3 +79,18 @@ def test_missing_or_malformed_config_file(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(UnlearnkitError, match="must hold a mapping"):
         load_config(bad)
+
+
+def test_downstream_suites_resolve_by_kind():
+    from unlearnkit.config import DIALOGUE_SETS, REASONING_TASKS, SUITES, resolve_suite
+
+    paper = resolve_suite("paper")
+    assert paper.reasoning == REASONING_TASKS and len(REASONING_TASKS) == 9
+    assert paper.dialogue == DIALOGUE_SETS and "pile" in paper.perplexity
+    mixed = resolve_suite("quick", ["arc_easy", "wizard_of_wikipedia", "pile", "boolq"])
+    assert mixed.reasoning == ("arc_easy", "boolq")  # not ours: passed to lm-eval as a built-in task
+    assert mixed.dialogue == ("wizard_of_wikipedia",) and mixed.perplexity == ("pile",)
+    assert set(SUITES) >= {"paper", "quick"}
+    with pytest.raises(UnlearnkitError, match='Did you mean "paper"'):
+        load_config(None, ["eval.downstream.suite=papr"])
+    assert load_config(None).eval.downstream is None  # off by default: it costs minutes

@@ -61,7 +61,7 @@ def _config(model_dir: Path, out: Path, method: str, adapter: str, lr: float, ex
         f"model.name={model_dir}", f"output.dir={out}", f"method.name={method}", f"adapter.name={adapter}",
         f"train.lr={lr}", f"data.seq_len={SEQ_LEN}", "data.forget.n=4", "data.retain.n=32",
         "data.validation.n=8", "train.batch_size=2", "train.retain_batch_size=4", "train.grad_accum=1",
-        "train.epochs=15", "eval.batch_size=128",
+        "train.epochs=15", "eval.batch_size=128", "eval.downstream=null",
         f"data.dir={REPO.parent / 'shared' / 'data'}", "adapter.rank=4", "adapter.alpha=8",
         *(extra or []),
     ])
@@ -188,9 +188,23 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_mo
                 "--set", f"model.name={memorized_model_dir}", "--set", f"output.dir={out}",
                 "--set", f"data.seq_len={SEQ_LEN}", "--set", "data.forget.n=4", "--set", "data.retain.n=16",
                 "--set", "data.validation.n=4", "--set", "train.epochs=1", "--set", "train.grad_accum=1",
-                "--set", "adapter.rank=4", "--set", "train.batch_size=2", "--set", "train.retain_batch_size=4")
+                "--set", "adapter.rank=4", "--set", "train.batch_size=2", "--set", "train.retain_batch_size=4",
+                # what the model kept, before and after: a few items of each kind of task
+                "--set", "eval.downstream.suite=quick", "--set", "eval.downstream.limit=2")
     assert done.returncode == 0, done.stderr
     assert "forget MA" in done.stdout and (out / "model" / "config.json").exists()
+    assert "Reasoning (Acc %)" in done.stdout and "Pile (PPL)" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    for when in ("before", "after"):
+        kept = metrics[when]["downstream"]
+        assert set(kept["reasoning"]) == {"arc_easy", "piqa", "copa"}
+        assert all(task["n"] == 2 and 0 <= task["acc"] <= 1 for task in kept["reasoning"].values())
+        assert kept["dialogue"]["wizard_of_wikipedia"]["n"] == 2 and kept["perplexity"]["pile"]["documents"] == 2
+    assert "## What the model kept" in (out / "report.md").read_text()
+    # `unlearnkit eval` takes a run's output directory and evaluates its model/
+    evaluated = _cli("eval", str(out), "--tasks", "pile", "--limit", "1", "--quiet")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "Pile (PPL)" in evaluated.stdout
 
     bad = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set", "train.lrr=1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
@@ -233,3 +247,22 @@ def test_audit_command_and_run_report_privacy(memorized_model_dir, tmp_path):
     assert forget["exact_match_rate"] >= 0.5 and holdout["exact_match_rate"] == 0.0
     assert forget["mean_matched_tokens"] > holdout["mean_matched_tokens"]
     assert report["forget"]["ma"] >= 0.95 and len(report["ids"]["forget"]) == 4
+
+
+def test_eval_command_prints_and_writes_what_the_model_kept(memorized_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    args = ("eval", str(memorized_model_dir), "--tasks", "copa,empathetic_dialogues,wikitext", "--limit", "3",
+            "--output", str(out), "--quiet")
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr
+    for shown in ("Reasoning (Acc %)", "Dialogue (F1 %)", "copa", "empathetic_dialogues", "wikitext"):
+        assert shown in done.stdout
+    report = json.loads((out / "eval.json").read_text())
+    assert report["reasoning"]["copa"]["n"] == 3 and 0 <= report["reasoning_acc"] <= 1
+    assert report["dialogue"]["empathetic_dialogues"]["n"] == 3 and 0 <= report["dialogue_f1"] <= 1
+    assert report["perplexity"]["wikitext"]["documents"] == 3 and report["perplexity"]["wikitext"]["perplexity"] > 1
+    assert "| copa" in (out / "eval.md").read_text()
+    again = _cli(*args)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    bad = _cli("eval", str(memorized_model_dir), "--suite", "papr")
+    assert bad.returncode == 2 and 'Did you mean "paper"?' in bad.stderr

@@ -201,6 +201,66 @@ def audit(
                                      **snapshot})
 
 
+@app.command("eval", epilog="Example: `unlearnkit eval smollm2 --suite paper --limit 100 --output runs/eval-smollm2`; "
+                            "`unlearnkit eval runs/ihl --suite quick` evaluates a run's unlearned model.")
+def eval_(
+    model: Annotated[str, typer.Argument(help="hub id, local directory, .gguf file, 'smollm2', or a `run` output "
+                                              "directory (its model/)")],
+    suite: Annotated[str, typer.Option(help="paper (Table 1: 9 reasoning tasks, 4 dialogue sets, Pile and "
+                                            "WikiText perplexity) | quick (a few cheap tasks)")] = "paper",
+    tasks: Annotated[str | None, typer.Option(help="comma-separated tasks instead of the suite's: reasoning tasks "
+                                                   "(ours, or lm-eval's built-in where there is network), "
+                                                   "dialogue sets, pile, wikitext")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="score the first N items of each task")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="sequences per forward pass")] = 16,
+    output: Annotated[Path | None, typer.Option(help="write eval.json and eval.md here")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing eval.json / eval.md in --output")] = False,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """What a model knows: reasoning accuracy (lm-eval), dialogue F1 and perplexity, as in the paper's Table 1."""
+    from unlearnkit.config import DownstreamConfig
+    from unlearnkit.data.catalog import resolve_data_dir
+    from unlearnkit.evaluation import downstream_scores
+    from unlearnkit.io import atomic_write_json, atomic_write_text
+    from unlearnkit.modeling import load_model
+    from unlearnkit.progress import Progress
+    from unlearnkit.reports import kept_table, render_kept_markdown
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    options = _validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
+                         "The evaluation option")
+    if output is not None and not overwrite and any((output / f).exists() for f in ("eval.json", "eval.md")):
+        raise UnlearnkitError(f"{output} already holds eval.json or eval.md; choose another --output or pass "
+                              "--overwrite.")
+    if output is not None and output.exists() and not output.is_dir():
+        raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
+    run_model = Path(model).expanduser() / "model"
+    location = str(run_model) if (run_model / "config.json").is_file() else model
+    progress = Progress(quiet=quiet)
+    with progress.status(f"Loading {location}"):
+        loaded = load_model(location)
+    snapshot = downstream_scores(loaded.model, loaded.tokenizer, options, resolve_data_dir(data_dir), progress)
+    Console(emoji=False).print(kept_table(snapshot, f"What {model} kept"))
+    if output is not None:
+        atomic_write_json(output / "eval.json", {"model": model, "loaded_from": location, **snapshot})
+        atomic_write_text(output / "eval.md", render_kept_markdown(model, snapshot))
+        Console(emoji=False).print(f"Wrote {output / 'eval.json'} and {output / 'eval.md'}")
+
+
+def _validated(build: Any, what: str) -> Any:
+    """``build()`` a config model; a validation error becomes one sentence naming ``what`` was wrong (exit 2)."""
+    from pydantic import ValidationError
+
+    try:
+        return build()
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ").rstrip(".")
+        raise UnlearnkitError(f"{what} is invalid at {'.'.join(map(str, first['loc']))}: {message}"
+                              f"{'' if message.endswith('?') else '.'}") from None
+
+
 testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                           help="A miniature TDEC testbed that runs on a CPU (GPT-Neo trained from scratch) and the "
                                "memorised SmolLM2 of configs/smollm2/.")
@@ -278,16 +338,7 @@ def parse_source(text: str) -> Any:
             raise UnlearnkitError(f'The data option part "{pair}" is not key=value; write e.g. jang,n=32,set=0.')
         key, value = pair.split("=", 1)
         fields[key.strip()] = yaml.safe_load(value)
-    from pydantic import ValidationError
-
-    try:
-        return SourceConfig(**fields)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise UnlearnkitError(
-            f"The data option {text!r} is invalid at {'.'.join(map(str, first['loc']))}: "
-            f"{first['msg'].removeprefix('Value error, ').rstrip('.?')}."
-        ) from None
+    return _validated(lambda: SourceConfig(**fields), f"The data option {text!r}")
 
 
 def main() -> None:

@@ -1,16 +1,18 @@
 """The evaluation snapshot: what "evaluate the model now" means, before and after unlearning and in an audit.
 
 MA and EL_n (Appendix B) on the forget, held-out and (optionally) retain sets, plus the privacy
-checks (TDEC extraction attack, membership inference). Downstream evaluations (reasoning,
-dialogue, perplexity) add entries to the same snapshot.
+checks (TDEC extraction attack, membership inference); with ``eval.downstream``, what the model kept
+(:func:`downstream_scores`: reasoning accuracy, dialogue F1, perplexity) under the key ``downstream``.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from typing import Any
 
-from unlearnkit.config import EvalConfig
+from unlearnkit.config import DownstreamConfig, EvalConfig, resolve_suite
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
 from unlearnkit.metrics.memorization import (
@@ -64,7 +66,8 @@ def privacy_checks(model: Any, forget: TokenBlocks, holdout: TokenBlocks, config
 
 
 def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress: Progress,
-                        label: str, tokenizer: Any = None, known: dict[str, Any] | None = None) -> dict[str, Any]:
+                        label: str, tokenizer: Any = None, known: dict[str, Any] | None = None,
+                        data_dir: str | Path | None = None) -> dict[str, Any]:
     """Scores of every set by role (``forget``, ``validation``, ``retain``: what the model should keep), and
     the privacy checks of forget against held-out text; ``known`` supplies scores already measured on this
     very model."""
@@ -76,4 +79,55 @@ def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress:
     if config.audit and sets.validation is not None:
         with progress.status(f"{label}: extraction attack and membership inference", announce=False):
             snapshot["privacy"] = privacy_checks(model, sets.forget, sets.validation, config, tokenizer)
+    if config.downstream is not None and "downstream" not in snapshot:
+        if tokenizer is None or data_dir is None:
+            raise ValueError("the downstream evaluation needs the tokenizer and the data directory")
+        snapshot["downstream"] = downstream_scores(model, tokenizer, config.downstream, data_dir, progress, label)
     return snapshot
+
+
+def downstream_scores(model: Any, tokenizer: Any, options: DownstreamConfig, data_dir: str | Path,
+                      progress: Progress, label: str = "") -> dict[str, Any]:
+    """What the model kept (the paper's Table 1 columns): accuracy on reasoning tasks through lm-eval, F1 on
+    dialogue sets, perplexity on document sets, each task's details and the means (``reasoning_acc``: mean
+    accuracy; ``dialogue_f1``: mean F1; ``pile_ppl``), and the seconds each kind took."""
+    from unlearnkit.data.sources import load_documents
+    from unlearnkit.metrics.decoding import context_limit
+    from unlearnkit.metrics.dialogue import dialogue_f1, mean_dialogue_f1
+    from unlearnkit.metrics.harness import reasoning_mean, reasoning_scores
+    from unlearnkit.metrics.perplexity import document_perplexity
+
+    suite = resolve_suite(options.suite, options.tasks)
+    prefix = f"{label}: " if label else ""
+    result: dict[str, Any] = {"suite": options.suite, "tasks": list(suite.tasks), "limit": options.limit}
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if suite.reasoning:
+        reasoning = reasoning_scores(model, tokenizer, suite.reasoning, data_dir=data_dir, limit=options.limit,
+                                     batch_size=options.batch_size, progress=progress)
+        result["reasoning"] = reasoning
+        result["reasoning_acc"] = reasoning_mean(reasoning)
+        seconds["reasoning"] = time.perf_counter() - t0
+    if suite.dialogue:
+        t0 = time.perf_counter()
+        dialogue = dialogue_f1(model, tokenizer, suite.dialogue, data_dir=data_dir, limit=options.limit,
+                               batch_size=options.batch_size, progress=progress)
+        result["dialogue"] = dialogue
+        result["dialogue_f1"] = mean_dialogue_f1(dialogue)
+        seconds["dialogue"] = time.perf_counter() - t0
+    if suite.perplexity:
+        t0 = time.perf_counter()
+        result["perplexity"] = {}
+        for name in suite.perplexity:
+            documents = load_documents(name, data_dir, options.limit)
+            with progress.status(f"{prefix}perplexity on {len(documents)} {name} documents", announce=False):
+                # Windows are long: batch about batch_size x 256 tokens at a time (the logits are tokens x vocabulary).
+                window = options.ppl_window or min(1024, context_limit(model) or 1024)
+                result["perplexity"][name] = document_perplexity(
+                    model, tokenizer, documents, window=window, stride=options.ppl_stride,
+                    batch_size=max(1, options.batch_size * 256 // window))
+        if "pile" in result["perplexity"]:
+            result["pile_ppl"] = result["perplexity"]["pile"]["perplexity"]
+        seconds["perplexity"] = time.perf_counter() - t0
+    result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    return result

@@ -23,6 +23,7 @@ from unlearnkit.adapters.flora import fisher_retain_sample, initialise_flora
 from unlearnkit.adapters.lora import attach_lora
 from unlearnkit.config import RunConfig
 from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
 from unlearnkit.evaluation import evaluate_memorization, evaluation_snapshot
 from unlearnkit.metrics.thresholds import Thresholds
@@ -72,7 +73,9 @@ def run_unlearning(
             if data.retain is not None and config.eval.retain_sequences > 0 else None)
     eval_sets = RunData(forget=data.forget, validation=data.validation, retain=kept)
     t0 = time.perf_counter()
-    before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer)
+    data_dir = resolve_data_dir(config.data.dir)
+    before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer,
+                                 data_dir=data_dir)
     thresholds = _thresholds(config, before)
     timings["eval_before_s"] = time.perf_counter() - t0
 
@@ -161,7 +164,7 @@ def run_unlearning(
     # The forget set was just scored after the last epoch (or the epoch restored to); reuse that.
     known = {"forget": last_scores} if last_scores is not None and last_scores["el"] is not None else None
     after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
-                                known=known)
+                                known=known, data_dir=data_dir)
     timings["eval_after_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     return RunResult(config, state, thresholds, before, after, timings, model=model, tokenizer=tokenizer,

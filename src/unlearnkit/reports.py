@@ -64,6 +64,9 @@ def summary_rows(result: RunResult) -> list[tuple[str, str, str]]:
             after = a["mia_auc"].get(name)
             rows.append((f"MIA AUC {name}", "n/a" if value is None else f"{value:.3f}",
                          "n/a" if after is None else f"{after:.3f}"))
+    if "downstream" in result.before:
+        rows += [(name, before, after) for name, before, after in kept_rows(
+            [result.before["downstream"], result.after["downstream"]], details=False)]
     return rows
 
 
@@ -126,6 +129,7 @@ def render_report(result: RunResult) -> str:
         "",
         *_threshold_lines(result),
         *_adapter_lines(result),
+        *_kept_lines(result),
         "## Per epoch",
         "",
         f"| epoch | loss | forget MA | forget EL{n} | elapsed (s) | tokens |",
@@ -173,3 +177,87 @@ def audit_table(snapshot: dict[str, Any], n: int) -> Table:
     for name, value in privacy.get("mia_auc", {}).items():
         table.add_row(f"MIA AUC {name} (0.5 = forgotten)", "n/a" if value is None else f"{value:.3f}", "")
     return table
+
+
+def kept_rows(snapshots: list[dict[str, Any]], details: bool = True) -> list[list[str]]:
+    """What the model kept, one column per downstream snapshot (:func:`unlearnkit.evaluation.downstream_scores`):
+    the paper's Table 1 columns (Reasoning accuracy and Dialogue F1 in %, Pile perplexity), then, with
+    ``details``, every task: accuracy (normalised accuracy where lm-eval gives it; LAMBADA's perplexity), F1,
+    perplexity, and the number of items scored."""
+
+    def cells(fn: Any) -> list[str]:
+        return [fn(s) for s in snapshots]
+
+    def percent(value: Any) -> str:
+        return "—" if value is None else f"{100 * float(value):.1f}"
+
+    rows: list[list[str]] = []
+    first = snapshots[0]
+    if "reasoning" in first:
+        rows.append([f"Reasoning (Acc %), {len(first['reasoning'])} tasks", *cells(lambda s: percent(
+            s.get("reasoning_acc")))])
+    if "dialogue" in first:
+        rows.append([f"Dialogue (F1 %), {len(first['dialogue'])} sets", *cells(lambda s: percent(
+            s.get("dialogue_f1")))])
+    if "pile" in first.get("perplexity", {}):
+        rows.append(["Pile (PPL)", *cells(lambda s: f"{s['perplexity']['pile']['perplexity']:.2f}")])
+    if not details:
+        return rows
+    for task, scores in first.get("reasoning", {}).items():
+        extra = " / acc_norm" if "acc_norm" in scores else (" / ppl" if "perplexity" in scores else "")
+        rows.append([f"  {task}: acc{extra} ({scores['n']} items)", *cells(lambda s, t=task: _task_cell(
+            s["reasoning"][t]))])
+    for name, scores in first.get("dialogue", {}).items():
+        rows.append([f"  {name}: F1 ({scores['n']} examples)", *cells(lambda s, n=name: percent(
+            s["dialogue"][n]["f1"]))])
+    for name, scores in first.get("perplexity", {}).items():
+        rows.append([f"  {name}: PPL ({scores['documents']} documents, {scores['tokens']} tokens)",
+                     *cells(lambda s, n=name: f"{s['perplexity'][n]['perplexity']:.2f}")])
+    return rows
+
+
+def _task_cell(scores: dict[str, Any]) -> str:
+    cell = f"{100 * scores['acc']:.1f}"
+    if "acc_norm" in scores:
+        cell += f" / {100 * scores['acc_norm']:.1f}"
+    elif "perplexity" in scores:
+        cell += f" / {scores['perplexity']:.2f}"
+    return cell
+
+
+def _kept_lines(result: RunResult) -> list[str]:
+    if "downstream" not in result.before:
+        return []
+    options = result.before["downstream"]
+    limit = "all items" if options.get("limit") is None else f"the first {options['limit']} items of each task"
+    return ["## What the model kept", "",
+            f"Suite `{options['suite']}` ({limit}), before and after unlearning.", "",
+            "| task | before | after |", "|---|---:|---:|",
+            *[f"| {name.strip()} | {b} | {a} |" for name, b, a in kept_rows(
+                [result.before["downstream"], result.after["downstream"]])], ""]
+
+
+def kept_table(snapshot: dict[str, Any], title: str) -> Table:
+    """One model's downstream snapshot as a table (``unlearnkit eval``)."""
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("score", justify="right")
+    for name, value in kept_rows([snapshot]):
+        table.add_row(name, value)
+    limit = "all items" if snapshot.get("limit") is None else f"first {snapshot['limit']} items per task"
+    table.caption = (f"suite {snapshot['suite']}, {limit}; reasoning: acc (/ acc_norm, / perplexity for LAMBADA) "
+                     f"in %; dialogue: unigram F1 in %")
+    return table
+
+
+def render_kept_markdown(model: str, snapshot: dict[str, Any]) -> str:
+    """eval.md: one model's downstream snapshot in the shape of the paper's Table 1, then every task."""
+    limit = "all items" if snapshot.get("limit") is None else f"the first {snapshot['limit']} items of each task"
+    return "\n".join([
+        f"# What `{model}` knows: suite `{snapshot['suite']}`", "",
+        f"Scored on {limit}. Reasoning: accuracy through lm-evaluation-harness (acc / acc_norm, %; LAMBADA: acc "
+        "/ perplexity); dialogue: unigram F1 of greedy replies (%); perplexity: whole documents, strided window.",
+        "", "| task | score |", "|---|---:|",
+        *[f"| {name.strip()} | {value} |" for name, value in kept_rows([snapshot])],
+        "", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in snapshot.get("seconds", {}).items()), "",
+    ])

@@ -10,6 +10,7 @@ from unlearnkit.config.run import (
     PAPER_LR,
     AdapterConfig,
     DataConfig,
+    DownstreamConfig,
     EvalConfig,
     FloraOptions,
     MethodConfig,
@@ -20,9 +21,11 @@ from unlearnkit.config.run import (
     TrainConfig,
 )
 from unlearnkit.config.sources import SOURCES, SourceConfig, SourceSpec, source_names
+from unlearnkit.config.suites import DIALOGUE_SETS, PERPLEXITY_SETS, REASONING_TASKS, SUITES, Suite, resolve_suite
 
 __all__ = [
-    "ADAPTERS", "METHODS", "PAPER_LR", "SOURCES", "AdapterConfig", "DataConfig", "EvalConfig", "FloraOptions",
-    "MethodConfig", "MethodSpec", "ModelConfig", "OutputConfig", "RunConfig", "SourceConfig", "SourceSpec",
-    "TrainConfig", "apply_overrides", "build_config", "load_config", "parse_override", "source_names",
+    "ADAPTERS", "DIALOGUE_SETS", "METHODS", "PAPER_LR", "PERPLEXITY_SETS", "REASONING_TASKS", "SOURCES", "SUITES",
+    "AdapterConfig", "DataConfig", "DownstreamConfig", "EvalConfig", "FloraOptions", "MethodConfig", "MethodSpec",
+    "ModelConfig", "OutputConfig", "RunConfig", "SourceConfig", "SourceSpec", "Suite", "TrainConfig",
+    "apply_overrides", "build_config", "load_config", "parse_override", "resolve_suite", "source_names",
 ]

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unlearnkit.config.sources import SourceConfig
+from unlearnkit.config.suites import SUITES
 from unlearnkit.errors import unknown_name
 
 ADAPTERS = ("none", "lora", "flora")
@@ -133,6 +134,26 @@ class TrainConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="optimizer updates over which the lr rises linearly to train.lr")
 
 
+class DownstreamConfig(Section):
+    """What the model kept (Section 4.1, Table 1): an evaluation suite, scored before and after unlearning."""
+
+    suite: str = Field("paper", description="a named suite (paper | quick), see unlearnkit.config.suites")
+    tasks: list[str] | None = Field(None, description="these tasks instead of the suite's: reasoning tasks (ours "
+                                                      "or lm-eval's built-in), dialogue sets, pile | wikitext")
+    limit: int | None = Field(None, ge=1, description="score the first N items of each task (null: all)")
+    batch_size: int = Field(16, ge=1)
+    ppl_window: int | None = Field(None, ge=2, description="perplexity window; default the model's context, "
+                                                           "at most 1024 tokens")
+    ppl_stride: int | None = Field(None, ge=1, description="perplexity stride; default half the window")
+
+    @field_validator("suite")
+    @classmethod
+    def _known_suite(cls, name: str) -> str:
+        if name not in SUITES:
+            raise ValueError(str(unknown_name("evaluation suite", name, SUITES)))
+        return name
+
+
 class EvalConfig(Section):
     el_n: int = Field(10, ge=1, description="n of the n-gram extraction likelihood EL_n")
     ma_threshold: float | None = Field(None, description="stop when forget MA <= this; default: validation mean")
@@ -147,6 +168,8 @@ class EvalConfig(Section):
         False, description="after each epoch, score EL_n only once forget MA is at or below its threshold: the "
                            "stopping rule needs both, so it stops at the same epoch, and EL_n of half-forgotten "
                            "text is the dearest score of a run; the per-epoch EL curve then has gaps")
+    downstream: DownstreamConfig | None = Field(
+        None, description="what the model kept, before and after: reasoning, dialogue, perplexity (null: off)")
 
 
 class OutputConfig(Section):
