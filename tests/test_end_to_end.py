@@ -157,15 +157,46 @@ def test_non_finite_loss_keeps_last_good_state(memorized_model_dir, tmp_path):
     assert all(torch.isfinite(p).all() for p in result.plain_model().parameters())
 
 
+def test_a_diverging_run_exits_3_and_says_why(memorized_model_dir, tmp_path):
+    done = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-ga.yaml"), "--quiet",
+                "--set", f"model.name={memorized_model_dir}", "--set", f"output.dir={tmp_path / 'run'}",
+                "--set", f"data.seq_len={SEQ_LEN}", "--set", "data.forget.n=4", "--set", "train.lr=1e30",
+                "--set", "train.max_grad_norm=null", "--set", "train.epochs=3", "--set", "train.grad_accum=1",
+                "--set", "train.batch_size=1",
+                "--set", "eval.ma_threshold=0", "--set", "eval.el_threshold=0", "--set", "eval.downstream=null",
+                "--set", "eval.audit=false")
+    assert done.returncode == 3, done.stderr
+    assert "NaN or infinite" in done.stderr and "set train.max_grad_norm" in done.stderr
+
+
 def test_bad_input_writes_nothing(memorized_model_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     with pytest.raises(UnlearnkitError, match="not empty.*--overwrite"):
-        check_output_dir(out, overwrite=False)
+        check_output_dir(_config(memorized_model_dir, out, "ihl", "lora", 1e-2))
+    # --overwrite replaces only a previous unlearnkit output, never a folder of the user's or an input
+    with pytest.raises(UnlearnkitError, match="not a previous unlearnkit output"):
+        check_output_dir(_config(memorized_model_dir, out, "ihl", "lora", 1e-2, ["output.overwrite=true"]))
+    for target in (memorized_model_dir, memorized_model_dir.parent):
+        with pytest.raises(UnlearnkitError, match="holds an input of this run"):
+            check_output_dir(_config(memorized_model_dir, target, "ihl", "lora", 1e-2, ["output.overwrite=true"]))
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UnlearnkitError, match="cannot be created: .*a-file is a file"):
+        check_output_dir(_config(memorized_model_dir, tmp_path / "a-file" / "run", "ihl", "lora", 1e-2))
+    previous = tmp_path / "previous"
+    (previous / "model").mkdir(parents=True)
+    (previous / "run.json").write_text("{}")
+    assert check_output_dir(_config(memorized_model_dir, previous, "ihl", "lora", 1e-2,
+                                    ["output.overwrite=true"])) == previous.resolve()
     refused = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set", f"output.dir={out}",
-                   "--set", f"model.name={memorized_model_dir}", "--quiet")
-    assert refused.returncode == 2 and "not empty" in refused.stderr and "Traceback" not in refused.stderr
+                   "--set", f"model.name={memorized_model_dir}", "--quiet", "--overwrite")
+    assert refused.returncode == 2 and "not a previous unlearnkit output" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    on_model = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set",
+                    f"output.dir={memorized_model_dir}", "--set", f"model.name={memorized_model_dir}", "--overwrite")
+    assert on_model.returncode == 2 and "holds an input" in on_model.stderr
+    assert (memorized_model_dir / "config.json").is_file() and not (memorized_model_dir / "run.json").exists()
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     with pytest.raises(UnlearnkitError, match="rank"):
         run_unlearning(_config(memorized_model_dir, tmp_path / "r2", "ihl", "lora", 1e-2, ["adapter.rank=1000"]),
@@ -194,6 +225,12 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_mo
     assert done.returncode == 0, done.stderr
     assert "forget MA" in done.stdout and (out / "model" / "config.json").exists()
     assert "Reasoning (Acc %)" in done.stdout and "Pile (PPL)" in done.stdout
+    assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr  # --quiet is quiet
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (out / "model" / "model.safetensors", out / "metrics.json", out / "model"):
+        expected = (0o777 if written.is_dir() else 0o666) & ~umask
+        assert written.stat().st_mode & 0o777 == expected, written  # ordinary files, not 0600
     metrics = json.loads((out / "metrics.json").read_text())
     for when in ("before", "after"):
         kept = metrics[when]["downstream"]
@@ -266,3 +303,6 @@ def test_eval_command_prints_and_writes_what_the_model_kept(memorized_model_dir,
     assert again.returncode == 2 and "--overwrite" in again.stderr
     bad = _cli("eval", str(memorized_model_dir), "--suite", "papr")
     assert bad.returncode == 2 and 'Did you mean "paper"?' in bad.stderr
+    # error text is printed as it is: brackets in a path are not rich markup
+    missing = _cli("run", str(tmp_path / "[q, v].yaml"))
+    assert missing.returncode == 2 and "[q, v].yaml does not exist" in missing.stderr

@@ -43,7 +43,10 @@ def run(
 
     overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
     cfg = load_config(config, overrides)
-    check_output_dir(cfg.output.dir, cfg.output.overwrite)  # refuse before any expensive work
+    output_dir = check_output_dir(cfg)  # refuse before any expensive work
+    if (output_dir / "run.json").is_file():
+        err.print(f"Replacing the previous unlearnkit output in {output_dir} (--overwrite).", markup=False,
+                  highlight=False)
     console = Console(emoji=False, quiet=quiet)
     result = run_unlearning(cfg, console=console, quiet=quiet)
     with Progress(console=console, quiet=quiet).status("Writing outputs"):
@@ -51,7 +54,8 @@ def run(
     Console(emoji=False).print(before_after_table(result))
     Console(emoji=False).print(f"Outputs in {output_dir}")
     if result.state.diverged_epoch is not None:
-        err.print(f"[red]error:[/red] {result.state.stop_reason}; lower train.lr or enable train.max_grad_norm.")
+        advice = "lower train.lr" + ("" if cfg.train.max_grad_norm is not None else " or set train.max_grad_norm")
+        _error(f"{result.state.stop_reason}; {advice}.")
         raise typer.Exit(EXIT_DIVERGED)
 
 
@@ -344,9 +348,10 @@ def parse_source(text: str) -> Any:
 def main() -> None:
     """Entry point: user errors become one red sentence and a non-zero exit, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns a command's exit code (typer.Exit) instead of exiting.
+        code = app(standalone_mode=False)
     except UnlearnkitError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True, markup=True)
+        _error(str(error))
         sys.exit(EXIT_BAD_INPUT)
     except typer.Exit as done:
         sys.exit(done.exit_code)
@@ -359,6 +364,14 @@ def main() -> None:
             error.show()
             sys.exit(EXIT_BAD_INPUT)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str) -> None:
+    """One red ``error:`` and the message as plain text (paths and ``[q, v, ffn]`` are not rich markup)."""
+    from rich.text import Text
+
+    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

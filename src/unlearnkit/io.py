@@ -85,6 +85,7 @@ def staged_directory(directory: str | Path, *, replace: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _ordinary_permissions(staging)
     old = None
     if final.exists() or final.is_symlink():
         if not replace:
@@ -95,6 +96,16 @@ def staged_directory(directory: str | Path, *, replace: bool) -> Iterator[Path]:
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _ordinary_permissions(root: Path) -> None:
+    # Libraries write some files through private temporary files (0600, e.g. transformers' safetensors);
+    # what we hand to the user gets the permissions the umask gives any file.
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def atomic_symlink(link: str | os.PathLike[str], target: str) -> None:

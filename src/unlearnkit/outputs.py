@@ -6,24 +6,72 @@ The directory is assembled in a hidden staging directory and moved into place on
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
+from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write_json, atomic_write_text, staged_directory
 from unlearnkit.reports import metrics_document, package_versions, render_report
 from unlearnkit.results import RunResult
 
 
-def check_output_dir(directory: str | Path, overwrite: bool) -> Path:
-    """Refuse a non-empty output directory unless overwriting was asked for (call it before expensive work)."""
-    directory = Path(directory).expanduser()
+def check_output_dir(config: RunConfig) -> Path:
+    """The run's output directory, refused before any expensive work when the run may not write it there.
+
+    Refused: a path that is a file or cannot be created (tried: a hidden directory is made and removed in
+    the nearest existing folder); a directory that is or contains one of the run's inputs (model, tokenizer,
+    data directory, data files, Fisher cache); a non-empty directory without ``output.overwrite``; and, even
+    with it, a non-empty directory that is not a previous unlearnkit output (which has a ``run.json``).
+    """
+    directory = Path(config.output.dir).expanduser().resolve()
     if directory.exists() and not directory.is_dir():
         raise UnlearnkitError(f"The output path {directory} is a file; choose a directory with output.dir.")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise UnlearnkitError(
-            f"The output directory {directory} is not empty; choose another output.dir or pass --overwrite."
-        )
+    for path in run_inputs(config):
+        if path == directory or directory in path.parents:
+            raise UnlearnkitError(f"The output directory {directory} holds an input of this run ({path}); "
+                                  "choose an output.dir outside it.")
+    if directory.is_dir() and any(directory.iterdir()):
+        if not config.output.overwrite:
+            raise UnlearnkitError(
+                f"The output directory {directory} is not empty; choose another output.dir or pass --overwrite.")
+        if not (directory / "run.json").is_file():
+            raise UnlearnkitError(f"The output directory {directory} is not a previous unlearnkit output (it has "
+                                  "no run.json), so --overwrite will not replace it; choose another output.dir.")
+    _check_creatable(directory)
     return directory
+
+
+def run_inputs(config: RunConfig) -> list[Path]:
+    """The local files and folders a run reads (resolved): what no output may replace."""
+    from unlearnkit.data.catalog import resolve_data_dir
+
+    data_dir = resolve_data_dir(config.data.dir)
+    candidates = [Path(config.model.name).expanduser(), data_dir]
+    if config.model.tokenizer:
+        candidates.append(Path(config.model.tokenizer).expanduser())
+    for spec in (config.data.forget, config.data.retain, config.data.validation):
+        if spec is not None and spec.path:
+            given = Path(spec.path).expanduser()
+            candidates.append(given if given.exists() else data_dir / given)
+    if config.adapter.flora.fisher_path:
+        candidates.append(Path(config.adapter.flora.fisher_path).expanduser())
+    return [path.resolve() for path in candidates if path.exists()]
+
+
+def _check_creatable(directory: Path) -> None:
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnlearnkitError(f"The output directory {directory} cannot be created: {existing} is a file; choose "
+                              "another output.dir.")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(dir=existing, prefix=".unlearnkit-write-test-"))
+    except OSError as error:
+        raise UnlearnkitError(f"The output directory {directory} cannot be created in {existing} "
+                              f"({error.strerror or error}); choose a writable output.dir.") from None
 
 
 def write_run_outputs(result: RunResult) -> Path:
@@ -36,7 +84,7 @@ def write_run_outputs(result: RunResult) -> Path:
     from unlearnkit.adapters.lora import save_lora_adapter
 
     config = result.config
-    final = check_output_dir(config.output.dir, config.output.overwrite)
+    final = check_output_dir(config)
     adapter = config.adapter.name
     if adapter != "none" and result.merged:
         raise ValueError("the adapter was already merged into the model; write the outputs before plain_model()")

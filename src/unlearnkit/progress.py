@@ -17,6 +17,8 @@ class Progress:
     def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
         self.console = console or Console(emoji=False, quiet=quiet)
         self.quiet = quiet
+        if quiet:
+            _silence_library_progress()
 
     def _bar(self) -> RichProgress:
         return RichProgress(
@@ -53,3 +55,15 @@ class Progress:
         parts.append(f"EL{el_n} {el} (≤ {record['el_threshold']:.4f})")
         parts.append(f"{record['elapsed_s']:.0f}s, {record['tokens_seen']} tokens")
         self.console.print(" · ".join(parts))
+
+
+def _silence_library_progress() -> None:
+    """Quiet means quiet: transformers' and the hub's own progress bars (loading, converting, writing) too."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    transformers_logging.disable_progress_bar()

@@ -234,7 +234,7 @@ def _unlearn(loaded: LoadedModel, directory: Path, splits: Path, settings: DemoS
              thresholds: tuple[float, float] | None = None) -> MethodRun:
     t0 = time.perf_counter()
     config = demo_config(directory / "model", splits, settings, output_dir, method, adapter, thresholds)
-    check_output_dir(config.output.dir, config.output.overwrite)
+    check_output_dir(config)
     result = run_unlearning(config, loaded=loaded, console=progress.console, quiet=progress.quiet)
     with progress.status("Writing outputs"):
         write_run_outputs(result)
