@@ -169,6 +169,38 @@ def test_a_diverging_run_exits_3_and_says_why(memorized_model_dir, tmp_path):
     assert "NaN or infinite" in done.stderr and "set train.max_grad_norm" in done.stderr
 
 
+def test_a_wrecked_model_is_stopped_as_collapsed_not_called_a_success(memorized_model_dir, tmp_path):
+    """GA at lr 10 keeps a finite loss that runs off to huge negative values while the model forgets
+    everything; the collapse guard stops it, restores the last good epoch and exits 3."""
+    config = _config(memorized_model_dir, tmp_path / "run", "ga", "none", 10.0, ["train.epochs=4"])
+    result = run_unlearning(config, quiet=True)
+    assert result.state.collapsed_epoch == 1 and not result.state.criterion_met
+    assert "collapsed in epoch 1" in result.state.stop_reason
+    report = render_report(result)
+    assert report.index("the model was being wrecked") < 400  # said in the report's first lines
+    # restored to the model before unlearning: it still knows the forget set
+    from unlearnkit.metrics.memorization import memorization_accuracy
+
+    assert float(memorization_accuracy(result.model, result.data.forget.input_ids).mean()) == pytest.approx(
+        result.before["forget"]["ma"])
+    done = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-ga.yaml"), "--quiet",
+                "--set", f"model.name={memorized_model_dir}", "--set", f"output.dir={tmp_path / 'cli'}",
+                "--set", f"data.seq_len={SEQ_LEN}", "--set", "data.forget.n=4", "--set", "data.validation.n=8",
+                "--set", "train.lr=10", "--set", "train.batch_size=2", "--set", "train.grad_accum=1",
+                "--set", "eval.downstream=null")
+    assert done.returncode == 3 and "collapsed" in done.stderr
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["collapsed_epoch"] == 1
+
+
+def test_nothing_to_forget_is_said_not_hidden(memorized_model_dir, tmp_path, capsys):
+    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 1e-3,
+                     ["train.epochs=1", "eval.ma_threshold=1.0", "eval.el_threshold=1.0", "eval.audit=false"])
+    result = run_unlearning(config, quiet=True)
+    assert result.state.criterion_met and len(result.state.warnings) == 1
+    assert "nothing to forget" in capsys.readouterr().err  # shown even with quiet=True
+    assert "**Warning:** the forget set already meets the forgetting criterion" in render_report(result)
+
+
 def test_bad_input_writes_nothing(memorized_model_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -221,7 +253,8 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_mo
                 "--set", "data.validation.n=4", "--set", "train.epochs=1", "--set", "train.grad_accum=1",
                 "--set", "adapter.rank=4", "--set", "train.batch_size=2", "--set", "train.retain_batch_size=4",
                 # what the model kept, before and after: a few items of each kind of task
-                "--set", "eval.downstream.suite=quick", "--set", "eval.downstream.limit=2")
+                "--set", "eval.downstream.suite=quick", "--set", "eval.downstream.limit=2",
+                "--set", "output.fail_if_not_forgotten=false")
     assert done.returncode == 0, done.stderr
     assert "forget MA" in done.stdout and (out / "model" / "config.json").exists()
     assert "Reasoning (Acc %)" in done.stdout and "Pile (PPL)" in done.stdout

@@ -16,12 +16,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 err = Console(emoji=False, stderr=True)
 
 EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
+EXIT_DIVERGED = 3  # the loss became NaN/inf, or the model collapsed: restored to the last good epoch
+EXIT_NOT_FORGOTTEN = 4  # the forgetting criterion was not met within the epoch budget
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")]
 ModelName = Annotated[str, typer.Argument(help="hub id, local directory, .gguf file or 'smollm2'")]
-SeqLen = Annotated[int, typer.Option(help="tokens per sequence")]
-ElN = Annotated[int, typer.Option("--n", help="n of EL_n")]
+SeqLen = Annotated[int, typer.Option(min=2, help="tokens per sequence")]
+ElN = Annotated[int, typer.Option("--n", min=1, help="n of EL_n")]
 DataDir = Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")]
 JsonOut = Annotated[Path | None, typer.Option("--json", help="also write the results here (JSON)")]
 
@@ -53,10 +54,14 @@ def run(
         output_dir = write_run_outputs(result)
     Console(emoji=False).print(before_after_table(result))
     Console(emoji=False).print(f"Outputs in {output_dir}")
-    if result.state.diverged_epoch is not None:
+    if result.state.diverged_epoch is not None or result.state.collapsed_epoch is not None:
         advice = "lower train.lr" + ("" if cfg.train.max_grad_norm is not None else " or set train.max_grad_norm")
         _error(f"{result.state.stop_reason}; {advice}.")
         raise typer.Exit(EXIT_DIVERGED)
+    if not result.state.criterion_met and cfg.output.fail_if_not_forgotten:
+        _error(f"{result.state.stop_reason}; raise train.epochs or train.lr (or set output.fail_if_not_forgotten="
+               "false to exit 0).")
+        raise typer.Exit(EXIT_NOT_FORGOTTEN)
 
 
 @app.command(epilog="Example: `unlearnkit memorization smollm2 --data tdec,split=val,n=8 --seq-len 64`")
@@ -77,6 +82,7 @@ def memorization(
     from unlearnkit.io import atomic_write_json
     from unlearnkit.progress import Progress
 
+    _check_json_out(json_out)
     progress = Progress(quiet=quiet)
     loaded, (blocks,) = _model_and_sources(model, [data], data_dir, seq_len, progress)
     scores = evaluate_memorization(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
@@ -109,7 +115,9 @@ def fisher(
     from unlearnkit.progress import Progress
 
     cfg = load_config(config, list(set_ or []))
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UnlearnkitError(f"The Fisher path {out} is a file; choose a directory with --out.")
+    if out.exists() and any(out.iterdir()):
         raise UnlearnkitError(f"The Fisher directory {out} is not empty; choose another --out or delete it.")
     if cfg.data.retain is None:
         raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
@@ -191,6 +199,7 @@ def audit(
     from unlearnkit.progress import Progress
     from unlearnkit.reports import audit_table
 
+    _check_json_out(json_out)
     progress = Progress(quiet=quiet)
     loaded, (forget_blocks, holdout_blocks) = _model_and_sources(model, [forget, holdout], data_dir, seq_len,
                                                                  progress)
@@ -312,6 +321,14 @@ def testbed_build(
     Console(emoji=False).print(f"{size}: forget set {scores(forget)}; "
                     f"held-out TDEC {scores(held)}")
     Console(emoji=False).print(f"Model in {directory / 'model'} (manifest.json beside it)")
+
+
+def _check_json_out(path: Path | None) -> None:
+    """Refuse a --json path that cannot take a file, before the work whose results it would hold."""
+    if path is not None and path.is_dir():
+        raise UnlearnkitError(f"--json {path} is a directory; give a file name, e.g. {path / 'scores.json'}.")
+    if path is not None and path.parent.exists() and not path.parent.is_dir():
+        raise UnlearnkitError(f"--json {path} cannot be written: {path.parent} is a file; choose another path.")
 
 
 def _model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_len: int,

@@ -26,6 +26,7 @@ from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
 from unlearnkit.evaluation import evaluate_memorization, evaluation_snapshot
+from unlearnkit.metrics.perplexity import perplexity
 from unlearnkit.metrics.thresholds import Thresholds
 from unlearnkit.modeling import LoadedModel, load_configured_model, resolve_target_modules
 from unlearnkit.objectives import Method, get_method, unlearning_loss
@@ -77,6 +78,11 @@ def run_unlearning(
     before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer,
                                  data_dir=data_dir)
     thresholds = _thresholds(config, before)
+    state = RunState()
+    if before["forget"]["el"] is not None and thresholds.forgotten(before["forget"]["ma"], before["forget"]["el"]):
+        state.warnings.append("the forget set already meets the forgetting criterion before unlearning: the model "
+                              "had not memorised it more than unseen text, so there was nothing to forget")
+        progress.warn(state.warnings[-1])
     timings["eval_before_s"] = time.perf_counter() - t0
 
     # --- FLoRA: replace the zero-initialised LoRA factors by Fisher-weighted ones (Section 3.4) --
@@ -97,12 +103,15 @@ def run_unlearning(
     model = step.prepare(accelerator, model)
 
     # --- the loop ---------------------------------------------------------------------------
-    state = RunState()
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(data.forget) / config.train.batch_size)
     retain_batch_size = config.train.retain_batch_size or config.train.batch_size
     last_good = _snapshot(trainable)
     last_scores: dict[str, Any] | None = None  # forget-set scores of the model as last_good holds it
+    # A fixed sample of text the model must keep: its LM loss rising far above its value before unlearning
+    # means the model is being wrecked (GA at a large lr keeps a finite, ever more negative loss).
+    check_blocks = _collapse_check_blocks(data)
+    check_before = _lm_loss(model, check_blocks) if check_blocks is not None else None
     t_train = time.perf_counter()
     for epoch in range(1, config.train.epochs + 1):
         state.epoch = epoch
@@ -144,8 +153,17 @@ def run_unlearning(
             "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
             "elapsed_s": round(time.perf_counter() - started, 2), "tokens_seen": state.tokens_seen,
         }
+        if check_before is not None:
+            record["retain_check_loss"] = _lm_loss(model, check_blocks)
         state.history.append(record)
         progress.log_epoch(record, config.eval.el_n)
+        collapse = _collapse(record, check_before, config.train.collapse_factor)
+        if collapse:
+            state.collapsed_epoch = epoch
+            _restore(trainable, last_good)
+            state.stop_reason = (f"the model collapsed in epoch {epoch} ({collapse}); it was restored to its state "
+                                 f"after epoch {epoch - 1}")
+            break
         last_good, last_scores = _snapshot(trainable), scores
         if scores["el"] is not None and thresholds.forgotten(scores["ma"], scores["el"]):
             state.criterion_met = True
@@ -204,6 +222,31 @@ def _thresholds(config: RunConfig, before: dict[str, Any]) -> Thresholds:
     # A threshold the config gives replaces the measured one (its interval still describes the held-out set).
     return dataclasses.replace(measured, ma=given_ma if given_ma is not None else measured.ma,
                                el=given_el if given_el is not None else measured.el)
+
+
+def _collapse_check_blocks(data: RunData, rows: int = 8) -> TokenBlocks | None:
+    """The first few retain (else held-out) sequences: text the model should keep speaking."""
+    source = data.retain if data.retain is not None else data.validation
+    return None if source is None else source.subset(list(range(min(rows, len(source)))))
+
+
+def _lm_loss(model: Any, blocks: TokenBlocks | None) -> float:
+    """Mean next-token NLL of ``blocks`` (the log of their perplexity)."""
+    assert blocks is not None
+    return math.log(perplexity(model, blocks))
+
+
+def _collapse(record: dict[str, Any], check_before: float | None, factor: float | None) -> str:
+    """Why the epoch of ``record`` wrecked the model, or '' when it did not."""
+    if factor is None:
+        return ""
+    forget_loss = record.get("forget_loss")
+    if forget_loss is not None and abs(forget_loss) > 100:
+        return f"forget loss {forget_loss:.3g} per token"
+    if check_before is not None and record["retain_check_loss"] > factor * max(check_before, 1e-6):
+        return (f"LM loss on kept text {record['retain_check_loss']:.3g}, more than {factor:g} x its "
+                f"{check_before:.3g} before unlearning")
+    return ""
 
 
 def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:

@@ -45,6 +45,12 @@ class Progress:
         if announce:
             self.console.print(f"[green]✓[/green] {text}")
 
+    def warn(self, text: str) -> None:
+        """A warning line, shown even with --quiet (a quiet run must not hide that something is off)."""
+        from rich.text import Text
+
+        Console(emoji=False, stderr=True).print(Text.assemble(("warning:", "yellow"), " ", text), highlight=False)
+
     def log_epoch(self, record: dict[str, Any], el_n: int) -> None:
         parts = [f"epoch {record['epoch']}"]
         for key in ("loss", "forget_loss", "retain_loss"):

@@ -24,13 +24,16 @@ def package_versions() -> dict[str, str]:
 
 
 def metrics_document(result: RunResult) -> dict[str, Any]:
-    return {
+    return {  # what happened first: a reader (or a script) needs nothing else to know if the run worked
+        "stop_reason": result.state.stop_reason,
+        "criterion_met": result.state.criterion_met,
+        "collapsed_epoch": result.state.collapsed_epoch,
+        "diverged_epoch": result.state.diverged_epoch,
+        "warnings": result.state.warnings,
         "thresholds": result.thresholds.to_dict(),
         "before": result.before,
         "epochs": result.state.history,
         "after": result.after,
-        "criterion_met": result.state.criterion_met,
-        "stop_reason": result.state.stop_reason,
         "epochs_run": len(result.state.history),
         "steps": result.state.step,
         "tokens_seen": result.state.tokens_seen,
@@ -109,7 +112,10 @@ def _adapter_lines(result: RunResult) -> list[str]:
 def render_report(result: RunResult) -> str:
     config, state, th = result.config, result.state, result.thresholds
     n = config.eval.el_n
-    verdict = "**Forgetting criterion met**" if state.criterion_met else "**Forgetting criterion NOT met**"
+    if state.collapsed_epoch is not None or state.diverged_epoch is not None:
+        verdict = "**Run stopped: the model was being wrecked**"
+    else:
+        verdict = "**Forgetting criterion met**" if state.criterion_met else "**Forgetting criterion NOT met**"
     lines = [
         f"# Unlearning report: {config.method.name.upper()} with adapter `{config.adapter.name}`",
         "",
@@ -119,6 +125,8 @@ def render_report(result: RunResult) -> str:
         "",
         f"{verdict}: {state.stop_reason}.",
         "",
+        *[f"**Warning:** {warning}." for warning in state.warnings],
+        *([""] if state.warnings else []),
         f"The criterion (Appendix B): forget-set mean MA ≤ {th.ma:.4f} and mean EL{n} ≤ {th.el:.4f}, "
         + (f"the means of {th.n_sequences} held-out sequences ({th.source})." if th.n_sequences
            else "as given in the config."),

@@ -22,6 +22,8 @@ class RunState:
     stop_reason: str = ""
     criterion_met: bool = False
     diverged_epoch: int | None = None
+    collapsed_epoch: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

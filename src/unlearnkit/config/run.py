@@ -132,6 +132,10 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null to disable")
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0, description="optimizer updates over which the lr rises linearly to train.lr")
+    collapse_factor: float | None = Field(
+        5.0, gt=1.0, description="stop as collapsed (model restored to the last good epoch) when the LM loss of a "
+                                 "fixed sample of retain (else held-out) text exceeds this factor times its value "
+                                 "before unlearning, or the forget loss exceeds 100 nats per token; null: off")
 
 
 class DownstreamConfig(Section):
@@ -176,6 +180,9 @@ class OutputConfig(Section):
     dir: str = "runs/unlearn"
     overwrite: bool = False
     save_model: bool = True
+    fail_if_not_forgotten: bool = Field(
+        True, description="`unlearnkit run` exits 4 when the forgetting criterion is not met within train.epochs "
+                          "(false: 0, e.g. for sweeps that record failures)")
 
 
 class RunConfig(Section):
