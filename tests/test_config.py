@@ -94,3 +94,16 @@ def test_downstream_suites_resolve_by_kind():
     with pytest.raises(UnlearnkitError, match='Did you mean "paper"'):
         load_config(None, ["eval.downstream.suite=papr"])
     assert load_config(None).eval.downstream is None  # off by default: it costs minutes
+
+
+def test_a_bad_config_is_refused_before_torch_is_even_imported(tmp_path):
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom unlearnkit.cli import main\n"
+             f"sys.argv = ['unlearnkit', 'run', {str(PAPER / 'gpt-neo-125m-ga.yaml')!r}, '--set', 'train.lrr=1']\n"
+             "try:\n    main()\nexcept SystemExit as done:\n"
+             "    print(done.code, 'torch' in sys.modules, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert 'Did you mean "lr"' in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "2 False"  # exit 2, and no torch loaded for it

@@ -243,6 +243,11 @@ def test_fisher_cache_is_reused_and_checked_against_the_model(tmp_path) -> None:
         warnings.simplefilter("error", UserWarning)  # same weights: no fingerprint warning
         second = initialise_flora(attach_lora(tiny_gpt_neo(), ["q_proj"], rank=2), None, None, options)
     assert [s.objective for s in second.layers] == pytest.approx([s.objective for s in first.layers])
+    cached = (tmp_path / "fisher" / "forget.safetensors").read_bytes()
+    with pytest.warns(UserWarning, match="other forget sequences"):  # a cache of another forget set is not reused
+        other = initialise_flora(attach_lora(tiny_gpt_neo(), ["q_proj"], rank=2), RETAIN, RETAIN, options)
+    assert [s.objective for s in other.layers] != pytest.approx([s.objective for s in first.layers])
+    assert (tmp_path / "fisher" / "forget.safetensors").read_bytes() == cached  # and left as it was
     with pytest.raises(UnlearnkitError, match="does not match"):  # cached names differ from the targets
         initialise_flora(attach_lora(tiny_gpt_neo(), ["q_proj", "v_proj"], rank=2), FORGET, RETAIN, options)
     with pytest.raises(UnlearnkitError, match="shape"):  # same names, other shapes

@@ -37,14 +37,15 @@ def run(
 ) -> None:
     """Unlearn the forget set of CONFIG and write the model, adapter, metrics and report."""
     from unlearnkit.config import load_config
-    from unlearnkit.loop import run_unlearning
     from unlearnkit.outputs import check_output_dir, write_run_outputs
+
+    overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
+    cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
+    output_dir = check_output_dir(cfg)  # refuse before any expensive work
+    from unlearnkit.loop import run_unlearning
     from unlearnkit.progress import Progress
     from unlearnkit.reports import before_after_table
 
-    overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
-    cfg = load_config(config, overrides)
-    output_dir = check_output_dir(cfg)  # refuse before any expensive work
     if (output_dir / "run.json").is_file():
         err.print(f"Replacing the previous unlearnkit output in {output_dir} (--overwrite).", markup=False,
                   highlight=False)

@@ -24,6 +24,7 @@ from peft.utils import get_peft_model_state_dict
 from unlearnkit.adapters.fisher import FisherResult, canonical_name, empirical_fisher, load_fisher, save_fisher
 from unlearnkit.config import FloraOptions
 from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.data.sources import dataset_fingerprint
 from unlearnkit.errors import UnlearnkitError
 
 from .maths import flora_factors, relative_importance, row_weights, weighted_low_rank
@@ -131,18 +132,30 @@ def compute_fishers(model: torch.nn.Module, names: list[str], forget: TokenBlock
                     retain: TokenBlocks | None, options: FloraOptions,
                     timings: dict[str, float] | None = None) -> tuple[FisherResult, FisherResult]:
     """The forget and retain Fishers of the weights ``names``: read from ``options.fisher_path`` where saved
-    there, else computed on ``model`` (and saved there when a path is set)."""
+    there, else computed on ``model`` (and saved there when a path is set).
+
+    A saved Fisher is used only for the same sequences it was computed on (its data fingerprint) when the
+    sequences are given; for other sequences it is recomputed, with a warning, and the cached file is left
+    as it is (it is the user's).
+    """
     timings = timings if timings is not None else {}
     cache = Path(options.fisher_path) if options.fisher_path else None
     results: list[FisherResult] = []
     for role, blocks in (("forget", forget), ("retain", retain)):
         path = cache / f"{role}.safetensors" if cache else None
         t0 = time.perf_counter()
-        if path is not None and path.is_file():
-            result = load_fisher(path, model, names, estimator=options.estimator)
-        else:
+        result = load_fisher(path, model, names, estimator=options.estimator) if path and path.is_file() else None
+        fingerprint = dataset_fingerprint(blocks) if blocks is not None and len(blocks) else None
+        stored = result.metadata.get("data_fingerprint") if result is not None else None
+        if result is not None and fingerprint is not None and stored != fingerprint:
+            warnings.warn(f"The cached {role} Fisher in {path} was computed on other {role} sequences; computing "
+                          "it afresh for this run (the cached file is left as it is).", stacklevel=2)
+            result = None
+            path = None
+        if result is None:
             result = empirical_fisher(model, names, _require_blocks(blocks, role),
                                       batch_size=options.fisher_batch_size, estimator=options.estimator)
+            result.metadata["data_fingerprint"] = dataset_fingerprint(_require_blocks(blocks, role))
             if path is not None:
                 save_fisher(result, path)
         timings[f"fisher_{role}_s"] = time.perf_counter() - t0
