@@ -339,3 +339,16 @@ def test_eval_command_prints_and_writes_what_the_model_kept(memorized_model_dir,
     # error text is printed as it is: brackets in a path are not rich markup
     missing = _cli("run", str(tmp_path / "[q, v].yaml"))
     assert missing.returncode == 2 and "[q, v].yaml does not exist" in missing.stderr
+
+
+def test_a_staging_directory_left_by_a_killed_writer_is_removed_with_a_message(tmp_path):
+    from unlearnkit.io import remove_stale_staging, staged_directory
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".run.partial-{dead.stdout.strip()}-x1y2"
+    (stale / "model").mkdir(parents=True)
+    mine = tmp_path / f".run.partial-{os.getpid()}-abcd"  # a live writer's (this process): left alone
+    mine.mkdir()
+    with staged_directory(tmp_path / "run", replace=False) as staging:
+        assert staging.name.startswith(f".run.partial-{os.getpid()}-")
+    assert remove_stale_staging(tmp_path / "run") == [stale] and not stale.exists() and mine.exists()

@@ -78,7 +78,7 @@ def staged_directory(directory: str | Path, *, replace: bool) -> Iterator[Path]:
     """
     final = Path(directory).expanduser()
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-{os.getpid()}-"))
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
@@ -96,6 +96,30 @@ def staged_directory(directory: str | Path, *, replace: bool) -> Iterator[Path]:
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_staging(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove what killed writers of ``directory`` left beside it (``.NAME.partial-PID-*`` staging directories
+    and ``.NAME.old-PID`` swapped-out ones whose process is gone); returns what was removed."""
+    final = Path(directory).expanduser()
+    removed = []
+    leftovers = [*final.parent.glob(f".{final.name}.partial-*"), *final.parent.glob(f".{final.name}.old-*")]
+    for path in sorted(leftovers):
+        pid = path.name.rsplit(".", 1)[-1].split("-")[1:2]
+        if pid and pid[0].isdigit() and not _alive(int(pid[0])) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _ordinary_permissions(root: Path) -> None:

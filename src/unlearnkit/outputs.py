@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.io import atomic_write_json, atomic_write_text, staged_directory
+from unlearnkit.io import atomic_write_json, atomic_write_text, remove_stale_staging, staged_directory
 from unlearnkit.reports import metrics_document, package_versions, render_report
 from unlearnkit.results import RunResult
 
@@ -40,6 +41,9 @@ def check_output_dir(config: RunConfig) -> Path:
             raise UnlearnkitError(f"The output directory {directory} is not a previous unlearnkit output (it has "
                                   "no run.json), so --overwrite will not replace it; choose another output.dir.")
     _check_creatable(directory)
+    for stale in remove_stale_staging(directory):
+        warnings.warn(f"Removed {stale}, left behind by an earlier run that was killed while writing.",
+                      stacklevel=2)
     return directory
 
 
