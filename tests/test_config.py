@@ -107,3 +107,16 @@ def test_a_bad_config_is_refused_before_torch_is_even_imported(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert 'Did you mean "lr"' in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "2 False"  # exit 2, and no torch loaded for it
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    (".", None, "is a directory; pass the path of a YAML file"),
+    ("empty.yaml", "", "is empty; write at least the sections"),
+    ("list.yaml", "- 1\n", "must hold a mapping of sections"),
+    ("missing.yaml", None, "does not exist"),
+])
+def test_config_paths_that_are_not_configs_are_refused_plainly(tmp_path, name, text, message):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UnlearnkitError, match=message):
+        load_config(tmp_path / name)

@@ -391,3 +391,15 @@ def test_dataset_fingerprint_depends_on_tokens_and_padding():
     c = TokenBlocks.from_lists([[1, 2, 3], [4, 5, 0]], "x", seq_len=3)
     assert dataset_fingerprint(a) == dataset_fingerprint(b) != dataset_fingerprint(c)
     assert len(dataset_fingerprint(a)) == 64
+
+
+def test_per_document_texts_longer_than_seq_len_are_cut_with_a_warning(tmp_path):
+    from conftest import tiny_tokenizer
+
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"text": "short record"}\n{"text": "' + "a much longer record " * 20 + '"}\n')
+    tokenizer = tiny_tokenizer(["short record", "a much longer record"], vocab_size=300)
+    spec = SourceConfig(source="file", path=str(path), per_document=True)
+    with pytest.warns(UserWarning, match="1 of the 2 documents .* longer than seq_len = 16"):
+        blocks = load_blocks(spec, tokenizer, tmp_path, seq_len=16)
+    assert blocks.seq_len == 16 and int(blocks.attention_mask[0].sum()) < 16

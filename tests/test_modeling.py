@@ -126,3 +126,9 @@ def test_gguf_model_loads_trainable_and_saves(tmp_path):
     logits = model(ids).logits[0, -1]
     logits.sum().backward()  # dequantised weights are ordinary trainable tensors
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+def test_a_folder_that_is_not_a_model_is_named_plainly(tmp_path):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(UnlearnkitError, match="no config.json.*use its model/ folder"):
+        load_model(str(tmp_path))

@@ -150,6 +150,10 @@ def _locate(name: str, gguf_file: str | None) -> tuple[str, str | None, bool]:
             raise UnlearnkitError(f"The GGUF file {path} does not exist; check model.name.")
         return str(path.parent), path.name, True
     if path.is_dir():
+        if not gguf_file and not (path / "config.json").is_file():
+            hint = " (it holds a run's outputs: use its model/ folder)" if (path / "model").is_dir() else ""
+            raise UnlearnkitError(f"The folder {path} is not a Hugging Face model (it has no config.json){hint}; "
+                                  "point model.name at the folder save_pretrained wrote, or at a .gguf file.")
         return str(path), gguf_file, True
     if name.startswith((".", "/", "~")) or path.exists():
         raise UnlearnkitError(f"The model path {name} is not a directory or a .gguf file; check model.name.")

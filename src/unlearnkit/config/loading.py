@@ -89,6 +89,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise UnlearnkitError(f"The config path {path} is a directory; pass the path of a YAML file in it.")
         if not path.is_file():
             raise UnlearnkitError(f"The config file {path} does not exist; pass the path of a YAML file.")
         try:
@@ -97,7 +99,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise UnlearnkitError(
                 f"The config file {path} is not valid UTF-8 YAML ({error}); fix its syntax."
             ) from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:
+            raise UnlearnkitError(f"The config file {path} is empty; write at least the sections that differ from "
+                                  "the defaults (see configs/paper/).")
+        if not isinstance(loaded, dict):
             raise UnlearnkitError(f"The config file {path} must hold a mapping of sections; see configs/paper/.")
         raw = loaded or {}
     return build_config(apply_overrides(raw, overrides or []))

@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -231,7 +232,13 @@ def _document_blocks(docs: Sequence[str], spec: SourceConfig, ctx: _Context, whe
     if not encoded:
         raise _empty(spec.label(), f"{where} has no text", "give a file with text in it")
     chosen = _choose(len(encoded), spec.n, spec.seed, what="documents", source=spec.label())
-    length = min(ctx.seq_len, max(len(encoded[i]) for i in chosen))
+    longest = max(len(encoded[i]) for i in chosen)
+    if longest > ctx.seq_len:
+        cut = sum(len(encoded[i]) > ctx.seq_len for i in chosen)
+        warnings.warn(f"{cut} of the {len(chosen)} documents of {where} are longer than seq_len = {ctx.seq_len} "
+                      f"tokens (the longest has {longest}) and are cut to it; raise data.seq_len to keep them "
+                      "whole.", stacklevel=2)
+    length = min(ctx.seq_len, longest)
     return TokenBlocks.from_lists(
         [encoded[i] for i in chosen], spec.label(), pad_id=ctx.pad_id, ids=[f"doc{i}" for i in chosen],
         seq_len=length,
