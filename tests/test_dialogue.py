@@ -29,14 +29,6 @@ FULL_SIZES = {"blended_skill_talk": 1009, "empathetic_dialogues": 2758, "wizard_
               "wizard_of_wikipedia": 967}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 # ── normalisation of turns (ParlAI's normalize_reply, as Jang et al. use it) ─────────────────────────────────
 
 @pytest.mark.parametrize(("text", "expected"), [

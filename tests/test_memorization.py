@@ -26,16 +26,6 @@ VOCAB = 96
 EOS = VOCAB - 1  # tiny_gpt_neo's eos/bos id
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from 2 threads, and on a shared, busy 2-core machine OpenMP threads that wait
-    for each other made these tests ~100x slower; one thread keeps them fast and deterministic."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def memorized():
     gen = torch.Generator().manual_seed(1)

@@ -23,15 +23,6 @@ from unlearnkit.metrics.privacy import (
 VOCAB = 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """See tests/test_memorization.py: one thread is far faster for tiny models on a busy shared machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def memorized():
     gen = torch.Generator().manual_seed(5)
