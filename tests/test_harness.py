@@ -235,7 +235,7 @@ def test_a_missing_task_file_is_one_sentence_naming_where_to_get_it(tiny, tmp_pa
         reasoning_scores(model, tokenizer, ["copa"], data_dir=tmp_path)
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # indexes all of lm-eval's built-in tasks (~15 s); `pytest -m slow` runs it
 def test_a_name_neither_ours_nor_lm_evals_is_one_sentence_with_a_suggestion(tiny):
     model, tokenizer = tiny
     with pytest.raises(UnlearnkitError, match='Did you mean "arc_easy"'):
