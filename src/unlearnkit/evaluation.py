@@ -92,10 +92,9 @@ def downstream_scores(model: Any, tokenizer: Any, options: DownstreamConfig, dat
     dialogue sets, perplexity on document sets, each task's details and the means (``reasoning_acc``: mean
     accuracy; ``dialogue_f1``: mean F1; ``pile_ppl``), and the seconds each kind took."""
     from unlearnkit.data.sources import load_documents
-    from unlearnkit.metrics.decoding import context_limit
     from unlearnkit.metrics.dialogue import dialogue_f1, mean_dialogue_f1
     from unlearnkit.metrics.harness import reasoning_mean, reasoning_scores
-    from unlearnkit.metrics.perplexity import document_perplexity
+    from unlearnkit.metrics.perplexity import default_window, document_perplexity
 
     suite = resolve_suite(options.suite, options.tasks)
     prefix = f"{label}: " if label else ""
@@ -122,7 +121,7 @@ def downstream_scores(model: Any, tokenizer: Any, options: DownstreamConfig, dat
             documents = load_documents(name, data_dir, options.limit)
             with progress.status(f"{prefix}perplexity on {len(documents)} {name} documents", announce=False):
                 # Windows are long: batch about batch_size x 256 tokens at a time (the logits are tokens x vocabulary).
-                window = options.ppl_window or min(1024, context_limit(model) or 1024)
+                window = options.ppl_window or default_window(model)
                 result["perplexity"][name] = document_perplexity(
                     model, tokenizer, documents, window=window, stride=options.ppl_stride,
                     batch_size=max(1, options.batch_size * 256 // window))

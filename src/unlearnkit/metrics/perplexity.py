@@ -40,7 +40,7 @@ def document_perplexity(model: torch.nn.Module, tokenizer: Any, documents: Seque
     Defaults: ``window`` = the model's context (its position table) capped at 1024, ``stride`` = half the
     window. A document that fits one window is scored exactly as :func:`perplexity` scores a block.
     """
-    window = window or min(1024, context_limit(model) or 1024)
+    window = window or default_window(model)
     stride = stride or max(1, window // 2)
     if not 1 <= stride < window:
         # windows must overlap: a window's first token is context only, so the previous one must score it
@@ -75,6 +75,11 @@ def document_perplexity(model: torch.nn.Module, tokenizer: Any, documents: Seque
         raise ValueError("document perplexity needs at least one document with two or more tokens")
     return {"perplexity": _exp_mean(total_nll, total_tokens), "tokens": total_tokens, "documents": len(documents),
             "window": window, "stride": stride}
+
+
+def default_window(model: torch.nn.Module) -> int:
+    """The document window when none is given: the model's context (its position table), at most 1024 tokens."""
+    return min(1024, context_limit(model) or 1024)
 
 
 def _nll_sum(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
