@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -60,3 +63,65 @@ def memorize_fully(model, seqs: torch.Tensor, max_epochs: int = 300):
                       check_every=25)
     assert result.reached_target, result
     return model.eval()
+
+
+# --- a tiny model that has memorised a few TDEC sequences, for end-to-end runs ----------------------
+
+DATA = SHARED_DATA
+MEMORISED_SEQ_LEN = 32
+
+
+@pytest.fixture(scope="session")
+def memorized_model_dir(tmp_path_factory) -> Path:
+    """A tiny GPT-Neo that knows some WikiText and has memorised 4 TDEC sequences (re-tokenised)."""
+    from unlearnkit.config import SourceConfig
+    from unlearnkit.data.blocks import TokenBlocks
+    from unlearnkit.data.sources import load_blocks
+    from unlearnkit.showcase.memorize import memorize
+
+    if not DATA.exists():
+        pytest.skip("the offline data pack ../shared/data is not present")
+    text = (DATA / "text" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")
+    tokenizer = tiny_tokenizer([text[i:i + 2000] for i in range(0, 400_000, 2000)], vocab_size=512)
+    forget = load_blocks(SourceConfig(source="jang", n=4, set=0), tokenizer, DATA, seq_len=MEMORISED_SEQ_LEN)
+    retain = load_blocks(SourceConfig(source="wikitext", n=32), tokenizer, DATA, seq_len=MEMORISED_SEQ_LEN)
+    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=64)
+    both = TokenBlocks(torch.cat([forget.input_ids, retain.input_ids]),
+                       torch.cat([forget.attention_mask, retain.attention_mask]), "forget+retain")
+    memorize(model, both, lr=3e-3, max_epochs=15, batch_size=8, target_ma=1.1)  # some general text first
+    result = memorize(model, forget, lr=3e-3, max_epochs=200, batch_size=4, target_ma=0.95)
+    assert result.reached_target, result
+    directory = tmp_path_factory.mktemp("memorised")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def memorised_run_config(model_dir: Path, out: Path, method: str, adapter: str, lr: float,
+                         extra: list[str] | None = None):
+    """A paper config scaled down to the memorised tiny model (4 forget, 32 retain, 8 held-out sequences)."""
+    from unlearnkit.config import load_config
+
+    return load_config(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml", [
+        *memorised_run_overrides(model_dir, out), f"method.name={method}", f"adapter.name={adapter}",
+        f"train.lr={lr}", *(extra or []),
+    ])
+
+
+def memorised_run_overrides(model_dir: Path, out: Path) -> list[str]:
+    return [
+        f"model.name={model_dir}", f"output.dir={out}", f"data.seq_len={MEMORISED_SEQ_LEN}", "data.forget.n=4",
+        "data.retain.n=32", "data.validation.n=8", "train.batch_size=2", "train.retain_batch_size=4",
+        "train.grad_accum=1", "train.epochs=15", "eval.batch_size=128", "eval.downstream=null",
+        f"data.dir={DATA}", "adapter.rank=4", "adapter.alpha=8",
+    ]
+
+
+def run_cli(*args: str, **popen: Any) -> subprocess.CompletedProcess[str]:
+    """``unlearnkit ARGS`` in a fresh process (one thread, the offline data pack)."""
+    return subprocess.run([sys.executable, "-m", "unlearnkit.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=cli_env(), **popen)
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "UNLEARNKIT_DATA": str(DATA), "OMP_NUM_THREADS": "1"}

@@ -24,6 +24,7 @@ LAYERS = [
     {"training"},
     {"evaluation"},
     {"results"},
+    {"checkpoints"},
     {"loop"},
     {"reports", "outputs"},
     {"showcase"},

@@ -17,54 +17,20 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_gpt_neo, tiny_tokenizer
-from unlearnkit.config import SourceConfig, load_config
-from unlearnkit.data.blocks import TokenBlocks
+from conftest import MEMORISED_SEQ_LEN, memorised_run_config, run_cli
+from unlearnkit.config import load_config
 from unlearnkit.data.sources import load_blocks
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.loop import run_unlearning
 from unlearnkit.outputs import check_output_dir, write_run_outputs
 from unlearnkit.reports import render_report
-from unlearnkit.showcase.memorize import memorize
 
 REPO = Path(__file__).resolve().parents[1]
-SEQ_LEN = 32
-
-
 DATA = REPO.parent / "shared" / "data"
+SEQ_LEN = MEMORISED_SEQ_LEN
+_config = memorised_run_config
+_cli = run_cli
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def memorized_model_dir(tmp_path_factory) -> Path:
-    """A tiny GPT-Neo that knows some WikiText and has memorised 4 TDEC sequences (re-tokenised)."""
-    if not DATA.exists():
-        pytest.skip("the offline data pack ../shared/data is not present")
-    text = (DATA / "text" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")
-    tokenizer = tiny_tokenizer([text[i:i + 2000] for i in range(0, 400_000, 2000)], vocab_size=512)
-    forget = load_blocks(SourceConfig(source="jang", n=4, set=0), tokenizer, DATA, seq_len=SEQ_LEN)
-    retain = load_blocks(SourceConfig(source="wikitext", n=32), tokenizer, DATA, seq_len=SEQ_LEN)
-    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=64)
-    both = TokenBlocks(torch.cat([forget.input_ids, retain.input_ids]),
-                       torch.cat([forget.attention_mask, retain.attention_mask]), "forget+retain")
-    memorize(model, both, lr=3e-3, max_epochs=15, batch_size=8, target_ma=1.1)  # some general text first
-    result = memorize(model, forget, lr=3e-3, max_epochs=200, batch_size=4, target_ma=0.95)
-    assert result.reached_target, result
-    directory = tmp_path_factory.mktemp("memorised")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def _config(model_dir: Path, out: Path, method: str, adapter: str, lr: float, extra: list[str] | None = None):
-    return load_config(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml", [
-        f"model.name={model_dir}", f"output.dir={out}", f"method.name={method}", f"adapter.name={adapter}",
-        f"train.lr={lr}", f"data.seq_len={SEQ_LEN}", "data.forget.n=4", "data.retain.n=32",
-        "data.validation.n=8", "train.batch_size=2", "train.retain_batch_size=4", "train.grad_accum=1",
-        "train.epochs=15", "eval.batch_size=128", "eval.downstream=null",
-        f"data.dir={REPO.parent / 'shared' / 'data'}", "adapter.rank=4", "adapter.alpha=8",
-        *(extra or []),
-    ])
 
 
 CASES = [("ga", "none", 3e-3), ("gd", "none", 3e-3), ("ihl", "none", 3e-3),
@@ -232,12 +198,6 @@ def test_bad_input_writes_nothing(memorized_model_dir, tmp_path):
         run_unlearning(_config(memorized_model_dir, tmp_path / "r3", "ihl", "lora", 1e-2, ["eval.el_n=40"]),
                        quiet=True)
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "UNLEARNKIT_DATA": str(DATA), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "unlearnkit.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_model_dir, tmp_path):

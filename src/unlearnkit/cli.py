@@ -18,6 +18,7 @@ err = Console(emoji=False, stderr=True)
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # the loss became NaN/inf, or the model collapsed: restored to the last good epoch
 EXIT_NOT_FORGOTTEN = 4  # the forgetting criterion was not met within the epoch budget
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); `run` saved a checkpoint to resume from
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")]
 ModelName = Annotated[str, typer.Argument(help="hub id, local directory, .gguf file or 'smollm2'")]
@@ -28,20 +29,40 @@ JsonOut = Annotated[Path | None, typer.Option("--json", help="also write the res
 
 
 @app.command(epilog="Example: `unlearnkit run configs/paper/gpt-neo-125m-lora-ihl.yaml --set train.lr=2e-4 "
-                     "--set output.dir=runs/ihl`")
+                     "--set output.dir=runs/ihl`. An interrupted run continues with `unlearnkit run --resume runs/ihl` "
+                     "(or the same command again).")
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML config (see configs/paper/)")],
+    config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/paper/)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace a non-empty output directory")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a previous unlearnkit output in output.dir")] = False,
+    resume: Annotated[Path | None, typer.Option(help="continue the interrupted run whose output.dir this is, from "
+                                                     "its last checkpoint")] = None,
+    restart: Annotated[bool, typer.Option(help="discard the checkpoint of an interrupted run of output.dir and "
+                                               "start afresh")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Unlearn the forget set of CONFIG and write the model, adapter, metrics and report."""
+    from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
     from unlearnkit.config import load_config
     from unlearnkit.outputs import check_output_dir, write_run_outputs
 
-    overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
-    cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
+    if resume is not None:
+        if config is not None or set_ or overwrite or restart:
+            raise UnlearnkitError("--resume continues a run with its own configuration; pass --resume OUTPUT_DIR "
+                                  "alone, without CONFIG, --set, --overwrite or --restart.")
+        cfg = Checkpoints(checkpoint_dir(resume)).saved_config()  # the configuration layer: no torch yet
+    elif config is None:
+        raise UnlearnkitError("Pass a config file (see configs/paper/), or --resume OUTPUT_DIR to continue an "
+                              "interrupted run.")
+    else:
+        overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
+        cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
     output_dir = check_output_dir(cfg)  # refuse before any expensive work
+    checkpoints = Checkpoints.of(cfg) if cfg.output.checkpoint else None
+    if restart and checkpoints is not None:
+        checkpoints.discard()
+    if checkpoints is not None:
+        checkpoints.resumable(cfg)  # a checkpoint of another configuration is refused here, before any work
     from unlearnkit.loop import run_unlearning
     from unlearnkit.progress import Progress
     from unlearnkit.reports import before_after_table
@@ -50,11 +71,20 @@ def run(
         err.print(f"Replacing the previous unlearnkit output in {output_dir} (--overwrite).", markup=False,
                   highlight=False)
     console = Console(emoji=False, quiet=quiet)
-    result = run_unlearning(cfg, console=console, quiet=quiet)
+    try:
+        result = run_unlearning(cfg, console=console, quiet=quiet, checkpoints=checkpoints)
+    except KeyboardInterrupt:
+        saved = checkpoints.latest() if checkpoints is not None else None
+        if saved is None:
+            _error("Interrupted before the first checkpoint; nothing was saved, run the command again.")
+        else:
+            done = f"after epoch {saved.epoch}" if saved.epoch else "after set-up, before the first epoch"
+            _error(f"Interrupted; the run is saved {done}. Resume it with: unlearnkit run --resume {output_dir}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     with Progress(console=console, quiet=quiet).status("Writing outputs"):
         output_dir = write_run_outputs(result)
     Console(emoji=False).print(before_after_table(result))
-    Console(emoji=False).print(f"Outputs in {output_dir}")
+    Console(emoji=False).print(f"Outputs in {output_dir}", markup=False, highlight=False)
     if result.state.diverged_epoch is not None or result.state.collapsed_epoch is not None:
         advice = "lower train.lr" + ("" if cfg.train.max_grad_norm is not None else " or set train.max_grad_norm")
         _error(f"{result.state.stop_reason}; {advice}.")
@@ -374,8 +404,8 @@ def main() -> None:
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(130)
+        _error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as error:
         # Usage errors come from the click that typer bundles, whose classes are not click's own.
         if hasattr(error, "show") and hasattr(error, "exit_code"):

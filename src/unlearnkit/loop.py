@@ -19,12 +19,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 
-from unlearnkit.adapters.flora import fisher_retain_sample, initialise_flora
+from unlearnkit.adapters.flora import fisher_retain_sample, initialise_flora, restore_flora
 from unlearnkit.adapters.lora import attach_lora
+from unlearnkit.checkpoints import Checkpoints, state_payload
 from unlearnkit.config import RunConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import evaluate_memorization, evaluation_snapshot
 from unlearnkit.metrics.perplexity import perplexity
 from unlearnkit.metrics.thresholds import Thresholds
@@ -36,31 +38,39 @@ from unlearnkit.training import OptimisationStep
 
 
 def run_unlearning(
-    config: RunConfig, *, loaded: LoadedModel | None = None, console: Console | None = None, quiet: bool = False
+    config: RunConfig, *, loaded: LoadedModel | None = None, console: Console | None = None, quiet: bool = False,
+    checkpoints: Checkpoints | None = None,
 ) -> RunResult:
     """Unlearn ``config.data.forget`` from ``config.model`` and return the result; see the module docstring.
 
     ``loaded`` lets a caller reuse a model it already holds; it is deep-copied, never modified. A caller that
     will write the outputs checks the output directory first (:func:`unlearnkit.outputs.check_output_dir`),
-    before this expensive work.
+    before this expensive work. With ``checkpoints`` the run saves a checkpoint there after set-up and after
+    every epoch, and continues from the one there when a run of the same config left it (exactly: see
+    :mod:`unlearnkit.checkpoints`).
     """
     console = console or Console(emoji=False, quiet=quiet)
     progress = Progress(console=console, quiet=quiet)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    saved = checkpoints.resumable(config) if checkpoints is not None else None
+    timings: dict[str, float] = dict(saved.payload["timings"]) if saved else {}
+    started = time.perf_counter() - (saved.payload["elapsed_s"] if saved else 0.0)
     set_seed(config.seed)
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
 
     # --- set-up: model, data, thresholds ----------------------------------------------------
+    t0 = time.perf_counter()
     with progress.status("Loading the model"):
         loaded = _own_copy(loaded) if loaded is not None else load_configured_model(config.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     method = get_method(config.method.name)
     data = load_run_data(config, tokenizer)
+    if saved and saved.payload["data_fingerprints"] != data.fingerprints():
+        raise UnlearnkitError(f"The data of the checkpoint in {saved.directory} differ from this run's (a data file "
+                              "changed); pass --restart to start afresh.")
     target_modules = (resolve_target_modules(model, config.adapter.modules)
                       if config.adapter.name != "none" else [])
     model.to(accelerator.device)
-    timings["setup_s"] = time.perf_counter() - started
+    _add(timings, "setup_s", t0)
 
     # LoRA layers start as a no-op (B = 0), so attaching them before evaluating changes no
     # output, and a rank the layers cannot take is refused before any expensive work.
@@ -73,30 +83,41 @@ def run_unlearning(
     kept = (data.retain.subset(list(range(min(config.eval.retain_sequences, len(data.retain)))))
             if data.retain is not None and config.eval.retain_sequences > 0 else None)
     eval_sets = RunData(forget=data.forget, validation=data.validation, retain=kept)
-    t0 = time.perf_counter()
     data_dir = resolve_data_dir(config.data.dir)
-    before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer,
-                                 data_dir=data_dir)
-    thresholds = _thresholds(config, before)
-    state = RunState()
-    if before["forget"]["el"] is not None and thresholds.forgotten(before["forget"]["ma"], before["forget"]["el"]):
-        state.warnings.append("the forget set already meets the forgetting criterion before unlearning: the model "
-                              "had not memorised it more than unseen text, so there was nothing to forget")
-        progress.warn(state.warnings[-1])
-    timings["eval_before_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if saved:
+        before, thresholds, state = saved.payload["before"], saved.thresholds, saved.state
+        state.resumed_after.append(saved.epoch)
+        progress.note(f"Resuming after epoch {saved.epoch} from the checkpoint in {saved.directory.parent}")
+    else:
+        before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer,
+                                     data_dir=data_dir)
+        thresholds = _thresholds(config, before)
+        state = RunState()
+        if before["forget"]["el"] is not None and thresholds.forgotten(before["forget"]["ma"],
+                                                                       before["forget"]["el"]):
+            state.warnings.append("the forget set already meets the forgetting criterion before unlearning: the "
+                                  "model had not memorised it more than unseen text, so there was nothing to forget")
+            progress.warn(state.warnings[-1])
+        _add(timings, "eval_before_s", t0)
 
     # --- FLoRA: replace the zero-initialised LoRA factors by Fisher-weighted ones (Section 3.4) --
     t0 = time.perf_counter()
-    adapter_summary = None
-    if config.adapter.name == "flora":
+    adapter_summary = saved.payload["adapter_summary"] if saved else None
+    flora_initial: dict[str, torch.Tensor] = {}
+    if config.adapter.name == "flora" and saved:
+        flora_initial = _prefixed(saved.tensors(), "flora/")
+        restore_flora(model, flora_initial)
+    elif config.adapter.name == "flora":
         assert data.retain is not None
         fisher_retain = fisher_retain_sample(data.retain, len(data.forget), config.adapter.flora, config.seed)
         with progress.status(f"FLoRA: Fisher information ({len(data.forget)} forget, {len(fisher_retain)} retain "
                              f"sequences) and weighted SVD"):
             summary = initialise_flora(model, data.forget, fisher_retain, config.adapter.flora)
-        adapter_summary = summary.to_dict()
-    timings["adapter_init_s"] = time.perf_counter() - t0
-    trainable = [p for p in model.parameters() if p.requires_grad]
+        adapter_summary, flora_initial = summary.to_dict(), summary.initial_state
+        _add(timings, "adapter_init_s", t0)
+    named_trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainable = list(named_trainable.values())
     assert config.train.lr is not None  # resolved by RunConfig
     step = OptimisationStep(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay,
                             warmup_steps=config.train.warmup_steps, max_grad_norm=config.train.max_grad_norm)
@@ -106,14 +127,38 @@ def run_unlearning(
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(data.forget) / config.train.batch_size)
     retain_batch_size = config.train.retain_batch_size or config.train.batch_size
-    last_good = _snapshot(trainable)
-    last_scores: dict[str, Any] | None = None  # forget-set scores of the model as last_good holds it
     # A fixed sample of text the model must keep: its LM loss rising far above its value before unlearning
     # means the model is being wrecked (GA at a large lr keeps a finite, ever more negative loss).
     check_blocks = _collapse_check_blocks(data)
-    check_before = _lm_loss(model, check_blocks) if check_blocks is not None else None
+    if saved:
+        assert checkpoints is not None
+        checkpoints.restore(saved, accelerator, model)
+        loop_tensors = saved.tensors()
+        generator.set_state(loop_tensors["generator"])
+        _restore_grads(named_trainable, _prefixed(loop_tensors, "grad/"))
+        check_before, last_scores = saved.payload["check_before"], saved.payload["last_scores"]
+    else:
+        check_before = _lm_loss(model, check_blocks) if check_blocks is not None else None
+        last_scores = None  # forget-set scores of the model as last_good holds it
+    last_good = _snapshot(trainable)
+
+    def save_checkpoint() -> None:
+        if checkpoints is None:
+            return
+        tensors = {"generator": generator.get_state(),
+                   **{f"grad/{n}": p.grad for n, p in named_trainable.items() if p.grad is not None},
+                   **{f"flora/{k}": v for k, v in flora_initial.items()}}
+        checkpoints.save(state.epoch, config, accelerator, state_payload(
+            state, thresholds, before=before, adapter_summary=adapter_summary, check_before=check_before,
+            last_scores=last_scores, timings=timings, elapsed_s=time.perf_counter() - started,
+            data_fingerprints=data.fingerprints()), tensors)
+
+    if not saved:
+        save_checkpoint()
     t_train = time.perf_counter()
-    for epoch in range(1, config.train.epochs + 1):
+    for epoch in range(state.epoch + 1, config.train.epochs + 1):
+        if state.stop_reason:
+            break
         state.epoch = epoch
         model.train()
         epoch_losses: list[dict[str, float]] = []
@@ -163,14 +208,16 @@ def run_unlearning(
             _restore(trainable, last_good)
             state.stop_reason = (f"the model collapsed in epoch {epoch} ({collapse}); it was restored to its state "
                                  f"after epoch {epoch - 1}")
-            break
-        last_good, last_scores = _snapshot(trainable), scores
-        if scores["el"] is not None and thresholds.forgotten(scores["ma"], scores["el"]):
-            state.criterion_met = True
-            if config.eval.early_stop:
-                state.stop_reason = f"forgetting criterion met after epoch {epoch}"
-                break
-    timings["train_s"] = time.perf_counter() - t_train
+        else:
+            last_good, last_scores = _snapshot(trainable), scores
+            if scores["el"] is not None and thresholds.forgotten(scores["ma"], scores["el"]):
+                state.criterion_met = True
+                if config.eval.early_stop:
+                    state.stop_reason = f"forgetting criterion met after epoch {epoch}"
+        _add(timings, "train_s", t_train)
+        t_train = time.perf_counter()
+        save_checkpoint()
+    _add(timings, "train_s", t_train)
     if not state.stop_reason:
         state.stop_reason = (f"forgetting criterion met by epoch {state.epoch}" if state.criterion_met else
                              f"forgetting criterion NOT met within {config.train.epochs} epochs")
@@ -247,6 +294,20 @@ def _collapse(record: dict[str, Any], check_before: float | None, factor: float 
         return (f"LM loss on kept text {record['retain_check_loss']:.3g}, more than {factor:g} x its "
                 f"{check_before:.3g} before unlearning")
     return ""
+
+
+def _add(timings: dict[str, float], key: str, since: float) -> None:
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - since
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _restore_grads(params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor]) -> None:
+    # Gradients part-way through an accumulation (train.grad_accum > 1) carry over an epoch's end.
+    for name, param in params.items():
+        param.grad = grads[name].to(param.device) if name in grads else None
 
 
 def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:

@@ -11,6 +11,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from unlearnkit.checkpoints import Checkpoints
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write_json, atomic_write_text, remove_stale_staging, staged_directory
@@ -82,6 +83,7 @@ def write_run_outputs(result: RunResult) -> Path:
     """Write ``result`` to ``result.config.output.dir``: ``adapter/`` (when one was trained), ``model/`` (adapter
     merged; unless ``output.save_model`` is off), ``config.yaml``, ``run.json``, ``metrics.json``, ``report.md``.
 
+    The run's checkpoint (:mod:`unlearnkit.checkpoints`) is removed once the outputs are in place.
     Afterwards ``result.model`` is the merged plain model when ``model/`` was written.
     """
     from unlearnkit.adapters.flora import save_flora_adapter_for_original_base
@@ -111,4 +113,5 @@ def write_run_outputs(result: RunResult) -> Path:
         })
         atomic_write_json(staging / "metrics.json", metrics_document(result))
         atomic_write_text(staging / "report.md", render_report(result))
+    Checkpoints.of(config).discard()  # the run is complete: nothing is left to resume
     return final

@@ -45,6 +45,10 @@ class Progress:
         if announce:
             self.console.print(f"[green]✓[/green] {text}")
 
+    def note(self, text: str) -> None:
+        """A plain line of information (silenced by --quiet); paths are printed as they are, not as markup."""
+        self.console.print(text, markup=False, highlight=False)
+
     def warn(self, text: str) -> None:
         """A warning line, shown even with --quiet (a quiet run must not hide that something is off)."""
         from rich.text import Text

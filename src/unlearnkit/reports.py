@@ -30,6 +30,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "collapsed_epoch": result.state.collapsed_epoch,
         "diverged_epoch": result.state.diverged_epoch,
         "warnings": result.state.warnings,
+        "resumed_after_epochs": result.state.resumed_after,
         "thresholds": result.thresholds.to_dict(),
         "before": result.before,
         "epochs": result.state.history,
@@ -127,6 +128,8 @@ def render_report(result: RunResult) -> str:
         "",
         *[f"**Warning:** {warning}." for warning in state.warnings],
         *([""] if state.warnings else []),
+        *([f"Interrupted and resumed from its checkpoint after epoch(s) {', '.join(map(str, state.resumed_after))}.",
+           ""] if state.resumed_after else []),
         f"The criterion (Appendix B): forget-set mean MA ≤ {th.ma:.4f} and mean EL{n} ≤ {th.el:.4f}, "
         + (f"the means of {th.n_sequences} held-out sequences ({th.source})." if th.n_sequences
            else "as given in the config."),

@@ -24,6 +24,8 @@ class RunState:
     diverged_epoch: int | None = None
     collapsed_epoch: int | None = None
     warnings: list[str] = field(default_factory=list)
+    resumed_after: list[int] = field(default_factory=list)
+    """The epochs after which this run was interrupted and resumed from its checkpoint."""
 
 
 @dataclass

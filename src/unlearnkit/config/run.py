@@ -180,6 +180,9 @@ class OutputConfig(Section):
     dir: str = "runs/unlearn"
     overwrite: bool = False
     save_model: bool = True
+    checkpoint: bool = Field(
+        True, description="`unlearnkit run` saves a checkpoint after every epoch (beside output.dir, removed when the "
+                          "outputs are written) so that an interrupted run can be resumed exactly")
     fail_if_not_forgotten: bool = Field(
         True, description="`unlearnkit run` exits 4 when the forgetting criterion is not met within train.epochs "
                           "(false: 0, e.g. for sweeps that record failures)")

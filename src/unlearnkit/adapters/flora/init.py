@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from unlearnkit.adapters.fisher import FisherResult, canonical_name, empirical_fisher, load_fisher, save_fisher
 from unlearnkit.config import FloraOptions
@@ -120,6 +120,47 @@ def _oriented(tensor: torch.Tensor, layer: LoraLayer) -> torch.Tensor:
     return tensor.T if getattr(layer, "fan_in_fan_out", False) else tensor
 
 
+def _effective_weight(layer: LoraLayer, adapter: str) -> torch.Tensor:
+    """``W`` = base plus the adapter's current delta, ``[out, in]``, in float32."""
+    base = _weight(layer.get_base_layer())
+    lora_a, lora_b = _weight(layer.lora_A[adapter]), _weight(layer.lora_B[adapter])
+    return _oriented(base.float(), layer) + float(layer.scaling[adapter]) * (lora_b.float() @ lora_a.float())
+
+
+def _install_residual(layer: LoraLayer, adapter: str, w_eff: torch.Tensor) -> None:
+    """Set the base weight to ``W − s·B·A`` with the factors as stored in the layer, so that residual plus
+    adapter reproduce ``W`` as closely as floats allow (and a restore computes the same bits)."""
+    lora_a, lora_b = _weight(layer.lora_A[adapter]), _weight(layer.lora_B[adapter])
+    residual = w_eff - float(layer.scaling[adapter]) * (lora_b.float() @ lora_a.float())
+    base = _weight(layer.get_base_layer())
+    base.copy_(_oriented(residual, layer).to(base.dtype))
+
+
+def _remember_initial(peft_model: PeftModel, adapter: str) -> dict[str, torch.Tensor]:
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    initial = {k: v.detach().clone() for k, v in state.items()}
+    setattr(peft_model, INITIAL_ATTR, {"adapter": adapter, "state": initial})
+    return initial
+
+
+@torch.no_grad()
+def restore_flora(peft_model: PeftModel, initial: dict[str, torch.Tensor]) -> None:
+    """Put a model whose LoRA was just attached back where :func:`initialise_flora` left it, from the initial
+    factors it recorded (``FloraSummary.initial_state``): the same factors and, computed by the same
+    expression, the same residual base, bit for bit; no Fisher pass. Resuming a FLoRA run uses this."""
+    adapter = peft_model.active_adapter
+    assert isinstance(adapter, str)
+    layers = _lora_layers(peft_model, adapter)
+    effective = {name: _effective_weight(layer, adapter) for name, layer in layers.items()}
+    loaded = set_peft_model_state_dict(peft_model, initial, adapter_name=adapter)
+    ours = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    if getattr(loaded, "unexpected_keys", None) or set(ours) != set(initial):
+        raise UnlearnkitError("The saved FLoRA factors do not fit this model's LoRA layers; start the run afresh.")
+    for name, layer in layers.items():
+        _install_residual(layer, adapter, effective[name])
+    _remember_initial(peft_model, adapter)
+
+
 def _require_blocks(blocks: TokenBlocks | None, role: str) -> TokenBlocks:
     if blocks is None or len(blocks) == 0:
         hint = "the paper uses WikiText validation text" if role == "retain" else "the text to unlearn"
@@ -208,9 +249,8 @@ def initialise_flora(peft_model: PeftModel, forget: TokenBlocks | None, retain: 
     for name, layer in layers.items():
         base = _weight(layer.get_base_layer())
         lora_a, lora_b = _weight(layer.lora_A[adapter]), _weight(layer.lora_B[adapter])
-        scaling = float(layer.scaling[adapter])
         rank = int(layer.r[adapter])
-        w_eff = _oriented(base.float(), layer) + scaling * (lora_b.float() @ lora_a.float())
+        w_eff = _effective_weight(layer, adapter)
         if tuple(norm_f[name].shape) != tuple(base.shape) or tuple(norm_r[name].shape) != tuple(base.shape):
             raise UnlearnkitError(f"The Fisher of {name} has shape {tuple(norm_f[name].shape)} but the "
                                   f"weight is {tuple(base.shape)}; recompute the Fisher for this model.")
@@ -233,14 +273,10 @@ def initialise_flora(peft_model: PeftModel, forget: TokenBlocks | None, retain: 
             a, b, history = weighted_low_rank(w_eff, f_rel, rank, (a, b), options.em_iterations,
                                               options.em_tolerance, options.svd)
             em_start, em_final, em_iters = history[0], min(history), len(history) - 1
-        root = math.sqrt(scaling)
-        new_a = (a / root).to(lora_a.dtype)
-        new_b = (b / root).to(lora_b.dtype)
-        lora_a.copy_(new_a)
-        lora_b.copy_(new_b)
-        # Residual from the factors as stored, so residual + adapter reproduces W as closely as floats allow.
-        residual = w_eff - scaling * (new_b.float() @ new_a.float())
-        base.copy_(_oriented(residual, layer).to(base.dtype))
+        root = math.sqrt(float(layer.scaling[adapter]))
+        lora_a.copy_((a / root).to(lora_a.dtype))
+        lora_b.copy_((b / root).to(lora_b.dtype))
+        _install_residual(layer, adapter, w_eff)
         approx = b @ a
         wn = w / w.max()
         objective = float((wn[:, None] * (w_eff - approx)).square().sum())
@@ -256,9 +292,7 @@ def initialise_flora(peft_model: PeftModel, forget: TokenBlocks | None, retain: 
         ))
     timings["decomposition_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
-    state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
-    initial = {k: v.detach().clone() for k, v in state.items()}
-    setattr(peft_model, INITIAL_ATTR, {"adapter": adapter, "state": initial})
+    initial = _remember_initial(peft_model, adapter)
     return FloraSummary(adapter_name=adapter, options=options.model_dump(), layers=stats,
                         forget_tokens=f_forget.num_tokens, retain_tokens=f_retain.num_tokens, timings=timings,
                         initial_state=initial)

@@ -1,0 +1,192 @@
+"""Per-epoch checkpoints of a run, and resuming from them exactly (on accelerate's ``save_state``).
+
+A run whose output directory is ``runs/x`` keeps its checkpoint beside it, hidden like the staging
+directories: ``runs/.x.checkpoint/``. After set-up and after every epoch the loop saves one
+``epoch-K/`` directory there, assembled in a staging directory and then named in ``latest.json``
+(written atomically), so a kill at any moment leaves the last complete checkpoint readable. Each holds
+what the next epoch needs and nothing more:
+
+* accelerate's ``save_state``: the trainable weights (a pre-hook drops the frozen ones), optimiser and
+  scheduler state, every RNG state and accelerate's gradient-accumulation step;
+* ``loop.safetensors``: the loop's batch-order generator, gradients part-way through an accumulation,
+  and FLoRA's initial factors, from which the residual base ``W − B₀A₀`` is re-derived bit for bit;
+* ``state.json``: the run's state (epoch, history, warnings), the snapshot before unlearning, the
+  thresholds and the other numbers the loop carries from epoch to epoch; ``config.yaml``: the config.
+
+Resuming loads the model as a fresh run does and then replaces every piece of state by the saved one,
+so the resumed run continues with the same weights, batches and random numbers as an uninterrupted
+run: on a CPU the final weights are bit-identical. :func:`unlearnkit.outputs.write_run_outputs`
+removes the checkpoint once the outputs are in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from unlearnkit.config import RunConfig
+from unlearnkit.config.loading import build_config
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.io import atomic_write_json, atomic_write_text, remove_stale_staging, staged_directory
+from unlearnkit.results import RunState
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: finding and checking a checkpoint needs none
+    import torch
+
+    from unlearnkit.metrics.thresholds import Thresholds
+
+LATEST = "latest.json"
+LOOP_TENSORS = "loop.safetensors"
+# accelerate's file names for the first model's weights (SAFE_MODEL_NAME) and the RNG states
+MODEL_WEIGHTS = "model.safetensors"
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    """Where the run writing ``output_dir`` keeps its checkpoint: ``.NAME.checkpoint`` beside it."""
+    output = Path(output_dir).expanduser().resolve()
+    return output.parent / f".{output.name}.checkpoint"
+
+
+def comparable_config(config: RunConfig) -> str:
+    """The config as YAML, without what may differ between an interrupted command and its re-run."""
+    resolved = yaml.safe_load(config.to_yaml())
+    resolved["output"].pop("overwrite", None)
+    return yaml.safe_dump(resolved, sort_keys=True)
+
+
+@dataclass
+class Saved:
+    """One saved checkpoint: its directory, the epoch it was saved after (0: set-up done, no epoch yet) and
+    the loop's state as ``state.json`` holds it."""
+
+    directory: Path
+    epoch: int
+    payload: dict[str, Any]
+
+    @property
+    def state(self) -> RunState:
+        return RunState(**self.payload["state"])
+
+    @property
+    def thresholds(self) -> Thresholds:
+        from unlearnkit.metrics.thresholds import Thresholds
+
+        values = dict(self.payload["thresholds"])
+        values["ma_ci"], values["el_ci"] = tuple(values["ma_ci"]), tuple(values["el_ci"])
+        return Thresholds(**values)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.directory / LOOP_TENSORS))
+
+
+class Checkpoints:
+    """The checkpoint directory of one run (see the module docstring)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Checkpoints:
+        return cls(checkpoint_dir(config.output.dir))
+
+    def latest(self) -> Saved | None:
+        """The last complete checkpoint, or ``None`` when there is none."""
+        pointer = self.directory / LATEST
+        if not pointer.is_file():
+            return None
+        try:
+            latest = json.loads(pointer.read_text(encoding="utf-8"))
+            directory = self.directory / latest["directory"]
+            payload = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError) as error:
+            raise UnlearnkitError(f"The checkpoint in {self.directory} cannot be read ({error}); pass --restart to "
+                                  "start the run afresh.") from None
+        return Saved(directory, int(latest["epoch"]), payload)
+
+    def saved_config(self) -> RunConfig:
+        """The configuration of the run that wrote the latest checkpoint."""
+        saved = self.latest()
+        if saved is None:
+            raise UnlearnkitError(f"There is no interrupted run to resume here (no checkpoint in {self.directory}); "
+                                  "run its config instead.")
+        return build_config(yaml.safe_load((saved.directory / "config.yaml").read_text(encoding="utf-8")))
+
+    def resumable(self, config: RunConfig) -> Saved | None:
+        """The latest checkpoint when it was written by a run of ``config``; ``None`` when there is none.
+
+        A checkpoint of another configuration is refused rather than silently replaced: it may hold hours
+        of training.
+        """
+        saved = self.latest()
+        if saved is None:
+            return None
+        theirs = build_config(yaml.safe_load((saved.directory / "config.yaml").read_text(encoding="utf-8")))
+        if comparable_config(theirs) != comparable_config(config):
+            raise UnlearnkitError(
+                f"{self.directory} holds a checkpoint (after epoch {saved.epoch}) of a run with another "
+                f"configuration; resume it with `unlearnkit run --resume {config.output.dir}`, or pass --restart "
+                "to discard it and start afresh.")
+        return saved
+
+    def save(self, epoch: int, config: RunConfig, accelerator: Any, payload: dict[str, Any],
+             tensors: dict[str, torch.Tensor]) -> Saved:
+        """Save the state after ``epoch`` and make it the latest checkpoint; older ones are removed after."""
+        from safetensors.torch import save_file
+
+        name = f"epoch-{epoch}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(self.directory / name)
+        handle = accelerator.register_save_state_pre_hook(_keep_trainable_weights)
+        try:
+            with staged_directory(self.directory / name, replace=True) as staging:
+                accelerator.save_state(str(staging))
+                save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                          str(staging / LOOP_TENSORS))
+                atomic_write_json(staging / "state.json", payload)
+                atomic_write_text(staging / "config.yaml", config.to_yaml())
+        finally:
+            handle.remove()
+        atomic_write_json(self.directory / LATEST, {"epoch": epoch, "directory": name})
+        for older in self.directory.glob("epoch-*"):
+            if older.name != name:
+                shutil.rmtree(older, ignore_errors=True)
+        return Saved(self.directory / name, epoch, payload)
+
+    def restore(self, saved: Saved, accelerator: Any, model: torch.nn.Module) -> None:
+        """Load the trainable weights, optimiser, scheduler, RNG states and accumulation step of ``saved``."""
+        from safetensors import safe_open
+
+        expected = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+        with safe_open(str(saved.directory / MODEL_WEIGHTS), framework="pt") as stored:
+            found = sorted(stored.keys())
+        if found != expected:
+            raise UnlearnkitError(f"The checkpoint in {saved.directory} holds other trainable weights than this run "
+                                  "has (the model or adapter changed); pass --restart to start afresh.")
+        accelerator.load_state(str(saved.directory), strict=False)
+
+    def discard(self) -> None:
+        """Remove the checkpoint (after the outputs are written, or on --restart)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def state_payload(state: RunState, thresholds: Thresholds, **carried: Any) -> dict[str, Any]:
+    """``state.json``: the run's state, its thresholds and whatever else the loop carries (JSON values)."""
+    return {"state": dataclasses.asdict(state), "thresholds": dataclasses.asdict(thresholds), **carried}
+
+
+def _keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[str, torch.Tensor]],
+                            output_dir: str) -> None:
+    # accelerate saves each model's whole state dict; only the trainable weights change during a run
+    # (the frozen ones are re-loaded from the model, and FLoRA's residual base re-derived).
+    for model, state in zip(models, weights, strict=True):
+        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+        for key in [k for k in state if k not in trainable]:
+            del state[key]

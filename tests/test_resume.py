@@ -1,0 +1,114 @@
+"""Checkpoint and resume: a run killed at any moment continues to the same result as an uninterrupted one.
+
+The reference is the same configuration run in this process without interruption; the interrupted run is
+the CLI in a subprocess, killed with SIGKILL during an epoch, re-run with the same command, interrupted
+with SIGINT (Ctrl-C: exit 130 and the resume command), and finished with ``--resume``. Its final adapter
+weights must equal the reference's bit for bit (CPU) and its per-epoch history the reference's.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, cli_env, memorised_run_config, memorised_run_overrides, run_cli
+from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.loop import run_unlearning
+from unlearnkit.outputs import write_run_outputs
+
+pytestmark = pytest.mark.integration
+
+CONFIG = REPO / "configs" / "paper" / "gpt-neo-125m-flora-ihl.yaml"
+# FLoRA (its residual base is re-derived on resume), LoRA dropout (the global RNG), a retain batch per step
+# (the loop's generator) and gradient accumulation across epoch ends (4 steps per epoch, 3 per update).
+RESUME_SETTINGS = ["method.name=ihl", "adapter.name=flora", "train.lr=3e-2", "adapter.dropout=0.1",
+                   "train.batch_size=1", "train.grad_accum=3", "train.epochs=6", "eval.early_stop=false",
+                   "output.fail_if_not_forgotten=false", "eval.audit=false", "eval.bootstrap=50"]
+
+
+def _overrides(model_dir: Path, out: Path) -> list[str]:
+    settings = [*memorised_run_overrides(model_dir, out), *RESUME_SETTINGS]
+    return [part for setting in settings for part in ("--set", setting)]
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
+
+
+def _wait_for_epoch(checkpoints: Checkpoints, epoch: int, process: subprocess.Popen[str]) -> int:
+    """Block until a checkpoint at or after ``epoch`` exists (or the process ended); return its epoch."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        saved = checkpoints.latest()
+        if saved is not None and saved.epoch >= epoch:
+            return saved.epoch
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint after epoch {epoch}: {process.communicate()}")
+
+
+def _history(metrics: dict) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "elapsed_s"} for record in metrics["epochs"]]
+
+
+def test_a_killed_and_interrupted_run_resumes_bit_identical(memorized_model_dir, tmp_path):
+    reference_dir = tmp_path / "reference"
+    config = memorised_run_config(memorized_model_dir, reference_dir, "ihl", "flora", 3e-2,
+                                  [*RESUME_SETTINGS, f"output.dir={reference_dir}"])
+    reference = run_unlearning(config, quiet=True)
+    write_run_outputs(reference)
+
+    out = tmp_path / "run"
+    checkpoints = Checkpoints(checkpoint_dir(out))
+    command = ["run", str(CONFIG), "--quiet", *_overrides(memorized_model_dir, out)]
+    killed = _start(*command)
+    _wait_for_epoch(checkpoints, 1, killed)
+    time.sleep(0.15)  # into the next epoch (or its checkpoint): any moment must do
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert not out.exists() and checkpoints.latest() is not None
+
+    # The same command again continues from the checkpoint; Ctrl-C saves nothing new but says how to resume.
+    again = _start(*command)
+    saved_epoch = _wait_for_epoch(checkpoints, 3, again)
+    again.send_signal(signal.SIGINT)
+    _, stderr = again.communicate(timeout=120)
+    assert again.returncode == 130, stderr
+    assert f"unlearnkit run --resume {out.resolve()}" in stderr and "Traceback" not in stderr
+    assert checkpoints.latest().epoch >= saved_epoch and not out.exists()
+
+    finished = run_cli("run", "--resume", str(out), "--quiet")
+    assert finished.returncode == 0, finished.stderr
+    assert not checkpoint_dir(out).exists()  # removed once the outputs are in place
+
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (out, reference_dir))
+    assert ours["resumed_after_epochs"][0] >= 1 and len(ours["resumed_after_epochs"]) == 2
+    assert _history(ours) == _history(theirs) and len(ours["epochs"]) == 6
+    assert ours["after"]["forget"] == theirs["after"]["forget"]
+    for weights in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
+        resumed, uninterrupted = load_file(out / weights), load_file(reference_dir / weights)
+        assert resumed.keys() == uninterrupted.keys()
+        assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed), weights
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_not_replaced(memorized_model_dir, tmp_path):
+    out = tmp_path / "run"
+    config = memorised_run_config(memorized_model_dir, out, "ihl", "lora", 1e-2, ["train.epochs=1"])
+    run_unlearning(config, quiet=True, checkpoints=Checkpoints.of(config))  # finished, outputs not written
+    saved = Checkpoints.of(config).latest()
+    assert saved is not None and saved.epoch == 1
+    changed = memorised_run_config(memorized_model_dir, out, "ihl", "lora", 2e-2, ["train.epochs=1"])
+    with pytest.raises(UnlearnkitError, match="another configuration.*--resume.*--restart"):
+        run_unlearning(changed, quiet=True, checkpoints=Checkpoints.of(changed))
+    assert Checkpoints.of(config).latest() == saved
+    refused = run_cli("run", "--resume", str(tmp_path / "elsewhere"))
+    assert refused.returncode == 2 and "no checkpoint" in refused.stderr and "Traceback" not in refused.stderr
