@@ -24,13 +24,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/unlearnkit demo
 
-# The whole suite; the 10 slowest tests are listed at the end.
+# The whole suite on both cores (one thread each; test files are spread over two workers); the 10 slowest
+# tests are listed at the end.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Fast feedback while editing: everything but the end-to-end pipeline runs.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not integration"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -26,7 +26,7 @@ LAYERS = [
     {"results"},
     {"checkpoints"},
     {"loop"},
-    {"reports", "outputs"},
+    {"reports", "outputs", "preflight"},
     {"showcase"},
     {"cli"},
 ]

@@ -44,7 +44,8 @@ def run(
     """Unlearn the forget set of CONFIG and write the model, adapter, metrics and report."""
     from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
     from unlearnkit.config import load_config
-    from unlearnkit.outputs import check_output_dir, write_run_outputs
+    from unlearnkit.outputs import write_run_outputs
+    from unlearnkit.preflight import check_run
 
     if resume is not None:
         if config is not None or set_ or overwrite or restart:
@@ -57,7 +58,7 @@ def run(
     else:
         overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
         cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
-    output_dir = check_output_dir(cfg)  # refuse before any expensive work
+    output_dir = check_run(cfg)  # every problem, before any expensive work
     checkpoints = Checkpoints.of(cfg) if cfg.output.checkpoint else None
     if restart and checkpoints is not None:
         checkpoints.discard()
@@ -115,7 +116,7 @@ def memorization(
 
     _check_json_out(json_out)
     progress = Progress(quiet=quiet)
-    loaded, (blocks,) = _model_and_sources(model, [data], data_dir, seq_len, progress)
+    loaded, (blocks,) = _model_and_sources(model, [data], data_dir, seq_len, progress, n)
     scores = evaluate_memorization(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
     table = Table(title=f"{model} on {blocks.name} ({len(blocks)} sequences × {blocks.seq_len} tokens)")
     table.add_column("metric")
@@ -233,7 +234,7 @@ def audit(
     _check_json_out(json_out)
     progress = Progress(quiet=quiet)
     loaded, (forget_blocks, holdout_blocks) = _model_and_sources(model, [forget, holdout], data_dir, seq_len,
-                                                                 progress)
+                                                                 progress, n)
     sets = RunData(forget=forget_blocks, validation=holdout_blocks)
     with progress.status(f"Auditing {len(forget_blocks)} forget and {len(holdout_blocks)} held-out sequences"):
         snapshot = evaluation_snapshot(loaded.model, sets, EvalConfig(el_n=n), progress, "audit",
@@ -301,8 +302,9 @@ def _validated(build: Any, what: str) -> Any:
     except ValidationError as error:
         first = error.errors()[0]
         message = first["msg"].removeprefix("Value error, ").rstrip(".")
-        raise UnlearnkitError(f"{what} is invalid at {'.'.join(map(str, first['loc']))}: {message}"
-                              f"{'' if message.endswith('?') else '.'}") from None
+        where = f" at {'.'.join(map(str, first['loc']))}" if first["loc"] else ""
+        raise UnlearnkitError(f"{what} is invalid{where}: {message}{'' if message.endswith(('?', '.')) else '.'}"
+                              ) from None
 
 
 testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
@@ -363,15 +365,21 @@ def _check_json_out(path: Path | None) -> None:
 
 
 def _model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_len: int,
-                       progress: Any) -> tuple[Any, list[Any]]:
+                       progress: Any, el_n: int) -> tuple[Any, list[Any]]:
     """Load ``model`` and each of ``sources`` (CLI source strings) as token blocks for its tokenizer."""
-    from unlearnkit.data.sources import load_blocks, resolve_data_dir
+    if el_n + 1 > seq_len:
+        raise UnlearnkitError(f"EL{el_n} needs sequences of at least {el_n + 1} tokens but --seq-len is {seq_len}; "
+                              "lower --n or raise --seq-len.")
+    from unlearnkit.data.sources import check_user_file, load_blocks, resolve_data_dir
     from unlearnkit.modeling import load_model
 
     specs = [parse_source(text) for text in sources]  # bad input fails before the model loads
+    directory = resolve_data_dir(data_dir)
+    for spec in specs:
+        if spec.source == "file" and spec.path:
+            check_user_file(spec.path, directory)
     with progress.status(f"Loading {model}"):
         loaded = load_model(model)
-    directory = resolve_data_dir(data_dir)
     return loaded, [load_blocks(spec, loaded.tokenizer, directory, seq_len=seq_len) for spec in specs]
 
 
@@ -384,6 +392,11 @@ def parse_source(text: str) -> Any:
     if Path(text).expanduser().is_file():
         return SourceConfig(source="file", path=str(Path(text).expanduser()))
     name, *pairs = [part.strip() for part in text.split(",")]
+    if not pairs and (Path(name).suffix.lower() in (".txt", ".jsonl", ".csv") or "/" in name):
+        where = Path(name).expanduser()
+        problem = "is a directory" if where.is_dir() else "does not exist"
+        raise UnlearnkitError(f"The data file {where} {problem}; give the path of a .txt, .jsonl or .csv file, or a "
+                              "source such as jang,n=32,set=0.")
     fields: dict[str, Any] = {"source": name}
     for pair in pairs:
         if "=" not in pair:
@@ -408,8 +421,10 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as error:
         # Usage errors come from the click that typer bundles, whose classes are not click's own.
-        if hasattr(error, "show") and hasattr(error, "exit_code"):
-            error.show()
+        if hasattr(error, "format_message") and hasattr(error, "exit_code"):
+            context = getattr(error, "ctx", None)
+            command = context.command_path if context is not None else "unlearnkit"
+            _error(f"{error.format_message().rstrip('.')}; see `{command} --help`.")
             sys.exit(EXIT_BAD_INPUT)
         raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -212,6 +212,26 @@ def load_configured_model(model_config: Any) -> LoadedModel:
                       trust_remote_code=model_config.trust_remote_code)
 
 
+def model_skeleton(model_config: Any) -> nn.Module | None:
+    """The configured model's module tree without weights (meta device), in well under a second: for checking
+    target modules and ranks before loading gigabytes. ``None`` for GGUF files and for hub models whose
+    config cannot be fetched (the real load then says what is wrong)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    location, gguf, local = _locate(model_config.name, model_config.gguf_file)
+    if gguf:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=model_config.trust_remote_code,
+                                            **({"revision": model_config.revision} if model_config.revision and
+                                               not local else {}))
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=model_config.trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
 def _dequantizing_gguf_config() -> Any:
     """Ask transformers to unpack GGUF blocks into dense (trainable) weights where it can keep them packed."""
     try:

@@ -27,21 +27,28 @@ def check_output_dir(config: RunConfig) -> Path:
     data directory, data files, Fisher cache); a non-empty directory without ``output.overwrite``; and, even
     with it, a non-empty directory that is not a previous unlearnkit output (which has a ``run.json``).
     """
-    directory = Path(config.output.dir).expanduser().resolve()
+    return check_output_path(config.output.dir, run_inputs(config), overwrite=config.output.overwrite,
+                             option="output.dir")
+
+
+def check_output_path(path: str | Path, inputs: list[Path], *, overwrite: bool, option: str) -> Path:
+    """:func:`check_output_dir` for any command writing a directory of outputs (``option`` names where the
+    user sets it): the resolved directory, or one sentence saying why it may not be written."""
+    directory = Path(path).expanduser().resolve()
     if directory.exists() and not directory.is_dir():
-        raise UnlearnkitError(f"The output path {directory} is a file; choose a directory with output.dir.")
-    for path in run_inputs(config):
-        if path == directory or directory in path.parents:
-            raise UnlearnkitError(f"The output directory {directory} holds an input of this run ({path}); "
-                                  "choose an output.dir outside it.")
+        raise UnlearnkitError(f"The output path {directory} is a file; choose a directory with {option}.")
+    for input_path in inputs:
+        if input_path == directory or directory in input_path.parents:
+            raise UnlearnkitError(f"The output directory {directory} holds an input of this run ({input_path}); "
+                                  f"choose an {option} outside it.")
     if directory.is_dir() and any(directory.iterdir()):
-        if not config.output.overwrite:
+        if not overwrite:
             raise UnlearnkitError(
-                f"The output directory {directory} is not empty; choose another output.dir or pass --overwrite.")
+                f"The output directory {directory} is not empty; choose another {option} or pass --overwrite.")
         if not (directory / "run.json").is_file():
             raise UnlearnkitError(f"The output directory {directory} is not a previous unlearnkit output (it has "
-                                  "no run.json), so --overwrite will not replace it; choose another output.dir.")
-    _check_creatable(directory)
+                                  f"no run.json), so it will not be replaced; choose another {option}.")
+    _check_creatable(directory, option)
     for stale in remove_stale_staging(directory):
         warnings.warn(f"Removed {stale}, left behind by an earlier run that was killed while writing.",
                       stacklevel=2)
@@ -65,18 +72,18 @@ def run_inputs(config: RunConfig) -> list[Path]:
     return [path.resolve() for path in candidates if path.exists()]
 
 
-def _check_creatable(directory: Path) -> None:
+def _check_creatable(directory: Path, option: str) -> None:
     existing = directory
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise UnlearnkitError(f"The output directory {directory} cannot be created: {existing} is a file; choose "
-                              "another output.dir.")
+                              f"another {option}.")
     try:
         shutil.rmtree(tempfile.mkdtemp(dir=existing, prefix=".unlearnkit-write-test-"))
     except OSError as error:
         raise UnlearnkitError(f"The output directory {directory} cannot be created in {existing} "
-                              f"({error.strerror or error}); choose a writable output.dir.") from None
+                              f"({error.strerror or error}); choose a writable {option}.") from None
 
 
 def write_run_outputs(result: RunResult) -> Path:

@@ -39,18 +39,10 @@ def lora_target_layers(model: torch.nn.Module, target_modules: list[str]) -> dic
     return layers
 
 
-def attach_lora(model: PreTrainedModel, target_modules: list[str], rank: int = 16, alpha: float = 32,
-                dropout: float = 0.0) -> PeftModel:
-    """Wrap ``target_modules`` of ``model`` with rank-``rank`` LoRA adapters (PEFT, task CAUSAL_LM).
-
-    The adapter's contribution is ``(alpha / rank) · B A`` with ``B = 0`` at start, so the model's
-    outputs are unchanged. PEFT injects the adapter layers **in place**: ``model`` itself is
-    modified (its target ``nn.Linear`` modules become ``lora.Linear`` wrappers) and shares its
-    weights with the returned :class:`PeftModel`; pass a model you own and use the return value.
-
-    Raises :class:`UnlearnkitError` if a target matches no layer or if ``rank`` is below 1 or above
-    ``min(out, in)`` of some target layer (a LoRA of larger rank than the layer cannot add anything).
-    """
+def check_lora_fits(model: torch.nn.Module, target_modules: list[str], rank: int) -> dict[str, tuple[int, int]]:
+    """The layers a rank-``rank`` LoRA on ``target_modules`` would wrap (see :func:`lora_target_layers`); refused
+    with one sentence when a target matches nothing or the rank exceeds a layer's ``min(out, in)``. Works on a
+    model skeleton without weights (the meta device), so a run can check this before loading any weight."""
     if rank < 1:
         raise UnlearnkitError(f"LoRA rank must be at least 1 (got {rank}); set a positive rank such as 16.")
     if not target_modules:
@@ -64,6 +56,22 @@ def attach_lora(model: PreTrainedModel, target_modules: list[str], rank: int = 1
         if rank > min(out_f, in_f):
             raise UnlearnkitError(f"LoRA rank {rank} is too large for layer {name} of shape "
                                   f"[{out_f}, {in_f}] (out, in); use a rank of at most {min(out_f, in_f)}.")
+    return layers
+
+
+def attach_lora(model: PreTrainedModel, target_modules: list[str], rank: int = 16, alpha: float = 32,
+                dropout: float = 0.0) -> PeftModel:
+    """Wrap ``target_modules`` of ``model`` with rank-``rank`` LoRA adapters (PEFT, task CAUSAL_LM).
+
+    The adapter's contribution is ``(alpha / rank) · B A`` with ``B = 0`` at start, so the model's
+    outputs are unchanged. PEFT injects the adapter layers **in place**: ``model`` itself is
+    modified (its target ``nn.Linear`` modules become ``lora.Linear`` wrappers) and shares its
+    weights with the returned :class:`PeftModel`; pass a model you own and use the return value.
+
+    Raises :class:`UnlearnkitError` if a target matches no layer or if ``rank`` is below 1 or above
+    ``min(out, in)`` of some target layer (a LoRA of larger rank than the layer cannot add anything).
+    """
+    layers = check_lora_fits(model, target_modules, rank)
     # PEFT flips fan_in_fan_out itself for Conv1D but warns; say it up front when every target is Conv1D.
     conv1d = all(isinstance(model.get_submodule(n), Conv1D) for n in layers)
     # PEFT annotates lora_alpha as int but computes alpha / r in float; a float alpha is fine.

@@ -59,22 +59,25 @@ def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
 
 
 def _explain(error: ValidationError) -> UnlearnkitError:
-    first = error.errors()[0]
+    """Every problem pydantic found, one sentence (and line) each, so that one round of fixes suffices."""
+    sentences = list(dict.fromkeys(_sentence(problem) for problem in error.errors()))
+    return UnlearnkitError("\n".join(sentences))
+
+
+def _sentence(first: Any) -> str:
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in loc)
     if first["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1])
         where = ".".join(str(p) for p in loc[:-1]) or "the top level"
-        return UnlearnkitError(
-            f'The config key "{key}" does not exist; valid keys in {where}: {", ".join(valid)}.'
-            f"{did_you_mean(str(loc[-1]), valid)}"
-        )
+        return (f'The config key "{key}" does not exist; valid keys in {where}: {", ".join(valid)}.'
+                f"{did_you_mean(str(loc[-1]), valid)}")
     message = first["msg"].removeprefix("Value error, ")
     if not key:
-        return UnlearnkitError(f"Invalid configuration: {message}.".replace("..", "."))
+        return f"Invalid configuration: {message}.".replace("..", ".")
     if message.endswith((".", "?")):
-        return UnlearnkitError(f"Invalid value for {key}: {message}")
-    return UnlearnkitError(f"Invalid value for {key}: {message}; fix it in the config or with --set {key}=...")
+        return f"Invalid value for {key}: {message}"
+    return f"Invalid value for {key}: {message}; fix it in the config or with --set {key}=..."
 
 
 def build_config(raw: dict[str, Any]) -> RunConfig:
@@ -82,6 +85,15 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
         raise _explain(error) from None
+
+
+def _where(error: Exception) -> str:
+    """A YAML or decoding error in a few words on one line: what went wrong, and where."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"byte {error.start} is not UTF-8"
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -97,7 +109,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise UnlearnkitError(
-                f"The config file {path} is not valid UTF-8 YAML ({error}); fix its syntax."
+                f"The config file {path} is not valid UTF-8 YAML ({_where(error)}); fix its syntax."
             ) from None
         if loaded is None:
             raise UnlearnkitError(f"The config file {path} is empty; write at least the sections that differ from "

@@ -204,11 +204,17 @@ class RunConfig(Section):
             self.train.lr = PAPER_LR[self.adapter.name]
         if self.train.retain_batch_size is None:
             self.train.retain_batch_size = self.train.batch_size
+        problems = []  # all of them at once: one round of fixes should suffice
         if self.trains_on_retain() and self.data.retain is None:
             why = "FLoRA's Fisher ratio" if self.adapter.name == "flora" else f"method {self.method.name}"
-            raise ValueError(f"{why} needs a retain set; set data.retain (e.g. source: wikitext)")
+            problems.append(f"{why} needs a retain set; set data.retain (e.g. source: wikitext)")
         if self.data.validation is None and self.needs_validation():
-            raise ValueError("without data.validation, set both eval.ma_threshold and eval.el_threshold")
+            problems.append("without data.validation, set both eval.ma_threshold and eval.el_threshold")
+        if self.eval.el_n + 1 > self.data.seq_len:
+            problems.append(f"EL{self.eval.el_n} needs sequences of at least {self.eval.el_n + 1} tokens but "
+                            f"data.seq_len is {self.data.seq_len}; lower eval.el_n or raise data.seq_len")
+        if problems:
+            raise ValueError(". ".join([problems[0], *(p[0].upper() + p[1:] for p in problems[1:])]))
         return self
 
     def trains_on_retain(self) -> bool:

@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -252,7 +253,21 @@ def _user_path(path: str, data_dir: Path) -> Path:
         return candidate
     if not candidate.is_absolute() and (data_dir / candidate).is_file():
         return data_dir / candidate
+    if candidate.is_dir():
+        raise UnlearnkitError(f"The data path {candidate} is a directory; give the path of a .txt, .jsonl or .csv "
+                              "file in it.")
     raise UnlearnkitError(f"The data file {candidate} does not exist; check the path in the source's 'path'.")
+
+
+def check_user_file(path: str, data_dir: str | Path) -> Path:
+    """The file a ``file`` source reads, refused before any work when it is missing, a directory, unreadable
+    or empty."""
+    found = _user_path(path, Path(data_dir))
+    if not os.access(found, os.R_OK):
+        raise UnlearnkitError(f"The data file {found} cannot be read (no permission); make it readable or copy it.")
+    if found.stat().st_size == 0:
+        raise UnlearnkitError(f"The data file {found} is empty; give a file with text in it.")
+    return found
 
 
 def _read_text(path: Path) -> str:
@@ -377,8 +392,8 @@ LOADERS: dict[str, Callable[[SourceConfig, _Context], TokenBlocks]] = {
 
 
 __all__ = [
-    "DOCUMENT_SETS", "LOADERS", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer", "load_blocks",
-    "load_documents", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir",
+    "DOCUMENT_SETS", "LOADERS", "check_user_file", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer",
+    "load_blocks", "load_documents", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir",
 ]
 
 

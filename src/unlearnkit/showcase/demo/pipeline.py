@@ -33,7 +33,7 @@ from unlearnkit.io import atomic_write_text
 from unlearnkit.loop import run_unlearning
 from unlearnkit.metrics.perplexity import general_text, general_text_blocks, perplexity
 from unlearnkit.modeling import LoadedModel, load_model, train_byte_bpe_tokenizer
-from unlearnkit.outputs import check_output_dir, write_run_outputs
+from unlearnkit.outputs import check_output_dir, check_output_path, write_run_outputs
 from unlearnkit.progress import Progress
 from unlearnkit.showcase.cache import cache_root, save_model_to_cache
 from unlearnkit.showcase.demo.report import DemoResult, Measured, MethodRun, write_demo_outputs
@@ -193,6 +193,8 @@ def _run_demo(output_dir: Path, settings: DemoSettings, compare: bool, quiet: bo
     console = console or Console(emoji=False, quiet=quiet)
     progress = Progress(console=console, quiet=quiet)
     output_dir = Path(output_dir).expanduser()
+    # refused before the (minutes of) memorising: a file, a folder of the user's, an uncreatable path
+    check_output_path(output_dir, [cache_root().resolve()], overwrite=True, option="--output")
     timings: dict[str, float] = {}
     started = time.perf_counter()
 

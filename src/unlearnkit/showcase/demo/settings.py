@@ -67,6 +67,14 @@ class DemoSettings:
         return PRESETS["tiny" if self.tiny else "smollm2"]
 
     def check(self) -> None:
+        """Refuse impossible settings (one sentence naming the option) before any work."""
+        for option, value, least in (("--customers", self.customers, 3), ("--epochs", self.epochs, 1),
+                                     ("--rank", self.rank, 1), ("--holdout", self.holdout, 2)):
+            if value is not None and value < least:
+                raise UnlearnkitError(f"{option} must be at least {least} (got {value}).")
+        for option, rate in (("--lr", self.lr), ("GA lr", self.ga_lr)):
+            if rate is not None and not rate > 0:
+                raise UnlearnkitError(f"{option} must be a positive learning rate (got {rate}), e.g. 1e-3.")
         if not 1 <= self.forget < self.customers:
             raise UnlearnkitError(f"--forget must be between 1 and customers - 1 = {self.customers - 1} "
                                   f"(got {self.forget}): some customers must stay.")

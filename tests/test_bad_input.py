@@ -1,0 +1,171 @@
+"""Bad input, as a new user types it: exit 2, one plain sentence naming the problem, no traceback, nothing written.
+
+Each case runs the real entry point (:func:`unlearnkit.cli.main`) in this process; the working directory is
+a fresh folder whose contents are compared before and after, so that any file a refused command writes
+(an output, a cache, a half-written model) fails the test. Refusals that need no model take well under a
+second here; the subprocess test in test_config checks that config errors import no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MEMORISED_SEQ_LEN, REPO
+from unlearnkit import cli
+
+PAPER = str(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml")
+FLORA = str(REPO / "configs" / "paper" / "gpt-neo-125m-flora-ihl.yaml")
+SMALL = ["--set", f"data.seq_len={MEMORISED_SEQ_LEN}", "--set", "data.forget.n=4", "--set", "data.retain.n=8",
+         "--set", "data.validation.n=4", "--set", "eval.downstream=null"]
+
+# (name, arguments, words the message must contain); MODEL is the memorised tiny model, files are in the
+# working directory: empty.yaml, broken.yaml, list.yaml, file.txt, empty.txt, a folder sub/ and full/ (non-empty).
+CASES = [
+    ("run without config", ["run"], ["Pass a config file"]),
+    ("missing config", ["run", "nope.yaml"], ["nope.yaml does not exist"]),
+    ("config is a folder", ["run", "sub"], ["is a directory"]),
+    ("empty config", ["run", "empty.yaml"], ["empty.yaml is empty"]),
+    ("broken YAML", ["run", "broken.yaml"], ["not valid UTF-8 YAML"]),
+    ("config not a mapping", ["run", "list.yaml"], ["must hold a mapping"]),
+    ("mistyped key", ["run", PAPER, "--set", "train.lrr=1"], ['"train.lrr" does not exist', 'Did you mean "lr"']),
+    ("not a number", ["run", PAPER, "--set", "train.lr=abc"], ["train.lr", "valid number"]),
+    ("unknown method", ["run", PAPER, "--set", "method.name=foo"], ['Unknown method "foo"']),
+    ("unknown adapter", ["run", PAPER, "--set", "adapter.name=foo"], ['Unknown adapter "foo"']),
+    ("unknown source", ["run", PAPER, "--set", "data.forget.source=nosuch"], ['Unknown data source "nosuch"']),
+    ("override without =", ["run", PAPER, "--set", "train.lr"], ['"train.lr" has no "="']),
+    ("EL n beyond seq_len", ["run", PAPER, "--set", "eval.el_n=40", "--set", "data.seq_len=32"],
+     ["EL40 needs sequences of at least 41 tokens"]),
+    ("missing forget file", ["run", PAPER, "MODEL", *SMALL, "--set", "data.forget={source: file, path: missing.txt}"],
+     ["missing.txt does not exist"]),
+    ("empty forget file", ["run", PAPER, "MODEL", *SMALL, "--set", "data.forget={source: file, path: empty.txt}"],
+     ["empty.txt is empty"]),
+    ("forget file is a folder", ["run", PAPER, "MODEL", *SMALL, "--set", "data.forget={source: file, path: sub}"],
+     ["path sub is not a .txt, .jsonl, .csv file"]),
+    ("missing model folder", ["run", PAPER, *SMALL, "--set", "model.name=./nomodel"], ["./nomodel is not a directory"]),
+    ("folder that is not a model", ["run", PAPER, *SMALL, "--set", "model.name=sub"], ["not a Hugging Face model"]),
+    ("output is a file", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=file.txt"], ["file.txt is a file"]),
+    ("output under a file", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=file.txt/run"],
+     ["cannot be created", "file.txt is a file"]),
+    ("output is the model", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=MODEL", "--overwrite"],
+     ["holds an input of this run"]),
+    ("overwrite a user's folder", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=full", "--overwrite"],
+     ["not a previous unlearnkit output"]),
+    ("rank beyond the layers", ["run", PAPER, "MODEL", *SMALL, "--set", "adapter.rank=1000"],
+     ["LoRA rank 1000 is too large"]),
+    ("unknown target module", ["run", PAPER, "MODEL", *SMALL, "--set", "adapter.modules=[nosuch]"],
+     ['"nosuch" matches no linear module']),
+    ("Fisher cache is a file", ["run", FLORA, "MODEL", *SMALL, "--set", "adapter.flora.fisher_path=file.txt"],
+     ["fisher_path file.txt is a file"]),
+    ("resume without checkpoint", ["run", "--resume", "elsewhere"], ["no interrupted run to resume"]),
+    ("resume with a config", ["run", PAPER, "--resume", "elsewhere"], ["--resume OUTPUT_DIR alone"]),
+    ("memorization n 0", ["memorization", "MODEL", "--data", "jang,n=4", "--n", "0"], ["'--n'", "--help"]),
+    ("memorization json folder", ["memorization", "MODEL", "--data", "jang,n=4", "--json", "sub"],
+     ["--json sub is a directory"]),
+    ("memorization unknown source", ["memorization", "MODEL", "--data", "nosuch,n=4"],
+     ['Unknown data source "nosuch"']),
+    ("memorization not key=value", ["memorization", "MODEL", "--data", "jang,n"], ['"n" is not key=value']),
+    ("memorization unknown field", ["memorization", "MODEL", "--data", "jang,nn=4"], ["jang,nn=4", "nn"]),
+    ("memorization missing model", ["memorization", "./nomodel", "--data", "jang,n=4"], ["./nomodel"]),
+    ("memorization seq-len 1", ["memorization", "MODEL", "--data", "jang,n=4", "--seq-len", "1"], ["'--seq-len'"]),
+    ("memorization missing file", ["memorization", "MODEL", "--data", "missing.txt"], ["missing.txt does not exist"]),
+    ("memorization empty file", ["memorization", "MODEL", "--data", "empty.txt"], ["empty.txt"]),
+    ("memorization n beyond text", ["memorization", "MODEL", "--data", "jang,n=4", "--seq-len", "8", "--n", "20"],
+     ["EL20 needs sequences of at least 21 tokens"]),
+    ("audit unknown holdout", ["audit", "MODEL", "--forget", "jang,n=4", "--holdout", "nosuch"],
+     ['Unknown data source "nosuch"']),
+    ("audit json under a file", ["audit", "MODEL", "--forget", "jang,n=4", "--holdout", "tdec,split=val,n=4",
+                                 "--json", "file.txt/a.json"], ["file.txt is a file"]),
+    ("audit without forget", ["audit", "MODEL", "--holdout", "tdec,split=val,n=4"], ["Missing option '--forget'"]),
+    ("fisher out is a file", ["fisher", PAPER, "--out", "file.txt"], ["file.txt is a file"]),
+    ("fisher without out", ["fisher", PAPER], ["Missing option '--out'"]),
+    ("fisher out not empty", ["fisher", PAPER, "--out", "full"], ["full is not empty"]),
+    ("fisher without retain", ["fisher", PAPER, "--out", "f", "--set", "data.retain=null", "--set", "method.name=ga"],
+     ["needs a retain set"]),
+    ("demo forget all", ["demo", "--tiny", "--customers", "4", "--forget", "8", "--output", "d"], ["--forget"]),
+    ("demo output is a file", ["demo", "--tiny", "--output", "file.txt"], ["file.txt is a file"]),
+    ("demo no customers", ["demo", "--tiny", "--customers", "-1", "--output", "d"], ["--customers must be at least"]),
+    ("demo lr 0", ["demo", "--tiny", "--lr", "0", "--output", "d"], ["--lr must be a positive learning rate"]),
+    ("demo over a user's folder", ["demo", "--tiny", "--output", "full"], ["not a previous unlearnkit output"]),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bad-input")
+    (folder / "empty.yaml").write_text("")
+    (folder / "broken.yaml").write_text("a: [\n")
+    (folder / "list.yaml").write_text("- 1\n")
+    (folder / "file.txt").write_text("some text\n")
+    (folder / "empty.txt").write_text("")
+    (folder / "sub").mkdir()
+    (folder / "full").mkdir()
+    (folder / "full" / "notes.txt").write_text("the user's")
+    return folder
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize(("name", "arguments", "expected"), CASES, ids=[case[0] for case in CASES])
+def test_bad_input_is_refused_plainly_and_writes_nothing(name, arguments, expected, workdir, memorized_model_dir,
+                                                         monkeypatch):
+    model = str(memorized_model_dir)
+    argv = [arg.replace("MODEL", model) for arg in arguments]
+    if "MODEL" in arguments and arguments[0] == "run":  # a run of the memorised model: named through --set
+        argv.remove(model)
+        argv += ["--set", f"model.name={model}"]
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", *argv])
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(workdir / "cache"))  # a refused demo must not fill a cache
+    before, model_before = _tree(workdir), _tree(memorized_model_dir)
+    stderr, stdout = io.StringIO(), io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as done:
+        cli.main()
+    seconds = time.perf_counter() - started
+    message = stderr.getvalue().strip()
+    assert done.value.code == 2, (message, stdout.getvalue())
+    assert message.startswith("error: ") and "Traceback" not in message and "\n" not in message, message
+    for words in expected:
+        assert words in message, message
+    assert _tree(workdir) == before and _tree(memorized_model_dir) == model_before  # nothing written
+    assert not any(p.name.startswith(".") for p in workdir.iterdir())  # no staging or checkpoint left
+    if "MODEL" not in arguments and arguments[0] == "run":
+        assert seconds < 2, seconds
+
+
+def test_every_problem_of_a_config_is_reported_at_once(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "run", PAPER, "--set", "train.epochs=-1",
+                                      "--set", "train.batch_size=0", "--set", "train.lrr=1"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(lines) == 3, lines
+    assert "train.epochs" in lines[0] and "train.batch_size" in lines[1] and "train.lrr" in lines[2]
+
+
+def test_a_file_that_cannot_be_read_is_refused(workdir, memorized_model_dir, monkeypatch, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    secret = workdir / "secret.txt"
+    secret.write_text("text")
+    secret.chmod(0)
+    try:
+        monkeypatch.chdir(workdir)
+        monkeypatch.setattr(sys, "argv", ["unlearnkit", "run", PAPER, *SMALL, "--set",
+                                          f"model.name={memorized_model_dir}", "--set",
+                                          "data.forget={source: file, path: secret.txt}"])
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+        assert done.value.code == 2 and "secret.txt cannot be read" in capsys.readouterr().err
+    finally:
+        secret.chmod(0o644)
+        secret.unlink()
