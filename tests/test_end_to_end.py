@@ -153,6 +153,22 @@ def test_a_wrecked_model_is_stopped_as_collapsed_not_called_a_success(memorized_
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["collapsed_epoch"] == 1
 
 
+def test_the_cli_exits_3_for_a_collapsed_run_and_says_why_first(memorized_model_dir, tmp_path, monkeypatch, capsys):
+    from conftest import memorised_run_overrides
+    from unlearnkit import cli
+
+    settings = [*memorised_run_overrides(memorized_model_dir, tmp_path / "run"), "method.name=ga",
+                "adapter.name=none", "train.lr=10", "train.epochs=4", "eval.audit=false"]
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "-q",
+                                      *[part for setting in settings for part in ("--set", setting)]])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 3
+    assert "collapsed in epoch 1" in capsys.readouterr().err
+    assert (tmp_path / "run" / "report.md").read_text().index("the model was being wrecked") < 400
+    assert not any(p.name.startswith(f".{'run'}.") for p in tmp_path.iterdir())  # no checkpoint left behind
+
+
 def test_nothing_to_forget_is_said_not_hidden(memorized_model_dir, tmp_path, capsys):
     config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 1e-3,
                      ["train.epochs=1", "eval.ma_threshold=1.0", "eval.el_threshold=1.0", "eval.audit=false"])
