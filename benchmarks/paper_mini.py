@@ -17,7 +17,7 @@ The learning rates are the paper's times ``--lr-scale`` (default 10; the README 
 
 Every run stops at the epoch the paper's rule says; to afford 18 runs on a CPU, the held-out thresholds are
 measured once, EL10 is scored after an epoch only once MA has reached its threshold
-(``eval.el_only_when_ma_passes``: the rule needs both, so the stopping epoch is the same), and the runs
+(``eval.per_epoch_el: decide``, the default: the rule needs both, so the stopping epoch is the same), and the runs
 write no outputs: each unlearned model is measured where it is, in memory.
 
 The testbed is built first if it is not cached (``unlearnkit testbed build``). Writes
@@ -76,7 +76,7 @@ def method_config(method: str, model_dir: Path, manifest: dict[str, Any], args: 
     rank = int(manifest["lora_rank"])
     overrides = [f"model.name={model_dir}", f"data.seq_len={manifest['seq_len']}", f"adapter.rank={rank}",
                  f"adapter.alpha={2 * rank}", "eval.audit=false",
-                 "eval.el_only_when_ma_passes=true",
+                 "eval.per_epoch_el=decide",
                  f"train.epochs={args.epochs}", *(extra or [])]
     if args.data_dir:
         overrides.append(f"data.dir={args.data_dir}")

@@ -93,25 +93,50 @@ def test_warmup_raises_the_learning_rate_linearly_over_updates(memorized_model_d
     assert history[1]["lr"] == pytest.approx(1e-3)
 
 
-def test_scoring_el_only_once_ma_passes_stops_at_the_same_epoch(memorized_model_dir, tmp_path):
+def test_deciding_the_criterion_early_stops_at_the_same_epoch_with_the_same_metrics(memorized_model_dir, tmp_path):
     runs = {}
-    for lazy in (False, True):
-        config = _config(memorized_model_dir, tmp_path / f"run-{lazy}", "ihl", "lora", 5e-2,
-                         [f"eval.el_only_when_ma_passes={str(lazy).lower()}"])
-        runs[lazy] = run_unlearning(config, quiet=True)
-    full, lazy_run = runs[False], runs[True]
-    assert lazy_run.state.history[-1]["epoch"] == full.state.history[-1]["epoch"]
-    assert lazy_run.state.criterion_met and full.state.criterion_met
+    for scoring in ("full", "decide"):
+        config = _config(memorized_model_dir, tmp_path / f"run-{scoring}", "ihl", "lora", 5e-2,
+                         [f"eval.per_epoch_el={scoring}"])
+        runs[scoring] = run_unlearning(config, quiet=True)
+    full, decided = runs["full"], runs["decide"]
+    assert decided.state.history[-1]["epoch"] == full.state.history[-1]["epoch"]
+    assert decided.state.criterion_met and full.state.criterion_met
     skipped = 0
-    for eager, lazy in zip(full.state.history, lazy_run.state.history, strict=True):
-        assert lazy["forget_ma"] == pytest.approx(eager["forget_ma"])
+    for eager, lazy in zip(full.state.history, decided.state.history, strict=True):
+        assert lazy["forget_ma"] == eager["forget_ma"]
         if lazy["forget_ma"] > lazy["ma_threshold"]:
             assert lazy["forget_el"] is None
             skipped += 1
+        elif "el_scored" in lazy:  # decided on part of the set: a true lower bound, above the threshold
+            assert lazy["forget_el"] is None and lazy["el_threshold"] < lazy["el_lower_bound"] <= eager["forget_el"]
         else:
-            assert lazy["forget_el"] == pytest.approx(eager["forget_el"])
+            assert lazy["forget_el"] == eager["forget_el"]
     assert skipped >= 1, "choose a learning rate that takes more than one epoch"
-    assert lazy_run.after["forget"]["el"] == pytest.approx(full.after["forget"]["el"])
+    assert decided.after["forget"] == full.after["forget"] and decided.before == full.before
+
+
+def test_an_epoch_that_has_not_forgotten_is_decided_on_part_of_the_set(memorized_model_dir):
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.data.run_sets import load_run_data
+    from unlearnkit.evaluation import evaluate_memorization
+    from unlearnkit.modeling import load_model
+    from unlearnkit.progress import Progress
+
+    loaded = load_model(str(memorized_model_dir))
+    forget = load_run_data(_config(memorized_model_dir, memorized_model_dir.parent / "x", "ihl", "lora", 1e-2),
+                           loaded.tokenizer).forget
+    options, quiet = EvalConfig(batch_size=4), Progress(quiet=True)
+    full = evaluate_memorization(loaded.model, forget, options, quiet)
+    # a memorised set against an EL threshold below its first sequence's EL: decided after one sequence
+    low = min(full["el_per_sequence"]) / len(forget) / 2
+    decided = evaluate_memorization(loaded.model, forget, options, quiet, thresholds=(1.0, low))
+    assert decided["el"] is None and decided["el_scored"] == 1
+    assert low < decided["el_lower_bound"] <= full["el"]
+    # a threshold the mean may meet: every sequence is scored, the full value
+    exact = evaluate_memorization(loaded.model, forget, options, quiet, thresholds=(1.0, full["el"]))
+    assert exact["el"] == full["el"] and exact["el_per_sequence"] == full["el_per_sequence"]
+    assert evaluate_memorization(loaded.model, forget, options, quiet, thresholds=(0.0, 1.0))["el"] is None
 
 
 def test_non_finite_loss_keeps_last_good_state(memorized_model_dir, tmp_path):

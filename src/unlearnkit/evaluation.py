@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from unlearnkit.config import DownstreamConfig, EvalConfig, resolve_suite
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
@@ -26,25 +28,55 @@ from unlearnkit.progress import Progress
 
 
 def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
-                          label: str = "", el_if_ma_at_most: float | None = None) -> dict[str, Any]:
-    """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``; EL_n is ``None`` (not scored) when
-    ``el_if_ma_at_most`` is given and the mean MA is above it."""
+                          label: str = "", thresholds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``.
+
+    With ``thresholds = (τ_MA, τ_EL)`` only what the stopping rule "mean MA ≤ τ_MA and mean EL_n ≤ τ_EL"
+    needs is computed, and the rule's answer is the same as with every score: EL_n is not scored while the
+    mean MA is above τ_MA (``el`` is ``None``); otherwise it is scored a group of sequences at a time, the
+    highest MA first, and stops as soon as the running sum over all sequences proves the mean above τ_EL
+    (each term is ≥ 0): ``el`` is then ``None`` and ``el_lower_bound`` / ``el_scored`` say how it was
+    decided. When the criterion can be met, every sequence is scored and ``el`` is the full value.
+    """
     with progress.status(f"{label}: MA and EL{config.el_n} on {len(blocks)} sequences", announce=False):
         ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size)
-        if el_if_ma_at_most is not None and float(ma.mean()) > el_if_ma_at_most:
-            return {"name": blocks.name, "sequences": len(blocks), "ma": float(ma.mean()), "el": None,
-                    "ma_per_sequence": [round(float(v), 6) for v in ma], "el_per_sequence": None}
+        scores: dict[str, Any] = {"name": blocks.name, "sequences": len(blocks), "ma": float(ma.mean()), "el": None,
+                                  "ma_per_sequence": [round(float(v), 6) for v in ma], "el_per_sequence": None}
+        if thresholds is not None and float(ma.mean()) > thresholds[0]:
+            return scores
+        el = _decided_el(model, blocks, ma, config, thresholds[1] if thresholds is not None else None, scores)
+    if el is not None:
+        scores.update(el=float(el.mean()), el_per_sequence=[round(float(v), 6) for v in el])
+    return scores
+
+
+def _decided_el(model: Any, blocks: TokenBlocks, ma: torch.Tensor, config: EvalConfig, above: float | None,
+                scores: dict[str, Any]) -> torch.Tensor | None:
+    """EL_n per sequence, or ``None`` once the scored part proves the mean above ``above`` (recorded in
+    ``scores``)."""
+    order = sorted(range(len(blocks)), key=lambda row: -float(ma[row])) if above is not None else \
+        list(range(len(blocks)))
+    # Groups of a quarter batch keep the branch decoding batched (branches of several prefix lengths share
+    # a batch) while an epoch that has not forgotten is decided on a few sequences.
+    group = len(order) if above is None else max(1, config.batch_size // 4)
+    values = torch.zeros(len(blocks), dtype=torch.float64)
+    total = 0.0
+    for start in range(0, len(order), group):
+        rows = order[start:start + group]
+        part = blocks.subset(rows)
         if config.el_method == "fast":
-            el = extraction_likelihood(model, blocks.input_ids, n=config.el_n, attention_mask=blocks.attention_mask,
+            el = extraction_likelihood(model, part.input_ids, n=config.el_n, attention_mask=part.attention_mask,
                                        batch_size=config.batch_size)
         else:
-            el = extraction_likelihood_reference(model, blocks.input_ids, n=config.el_n,
-                                                 attention_mask=blocks.attention_mask)
-    return {
-        "name": blocks.name, "sequences": len(blocks),
-        "ma": float(ma.mean()), "el": float(el.mean()),
-        "ma_per_sequence": [round(float(v), 6) for v in ma], "el_per_sequence": [round(float(v), 6) for v in el],
-    }
+            el = extraction_likelihood_reference(model, part.input_ids, n=config.el_n,
+                                                 attention_mask=part.attention_mask)
+        values[rows] = el
+        total += float(el.sum())
+        # the unscored terms are >= 0, so the mean is at least total / N; a hair of slack for float sums
+        if above is not None and start + group < len(order) and total / len(order) > above + 1e-12:
+            scores.update(el_lower_bound=total / len(order), el_scored=start + group)
+            return None
+    return values
 
 
 def privacy_checks(model: Any, forget: TokenBlocks, holdout: TokenBlocks, config: EvalConfig,

@@ -189,12 +189,14 @@ def run_unlearning(
         # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
         model.eval()
         scores = evaluate_memorization(model, data.forget, config.eval, progress, label=f"epoch {epoch} · forget",
-                                       el_if_ma_at_most=thresholds.ma if config.eval.el_only_when_ma_passes else None)
-        record = {
+                                       thresholds=((thresholds.ma, thresholds.el)
+                                                   if config.eval.per_epoch_el == "decide" else None))
+        record: dict[str, Any] = {
             "epoch": epoch,
             **{k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
                if losses_of(epoch_losses, k)},
             "lr": step.lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
+            **{k: scores[k] for k in ("el_lower_bound", "el_scored") if k in scores},
             "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
             "elapsed_s": round(time.perf_counter() - started, 2), "tokens_seen": state.tokens_seen,
         }

@@ -61,7 +61,12 @@ class Progress:
             if key in record:
                 parts.append(f"{key} {record[key]:.4f}")
         parts.append(f"MA {record['forget_ma']:.3f} (≤ {record['ma_threshold']:.3f})")
-        el = "not scored (MA above its threshold)" if record["forget_el"] is None else f"{record['forget_el']:.4f}"
+        if "el_scored" in record:
+            el = f"> {record['el_lower_bound']:.4f} (decided on {record['el_scored']} sequences)"
+        elif record["forget_el"] is None:
+            el = "not scored (MA above its threshold)"
+        else:
+            el = f"{record['forget_el']:.4f}"
         parts.append(f"EL{el_n} {el} (≤ {record['el_threshold']:.4f})")
         parts.append(f"{record['elapsed_s']:.0f}s, {record['tokens_seen']} tokens")
         self.console.print(" · ".join(parts))

@@ -145,7 +145,7 @@ def render_report(result: RunResult) -> str:
         "",
         f"| epoch | loss | forget MA | forget EL{n} | elapsed (s) | tokens |",
         "|---:|---:|---:|---:|---:|---:|",
-        *[f"| {r['epoch']} | {r.get('loss', float('nan')):.4f} | {r['forget_ma']:.3f} | {_maybe(r['forget_el'])} | "
+        *[f"| {r['epoch']} | {r.get('loss', float('nan')):.4f} | {r['forget_ma']:.3f} | {_epoch_el(r)} | "
           f"{r['elapsed_s']:.0f} | {r['tokens_seen']} |" for r in state.history],
         "",
         "## Files",
@@ -162,8 +162,11 @@ def render_report(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _maybe(value: float | None) -> str:
-    return "— (MA above threshold)" if value is None else f"{value:.4f}"
+def _epoch_el(record: dict[str, Any]) -> str:
+    """An epoch's EL: its value, or how the stopping rule was decided without it."""
+    if "el_scored" in record:
+        return f"> {record['el_lower_bound']:.4f} (decided on {record['el_scored']} sequences)"
+    return "— (MA above threshold)" if record["forget_el"] is None else f"{record['forget_el']:.4f}"
 
 
 def audit_table(snapshot: dict[str, Any], n: int) -> Table:

@@ -168,10 +168,13 @@ class EvalConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the threshold interval")
     audit: bool = Field(True, description="extraction attack and membership inference before and after")
     retain_sequences: int = Field(0, ge=0, description="retain sequences also scored before and after (0: none)")
-    el_only_when_ma_passes: bool = Field(
-        False, description="after each epoch, score EL_n only once forget MA is at or below its threshold: the "
-                           "stopping rule needs both, so it stops at the same epoch, and EL_n of half-forgotten "
-                           "text is the dearest score of a run; the per-epoch EL curve then has gaps")
+    per_epoch_el: Literal["decide", "full"] = Field(
+        "decide", description="how EL_n is scored after each epoch. decide: only what the stopping rule needs, "
+                              "exactly: no EL while forget MA is above its threshold, and EL sequence by sequence, "
+                              "highest MA first, stopping once the running sum proves the mean is above its "
+                              "threshold (every term is >= 0); the epoch that meets the criterion, and the "
+                              "before/after snapshots, get the full value. full: every epoch's full EL_n (a "
+                              "complete per-epoch curve; EL of half-forgotten text is the dearest score of a run)")
     downstream: DownstreamConfig | None = Field(
         None, description="what the model kept, before and after: reasoning, dialogue, perplexity (null: off)")
 

@@ -205,7 +205,10 @@ def plot_demo(result: DemoResult, path: Path) -> None:
         history = run.result.state.history
         epochs = [0, *[r["epoch"] for r in history]]
         ma = [run.result.before["forget"]["ma"], *[r["forget_ma"] for r in history]]
-        el = [run.result.before["forget"]["el"], *[r["forget_el"] for r in history]]
+        # epochs the stopping rule decided without a full EL (MA above its threshold, or EL proven above
+        # its own) are gaps in the curve
+        el = [run.result.before["forget"]["el"],
+              *[float("nan") if r["forget_el"] is None else r["forget_el"] for r in history]]
         left.plot(epochs, ma, "-o", color=colour, label=f"{run.label}: forget MA")
         left.plot(epochs, el, "--s", color=colour, label=f"{run.label}: forget EL10")
     left.axhline(first.thresholds.ma, color="grey", linestyle=":", label="MA threshold (never seen)")
