@@ -228,3 +228,43 @@ def test_fixed_length_generation_is_the_same_greedy_decoding_past_eos(memorized,
     assert library == ours and all(len(c) == 16 for c in library)
     assert EOS in {t for c in library for t in c}  # decoding went on through an EOS
     assert model.generation_config.eos_token_id == eos_before
+
+
+def _tiny(architecture: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(5)
+    if architecture == "gpt-neo":
+        return tiny_gpt_neo(vocab_size=VOCAB)
+    if architecture == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                          bos_token_id=EOS, eos_token_id=EOS)).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        bos_token_id=EOS, eos_token_id=EOS)).eval()
+
+
+@pytest.mark.parametrize("architecture", ["gpt-neo", "gpt2", "llama"])
+def test_cache_reuse_gives_the_reference_tokens_on_each_architecture(architecture):
+    """Branch prefixes cut from the teacher-forced KV cache decode the same greedy tokens as prefilling them
+    (and as the reference): memorised and random rows, right padding, EOS inside a text, n = 1, 5, 10."""
+    gen = torch.Generator().manual_seed(6)
+    seqs = torch.randint(0, VOCAB - 1, (3, 24), generator=gen)
+    seqs[1, 9] = EOS
+    model = memorize_fully(_tiny(architecture), seqs)
+    rand = torch.randint(0, VOCAB, (2, 24), generator=gen)
+    rand[0, 4] = EOS
+    blocks = TokenBlocks.from_lists([seqs[0].tolist(), seqs[1, :19].tolist(), seqs[2].tolist(), rand[0].tolist(),
+                                     rand[1, :15].tolist()], name="mixed", pad_id=0)
+    lengths = blocks.attention_mask.sum(1).tolist()
+    rows, conts = _reference_continuations(model, blocks.input_ids, lengths, batch_size=32)
+    for n in (1, 5, 10):
+        reference = torch.tensor([_el_from_continuations(rows[b], conts[b], n) for b in range(len(rows))],
+                                 dtype=torch.float64)
+        reused = extraction_likelihood_details(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
+                                               batch_size=4)
+        assert reused.reused_cache and 0 < reused.branches < reused.prefixes
+        prefilled = extraction_likelihood_details(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
+                                                  batch_size=4, reuse_cache=False)
+        assert not prefilled.reused_cache
+        assert torch.equal(reused.el, reference) and torch.equal(prefilled.el, reference), (n, reused.el, reference)

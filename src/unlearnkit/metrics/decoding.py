@@ -12,6 +12,7 @@ continuation has exactly the length asked for.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -94,32 +95,86 @@ def greedy_generate(
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
-        cache = _output_cache(out)
-        logits = out.logits[:, -1, :]
-        # Rows that have all their tokens keep decoding with the batch (their extra tokens are discarded); their
-        # position stops advancing so it never passes the last one they need (a model's position table may end
-        # there: a GPT-Neo trained on 200-token blocks with 200 positions). Token k is fed to produce token k+1.
-        need = torch.tensor([max_new_tokens[r] for r in rows], device=device).unsqueeze(1)
-        next_pos = positions[:, -1:] + (need > 1).long()
-        generated = []
-        for step in range(steps):
-            top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
-            if top2.shape[-1] == 2:
-                min_margin = min(min_margin, float((top2[:, 0] - top2[:, 1]).min()))
-            token = logits.argmax(dim=-1, keepdim=True)
-            generated.append(token)
-            if step == steps - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, position_ids=next_pos,
-                        use_cache=True, **{cache_kw: cache})
-            cache = _output_cache(out)
-            logits = out.logits[:, -1, :]
-            next_pos = next_pos + (need > step + 2).long()
-        tokens = torch.cat(generated, dim=1).tolist()
+        need = [max_new_tokens[r] for r in rows]
+        tokens, margin = _decode(model, out, mask, positions[:, -1:], need, cache_kw)
+        min_margin = min(min_margin, margin)
         for j, r in enumerate(rows):
             results[r] = tokens[j][: max_new_tokens[r]]
     return results, min_margin
+
+
+def _decode(model: torch.nn.Module, out: Any, mask: torch.Tensor, last_pos: torch.Tensor, need: list[int],
+            cache_kw: str) -> tuple[list[list[int]], float]:
+    """The greedy decode loop shared by every path: from the output ``out`` of a forward pass whose last
+    positions are ``last_pos`` ([R, 1]), ``max(need)`` tokens per row (row j keeps its first ``need[j]``),
+    and the smallest top-1 minus top-2 logit gap over the decisions taken."""
+    cache = _output_cache(out)
+    logits = out.logits[:, -1, :]
+    steps = max(need)
+    # Rows that have all their tokens keep decoding with the batch (their extra tokens are discarded); their
+    # position stops advancing so it never passes the last one they need (a model's position table may end
+    # there: a GPT-Neo trained on 200-token blocks with 200 positions). Token k is fed to produce token k+1.
+    wanted = torch.tensor(need, device=mask.device).unsqueeze(1)
+    next_pos = last_pos + (wanted > 1).long()
+    generated = []
+    min_margin = float("inf")
+    for step in range(steps):
+        top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
+        if top2.shape[-1] == 2:
+            min_margin = min(min_margin, float((top2[:, 0] - top2[:, 1]).min()))
+        token = logits.argmax(dim=-1, keepdim=True)
+        generated.append(token)
+        if step == steps - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        out = model(input_ids=token, attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache})
+        cache = _output_cache(out)
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + (wanted > step + 2).long()
+    return torch.cat(generated, dim=1).tolist(), min_margin
+
+
+def prefix_cache_slice(cache: Any, rows: Sequence[int], length: int) -> Any:
+    """The KV cache of the first ``length`` tokens of ``rows``, cut from the cache of a teacher-forced pass over
+    whole rows, without copying or changing ``cache``; ``None`` where that cannot be done exactly (a cache type
+    other than transformers' dynamic full or sliding-window layers, or a sliding window already full).
+
+    Causal attention makes a token's keys and values depend on the tokens before it only, so these are the
+    keys and values a prefill of the prefix would compute, up to float rounding of the different shapes.
+    """
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+        return None
+    if any(layer.is_sliding and layer.get_seq_length() >= layer.sliding_window for layer in layers):
+        return None
+    cut = copy.copy(cache)
+    cut.layers = [copy.copy(layer) for layer in layers]
+    index = torch.tensor(list(rows), device=layers[0].keys.device)
+    for layer in cut.layers:  # both methods assign new tensors: the source cache keeps its own
+        layer.batch_select_indices(index)
+        layer.crop(length - layer.keys.shape[-2])
+    return cut
+
+
+def greedy_continue(model: torch.nn.Module, cache: Any, prefix_length: int, first_tokens: Sequence[int],
+                    max_new_tokens: Sequence[int]) -> tuple[list[list[int]], float]:
+    """Greedy continuations of prompts ``prefix + [first_tokens[j]]`` whose prefixes (all ``prefix_length``
+    tokens, right after one another from position 0) are already in ``cache`` (:func:`prefix_cache_slice`):
+    only the last prompt token is fed, then ``max_new_tokens[j]`` tokens are decoded as
+    :func:`greedy_generate` decodes them. Call it inside :func:`eval_mode`."""
+    if max(max_new_tokens, default=0) <= 0:
+        return [[] for _ in first_tokens], float("inf")
+    device = model_device(model)
+    rows = len(first_tokens)
+    ids = torch.tensor(list(first_tokens), dtype=torch.long, device=device).unsqueeze(1)
+    mask = torch.ones((rows, prefix_length + 1), dtype=torch.long, device=device)
+    positions = torch.full((rows, 1), prefix_length, dtype=torch.long, device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{_cache_kwarg(model): cache})
+    tokens, margin = _decode(model, out, mask, positions, list(max_new_tokens), _cache_kwarg(model))
+    return [row[:new] for row, new in zip(tokens, max_new_tokens, strict=True)], margin
 
 
 def context_limit(model: torch.nn.Module) -> int | None:

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.decoding import eval_mode, greedy_generate, model_device
+from unlearnkit.metrics.decoding import eval_mode, greedy_continue, greedy_generate, model_device, prefix_cache_slice
 
 __all__ = [
     "ELDetails",
@@ -116,15 +117,20 @@ def _check_lengths(lengths: list[int], n: int) -> None:
 
 
 def _teacher_forced_argmax(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int,
+    caches: list[Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """argmax_v p(v | x_<t) for every position, and the top-1 minus top-2 logit gap; one pass per batch."""
+    """argmax_v p(v | x_<t) for every position, and the top-1 minus top-2 logit gap; one pass per batch. With
+    ``caches`` (a list) the KV cache of each batch is appended to it."""
     device = model_device(model)
     preds, margins = [], []
     for start in range(0, input_ids.shape[0], batch_size):
         ids = input_ids[start : start + batch_size].to(device)
         mask = attention_mask[start : start + batch_size].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        out = model(input_ids=ids, attention_mask=mask, use_cache=caches is not None)
+        if caches is not None:
+            caches.append(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
+        logits = out.logits
         preds.append(logits.argmax(dim=-1).cpu())
         top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
         gap = top2[..., 0] - top2[..., -1] if top2.shape[-1] == 2 else torch.full_like(top2[..., 0], 1e9)
@@ -208,6 +214,7 @@ class ELDetails:
     prefixes: int  # all prefixes i = 1..T-1 over all rows
     generated_tokens: int  # tokens decoded for the branches
     min_margin: float  # smallest top-1 minus top-2 logit gap over all argmax decisions taken
+    reused_cache: bool = False  # branch prefixes came from the teacher-forced pass's KV cache
 
 
 def extraction_likelihood_details(
@@ -216,6 +223,7 @@ def extraction_likelihood_details(
     n: int = 10,
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 32,
+    reuse_cache: bool = True,
 ) -> ELDetails:
     """Fast exact EL_n (Eqs. 6-7) with diagnostics; see :func:`extraction_likelihood`."""
     lengths = valid_lengths(input_ids, attention_mask)
@@ -223,8 +231,10 @@ def extraction_likelihood_details(
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     rows = [input_ids[b, : lengths[b]].tolist() for b in range(len(lengths))]
     with eval_mode(model):
-        # One teacher-forced pass gives the first greedy token of every prefix: first[b][i-1] follows x[:i].
-        first_t, margin_t = _teacher_forced_argmax(model, input_ids, mask, batch_size)
+        # One teacher-forced pass gives the first greedy token of every prefix: first[b][i-1] follows x[:i],
+        # and its KV cache holds every prefix's keys and values.
+        caches: list[Any] | None = [] if reuse_cache else None
+        first_t, margin_t = _teacher_forced_argmax(model, input_ids, mask, batch_size, caches)
         first = first_t.tolist()
         min_margin = min((float(margin_t[b, : lengths[b] - 1].min()) for b in range(len(rows))),
                          default=float("inf"))
@@ -233,10 +243,13 @@ def extraction_likelihood_details(
                     if first[b][i - 1] != rows[b][i]]
         # Sorting by prompt length keeps left padding and per-batch decode lengths small.
         branches.sort(key=lambda bi: (bi[1], bi[0]))
-        prompts = [rows[b][:i] + [first[b][i - 1]] for b, i in branches]
         wanted = [lengths[b] - i - 1 for b, i in branches]
-        tails, gen_margin = greedy_generate(model, prompts, wanted, batch_size)
-    min_margin = min(min_margin, gen_margin)
+        decoded = _decode_from_cache(model, caches, batch_size, branches, first, wanted) if caches else None
+        if decoded is not None:
+            tails, gen_margin = decoded
+        else:
+            prompts = [rows[b][:i] + [first[b][i - 1]] for b, i in branches]
+            tails, gen_margin = greedy_generate(model, prompts, wanted, batch_size)
     branch_cont = {bi: [first[bi[0]][bi[1] - 1], *tail] for bi, tail in zip(branches, tails, strict=True)}
 
     values = []
@@ -252,7 +265,32 @@ def extraction_likelihood_details(
         prefixes=sum(length - 1 for length in lengths),
         generated_tokens=sum(wanted),
         min_margin=min_margin,
+        reused_cache=decoded is not None,
     )
+
+
+def _decode_from_cache(model: torch.nn.Module, caches: list[Any], batch_size: int,
+                       branches: list[tuple[int, int]], first: list[list[int]],
+                       wanted: list[int]) -> tuple[list[list[int]], float] | None:
+    """The branches' continuations decoded from the teacher-forced pass's KV cache: the branches of one
+    teacher-forced batch with the same prefix length share a decode batch, and no prefix is computed again.
+    ``None`` when the model's cache cannot be cut exactly (see :func:`prefix_cache_slice`)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, (b, i) in enumerate(branches):
+        groups.setdefault((b // batch_size, i), []).append(k)
+    tails: list[list[int]] = [[] for _ in branches]
+    min_margin = float("inf")
+    for (chunk, length), members in groups.items():
+        rows = [branches[k][0] - chunk * batch_size for k in members]
+        cache = prefix_cache_slice(caches[chunk], rows, length)
+        if cache is None:
+            return None
+        out, margin = greedy_continue(model, cache, length, [first[branches[k][0]][length - 1] for k in members],
+                                      [wanted[k] for k in members])
+        min_margin = min(min_margin, margin)
+        for k, tail in zip(members, out, strict=True):
+            tails[k] = tail
+    return tails, min_margin
 
 
 def extraction_likelihood(
@@ -261,6 +299,7 @@ def extraction_likelihood(
     n: int = 10,
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 32,
+    reuse_cache: bool = True,
 ) -> torch.Tensor:
     """Extraction likelihood EL_n, Eqs. 6-7, fast and exact: same greedy tokens as
     :func:`extraction_likelihood_reference`, hence the same values (see the module docstring on ties).
@@ -269,7 +308,9 @@ def extraction_likelihood(
     for every i. Where that token is x_i, the continuation is x_i followed by the continuation from x[:i+1]
     (the same prompt). So only the prefixes where the model departs from the text ("branches") are decoded,
     batched and sorted by length; the rest is assembled backwards from i = T-1. A memorised text has few
-    branches (cost ~ one forward pass); an unmemorised one costs about what the reference costs.
+    branches (cost ~ one forward pass). A branch's prefix is never computed again: its keys and values are
+    cut from the teacher-forced pass's KV cache (``reuse_cache``; a model whose cache cannot be cut exactly
+    prefills the prefixes instead), so an unmemorised text costs the branches' decoding only.
     Returns ``float64[B]``.
     """
-    return extraction_likelihood_details(model, input_ids, n, attention_mask, batch_size).el
+    return extraction_likelihood_details(model, input_ids, n, attention_mask, batch_size, reuse_cache).el
