@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +27,19 @@ IGNORE_INDEX = -100
 
 
 def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Align next-token logits with their targets; return (logits, targets, mask) flattened."""
-    logits = logits[:, :-1, :].reshape(-1, logits.shape[-1])
-    targets = labels[:, 1:].reshape(-1)
-    mask = targets != IGNORE_INDEX
+    """Align next-token logits with their targets; return (logits, targets, mask) flattened over ``B×T``.
+
+    The targets are shifted rather than the logits: ``logits.view(B*T, V)`` is free, while slicing off the
+    last position first would copy the whole ``B×T×V`` tensor. Each row's last position gets the ignore
+    index (it predicts nothing), so it is masked like padding.
+    """
+    vocab = logits.shape[-1]
+    targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1).reshape(-1)
+    flat = logits.reshape(-1, vocab)
     # Half-precision logits are upcast: the softmax over a large vocabulary needs fp32 range.
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return logits, targets, mask
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    return flat, targets, targets != IGNORE_INDEX
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none",
@@ -45,7 +51,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none
     if dtype is not None:
         logits = logits.to(dtype)
     nll = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction=reduction)
-    return nll.view(batch, length - 1) if reduction == "none" else nll
+    return nll.view(batch, length)[:, :-1] if reduction == "none" else nll
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -63,22 +69,53 @@ def inverted_hinge_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
     Probabilities come from one log-softmax normaliser (logsumexp) evaluated only at the two
     logits that matter: the true token's and the best other token's (a top-2 over the
-    logits). No second ``B×T×V`` probability tensor is built, and the gradient is the closed
-    form of Appendix A.
+    logits). The backward pass is the closed form of Appendix A (:class:`_InvertedHinge`): one ``B×T×V``
+    tensor (the softmax, scaled) plus two scatters, where autograd would build three.
     """
     logits, targets, mask = _shift(logits, labels)
-    logits = logits[mask]
-    targets = targets[mask]
-    if targets.numel() == 0:
+    if not bool(mask.any()):
         return logits.sum() * 0.0
-    log_normaliser = torch.logsumexp(logits, dim=-1)
-    true_logit = logits.gather(1, targets[:, None]).squeeze(1)
-    top2_values, top2_index = logits.topk(2, dim=-1)
-    # The best *other* token is the top-1 unless the top-1 is the true token itself.
-    best_other_logit = torch.where(top2_index[:, 0] == targets, top2_values[:, 1], top2_values[:, 0])
-    p_true = torch.exp(true_logit - log_normaliser)
-    p_best_other = torch.exp(best_other_logit - log_normaliser)
-    return torch.clamp(1.0 + p_true - p_best_other, min=0.0).mean()
+    loss: torch.Tensor = _InvertedHinge.apply(logits, targets, mask)
+    return loss
+
+
+class _InvertedHinge(torch.autograd.Function):
+    """Mean IHL over the masked rows of ``logits [N, V]`` with the gradient of Appendix A:
+
+    ∂/∂z [p_t − p_o] = p_t (e_t − softmax(z)) − p_o (e_o − softmax(z)) on tokens where the hinge is active
+    (``o`` the best other token), 0 elsewhere.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Every position is computed (masked ones too, then weighted 0): selecting the unmasked rows first
+        # would copy the N×V logits.
+        safe_targets = targets.clamp(min=0)
+        log_normaliser = torch.logsumexp(logits, dim=-1)
+        true_logit = logits.gather(1, safe_targets[:, None]).squeeze(1)
+        top2_values, top2_index = logits.topk(2, dim=-1)
+        # The best *other* token is the top-1 unless the top-1 is the true token itself.
+        true_is_top = top2_index[:, 0] == safe_targets
+        other_logit = torch.where(true_is_top, top2_values[:, 1], top2_values[:, 0])
+        other_index = torch.where(true_is_top, top2_index[:, 1], top2_index[:, 0])
+        p_true = torch.exp(true_logit - log_normaliser)
+        p_other = torch.exp(other_logit - log_normaliser)
+        hinge = 1.0 + p_true - p_other
+        weights = mask.to(hinge.dtype) / mask.sum()
+        # d loss / d hinge per token: its weight where the hinge is active (max(0, ·) passes it), else 0
+        coefficient = weights * (hinge > 0).to(hinge.dtype)
+        ctx.save_for_backward(logits, log_normaliser, p_true, p_other, safe_targets, other_index, coefficient)
+        return (hinge.clamp(min=0.0) * weights).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, log_normaliser, p_true, p_other, targets, other_index, coefficient = ctx.saved_tensors
+        scale = grad_output * coefficient
+        grad = torch.exp(logits - log_normaliser[:, None])  # the softmax, the one full-size tensor
+        grad.mul_((scale * (p_other - p_true))[:, None])
+        grad.scatter_add_(1, targets[:, None], (scale * p_true)[:, None])
+        grad.scatter_add_(1, other_index[:, None], (-scale * p_other)[:, None])
+        return grad, None, None
 
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -81,7 +81,7 @@ def greedy_generate(
     keep: dict[str, int] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
     results: list[list[int]] = [[] for _ in prompts]
     min_margin = float("inf")
-    for rows in _decode_batches([len(p) for p in prompts], max_new_tokens, batch_size, context_limit(model)):
+    for rows in decode_batches([len(p) for p in prompts], max_new_tokens, batch_size, context_limit(model)):
         steps = max(max_new_tokens[r] for r in rows)
         if steps <= 0:
             continue
@@ -134,46 +134,65 @@ def _decode(model: torch.nn.Module, out: Any, mask: torch.Tensor, last_pos: torc
     return torch.cat(generated, dim=1).tolist(), min_margin
 
 
-def prefix_cache_slice(cache: Any, rows: Sequence[int], length: int) -> Any:
-    """The KV cache of the first ``length`` tokens of ``rows``, cut from the cache of a teacher-forced pass over
-    whole rows, without copying or changing ``cache``; ``None`` where that cannot be done exactly (a cache type
-    other than transformers' dynamic full or sliding-window layers, or a sliding window already full).
+def left_padded_prefix_cache(caches: Sequence[Any], chunk_rows: int, prefixes: Sequence[tuple[int, int]]) -> Any:
+    """One KV cache holding, left-padded to the longest, the first ``length`` tokens of row ``b`` for every
+    ``(b, length)`` in ``prefixes``, cut from the caches of a teacher-forced pass over whole rows in batches
+    of ``chunk_rows`` (``caches[b // chunk_rows]`` holds row ``b``); ``None`` where that cannot be done exactly
+    (a cache type other than transformers' dynamic full or sliding-window layers, or a sliding window that
+    was already full). The caches are not changed.
 
     Causal attention makes a token's keys and values depend on the tokens before it only, so these are the
-    keys and values a prefill of the prefix would compute, up to float rounding of the different shapes.
+    keys and values a prefill of each prefix would compute, up to float rounding of the different shapes;
+    left padding is what :func:`greedy_generate` uses too (masked, and positions given explicitly).
     """
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+    found = [getattr(cache, "layers", None) for cache in caches]
+    if not found or any(not layers for layers in found):
         return None
-    if any(layer.is_sliding and layer.get_seq_length() >= layer.sliding_window for layer in layers):
-        return None
-    cut = copy.copy(cache)
-    cut.layers = [copy.copy(layer) for layer in layers]
-    index = torch.tensor(list(rows), device=layers[0].keys.device)
-    for layer in cut.layers:  # both methods assign new tensors: the source cache keeps its own
-        layer.batch_select_indices(index)
-        layer.crop(length - layer.keys.shape[-2])
-    return cut
+    sources: list[Any] = found
+    for layers in sources:
+        if any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
+            return None
+        if any(layer.is_sliding and layer.get_seq_length() >= layer.sliding_window for layer in layers):
+            return None
+    width = max(length for _, length in prefixes)
+    batch = copy.copy(caches[0])
+    batch.layers = []
+    for index, template in enumerate(sources[0]):
+        keys = template.keys.new_zeros((len(prefixes), *template.keys.shape[1:2], width, template.keys.shape[-1]))
+        values = template.values.new_zeros((len(prefixes), *template.values.shape[1:2], width,
+                                            template.values.shape[-1]))
+        for j, (row, length) in enumerate(prefixes):
+            source = sources[row // chunk_rows][index]
+            keys[j, :, width - length:] = source.keys[row % chunk_rows, :, :length]
+            values[j, :, width - length:] = source.values[row % chunk_rows, :, :length]
+        layer = copy.copy(template)
+        layer.keys, layer.values = keys, values
+        if layer.is_sliding:
+            layer.cumulative_length = width
+        batch.layers.append(layer)
+    return batch
 
 
-def greedy_continue(model: torch.nn.Module, cache: Any, prefix_length: int, first_tokens: Sequence[int],
+def greedy_continue(model: torch.nn.Module, cache: Any, prefix_lengths: Sequence[int], first_tokens: Sequence[int],
                     max_new_tokens: Sequence[int]) -> tuple[list[list[int]], float]:
-    """Greedy continuations of prompts ``prefix + [first_tokens[j]]`` whose prefixes (all ``prefix_length``
-    tokens, right after one another from position 0) are already in ``cache`` (:func:`prefix_cache_slice`):
-    only the last prompt token is fed, then ``max_new_tokens[j]`` tokens are decoded as
-    :func:`greedy_generate` decodes them. Call it inside :func:`eval_mode`."""
+    """Greedy continuations of prompts ``prefix_j + [first_tokens[j]]`` whose prefixes (``prefix_lengths[j]``
+    tokens from position 0) are already in ``cache``, left-padded (:func:`left_padded_prefix_cache`): only the
+    last prompt token is fed, then ``max_new_tokens[j]`` tokens are decoded as :func:`greedy_generate` decodes
+    them. Call it inside :func:`eval_mode`."""
     if max(max_new_tokens, default=0) <= 0:
         return [[] for _ in first_tokens], float("inf")
     device = model_device(model)
-    rows = len(first_tokens)
+    width = max(prefix_lengths)
     ids = torch.tensor(list(first_tokens), dtype=torch.long, device=device).unsqueeze(1)
-    mask = torch.ones((rows, prefix_length + 1), dtype=torch.long, device=device)
-    positions = torch.full((rows, 1), prefix_length, dtype=torch.long, device=device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{_cache_kwarg(model): cache})
-    tokens, margin = _decode(model, out, mask, positions, list(max_new_tokens), _cache_kwarg(model))
+    mask = torch.zeros((len(first_tokens), width + 1), dtype=torch.long, device=device)
+    for j, length in enumerate(prefix_lengths):
+        mask[j, width - length:] = 1
+    positions = torch.tensor(list(prefix_lengths), dtype=torch.long, device=device).unsqueeze(1)
+    cache_kw = _cache_kwarg(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache})
+    tokens, margin = _decode(model, out, mask, positions, list(max_new_tokens), cache_kw)
     return [row[:new] for row, new in zip(tokens, max_new_tokens, strict=True)], margin
 
 
@@ -184,7 +203,7 @@ def context_limit(model: torch.nn.Module) -> int | None:
     return int(limit) if isinstance(limit, int) and limit > 0 else None
 
 
-def _decode_batches(prompt_lengths: Sequence[int], new_tokens: Sequence[int], batch_size: int,
+def decode_batches(prompt_lengths: Sequence[int], new_tokens: Sequence[int], batch_size: int,
                     limit: int | None) -> Iterator[list[int]]:
     """Consecutive rows, at most ``batch_size`` per batch, such that a batch's padded width plus its decode steps
     stays within ``limit`` positions: a left-padded row's cache holds the batch's full width, and a model with a

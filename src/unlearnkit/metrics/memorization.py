@@ -34,7 +34,15 @@ from typing import Any
 import torch
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.decoding import eval_mode, greedy_continue, greedy_generate, model_device, prefix_cache_slice
+from unlearnkit.metrics.decoding import (
+    context_limit,
+    decode_batches,
+    eval_mode,
+    greedy_continue,
+    greedy_generate,
+    left_padded_prefix_cache,
+    model_device,
+)
 
 __all__ = [
     "ELDetails",
@@ -224,6 +232,7 @@ def extraction_likelihood_details(
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 32,
     reuse_cache: bool = True,
+    decode_rows: int | None = None,
 ) -> ELDetails:
     """Fast exact EL_n (Eqs. 6-7) with diagnostics; see :func:`extraction_likelihood`."""
     lengths = valid_lengths(input_ids, attention_mask)
@@ -244,7 +253,8 @@ def extraction_likelihood_details(
         # Sorting by prompt length keeps left padding and per-batch decode lengths small.
         branches.sort(key=lambda bi: (bi[1], bi[0]))
         wanted = [lengths[b] - i - 1 for b, i in branches]
-        decoded = _decode_from_cache(model, caches, batch_size, branches, first, wanted) if caches else None
+        decoded = (_decode_from_cache(model, caches, batch_size, decode_rows or batch_size, branches, first, wanted)
+                   if caches else None)
         if decoded is not None:
             tails, gen_margin = decoded
         else:
@@ -269,23 +279,23 @@ def extraction_likelihood_details(
     )
 
 
-def _decode_from_cache(model: torch.nn.Module, caches: list[Any], batch_size: int,
+def _decode_from_cache(model: torch.nn.Module, caches: list[Any], chunk_rows: int, decode_rows: int,
                        branches: list[tuple[int, int]], first: list[list[int]],
                        wanted: list[int]) -> tuple[list[list[int]], float] | None:
-    """The branches' continuations decoded from the teacher-forced pass's KV cache: the branches of one
-    teacher-forced batch with the same prefix length share a decode batch, and no prefix is computed again.
-    ``None`` when the model's cache cannot be cut exactly (see :func:`prefix_cache_slice`)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for k, (b, i) in enumerate(branches):
-        groups.setdefault((b // batch_size, i), []).append(k)
+    """The branches' continuations decoded from the teacher-forced pass's KV cache, batched as
+    :func:`greedy_generate` batches the prompts, but with no prefix computed again. ``None`` when the
+    model's cache cannot be cut exactly (see :func:`left_padded_prefix_cache`)."""
     tails: list[list[int]] = [[] for _ in branches]
     min_margin = float("inf")
-    for (chunk, length), members in groups.items():
-        rows = [branches[k][0] - chunk * batch_size for k in members]
-        cache = prefix_cache_slice(caches[chunk], rows, length)
+    limit = context_limit(model)
+    for members in decode_batches([i + 1 for _, i in branches], wanted, decode_rows, limit):
+        if max(wanted[k] for k in members) <= 0:
+            continue
+        cache = left_padded_prefix_cache(caches, chunk_rows, [branches[k] for k in members])
         if cache is None:
             return None
-        out, margin = greedy_continue(model, cache, length, [first[branches[k][0]][length - 1] for k in members],
+        out, margin = greedy_continue(model, cache, [branches[k][1] for k in members],
+                                      [first[branches[k][0]][branches[k][1] - 1] for k in members],
                                       [wanted[k] for k in members])
         min_margin = min(min_margin, margin)
         for k, tail in zip(members, out, strict=True):
