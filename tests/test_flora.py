@@ -273,3 +273,28 @@ def test_retain_fisher_sample_is_seeded_and_sized_like_the_forget_set():
     assert len(fisher_retain_sample(retain, 8, FloraOptions(retain_sequences=20), seed=1)) == 20
     assert len(fisher_retain_sample(retain, 8, FloraOptions(retain_sequences=None), seed=1)) == 100
     assert len(fisher_retain_sample(retain, 8, FloraOptions(retain_sequences=500), seed=1)) == 100
+
+
+def test_auto_svd_is_exact_on_small_layers_and_randomized_and_close_on_large_ones():
+    from unlearnkit.adapters.flora.maths import AUTO_RANDOMIZED_MIN_DIM
+
+    gen = torch.Generator().manual_seed(7)
+    small, weights = torch.randn(64, 48, generator=gen), torch.rand(64, generator=gen)
+    assert all(torch.equal(x, y) for x, y in zip(flora_factors(small, weights, 4, "auto"),
+                                                 flora_factors(small, weights, 4, "exact"), strict=True))
+    size = AUTO_RANDOMIZED_MIN_DIM
+    # a decaying spectrum, like trained weights
+    large = torch.randn(size, 16, generator=gen) @ torch.randn(16, size, generator=gen) + 0.1 * torch.randn(
+        size, size, generator=gen)
+    row = torch.rand(size, generator=gen) ** 4
+    torch.manual_seed(0)
+    auto = flora_factors(large, row, 8, "auto")
+    torch.manual_seed(0)
+    randomized = flora_factors(large, row, 8, "randomized")
+    assert all(torch.equal(x, y) for x, y in zip(auto, randomized, strict=True))
+    exact = flora_factors(large, row, 8, "exact")
+
+    def objective(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(((row / row.max())[:, None] * (large - b @ a)).square().sum())
+
+    assert objective(*exact) <= objective(*auto) <= 1.01 * objective(*exact)

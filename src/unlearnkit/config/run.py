@@ -85,8 +85,10 @@ class FloraOptions(BaseModel):
     """Added to the retain Fisher (per token) before dividing: F_rel = F_f / (F_r + eps)."""
     solver: Literal["row", "elementwise"] = "row"
     """``row``: closed form of Eq. 4 (the paper's choice); ``elementwise``: EM for Eq. 3."""
-    svd: Literal["exact", "randomized"] = "exact"
-    """``randomized`` uses torch.svd_lowrank (faster on large layers, approximate)."""
+    svd: Literal["auto", "exact", "randomized"] = "auto"
+    """``randomized``: torch.svd_lowrank (an order of magnitude faster on large layers; the Eq. 4 objective
+    within about 1 %, see benchmarks/README.md); ``auto``: randomized for layers of at least 512 x 512 at
+    ranks up to an eighth of that, exact otherwise."""
     fisher_batch_size: int = Field(default=8, ge=1)
     em_iterations: int = Field(default=50, ge=0)
     em_tolerance: float = Field(default=1e-6, ge=0.0)

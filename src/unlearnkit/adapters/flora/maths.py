@@ -37,14 +37,22 @@ def row_weights(f_rel: torch.Tensor) -> torch.Tensor:
     return f_rel.float().clamp_min(0).sum(dim=1).sqrt()
 
 
+#: ``svd="auto"`` uses the randomized SVD for layers at least this wide in both dimensions, at ranks up to
+#: an eighth of that; benchmarks/README.md has the measured cost and Eq. 4 objective of both.
+AUTO_RANDOMIZED_MIN_DIM = 512
+
+
 def _rank_r_svd(matrix: torch.Tensor, rank: int, svd: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if svd == "auto":
+        small = min(matrix.shape)
+        svd = "randomized" if small >= AUTO_RANDOMIZED_MIN_DIM and rank <= small // 8 else "exact"
     if svd == "randomized" and rank < min(matrix.shape):
         # A few power iterations make the randomized range finder accurate for decaying spectra.
         q = min(rank + 8, min(matrix.shape))
         u, s, v = torch.svd_lowrank(matrix, q=q, niter=4)
         return u[:, :rank], s[:rank], v[:, :rank].T
     if svd not in ("exact", "randomized"):
-        raise UnlearnkitError(f'Unknown SVD method "{svd}"; choose one of: exact, randomized.')
+        raise UnlearnkitError(f'Unknown SVD method "{svd}"; choose one of: auto, exact, randomized.')
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :rank], s[:rank], vh[:rank]
 
