@@ -253,7 +253,8 @@ def extraction_likelihood_details(
         # Sorting by prompt length keeps left padding and per-batch decode lengths small.
         branches.sort(key=lambda bi: (bi[1], bi[0]))
         wanted = [lengths[b] - i - 1 for b, i in branches]
-        decoded = (_decode_from_cache(model, caches, batch_size, decode_rows or batch_size, branches, first, wanted)
+        rows_per_batch = decode_rows or _decode_rows(caches, batch_size, max(lengths, default=1))
+        decoded = (_decode_from_cache(model, caches, batch_size, rows_per_batch, branches, first, wanted)
                    if caches else None)
         if decoded is not None:
             tails, gen_margin = decoded
@@ -277,6 +278,21 @@ def extraction_likelihood_details(
         min_margin=min_margin,
         reused_cache=decoded is not None,
     )
+
+
+#: Memory for the branches' KV caches in one decode batch (the default batch is sized to it).
+DECODE_CACHE_BYTES = 1 << 30
+
+
+def _decode_rows(caches: list[Any] | None, batch_size: int, longest: int) -> int:
+    """Branches per decode batch: as many as :data:`DECODE_CACHE_BYTES` of KV cache holds, between
+    ``batch_size`` and 4 × ``batch_size`` (wider batches span more prefix lengths, and rows that finish
+    early keep decoding with the batch, so beyond that the waste outgrows the gain)."""
+    layers = getattr(caches[0], "layers", None) if caches else None
+    if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
+        return batch_size
+    per_token = sum(2 * layer.keys.shape[1] * layer.keys.shape[-1] * layer.keys.element_size() for layer in layers)
+    return max(batch_size, min(4 * batch_size, DECODE_CACHE_BYTES // max(1, per_token * longest)))
 
 
 def _decode_from_cache(model: torch.nn.Module, caches: list[Any], chunk_rows: int, decode_rows: int,
