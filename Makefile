@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SHARED_DATA := $(abspath ../shared/data)
 export UNLEARNKIT_DATA ?= $(if $(wildcard $(SHARED_DATA)/README.md),$(SHARED_DATA),$(HOME)/.cache/unlearnkit/data)
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-full clean
 
 setup: $(STAMP)
 
@@ -37,9 +37,19 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# Smoke versions of every speed benchmark (seconds each); `make bench-full` regenerates the figures of
+# benchmarks/README.md (hours on 2 cores: EL against the reference is the slow part).
 bench: setup
 	$(BIN)/python benchmarks/el_speed.py --quick
 	$(BIN)/python benchmarks/flora_init.py --quick
+	$(BIN)/python benchmarks/train_speed.py --quick
+	$(BIN)/python benchmarks/criterion_cost.py --quick
+
+bench-full: setup
+	$(BIN)/python benchmarks/el_speed.py --threads 1 --sequences 16 --seq-len 100 --big-sequences 8 --big-seq-len 100
+	$(BIN)/python benchmarks/train_speed.py --threads 2 --models neo125m,smollm2
+	$(BIN)/python benchmarks/flora_init.py --threads 2
+	$(BIN)/python benchmarks/criterion_cost.py --threads 2 --model smollm2 --sequences 32 --seq-len 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

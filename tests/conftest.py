@@ -34,6 +34,19 @@ def tiny_gpt_neo(vocab_size: int = 96, seed: int = 0, layers: int = 2, hidden: i
     return GPTNeoForCausalLM(config).eval()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Runs keep scores (and showcases models) in $UNLEARNKIT_CACHE: the tests use their own, never the
+    user's ~/.cache (tests that need a particular cache set it themselves)."""
+    saved = os.environ.get("UNLEARNKIT_CACHE")
+    os.environ["UNLEARNKIT_CACHE"] = str(tmp_path_factory.mktemp("unlearnkit-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("UNLEARNKIT_CACHE", None)
+    else:
+        os.environ["UNLEARNKIT_CACHE"] = saved
+
+
 @pytest.fixture
 def data_dir() -> Path:
     if not SHARED_DATA.exists():

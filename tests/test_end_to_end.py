@@ -340,3 +340,27 @@ def test_a_staging_directory_left_by_a_killed_writer_is_removed_with_a_message(t
     with staged_directory(tmp_path / "run", replace=False) as staging:
         assert staging.name.startswith(f".run.partial-{os.getpid()}-")
     assert remove_stale_staging(tmp_path / "run") == [stale] and not stale.exists() and mine.exists()
+
+
+def test_scores_before_unlearning_are_cached_by_model_and_data(memorized_model_dir, tmp_path, monkeypatch):
+    from unlearnkit import evaluation
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
+    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 5e-2, ["train.epochs=1"])
+    first = run_unlearning(config, quiet=True)
+    stored = sorted((tmp_path / "cache" / "scores").glob("*.json"))
+    assert len(stored) == 2  # forget and held-out sets
+    calls: list[str] = []
+    measured = evaluation.evaluate_memorization
+    def counted(model, blocks, config, progress, label="", **kwargs):
+        if label.startswith("before"):
+            calls.append(blocks.name)
+        return measured(model, blocks, config, progress, label, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_memorization", counted)
+    second = run_unlearning(config, quiet=True)
+    assert calls == [] and second.before == first.before and second.thresholds == first.thresholds
+    # other weights are other scores: the cache is not used
+    other = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 5e-2, ["train.epochs=1", "eval.el_n=5"])
+    run_unlearning(other, quiet=True)
+    assert len(calls) == 2 and len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 4

@@ -7,8 +7,12 @@ checks (TDEC extraction attack, membership inference); with ``eval.downstream``,
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import torch
 from unlearnkit.config import DownstreamConfig, EvalConfig, resolve_suite
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
+from unlearnkit.io import atomic_write_json
 from unlearnkit.metrics.memorization import (
     extraction_likelihood,
     extraction_likelihood_reference,
@@ -97,17 +102,63 @@ def privacy_checks(model: Any, forget: TokenBlocks, holdout: TokenBlocks, config
     return checks
 
 
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every weight and buffer (name, dtype, shape, bytes): equal exactly for the same weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoreCache:
+    """MA and EL_n of a set under a model that has not changed (the held-out thresholds, the forget set before
+    unlearning), kept as JSON under ``directory`` by the model's and the set's fingerprints, so that runs and
+    sweeps on the same model and data compute them once."""
+
+    directory: Path
+    model: str  # :func:`model_fingerprint`
+
+    def _path(self, blocks: TokenBlocks, config: EvalConfig) -> Path:
+        from unlearnkit.data.sources import dataset_fingerprint
+
+        key = f"{self.model}|{dataset_fingerprint(blocks)}|el{config.el_n}|{config.el_method}"
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+    def load(self, blocks: TokenBlocks, config: EvalConfig) -> dict[str, Any] | None:
+        path = self._path(blocks, config)
+        try:
+            scores: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return scores
+
+    def store(self, blocks: TokenBlocks, config: EvalConfig, scores: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs the recomputation
+            atomic_write_json(self._path(blocks, config), scores)
+
+
 def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress: Progress,
                         label: str, tokenizer: Any = None, known: dict[str, Any] | None = None,
-                        data_dir: str | Path | None = None) -> dict[str, Any]:
+                        data_dir: str | Path | None = None, cache: ScoreCache | None = None) -> dict[str, Any]:
     """Scores of every set by role (``forget``, ``validation``, ``retain``: what the model should keep), and
     the privacy checks of forget against held-out text; ``known`` supplies scores already measured on this
-    very model."""
+    very model, ``cache`` those measured on the same weights before (and keeps the new ones)."""
     snapshot: dict[str, Any] = dict(known or {})
     for role in ("forget", "validation", "retain"):
         blocks = getattr(sets, role)
-        if blocks is not None and role not in snapshot:
-            snapshot[role] = evaluate_memorization(model, blocks, config, progress, f"{label} · {role}")
+        if blocks is None or role in snapshot:
+            continue
+        cached = cache.load(blocks, config) if cache is not None else None
+        if cached is not None:
+            progress.note(f"{label} · {role}: MA and EL{config.el_n} of these weights and sequences from the "
+                          "score cache")
+            snapshot[role] = cached
+            continue
+        snapshot[role] = evaluate_memorization(model, blocks, config, progress, f"{label} · {role}")
+        if cache is not None:
+            cache.store(blocks, config, snapshot[role])
     if config.audit and sets.validation is not None:
         with progress.status(f"{label}: extraction attack and membership inference", announce=False):
             snapshot["privacy"] = privacy_checks(model, sets.forget, sets.validation, config, tokenizer)

@@ -19,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """Where unlearnkit keeps what it can recompute (memorised showcase models, testbeds, scores):
+    ``$UNLEARNKIT_CACHE``, else ``~/.cache/unlearnkit``."""
+    return Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit"))
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -27,7 +27,8 @@ from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation import evaluate_memorization, evaluation_snapshot
+from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot, model_fingerprint
+from unlearnkit.io import cache_root
 from unlearnkit.metrics.perplexity import perplexity
 from unlearnkit.metrics.thresholds import Thresholds
 from unlearnkit.modeling import LoadedModel, load_configured_model, resolve_target_modules
@@ -69,6 +70,9 @@ def run_unlearning(
                               "changed); pass --restart to start afresh.")
     target_modules = (resolve_target_modules(model, config.adapter.modules)
                       if config.adapter.name != "none" else [])
+    # Scores of the model as loaded (thresholds, the forget set before) are the same in every run on it.
+    scores_cache = (ScoreCache(cache_root() / "scores", model_fingerprint(model))
+                    if config.eval.cache_scores and not saved else None)
     model.to(accelerator.device)
     _add(timings, "setup_s", t0)
 
@@ -91,7 +95,7 @@ def run_unlearning(
         progress.note(f"Resuming after epoch {saved.epoch} from the checkpoint in {saved.directory.parent}")
     else:
         before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer,
-                                     data_dir=data_dir)
+                                     data_dir=data_dir, cache=scores_cache)
         thresholds = _thresholds(config, before)
         state = RunState()
         if before["forget"]["el"] is not None and thresholds.forgotten(before["forget"]["ma"],

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from unlearnkit.io import atomic_write_json, staged_directory
+from unlearnkit.io import atomic_write_json, cache_root, staged_directory
 
-
-def cache_root() -> Path:
-    """``$UNLEARNKIT_CACHE``, else ``~/.cache/unlearnkit``."""
-    return Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit"))
+__all__ = ["cache_root", "save_model_to_cache"]
 
 
 def save_model_to_cache(directory: Path, model: Any, tokenizer: Any, info_name: str, info: dict[str, Any]) -> None:
