@@ -65,7 +65,8 @@ def run_unlearning(
     model, tokenizer = loaded.model, loaded.tokenizer
     method = get_method(config.method.name)
     data = load_run_data(config, tokenizer)
-    if saved and saved.payload["data_fingerprints"] != data.fingerprints():
+    fingerprints = data.fingerprints()  # hashed once: checked on resume, stored in every checkpoint
+    if saved and saved.payload["data_fingerprints"] != fingerprints:
         raise UnlearnkitError(f"The data of the checkpoint in {saved.directory} differ from this run's (a data file "
                               "changed); pass --restart to start afresh.")
     target_modules = (resolve_target_modules(model, config.adapter.modules)
@@ -155,7 +156,7 @@ def run_unlearning(
         checkpoints.save(state.epoch, config, accelerator, state_payload(
             state, thresholds, before=before, adapter_summary=adapter_summary, check_before=check_before,
             last_scores=last_scores, timings=timings, elapsed_s=time.perf_counter() - started,
-            data_fingerprints=data.fingerprints()), tensors)
+            data_fingerprints=fingerprints), tensors)
 
     if not saved:
         save_checkpoint()
