@@ -112,3 +112,28 @@ def test_a_checkpoint_of_another_configuration_is_refused_not_replaced(memorized
     assert Checkpoints.of(config).latest() == saved
     refused = run_cli("run", "--resume", str(tmp_path / "elsewhere"))
     assert refused.returncode == 2 and "no checkpoint" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_reading_the_latest_checkpoint_while_a_run_moves_on_is_not_an_error(tmp_path, monkeypatch):
+    # The writer names epoch-1 and removes epoch-0 between the reader's two reads (seen once in CI).
+    directory = tmp_path / ".run.checkpoint"
+    for epoch in (0, 1):
+        (directory / f"epoch-{epoch}").mkdir(parents=True)
+        (directory / f"epoch-{epoch}" / "state.json").write_text(json.dumps({"epoch": epoch}))
+    pointer = directory / "latest.json"
+    pointer.write_text(json.dumps({"epoch": 0, "directory": "epoch-0"}))
+    read_text = Path.read_text
+
+    def racing_read(path: Path, *args, **kwargs):
+        if path == directory / "epoch-0" / "state.json":
+            pointer.write_text(json.dumps({"epoch": 1, "directory": "epoch-1"}))
+            (directory / "epoch-0" / "state.json").unlink()
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", racing_read)
+    saved = Checkpoints(directory).latest()
+    assert saved is not None and saved.epoch == 1 and saved.payload == {"epoch": 1}
+    monkeypatch.undo()
+    pointer.write_text(json.dumps({"epoch": 2, "directory": "epoch-2"}))  # a pointer that stays broken
+    with pytest.raises(UnlearnkitError, match="cannot be read.*--restart"):
+        Checkpoints(directory).latest()

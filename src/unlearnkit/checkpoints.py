@@ -100,16 +100,22 @@ class Checkpoints:
     def latest(self) -> Saved | None:
         """The last complete checkpoint, or ``None`` when there is none."""
         pointer = self.directory / LATEST
-        if not pointer.is_file():
-            return None
-        try:
-            latest = json.loads(pointer.read_text(encoding="utf-8"))
-            directory = self.directory / latest["directory"]
-            payload = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError) as error:
-            raise UnlearnkitError(f"The checkpoint in {self.directory} cannot be read ({error}); pass --restart to "
-                                  "start the run afresh.") from None
-        return Saved(directory, int(latest["epoch"]), payload)
+        while pointer.is_file():
+            latest: Any = None
+            try:
+                latest = json.loads(pointer.read_text(encoding="utf-8"))
+                directory = self.directory / latest["directory"]
+                payload = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+                return Saved(directory, int(latest["epoch"]), payload)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                # A run still writing may name a newer checkpoint and remove this one between the two reads:
+                # read again when the pointer moved; a pointer that stays broken is an error.
+                now = _read_pointer(pointer)
+                if now is not None and now != latest:
+                    continue
+                raise UnlearnkitError(f"The checkpoint in {self.directory} cannot be read ({error}); pass "
+                                      "--restart to start the run afresh.") from None
+        return None
 
     def saved_config(self) -> RunConfig:
         """The configuration of the run that wrote the latest checkpoint."""
@@ -190,3 +196,10 @@ def _keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[st
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         for key in [k for k in state if k not in trainable]:
             del state[key]
+
+
+def _read_pointer(pointer: Path) -> Any:
+    try:
+        return json.loads(pointer.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
