@@ -268,3 +268,33 @@ def test_cache_reuse_gives_the_reference_tokens_on_each_architecture(architectur
                                                   batch_size=4, reuse_cache=False)
         assert not prefilled.reused_cache
         assert torch.equal(reused.el, reference) and torch.equal(prefilled.el, reference), (n, reused.el, reference)
+
+
+def test_cache_reuse_is_exact_where_decoding_outgrows_a_sliding_window():
+    """A Mistral-family model whose sliding window (26) is shorter than a decode batch's padded width plus its
+    steps: the cache layers grow in place up to the window and then hand over to transformers' own sliding
+    update (checked to happen). Same values as the reference."""
+    from transformers import MistralConfig, MistralForCausalLM
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    torch.manual_seed(7)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, sliding_window=26, bos_token_id=EOS,
+        eos_token_id=EOS)).eval()
+    ids = torch.randint(0, VOCAB, (4, 24), generator=torch.Generator().manual_seed(8))
+    rows, conts = _reference_continuations(model, ids, [24] * 4, batch_size=32)
+    reference = torch.tensor([_el_from_continuations(rows[b], conts[b], 3) for b in range(4)], dtype=torch.float64)
+    handed_over = []
+    sliding_update = DynamicSlidingWindowLayer.update
+
+    def counting_update(layer, *args, **kwargs):
+        handed_over.append(type(layer).__name__)
+        return sliding_update(layer, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DynamicSlidingWindowLayer, "update", counting_update)
+        fast = extraction_likelihood_details(model, ids, n=3, batch_size=8)
+    assert fast.reused_cache and fast.branches > 60
+    assert "GrowsInPlaceDynamicSlidingWindowLayer" in handed_over
+    assert torch.equal(fast.el, reference), (fast.el, reference)

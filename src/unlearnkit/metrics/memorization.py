@@ -307,7 +307,8 @@ def _decode_from_cache(model: torch.nn.Module, caches: list[Any], chunk_rows: in
     for members in decode_batches([i + 1 for _, i in branches], wanted, decode_rows, limit):
         if max(wanted[k] for k in members) <= 0:
             continue
-        cache = left_padded_prefix_cache(caches, chunk_rows, [branches[k] for k in members])
+        cache = left_padded_prefix_cache(caches, chunk_rows, [branches[k] for k in members],
+                                         reserve=max(wanted[k] for k in members))
         if cache is None:
             return None
         out, margin = greedy_continue(model, cache, [branches[k][1] for k in members],
