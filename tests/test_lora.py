@@ -88,3 +88,40 @@ def test_saved_adapter_reloads_with_the_same_logits(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=x).logits, model(input_ids=x).logits,
                                    atol=1e-6, rtol=1e-6)
+
+
+def _one_step(adapter: str, checkpointing: bool):
+    from unlearnkit.modeling import enable_gradient_checkpointing, resolve_target_modules
+    from unlearnkit.objectives import lm_loss
+
+    model = tiny_gpt_neo(layers=2)
+    if adapter == "lora":
+        model = attach_lora(model, resolve_target_modules(model, ["q", "v", "ffn"]), rank=4, alpha=8)
+        with torch.no_grad():  # B = 0 at start would leave A without gradient; any B shows the whole flow
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    model.train()
+    block = next(m for n, m in model.named_modules() if n.endswith("transformer.h.0.attn"))
+    block_runs: list[int] = []
+    block.register_forward_hook(lambda *_: block_runs.append(1))
+    ids = torch.randint(0, 90, (2, 16), generator=torch.Generator().manual_seed(3))
+    loss = lm_loss(model(input_ids=ids).logits, ids)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert len(block_runs) == (2 if checkpointing else 1)  # checkpointing recomputes the block in backward
+    return float(loss), grads
+
+
+@pytest.mark.parametrize("adapter", ["lora", "none"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_trains_the_adapter(adapter):
+    loss, grads = _one_step(adapter, checkpointing=False)
+    loss_ckpt, grads_ckpt = _one_step(adapter, checkpointing=True)
+    assert loss_ckpt == pytest.approx(loss, rel=1e-6)
+    assert grads.keys() == grads_ckpt.keys() and all(g is not None for g in grads_ckpt.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    if adapter == "lora":
+        assert all(float(g.abs().sum()) > 0 for n, g in grads_ckpt.items() if "lora_" in n)

@@ -31,7 +31,12 @@ from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_
 from unlearnkit.io import cache_root
 from unlearnkit.metrics.perplexity import perplexity
 from unlearnkit.metrics.thresholds import Thresholds
-from unlearnkit.modeling import LoadedModel, load_configured_model, resolve_target_modules
+from unlearnkit.modeling import (
+    LoadedModel,
+    enable_gradient_checkpointing,
+    load_configured_model,
+    resolve_target_modules,
+)
 from unlearnkit.objectives import Method, get_method, unlearning_loss
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
@@ -84,6 +89,9 @@ def run_unlearning(
     else:
         model = attach_lora(model, target_modules, rank=config.adapter.rank, alpha=config.adapter.alpha,
                             dropout=config.adapter.dropout)
+
+    if config.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
     kept = (data.retain.subset(list(range(min(config.eval.retain_sequences, len(data.retain)))))
             if data.retain is not None and config.eval.retain_sequences > 0 else None)

@@ -212,6 +212,23 @@ def load_configured_model(model_config: Any) -> LoadedModel:
                       trust_remote_code=model_config.trust_remote_code)
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass (``train.gradient_checkpointing``), on a plain
+    or a PEFT model, so that adapters on frozen weights still receive gradients.
+
+    With transformers' re-entrant checkpointing a block whose inputs do not require grad returns outputs that
+    do not either, and LoRA layers inside it get no gradient at all: a LoRA run that trains nothing, silently.
+    So the non-re-entrant variant is used, and the embeddings' output is made to require grad as PEFT does
+    for k-bit training, which makes either variant safe.
+    """
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise UnlearnkitError(f"{type(base).__name__} does not support gradient checkpointing; set "
+                              "train.gradient_checkpointing: false.")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()
+
+
 def model_skeleton(model_config: Any) -> nn.Module | None:
     """The configured model's module tree without weights (meta device), in well under a second: for checking
     target modules and ranks before loading gigabytes. ``None`` for GGUF files and for hub models whose

@@ -134,6 +134,9 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null to disable")
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0, description="optimizer updates over which the lr rises linearly to train.lr")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass instead of keeping them: less memory, "
+                           "about a third more compute; works with LoRA/FLoRA (the adapters still get gradients)")
     collapse_factor: float | None = Field(
         5.0, gt=1.0, description="stop as collapsed (model restored to the last good epoch) when the LM loss of a "
                                  "fixed sample of retain (else held-out) text exceeds this factor times its value "
