@@ -82,10 +82,13 @@ def run(
             done = f"after epoch {saved.epoch}" if saved.epoch else "after set-up, before the first epoch"
             _error(f"Interrupted; the run is saved {done}. Resume it with: unlearnkit run --resume {output_dir}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    with Progress(console=console, quiet=quiet).status("Writing outputs"):
-        output_dir = write_run_outputs(result)
-    Console(emoji=False).print(before_after_table(result))
-    Console(emoji=False).print(f"Outputs in {output_dir}", markup=False, highlight=False)
+    if result.main_process:  # on several processes (accelerate launch, torchrun) the main one writes
+        with Progress(console=console, quiet=quiet).status("Writing outputs"):
+            output_dir = write_run_outputs(result)
+        Console(emoji=False).print(before_after_table(result))
+        Console(emoji=False).print(f"Outputs in {output_dir}", markup=False, highlight=False)
+    else:
+        err.quiet = True  # the same exit code on every process, said once
     if result.state.diverged_epoch is not None or result.state.collapsed_epoch is not None:
         advice = "lower train.lr" + ("" if cfg.train.max_grad_norm is not None else " or set train.max_grad_norm")
         _error(f"{result.state.stop_reason}; {advice}.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 from typing import Any
@@ -38,6 +39,7 @@ from unlearnkit.modeling import (
     resolve_target_modules,
 )
 from unlearnkit.objectives import Method, get_method, unlearning_loss
+from unlearnkit.parallel import Processes
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.training import OptimisationStep
@@ -55,13 +57,18 @@ def run_unlearning(
     every epoch, and continues from the one there when a run of the same config left it (exactly: see
     :mod:`unlearnkit.checkpoints`).
     """
-    console = console or Console(emoji=False, quiet=quiet)
-    progress = Progress(console=console, quiet=quiet)
+    set_seed(config.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
+    # On several processes (accelerate launch, torchrun) only the main one logs, evaluates and writes.
+    processes = Processes.of(accelerator)
+    console = (console or Console(emoji=False, quiet=quiet)) if processes.main else Console(emoji=False, quiet=True)
+    progress = Progress(console=console, quiet=quiet or not processes.main)
+    if checkpoints is not None and processes.count > 1:
+        progress.note("Checkpoints are not saved on several processes yet; an interrupted run starts afresh.")
+        checkpoints = None
     saved = checkpoints.resumable(config) if checkpoints is not None else None
     timings: dict[str, float] = dict(saved.payload["timings"]) if saved else {}
     started = time.perf_counter() - (saved.payload["elapsed_s"] if saved else 0.0)
-    set_seed(config.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
 
     # --- set-up: model, data, thresholds ----------------------------------------------------
     t0 = time.perf_counter()
@@ -78,7 +85,7 @@ def run_unlearning(
                       if config.adapter.name != "none" else [])
     # Scores of the model as loaded (thresholds, the forget set before) are the same in every run on it.
     scores_cache = (ScoreCache(cache_root() / "scores", model_fingerprint(model))
-                    if config.eval.cache_scores and not saved else None)
+                    if config.eval.cache_scores and not saved and processes.main else None)
     model.to(accelerator.device)
     _add(timings, "setup_s", t0)
 
@@ -103,8 +110,9 @@ def run_unlearning(
         state.resumed_after.append(saved.epoch)
         progress.note(f"Resuming after epoch {saved.epoch} from the checkpoint in {saved.directory.parent}")
     else:
-        before = evaluation_snapshot(model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer,
-                                     data_dir=data_dir, cache=scores_cache)
+        before = processes.on_main(lambda: evaluation_snapshot(
+            model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer, data_dir=data_dir,
+            cache=scores_cache))
         thresholds = _thresholds(config, before)
         state = RunState()
         if before["forget"]["el"] is not None and thresholds.forgotten(before["forget"]["ma"],
@@ -126,7 +134,8 @@ def run_unlearning(
         fisher_retain = fisher_retain_sample(data.retain, len(data.forget), config.adapter.flora, config.seed)
         with progress.status(f"FLoRA: Fisher information ({len(data.forget)} forget, {len(fisher_retain)} retain "
                              f"sequences) and weighted SVD"):
-            summary = initialise_flora(model, data.forget, fisher_retain, config.adapter.flora)
+            summary = initialise_flora(model, data.forget, fisher_retain, config.adapter.flora,
+                                       processes=processes)
         adapter_summary, flora_initial = summary.to_dict(), summary.initial_state
         _add(timings, "adapter_init_s", t0)
     named_trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -138,7 +147,10 @@ def run_unlearning(
 
     # --- the loop ---------------------------------------------------------------------------
     generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = math.ceil(len(data.forget) / config.train.batch_size)
+    # train.batch_size forget rows per process and step: a step takes batch_size x processes rows of the
+    # shuffled order and each process its share (parallel.Processes.share), as retain rows.
+    rows_per_step = config.train.batch_size * processes.count
+    steps_per_epoch = math.ceil(len(data.forget) / rows_per_step)
     retain_batch_size = config.train.retain_batch_size or config.train.batch_size
     # A fixed sample of text the model must keep: its LM loss rising far above its value before unlearning
     # means the model is being wrecked (GA at a large lr keeps a finite, ever more negative loss).
@@ -151,7 +163,9 @@ def run_unlearning(
         _restore_grads(named_trainable, _prefixed(loop_tensors, "grad/"))
         check_before, last_scores = saved.payload["check_before"], saved.payload["last_scores"]
     else:
-        check_before = _lm_loss(model, check_blocks) if check_blocks is not None else None
+        # the plain module: a DDP-wrapped one would start collectives on the main process alone
+        check_before = processes.on_main(lambda: _lm_loss(accelerator.unwrap_model(model), check_blocks)
+                                         if check_blocks is not None else None)
         last_scores = None  # forget-set scores of the model as last_good holds it
     last_good = _snapshot(trainable)
 
@@ -176,22 +190,30 @@ def run_unlearning(
         model.train()
         epoch_losses: list[dict[str, float]] = []
         order = torch.randperm(len(data.forget), generator=generator)
-        for start in progress.track(range(0, len(order), config.train.batch_size), total=steps_per_epoch,
+        for start in progress.track(range(0, len(order), rows_per_step), total=steps_per_epoch,
                                     description=f"epoch {epoch}/{config.train.epochs}", unit="step"):
-            forget = data.forget.subset(order[start:start + config.train.batch_size])
+            step_rows = order[start:start + rows_per_step]
+            forget = data.forget.subset(processes.share(step_rows))
             retain = None
             if method.uses_retain and data.retain is not None:
                 # The retain set is sampled with replacement: it is usually much larger than the
                 # forget set, and each step needs a fresh batch of general text.
-                rows = torch.randint(len(data.retain), (retain_batch_size,), generator=generator)
-                retain = data.retain.subset(rows)
+                rows = torch.randint(len(data.retain), (retain_batch_size * processes.count,), generator=generator)
+                retain = data.retain.subset(processes.share(rows))
+            # accelerate averages gradients over processes; weighting each process's forget term by its share of
+            # the step's rows makes that the gradient of the whole step's batch (exact for rows of equal length;
+            # each process has as many retain rows). One process: weight 1.
+            share = len(forget) * processes.count / len(step_rows)
+            if len(forget) == 0:  # fewer rows left than processes: run one row with weight 0 to take part
+                forget = data.forget.subset(step_rows[:1])
             with accelerator.accumulate(model):
-                loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device)
+                loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device, share)
                 if not step(loss):
                     state.diverged_epoch = epoch
                     break
             state.step += 1
-            state.tokens_seen += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
+            state.tokens_seen += int(data.forget.subset(step_rows).num_tokens) + (
+                retain.num_tokens * processes.count if retain is not None else 0)
             epoch_losses.append(parts)
         if state.diverged_epoch is not None:
             _restore(trainable, last_good)
@@ -201,20 +223,20 @@ def run_unlearning(
 
         # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
         model.eval()
-        scores = evaluate_memorization(model, data.forget, config.eval, progress, label=f"epoch {epoch} · forget",
-                                       thresholds=((thresholds.ma, thresholds.el)
-                                                   if config.eval.per_epoch_el == "decide" else None))
+        scores, check_loss = processes.on_main(functools.partial(
+            _epoch_scores, accelerator.unwrap_model(model), data.forget, check_blocks, config, thresholds, progress,
+            epoch))
         record: dict[str, Any] = {
             "epoch": epoch,
-            **{k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
-               if losses_of(epoch_losses, k)},
+            **processes.mean({k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
+                              if losses_of(epoch_losses, k)}),
             "lr": step.lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
             **{k: scores[k] for k in ("el_lower_bound", "el_scored") if k in scores},
             "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
             "elapsed_s": round(time.perf_counter() - started, 2), "tokens_seen": state.tokens_seen,
         }
         if check_before is not None:
-            record["retain_check_loss"] = _lm_loss(model, check_blocks)
+            record["retain_check_loss"] = check_loss
         state.history.append(record)
         progress.log_epoch(record, config.eval.el_n)
         collapse = _collapse(record, check_before, config.train.collapse_factor)
@@ -243,12 +265,13 @@ def run_unlearning(
     t0 = time.perf_counter()
     # The forget set was just scored after the last epoch (or the epoch restored to); reuse that.
     known = {"forget": last_scores} if last_scores is not None and last_scores["el"] is not None else None
-    after = evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
-                                known=known, data_dir=data_dir)
+    after = (evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
+                                 known=known, data_dir=data_dir) if processes.main else {})
     timings["eval_after_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     return RunResult(config, state, thresholds, before, after, timings, model=model, tokenizer=tokenizer,
-                     data=data, target_modules=target_modules, adapter_summary=adapter_summary)
+                     data=data, target_modules=target_modules, adapter_summary=adapter_summary,
+                     processes=processes.count, main_process=processes.main)
 
 
 def losses_of(records: list[dict[str, float]], key: str) -> list[float]:
@@ -260,7 +283,7 @@ def _mean(values: list[float]) -> float:
 
 
 def _step_loss(model: Any, method: Method, forget: TokenBlocks, retain: TokenBlocks | None, config: RunConfig,
-               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+               device: torch.device, forget_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     forget_logits = model(input_ids=forget.input_ids.to(device),
                           attention_mask=forget.attention_mask.to(device)).logits
     retain_logits = retain_labels = None
@@ -269,7 +292,17 @@ def _step_loss(model: Any, method: Method, forget: TokenBlocks, retain: TokenBlo
                               attention_mask=retain.attention_mask.to(device)).logits
         retain_labels = retain.labels().to(device)
     return unlearning_loss(method, forget_logits, forget.labels().to(device), retain_logits, retain_labels,
-                           config.method.retain_weight)
+                           config.method.retain_weight, forget_weight)
+
+
+def _epoch_scores(model: Any, forget: TokenBlocks, check_blocks: TokenBlocks | None, config: RunConfig,
+                  thresholds: Thresholds, progress: Progress, epoch: int) -> tuple[dict[str, Any], float | None]:
+    """After an epoch: MA and EL_n of the forget set (only what the stopping rule needs, with ``decide``) and
+    the LM loss of the collapse check's text."""
+    scores = evaluate_memorization(model, forget, config.eval, progress, label=f"epoch {epoch} · forget",
+                                   thresholds=((thresholds.ma, thresholds.el)
+                                               if config.eval.per_epoch_el == "decide" else None))
+    return scores, _lm_loss(model, check_blocks) if check_blocks is not None else None
 
 
 def _thresholds(config: RunConfig, before: dict[str, Any]) -> Thresholds:

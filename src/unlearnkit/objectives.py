@@ -153,9 +153,13 @@ def unlearning_loss(
     retain_logits: torch.Tensor | None = None,
     retain_labels: torch.Tensor | None = None,
     retain_weight: float = 1.0,
+    forget_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss of one step (Eq. 5 for IHL) and its parts for logging."""
+    """The total loss of one step (Eq. 5 for IHL) and its parts for logging. ``forget_weight`` scales the
+    forget term: on several processes, a process's share of the step's forget rows (see the loop)."""
     forget_loss = method.forget_objective(forget_logits, forget_labels)
+    if forget_weight != 1.0:
+        forget_loss = forget_loss * forget_weight
     parts = {"forget_loss": float(forget_loss.detach())}
     total = forget_loss
     if method.uses_retain:

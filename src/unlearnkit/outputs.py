@@ -116,6 +116,10 @@ def write_run_outputs(result: RunResult) -> Path:
             "data_fingerprints": result.data.fingerprints(),
             "data_ids": {"forget": result.data.forget.ids},
             "target_modules": result.target_modules,
+            # forget sequences per optimiser update: per process x processes x accumulation
+            "batch": {"per_process": config.train.batch_size, "processes": result.processes,
+                      "grad_accum": config.train.grad_accum,
+                      "effective": config.train.batch_size * result.processes * config.train.grad_accum},
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
         })
         atomic_write_json(staging / "metrics.json", metrics_document(result))

@@ -50,6 +50,8 @@ class RunResult:
     data: RunData
     target_modules: list[str]
     adapter_summary: dict[str, Any] | None = None
+    processes: int = 1  # processes that trained it (accelerate launch / torchrun)
+    main_process: bool = True  # False on the other processes: they hold the same model, and write nothing
 
     @property
     def merged(self) -> bool:

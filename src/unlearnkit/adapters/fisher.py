@@ -46,6 +46,7 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write
 from unlearnkit.modeling import example_module_suffixes, matches_target
 from unlearnkit.objectives import IGNORE_INDEX, token_nll
+from unlearnkit.parallel import SINGLE, Processes
 
 Estimator = Literal["per_batch", "per_sequence"]
 ESTIMATORS: tuple[str, ...] = ("per_batch", "per_sequence")
@@ -179,13 +180,16 @@ def empirical_fisher(
     batch_size: int = 8,
     estimator: str = "per_batch",
     progress: bool = False,
+    processes: Processes = SINGLE,
 ) -> FisherResult:
     """Empirical Fisher of the target weights over ``blocks`` (paper Eq. 2), see module docstring.
 
     ``weight_names`` are PEFT-style module suffixes (``["q_proj", "c_fc"]``) or full parameter
     names. The model runs in eval mode (no dropout noise in the importances); only the target
     weights require grad during the pass and every ``requires_grad`` flag is restored afterwards.
-    Works on a plain model or on a PEFT model (then the base layers' weights are measured).
+    Works on a plain model or on a PEFT model (then the base layers' weights are measured). On several
+    ``processes`` each computes every ``count``-th unit and the sums and token counts are all-reduced: every
+    process gets the single-process Fisher (up to the order of float additions).
     """
     if estimator not in ESTIMATORS:
         raise UnlearnkitError(f'Unknown Fisher estimator "{estimator}"; choose one of: '
@@ -204,7 +208,8 @@ def empirical_fisher(
     total_tokens = 0
     with only_these_require_grad(model, params.values()):
         model.eval()
-        for start in range(0, len(blocks), step):
+        for unit in processes.units(-(-len(blocks) // step)):
+            start = unit * step
             sl = slice(start, start + step)
             loss, n = _sum_token_loss(model, blocks.input_ids[sl].to(device),
                                       blocks.attention_mask[sl].to(device), labels_all[sl].to(device))
@@ -219,6 +224,9 @@ def empirical_fisher(
             total_tokens += n
             if progress:
                 print(f"fisher[{blocks.name}] {min(start + step, len(blocks))}/{len(blocks)} sequences")
+    counted = processes.sum({**sums, "\0tokens": torch.tensor([float(total_tokens)], device=device)})
+    total_tokens = int(counted.pop("\0tokens").item())
+    sums = counted
     if total_tokens == 0:
         raise UnlearnkitError(f'The token blocks "{blocks.name}" contain no predictable tokens (all padding '
                               "or length 1); give the Fisher pass real sequences.")

@@ -26,6 +26,7 @@ from unlearnkit.config import FloraOptions
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.sources import dataset_fingerprint
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.parallel import SINGLE, Processes
 
 from .maths import flora_factors, relative_importance, row_weights, weighted_low_rank
 
@@ -171,7 +172,8 @@ def _require_blocks(blocks: TokenBlocks | None, role: str) -> TokenBlocks:
 
 def compute_fishers(model: torch.nn.Module, names: list[str], forget: TokenBlocks | None,
                     retain: TokenBlocks | None, options: FloraOptions,
-                    timings: dict[str, float] | None = None) -> tuple[FisherResult, FisherResult]:
+                    timings: dict[str, float] | None = None,
+                    processes: Processes = SINGLE) -> tuple[FisherResult, FisherResult]:
     """The forget and retain Fishers of the weights ``names``: read from ``options.fisher_path`` where saved
     there, else computed on ``model`` (and saved there when a path is set).
 
@@ -195,9 +197,10 @@ def compute_fishers(model: torch.nn.Module, names: list[str], forget: TokenBlock
             path = None
         if result is None:
             result = empirical_fisher(model, names, _require_blocks(blocks, role),
-                                      batch_size=options.fisher_batch_size, estimator=options.estimator)
+                                      batch_size=options.fisher_batch_size, estimator=options.estimator,
+                                      processes=processes)
             result.metadata["data_fingerprint"] = dataset_fingerprint(_require_blocks(blocks, role))
-            if path is not None:
+            if path is not None and processes.main:
                 save_fisher(result, path)
         timings[f"fisher_{role}_s"] = time.perf_counter() - t0
         results.append(result)
@@ -207,7 +210,8 @@ def compute_fishers(model: torch.nn.Module, names: list[str], forget: TokenBlock
 @torch.no_grad()
 def initialise_flora(peft_model: PeftModel, forget: TokenBlocks | None, retain: TokenBlocks | None,
                      options: FloraOptions | None = None,
-                     fisher: tuple[FisherResult, FisherResult] | None = None) -> FloraSummary:
+                     fisher: tuple[FisherResult, FisherResult] | None = None,
+                     processes: Processes = SINGLE) -> FloraSummary:
     """Initialise the active LoRA adapter of ``peft_model`` with FLoRA (Section 3.4), in place.
 
     ``fisher`` = ``(forget, retain)`` Fishers skips the Fisher pass (else ``options.fisher_path``
@@ -216,6 +220,9 @@ def initialise_flora(peft_model: PeftModel, forget: TokenBlocks | None, retain: 
     ``lora_A = A/√s`` and ``lora_B = B/√s`` with PEFT's scaling ``s = alpha/r`` so that the adapter
     adds exactly ``B A``, and sets the base weight to ``W − s·lora_B·lora_A``. Logits are therefore
     unchanged up to float32 rounding (the tests check 1e-4 absolute on a tiny model).
+
+    On several ``processes`` the Fisher passes are split between them and summed (:mod:`unlearnkit.parallel`),
+    so every process starts from the same factors.
 
     A layer whose relative importance is all zero or non-finite gets uniform row weights (plain
     PiSSA-style SVD) with a warning, flagged in the summary. The initial factors are kept on the
@@ -234,7 +241,8 @@ def initialise_flora(peft_model: PeftModel, forget: TokenBlocks | None, retain: 
         if not options.fisher_path or not (Path(options.fisher_path) / "retain.safetensors").is_file():
             _require_blocks(retain, "retain")
         with torch.enable_grad():
-            f_forget, f_retain = compute_fishers(peft_model, list(layers), forget, retain, options, timings)
+            f_forget, f_retain = compute_fishers(peft_model, list(layers), forget, retain, options, timings,
+                                                 processes)
     else:
         f_forget, f_retain = fisher
     for role, result in (("forget", f_forget), ("retain", f_retain)):

@@ -1,0 +1,72 @@
+"""A run on several processes (``accelerate launch`` or ``torchrun``: DDP, FSDP, DeepSpeed): which rows each
+process takes, sums over processes, and values that the main process computes for all of them.
+
+accelerate does the distributing (process group, gradient all-reduce, sharding of weights and optimiser
+state); this module only says how unlearnkit's own passes split their work. One process is the special case
+of every function here: it takes every row, a sum over one process is the value itself, and it is the main
+process, so a single-process run does exactly what it did before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import torch
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among ``count`` processes (``index`` 0 is the main one)."""
+
+    index: int = 0
+    count: int = 1
+    accelerator: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, accelerator: Any) -> Processes:
+        return cls(accelerator.process_index, accelerator.num_processes, accelerator)
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+    def share(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's part of ``rows``: consecutive, as equal as they can be (the first ones one longer)."""
+        return rows.tensor_split(self.count)[self.index] if self.count > 1 else rows
+
+    def units(self, total: int) -> range:
+        """The units (batches, sequences) of ``total`` that this process computes: every ``count``-th one."""
+        return range(self.index, total, self.count)
+
+    def sum(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Element-wise sums of ``tensors`` over the processes (an all-reduce), the same on every process."""
+        if self.count == 1:
+            return tensors
+        from accelerate.utils import reduce
+
+        return dict(reduce(tensors, reduction="sum"))
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean of each value over the processes (of per-process losses, say)."""
+        if self.count == 1:
+            return values
+        device = getattr(self.accelerator, "device", None)
+        summed = self.sum({k: torch.tensor([v], dtype=torch.float64, device=device) for k, v in values.items()})
+        return {k: float(v.item()) / self.count for k, v in summed.items()}
+
+    def on_main(self, compute: Callable[[], T]) -> T:
+        """``compute()`` run on the main process only, and its value on every process."""
+        if self.count == 1:
+            return compute()
+        from accelerate.utils import broadcast_object_list
+
+        holder = [compute() if self.main else None]
+        broadcast_object_list(holder, from_process=0)
+        return cast(T, holder[0])
+
+
+SINGLE = Processes()
