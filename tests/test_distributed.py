@@ -65,6 +65,26 @@ def test_a_step_is_shared_between_processes_in_consecutive_nearly_equal_parts():
     assert SINGLE.mean({"loss": 2.5}) == {"loss": 2.5} and SINGLE.on_main(lambda: 3) == 3
 
 
+def test_launches_that_shard_the_weights_are_refused_with_what_to_use_instead():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.parallel import refuse_sharded_weights
+
+    def launch(kind, stage=None):
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(
+            deepspeed_plugin=SimpleNamespace(zero_stage=stage) if stage else None))
+
+    for sharded in (launch(DistributedType.FSDP), launch(DistributedType.DEEPSPEED, 3)):
+        with pytest.raises(UnlearnkitError, match="not supported yet.*ddp.yaml.*ZeRO-2"):
+            refuse_sharded_weights(sharded)
+    for fine in (launch(DistributedType.NO), launch(DistributedType.MULTI_GPU), launch(DistributedType.MULTI_CPU),
+                 launch(DistributedType.DEEPSPEED, 2)):
+        refuse_sharded_weights(fine)
+
+
 @pytest.mark.parametrize("forget_rows", [4, 1])
 def test_two_processes_train_as_one_with_the_same_effective_batch_and_one_writes(memorized_model_dir, tmp_path,
                                                                                    forget_rows):

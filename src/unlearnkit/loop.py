@@ -39,7 +39,7 @@ from unlearnkit.modeling import (
     resolve_target_modules,
 )
 from unlearnkit.objectives import Method, get_method, unlearning_loss
-from unlearnkit.parallel import Processes
+from unlearnkit.parallel import Processes, refuse_sharded_weights
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.training import OptimisationStep
@@ -60,6 +60,7 @@ def run_unlearning(
     set_seed(config.seed)
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
     # On several processes (accelerate launch, torchrun) only the main one logs, evaluates and writes.
+    refuse_sharded_weights(accelerator)
     processes = Processes.of(accelerator)
     console = (console or Console(emoji=False, quiet=quiet)) if processes.main else Console(emoji=False, quiet=True)
     progress = Progress(console=console, quiet=quiet or not processes.main)

@@ -70,3 +70,19 @@ class Processes:
 
 
 SINGLE = Processes()
+
+
+def refuse_sharded_weights(accelerator: Any) -> None:
+    """Stop before any work when the launch shards the weights themselves (FSDP, DeepSpeed ZeRO-3): the
+    criterion after each epoch, the snapshots and the writer run on the main process with the whole model."""
+    from accelerate.utils import DistributedType
+
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    if accelerator.distributed_type == DistributedType.FSDP or (
+            accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3):
+        from unlearnkit.errors import UnlearnkitError
+
+        raise UnlearnkitError("Sharded weights (FSDP, DeepSpeed ZeRO-3) are not supported yet: the criterion after "
+                              "each epoch runs on the main process with the whole model; launch with DDP "
+                              "(configs/accelerate/ddp.yaml) or DeepSpeed ZeRO-2 (configs/accelerate/"
+                              "deepspeed-zero2.yaml).")
