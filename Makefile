@@ -39,17 +39,22 @@ lint: setup
 
 # Smoke versions of every speed benchmark (seconds each); `make bench-full` regenerates the figures of
 # benchmarks/README.md (hours on 2 cores: EL against the reference is the slow part).
+# The smoke runs write to benchmarks/results/smoke/ (not committed), never over the figures' JSON.
+SMOKE := benchmarks/results/smoke
 bench: setup
-	$(BIN)/python benchmarks/el_speed.py --quick
-	$(BIN)/python benchmarks/flora_init.py --quick
-	$(BIN)/python benchmarks/train_speed.py --quick
-	$(BIN)/python benchmarks/criterion_cost.py --quick
+	$(BIN)/python benchmarks/el_speed.py --quick --out $(SMOKE)/el_speed.json
+	$(BIN)/python benchmarks/flora_init.py --quick --out $(SMOKE)/flora_init.json
+	$(BIN)/python benchmarks/train_speed.py --quick --out $(SMOKE)/train_speed.json
+	$(BIN)/python benchmarks/criterion_cost.py --quick --out $(SMOKE)/criterion_cost.json
+	$(BIN)/python benchmarks/memory.py --quick --out $(SMOKE)/memory.json
 
 bench-full: setup
 	$(BIN)/python benchmarks/el_speed.py --threads 1 --sequences 16 --seq-len 100 --big-sequences 8 --big-seq-len 100
 	$(BIN)/python benchmarks/train_speed.py --threads 2 --models neo125m,smollm2
 	$(BIN)/python benchmarks/flora_init.py --threads 2
-	$(BIN)/python benchmarks/criterion_cost.py --threads 2 --model smollm2 --sequences 32 --seq-len 200
+	$(BIN)/python benchmarks/criterion_cost.py --threads 1 --model smollm2 --sequences 32 --seq-len 200 \
+		--skip-prefill --out benchmarks/results/criterion_cost_smollm2.json
+	$(BIN)/python benchmarks/memory.py --threads 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
