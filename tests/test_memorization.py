@@ -273,9 +273,10 @@ def test_cache_reuse_gives_the_reference_tokens_on_each_architecture(architectur
 def test_cache_reuse_is_exact_where_decoding_outgrows_a_sliding_window():
     """A Mistral-family model whose sliding window (26) is shorter than a decode batch's padded width plus its
     steps: the cache layers grow in place up to the window and then hand over to transformers' own sliding
-    update (checked to happen). Same values as the reference."""
+    update, and rows that finished are dropped from the batch before and after that hand-over (both checked to
+    happen). Same values as the reference."""
     from transformers import MistralConfig, MistralForCausalLM
-    from transformers.cache_utils import DynamicSlidingWindowLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     torch.manual_seed(7)
     model = MistralForCausalLM(MistralConfig(
@@ -292,9 +293,18 @@ def test_cache_reuse_is_exact_where_decoding_outgrows_a_sliding_window():
         handed_over.append(type(layer).__name__)
         return sliding_update(layer, *args, **kwargs)
 
+    selected_after_hand_over = []
+    select = DynamicLayer.batch_select_indices
+
+    def counting_select(layer, indices):
+        selected_after_hand_over.append(type(layer).__name__)
+        return select(layer, indices)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DynamicSlidingWindowLayer, "update", counting_update)
+        patch.setattr(DynamicLayer, "batch_select_indices", counting_select)
         fast = extraction_likelihood_details(model, ids, n=3, batch_size=8)
     assert fast.reused_cache and fast.branches > 60
     assert "GrowsInPlaceDynamicSlidingWindowLayer" in handed_over
+    assert "GrowsInPlaceDynamicSlidingWindowLayer" in selected_after_hand_over
     assert torch.equal(fast.el, reference), (fast.el, reference)

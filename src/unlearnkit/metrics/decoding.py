@@ -107,32 +107,44 @@ def greedy_generate(
 def _decode(model: torch.nn.Module, out: Any, mask: torch.Tensor, last_pos: torch.Tensor, need: list[int],
             cache_kw: str) -> tuple[list[list[int]], float]:
     """The greedy decode loop shared by every path: from the output ``out`` of a forward pass whose last
-    positions are ``last_pos`` ([R, 1]), ``max(need)`` tokens per row (row j keeps its first ``need[j]``),
-    and the smallest top-1 minus top-2 logit gap over the decisions taken."""
+    positions are ``last_pos`` ([R, 1]), ``need[j]`` tokens for row j, and the smallest top-1 minus top-2
+    logit gap over the decisions kept."""
     cache = _output_cache(out)
     logits = out.logits[:, -1, :]
     steps = max(need)
-    # Rows that have all their tokens keep decoding with the batch (their extra tokens are discarded); their
-    # position stops advancing so it never passes the last one they need (a model's position table may end
-    # there: a GPT-Neo trained on 200-token blocks with 200 positions). Token k is fed to produce token k+1.
-    wanted = torch.tensor(need, device=mask.device).unsqueeze(1)
-    next_pos = last_pos + (wanted > 1).long()
-    generated = []
+    device = mask.device
+    wanted = torch.tensor(need, device=device)
+    rows = torch.arange(len(need), device=device)  # each batch row's index in ``need``
+    tokens = torch.zeros((len(need), steps), dtype=torch.long, device=device)
+    # A row with all its tokens stops advancing its position (a model's position table may end at the last
+    # one it needs: a GPT-Neo trained on 200-token blocks with 200 positions) and keeps decoding with the
+    # batch, its extra tokens discarded, until a quarter of the batch has finished: then the finished rows
+    # are dropped from the batch and its cache, so that short continuations do not cost as much as the
+    # longest. Token k is fed to produce token k+1.
+    next_pos = last_pos + (wanted.unsqueeze(1) > 1).long()
+    compactable = callable(getattr(cache, "batch_select_indices", None))
     min_margin = float("inf")
     for step in range(steps):
         top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
-        if top2.shape[-1] == 2:
-            min_margin = min(min_margin, float((top2[:, 0] - top2[:, 1]).min()))
+        kept = wanted > step
+        if top2.shape[-1] == 2 and bool(kept.any()):
+            min_margin = min(min_margin, float((top2[kept, 0] - top2[kept, 1]).min()))
         token = logits.argmax(dim=-1, keepdim=True)
-        generated.append(token)
+        tokens[rows, step] = token.squeeze(1)
         if step == steps - 1:
             break
+        alive = wanted > step + 1
+        finished = len(alive) - int(alive.sum())
+        if compactable and finished and 4 * finished >= len(alive):
+            keep = alive.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)  # type: ignore[attr-defined]
+            mask, next_pos, wanted, rows, token = mask[keep], next_pos[keep], wanted[keep], rows[keep], token[keep]
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         out = model(input_ids=token, attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache})
         cache = _output_cache(out)
         logits = out.logits[:, -1, :]
-        next_pos = next_pos + (wanted > step + 2).long()
-    return torch.cat(generated, dim=1).tolist(), min_margin
+        next_pos = next_pos + (wanted.unsqueeze(1) > step + 2).long()
+    return tokens.tolist(), min_margin
 
 
 def left_padded_prefix_cache(caches: Sequence[Any], chunk_rows: int, prefixes: Sequence[tuple[int, int]],
@@ -201,13 +213,25 @@ class _GrowsInPlace:
         layer.keys, layer.values = keys[:, :, :used], values[:, :, :used]
         return layer
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (rows that finished decoding are dropped from the batch)."""
+        if not self._in_buffer():  # grown past the buffer: the concatenating layer's own selection
+            super().batch_select_indices(indices)  # type: ignore[misc]
+            return
+        used = self.keys.shape[-2]
+        self._key_buffer, self._value_buffer = self._key_buffer[indices], self._value_buffer[indices]
+        self.keys, self.values = self._key_buffer[:, :, :used], self._value_buffer[:, :, :used]
+
+    def _in_buffer(self) -> bool:
+        return self.keys.data_ptr() == self._key_buffer.data_ptr()
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         used, new = self.keys.shape[-2], key_states.shape[-2]
         room = self._key_buffer.shape[-2]
         if getattr(self, "is_sliding", False):  # a sliding layer keeps its whole history until the window is full
             room = min(room, self.sliding_window - 1)  # type: ignore[attr-defined]
-        if used + new > room:
+        if used + new > room or not self._in_buffer():
             return super().update(key_states, value_states, *args, **kwargs)  # type: ignore[misc]
         self._key_buffer[:, :, used:used + new].copy_(key_states)
         self._value_buffer[:, :, used:used + new].copy_(value_states)
