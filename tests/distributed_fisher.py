@@ -1,6 +1,6 @@
 """Run under ``torchrun``: the empirical Fisher of a tiny model split over the processes, saved by the main one.
 
-    torchrun --nproc_per_node 2 tests/distributed_fisher.py OUT.safetensors ESTIMATOR
+    torchrun --nproc_per_node 2 tests/distributed_fisher.py OUT_DIR ESTIMATOR...   (OUT_DIR/ESTIMATOR.safetensors)
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ def fisher_inputs() -> tuple[torch.nn.Module, TokenBlocks]:
     return model, TokenBlocks(ids, mask, "fisher rows")
 
 
-def main(out: str, estimator: str) -> None:
+def main(out: str, estimators: list[str]) -> None:
     accelerator = Accelerator(cpu=True)
     model, blocks = fisher_inputs()
-    result = empirical_fisher(model, ["c_fc", "q_proj"], blocks, batch_size=2, estimator=estimator,
-                              processes=Processes.of(accelerator))
-    if accelerator.is_main_process:
-        save_file({**result.sums, "num_tokens": torch.tensor([result.num_tokens])}, out)
+    for estimator in estimators:
+        result = empirical_fisher(model, ["c_fc", "q_proj"], blocks, batch_size=2, estimator=estimator,
+                                  processes=Processes.of(accelerator))
+        if accelerator.is_main_process:
+            save_file({**result.sums, "num_tokens": torch.tensor([result.num_tokens])},
+                      f"{out}/{estimator}.safetensors")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2:])
