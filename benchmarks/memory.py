@@ -1,11 +1,12 @@
 """Peak memory and step time of an unlearning step, and what a model needs per GPU.
 
-Measured (on this machine's CPU): a randomly initialised GPT-Neo-125M-shaped model (no download), one
-IHL step with a retain batch as ``unlearnkit run`` takes it, for full fine-tuning, LoRA and FLoRA (its
+Measured (on this machine's CPU): a randomly initialised GPT-Neo-125M-shaped model (no download), one IHL
+step with a retain batch as ``unlearnkit run`` takes it, for full fine-tuning, LoRA and FLoRA (its
 initialisation: the Fisher passes form full target-weight gradients), with and without
-``train.gradient_checkpointing``, in float32 and bfloat16 (``model.dtype``). Peak memory is the peak resident
-set size above the level before the case (weights excluded, gradients, AdamW state and activations included),
-sampled every 10 ms; the step time is the median of the timed steps after one warm-up step.
+``train.gradient_checkpointing``, in float32 and bfloat16 (``model.dtype``); and a GD step on the same
+batches, to compare IHL with. Peak memory is the peak resident set size above the level before the case
+(weights excluded; gradients, AdamW state and activations included), sampled every 10 ms; the step time is
+the median of the timed steps after one warm-up step.
 
 Computed: the memory per GPU of GPT-Neo-2.7B (the paper's largest) and a 7B Llama-family model under DDP and
 DeepSpeed ZeRO-2, from their parameter counts (instantiated on the meta device, no download) and the usual
@@ -65,7 +66,7 @@ def blocks(rows: int, length: int, vocab: int, seed: int) -> TokenBlocks:
 
 
 def measure_case(quick: bool, mode: str, dtype: torch.dtype, checkpointing: bool, batch: int, length: int,
-                 steps: int) -> dict[str, Any]:
+                 steps: int, method_name: str = "ihl") -> dict[str, Any]:
     model = gpt_neo(quick, dtype)
     vocab = model.config.vocab_size
     forget, retain = blocks(batch, length, vocab, 1), blocks(batch, length, vocab, 2)
@@ -76,7 +77,7 @@ def measure_case(quick: bool, mode: str, dtype: torch.dtype, checkpointing: bool
     if checkpointing:
         enable_gradient_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    result: dict[str, Any] = {"mode": mode, "dtype": str(dtype).removeprefix("torch."),
+    result: dict[str, Any] = {"mode": mode, "method": method_name, "dtype": str(dtype).removeprefix("torch."),
                               "gradient_checkpointing": checkpointing,
                               "trainable_m": round(sum(p.numel() for p in trainable) / 1e6, 2)}
     if mode == "flora":
@@ -84,7 +85,7 @@ def measure_case(quick: bool, mode: str, dtype: torch.dtype, checkpointing: bool
             initialise_flora(model, forget, retain, FloraOptions(fisher_batch_size=batch))
         result["init_peak_mb"] = round(peak.delta_mb, 1)
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    method = get_method("ihl")
+    method = get_method(method_name)
     model.train()
     times = []
     with PeakRss() as peak:
@@ -230,6 +231,11 @@ def main() -> None:
                 case["estimate_mb"] = round((estimate["total"] - estimate["weights"]) / 2**20, 1)
                 print(case, flush=True)
                 measured.append(case)
+    # IHL against GD (the same forget and retain batches; GA has no retain batch): step time and peak memory
+    for mode in ("full", "lora"):
+        case = measure_case(args.quick, mode, torch.float32, False, args.batch, length, args.steps, "gd")
+        print(case, flush=True)
+        measured.append(case)
     table = gpu_table(args.gpu_batch, 200, args.gpus)
     for row in table:
         print(row)
