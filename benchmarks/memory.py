@@ -5,8 +5,9 @@ step with a retain batch as ``unlearnkit run`` takes it, for full fine-tuning, L
 initialisation: the Fisher passes form full target-weight gradients), with and without
 ``train.gradient_checkpointing``, in float32 and bfloat16 (``model.dtype``); and a GD step on the same
 batches, to compare IHL with. Peak memory is the peak resident set size above the level before the case
-(weights excluded; gradients, AdamW state and activations included), sampled every 10 ms; the step time is
-the median of the timed steps after one warm-up step.
+(weights excluded; gradients, AdamW state and activations included), sampled every 10 ms, each case in a
+fresh process (memory a previous case freed stays in a process and would hide the next case's); the step
+time is the median of the timed steps after one warm-up step.
 
 Computed: the memory per GPU of GPT-Neo-2.7B (the paper's largest) and a 7B Llama-family model under DDP and
 DeepSpeed ZeRO-2, from their parameter counts (instantiated on the meta device, no download) and the usual
@@ -23,8 +24,11 @@ Writes benchmarks/results/memory.json (atomically).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -197,6 +201,22 @@ def gpu_table(batch: int, length: int, gpus: int) -> list[dict[str, Any]]:
     return rows
 
 
+def in_fresh_process(args: argparse.Namespace, mode: str, dtype: str, checkpointing: bool, method: str,
+                     length: int) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--one-case", json.dumps(
+        {"quick": args.quick, "mode": mode, "dtype": dtype, "checkpointing": checkpointing, "method": method,
+         "batch": args.batch, "length": length, "steps": args.steps, "threads": torch.get_num_threads()})]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def one_case(spec: dict[str, Any]) -> None:
+    torch.set_num_threads(spec["threads"])
+    case = measure_case(spec["quick"], spec["mode"], getattr(torch, spec["dtype"]), spec["checkpointing"],
+                        spec["batch"], spec["length"], spec["steps"], spec["method"])
+    print(json.dumps(case))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny GPT-Neo: a smoke run")
@@ -207,7 +227,11 @@ def main() -> None:
     parser.add_argument("--gpu-batch", type=int, default=4, help="rows per GPU in the computed table")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--one-case", help=argparse.SUPPRESS)  # internal: one case, in its own process
     args = parser.parse_args()
+    if args.one_case:
+        one_case(json.loads(args.one_case))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     length = 32 if args.quick else args.seq_len
@@ -217,23 +241,19 @@ def main() -> None:
     print(f"GPT-Neo {'tiny' if args.quick else '125M shape'}: {params / 1e6:.1f} M parameters, "
           f"{args.batch} forget + {args.batch} retain rows x {length} tokens per step, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
-    measured = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for mode in ("full", "lora", "flora"):
-            for checkpointing in (False, True):
-                case = measure_case(args.quick, mode, dtype, checkpointing, args.batch, length, args.steps)
-                trainable = params if mode == "full" else int(case["trainable_m"] * 1e6)
-                element = 4 if dtype == torch.float32 else 2
-                estimate = estimate_bytes(params, trainable, shape.num_layers, shape.hidden_size, shape.num_heads,
-                                          shape.vocab_size, batch=args.batch, length=length, element=element,
-                                          checkpointing=checkpointing)
-                # the measured peak excludes the weights, which were allocated before the case's baseline
-                case["estimate_mb"] = round((estimate["total"] - estimate["weights"]) / 2**20, 1)
-                print(case, flush=True)
-                measured.append(case)
+    cases = [(mode, dtype, checkpointing, "ihl") for dtype in ("float32", "bfloat16")
+             for mode in ("full", "lora", "flora") for checkpointing in (False, True)]
     # IHL against GD (the same forget and retain batches; GA has no retain batch): step time and peak memory
-    for mode in ("full", "lora"):
-        case = measure_case(args.quick, mode, torch.float32, False, args.batch, length, args.steps, "gd")
+    cases += [(mode, "float32", False, "gd") for mode in ("full", "lora")]
+    measured = []
+    for mode, dtype, checkpointing, method in cases:
+        case = in_fresh_process(args, mode, dtype, checkpointing, method, length)
+        trainable = params if mode == "full" else int(case["trainable_m"] * 1e6)
+        estimate = estimate_bytes(params, trainable, shape.num_layers, shape.hidden_size, shape.num_heads,
+                                  shape.vocab_size, batch=args.batch, length=length,
+                                  element=4 if dtype == "float32" else 2, checkpointing=checkpointing)
+        # the measured peak excludes the weights, which were allocated before the case's baseline
+        case["estimate_mb"] = round((estimate["total"] - estimate["weights"]) / 2**20, 1)
         print(case, flush=True)
         measured.append(case)
     table = gpu_table(args.gpu_batch, 200, args.gpus)
