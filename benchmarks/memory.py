@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=200)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per case (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="model dtypes to measure (bfloat16 is slow on CPUs without bf16 matmuls)")
     parser.add_argument("--gpu-batch", type=int, default=4, help="rows per GPU in the computed table")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -241,7 +243,7 @@ def main() -> None:
     print(f"GPT-Neo {'tiny' if args.quick else '125M shape'}: {params / 1e6:.1f} M parameters, "
           f"{args.batch} forget + {args.batch} retain rows x {length} tokens per step, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
-    cases = [(mode, dtype, checkpointing, "ihl") for dtype in ("float32", "bfloat16")
+    cases = [(mode, dtype, checkpointing, "ihl") for dtype in args.dtypes.split(",")
              for mode in ("full", "lora", "flora") for checkpointing in (False, True)]
     # IHL against GD (the same forget and retain batches; GA has no retain batch): step time and peak memory
     cases += [(mode, "float32", False, "gd") for mode in ("full", "lora")]
