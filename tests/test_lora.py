@@ -112,7 +112,7 @@ def _one_step(adapter: str, checkpointing: bool):
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert len(block_runs) == (2 if checkpointing else 1)  # checkpointing recomputes the block in backward
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 @pytest.mark.parametrize("adapter", ["lora", "none"])

@@ -225,7 +225,11 @@ def enable_gradient_checkpointing(model: Any) -> None:
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise UnlearnkitError(f"{type(base).__name__} does not support gradient checkpointing; set "
                               "train.gradient_checkpointing: false.")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    options = {"use_reentrant": False}
+    if callable(getattr(base, "activation_checkpointing_enable", None)):  # transformers >= 5.x's name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     base.enable_input_require_grads()
 
 
