@@ -209,7 +209,9 @@ def run_unlearning(
                 forget = data.forget.subset(step_rows[:1])
             with accelerator.accumulate(model):
                 loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device, share)
-                if not step(loss):
+                # every process must take the NaN guard's decision together: one skipping the backward pass
+                # alone would leave the others waiting in the gradient all-reduce
+                if not processes.all_finite(loss) or not step(loss):
                     state.diverged_epoch = epoch
                     break
             state.step += 1

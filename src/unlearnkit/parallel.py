@@ -50,6 +50,13 @@ class Processes:
 
         return dict(reduce(tensors, reduction="sum"))
 
+    def all_finite(self, value: torch.Tensor) -> bool:
+        """Whether ``value`` is finite on every process (one process: on this one, as the NaN guard checks)."""
+        if self.count == 1:
+            return True  # the optimisation step's own guard decides
+        bad = (~torch.isfinite(value.detach())).any().to(torch.float64).reshape(1)
+        return float(self.sum({"nonfinite": bad})["nonfinite"].item()) == 0.0
+
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """The mean of each value over the processes (of per-process losses, say)."""
         if self.count == 1:
