@@ -15,6 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
                   help="Make a causal LM forget memorised text, prove it forgot, and show what it kept.")
 err = Console(emoji=False, stderr=True)
 
+EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # the loss became NaN/inf, or the model collapsed: restored to the last good epoch
 EXIT_NOT_FORGOTTEN = 4  # the forgetting criterion was not met within the epoch budget
@@ -82,21 +83,22 @@ def run(
             done = f"after epoch {saved.epoch}" if saved.epoch else "after set-up, before the first epoch"
             _error(f"Interrupted; the run is saved {done}. Resume it with: unlearnkit run --resume {output_dir}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    if result.main_process:  # on several processes (accelerate launch, torchrun) the main one writes
+    if result.main_process:  # on several processes (accelerate launch, torchrun) the main one writes and says
         with Progress(console=console, quiet=quiet).status("Writing outputs"):
             output_dir = write_run_outputs(result)
         Console(emoji=False).print(before_after_table(result))
         Console(emoji=False).print(f"Outputs in {output_dir}", markup=False, highlight=False)
-    else:
-        err.quiet = True  # the same exit code on every process, said once
+    code, message = EXIT_OK, ""
     if result.state.diverged_epoch is not None or result.state.collapsed_epoch is not None:
         advice = "lower train.lr" + ("" if cfg.train.max_grad_norm is not None else " or set train.max_grad_norm")
-        _error(f"{result.state.stop_reason}; {advice}.")
-        raise typer.Exit(EXIT_DIVERGED)
-    if not result.state.criterion_met and cfg.output.fail_if_not_forgotten:
-        _error(f"{result.state.stop_reason}; raise train.epochs or train.lr (or set output.fail_if_not_forgotten="
-               "false to exit 0).")
-        raise typer.Exit(EXIT_NOT_FORGOTTEN)
+        code, message = EXIT_DIVERGED, f"{result.state.stop_reason}; {advice}."
+    elif not result.state.criterion_met and cfg.output.fail_if_not_forgotten:
+        code, message = EXIT_NOT_FORGOTTEN, (f"{result.state.stop_reason}; raise train.epochs or train.lr (or set "
+                                             "output.fail_if_not_forgotten=false to exit 0).")
+    if message and result.main_process:
+        _error(message)
+    if code != EXIT_OK:
+        raise typer.Exit(code)  # the same code on every process
 
 
 @app.command(epilog="Example: `unlearnkit memorization smollm2 --data tdec,split=val,n=8 --seq-len 64`")

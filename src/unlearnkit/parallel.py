@@ -51,9 +51,10 @@ class Processes:
         return dict(reduce(tensors, reduction="sum"))
 
     def all_finite(self, value: torch.Tensor) -> bool:
-        """Whether ``value`` is finite on every process (one process: on this one, as the NaN guard checks)."""
+        """Whether ``value`` is finite on every process. On one process this is left to the optimisation
+        step's own NaN guard, and the answer is ``True``."""
         if self.count == 1:
-            return True  # the optimisation step's own guard decides
+            return True
         bad = (~torch.isfinite(value.detach())).any().to(torch.float64).reshape(1)
         return float(self.sum({"nonfinite": bad})["nonfinite"].item()) == 0.0
 
