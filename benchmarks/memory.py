@@ -9,8 +9,8 @@ batches, to compare IHL with. Peak memory is the peak resident set size above th
 fresh process (memory a previous case freed stays in a process and would hide the next case's); the step
 time is the median of the timed steps after one warm-up step.
 
-Computed: the memory per GPU of GPT-Neo-2.7B (the paper's largest) and a 7B Llama-family model under DDP and
-DeepSpeed ZeRO-2, from their parameter counts (instantiated on the meta device, no download) and the usual
+Computed: the memory per GPU of GPT-Neo-2.7B (the paper's largest) and a 7B Llama-family model under DDP,
+DeepSpeed ZeRO-2 and FSDP, from their parameter counts (instantiated on the meta device, no download) and the usual
 activation formula (Korthikanti et al. 2022, Eq. 2, scaled to the element size; with checkpointing one
 layer's input per layer plus one layer's activations). The same formula is applied to the measured 125M
 cases, so the JSON shows how far the estimate is from a measurement.
@@ -112,11 +112,13 @@ def measure_case(quick: bool, mode: str, dtype: torch.dtype, checkpointing: bool
 # ------------------------------------------------------------------------------------------ estimate
 def estimate_bytes(params: int, trainable: int, layers: int, hidden: int, heads: int, vocab: int, *,
                    batch: int, length: int, element: int, checkpointing: bool, processes: int = 1,
-                   zero2: bool = False, dropout: bool = True) -> dict[str, float]:
+                   zero2: bool = False, fsdp: bool = False, dropout: bool = True) -> dict[str, float]:
     """Bytes per process of one unlearning step (forget and retain batch, each ``batch`` x ``length``).
 
     Weights in ``element`` bytes; trainable weights get a gradient and AdamW's two moments, all in the
-    weights' dtype as torch keeps them (ZeRO-2 splits gradients and moments over ``processes``). Activations
+    weights' dtype as torch keeps them (ZeRO-2 splits gradients and moments over ``processes``; FSDP splits the
+    weights too, and adds two gathered layers (one computing, one prefetched) and, on the main process, the
+    whole plain copy that the evaluation after each epoch runs on: unlearnkit.parallel.WholeModel). Activations
     of both batches (the forget batch's graph is alive while the retain batch runs): Korthikanti et al.'s
     34 + 5·a·s/h units of s·b·h per layer in 16-bit (24 + 5·a·s/h without dropout), scaled to ``element``;
     with checkpointing, 2 units per layer (the saved input) plus one layer's full set. Logits: forget and
@@ -129,9 +131,11 @@ def estimate_bytes(params: int, trainable: int, layers: int, hidden: int, heads:
         activation = 2 * (tokens * hidden * (2 * layers + per_layer_units)) * scale
     else:
         activation = 2 * tokens * hidden * per_layer_units * layers * scale
-    split = processes if zero2 else 1
+    split = processes if zero2 or fsdp else 1
     parts = {
-        "weights": params * element,
+        "weights": params * element / (processes if fsdp else 1),
+        **({"gathered_layers": 2 * params / layers * element, "main_process_copy": params * element} if fsdp
+           else {}),
         "gradients": trainable * element / split,
         "adamw": trainable * 2 * element / split,
         "activations": activation,
@@ -173,13 +177,15 @@ def gpu_table(batch: int, length: int, gpus: int) -> list[dict[str, Any]]:
     rows = []
     for name in ("gpt-neo-2.7b", "llama-7b"):
         shape = shape_of(name)
-        for mode, element, zero2 in (("full fp32, DDP", 4, False), ("full fp32, ZeRO-2", 4, True),
-                                     ("full bf16 weights, ZeRO-2", 2, True), ("LoRA r16, bf16 weights", 2, False)):
+        for mode, element, zero2, fsdp in (
+                ("full fp32, DDP", 4, False, False), ("full fp32, ZeRO-2", 4, True, False),
+                ("full bf16 weights, ZeRO-2", 2, True, False), ("full bf16 weights, FSDP", 2, False, True),
+                ("LoRA r16, bf16 weights", 2, False, False)):
             trainable = shape["params"] if mode.startswith("full") else shape["lora_params"]
             for checkpointing in (False, True):
                 parts = estimate_bytes(shape["params"], trainable, shape["layers"], shape["hidden"],
                                        shape["heads"], shape["vocab"], batch=batch, length=length, element=element,
-                                       checkpointing=checkpointing, processes=gpus, zero2=zero2,
+                                       checkpointing=checkpointing, processes=gpus, zero2=zero2, fsdp=fsdp,
                                        dropout=shape["dropout"])
                 rows.append({"model": name, "params_b": round(shape["params"] / 1e9, 2), "setup": mode,
                              "gpus": gpus, "batch_per_gpu": batch, "seq_len": length,
@@ -229,10 +235,19 @@ def main() -> None:
     parser.add_argument("--gpu-batch", type=int, default=4, help="rows per GPU in the computed table")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--computed-only", action="store_true",
+                        help="recompute only the per-GPU table, into the JSON of an earlier run (measured kept)")
     parser.add_argument("--one-case", help=argparse.SUPPRESS)  # internal: one case, in its own process
     args = parser.parse_args()
     if args.one_case:
         one_case(json.loads(args.one_case))
+        return
+    if args.computed_only:
+        table = gpu_table(args.gpu_batch, 200, args.gpus)
+        for row in table:
+            print(row)
+        atomic_write_json(args.out, {**json.loads(args.out.read_text()), "computed_per_gpu": table})
+        print(f"wrote {args.out}")
         return
     if args.threads:
         torch.set_num_threads(args.threads)

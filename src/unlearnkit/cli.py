@@ -97,6 +97,9 @@ def run(
                                              "output.fail_if_not_forgotten=false to exit 0).")
     if message and result.main_process:
         _error(message)
+    if result.processes > 1:  # torchrun stops all processes once one exits non-zero: wait for the main one's writing
+        from accelerate import PartialState
+        PartialState().wait_for_everyone()
     if code != EXIT_OK:
         raise typer.Exit(code)  # the same code on every process
 

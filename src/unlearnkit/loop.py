@@ -39,7 +39,7 @@ from unlearnkit.modeling import (
     resolve_target_modules,
 )
 from unlearnkit.objectives import Method, get_method, unlearning_loss
-from unlearnkit.parallel import Processes, refuse_sharded_weights
+from unlearnkit.parallel import Processes, WholeModel, refuse_sharded_weights
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.training import OptimisationStep
@@ -139,12 +139,15 @@ def run_unlearning(
                                        processes=processes)
         adapter_summary, flora_initial = summary.to_dict(), summary.initial_state
         _add(timings, "adapter_init_s", t0)
-    named_trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    trainable = list(named_trainable.values())
     assert config.train.lr is not None  # resolved by RunConfig
-    step = OptimisationStep(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay,
-                            warmup_steps=config.train.warmup_steps, max_grad_norm=config.train.max_grad_norm)
+    step = OptimisationStep([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
+                            weight_decay=config.train.weight_decay, warmup_steps=config.train.warmup_steps,
+                            max_grad_norm=config.train.max_grad_norm)
+    whole = WholeModel(accelerator, model, processes)  # what the main process evaluates (FSDP: a gathered copy)
     model = step.prepare(accelerator, model)
+    # FSDP replaces the parameters by shards of them: the trainable ones are those of the prepared model
+    named_trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    trainable = list(named_trainable.values())
 
     # --- the loop ---------------------------------------------------------------------------
     generator = torch.Generator().manual_seed(config.seed)
@@ -164,8 +167,8 @@ def run_unlearning(
         _restore_grads(named_trainable, _prefixed(loop_tensors, "grad/"))
         check_before, last_scores = saved.payload["check_before"], saved.payload["last_scores"]
     else:
-        # the plain module: a DDP-wrapped one would start collectives on the main process alone
-        check_before = processes.on_main(lambda: _lm_loss(accelerator.unwrap_model(model), check_blocks)
+        evaluated = whole.of(model)
+        check_before = processes.on_main(lambda: _lm_loss(evaluated, check_blocks)
                                          if check_blocks is not None else None)
         last_scores = None  # forget-set scores of the model as last_good holds it
     last_good = _snapshot(trainable)
@@ -227,7 +230,7 @@ def run_unlearning(
         # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
         model.eval()
         scores, check_loss = processes.on_main(functools.partial(
-            _epoch_scores, accelerator.unwrap_model(model), data.forget, check_blocks, config, thresholds, progress,
+            _epoch_scores, whole.of(model), data.forget, check_blocks, config, thresholds, progress,
             epoch))
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -263,7 +266,7 @@ def run_unlearning(
                              f"forgetting criterion NOT met within {config.train.epochs} epochs")
 
     # --- after: evaluate and return ------------------------------------------------------------
-    model = accelerator.unwrap_model(model)
+    model = whole.of(model)
     model.eval()
     t0 = time.perf_counter()
     # The forget set was just scored after the last epoch (or the epoch restored to); reuse that.
@@ -274,7 +277,9 @@ def run_unlearning(
     timings["total_s"] = time.perf_counter() - started
     return RunResult(config, state, thresholds, before, after, timings, model=model, tokenizer=tokenizer,
                      data=data, target_modules=target_modules, adapter_summary=adapter_summary,
-                     processes=processes.count, main_process=processes.main)
+                     processes=processes.count, main_process=processes.main,
+                     launch={"distributed": accelerator.distributed_type.value,
+                             "mixed_precision": str(accelerator.mixed_precision)})
 
 
 def losses_of(records: list[dict[str, float]], key: str) -> list[float]:

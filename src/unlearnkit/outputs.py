@@ -120,6 +120,7 @@ def write_run_outputs(result: RunResult) -> Path:
             "batch": {"per_process": config.train.batch_size, "processes": result.processes,
                       "grad_accum": config.train.grad_accum,
                       "effective": config.train.batch_size * result.processes * config.train.grad_accum},
+            "launch": result.launch,
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
         })
         atomic_write_json(staging / "metrics.json", metrics_document(result))

@@ -1,5 +1,6 @@
 """A run on several processes (``accelerate launch`` or ``torchrun``: DDP, FSDP, DeepSpeed): which rows each
-process takes, sums over processes, and values that the main process computes for all of them.
+process takes, sums over processes, values that the main process computes for all of them, and the whole
+model it computes them on.
 
 accelerate does the distributing (process group, gradient all-reduce, sharding of weights and optimiser
 state); this module only says how unlearnkit's own passes split their work. One process is the special case
@@ -9,6 +10,7 @@ process, so a single-process run does exactly what it did before.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -81,16 +83,48 @@ SINGLE = Processes()
 
 
 def refuse_sharded_weights(accelerator: Any) -> None:
-    """Stop before any work when the launch shards the weights themselves (FSDP, DeepSpeed ZeRO-3): the
-    criterion after each epoch, the snapshots and the writer run on the main process with the whole model."""
+    """Stop before any work on DeepSpeed ZeRO-3, which shards the weights in a way unlearnkit cannot gather for
+    the main process's evaluation yet (FSDP can: :class:`WholeModel`)."""
     from accelerate.utils import DistributedType
 
     plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
-    if accelerator.distributed_type == DistributedType.FSDP or (
-            accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3:
         from unlearnkit.errors import UnlearnkitError
 
-        raise UnlearnkitError("Sharded weights (FSDP, DeepSpeed ZeRO-3) are not supported yet: the criterion after "
-                              "each epoch runs on the main process with the whole model; launch with DDP "
-                              "(configs/accelerate/ddp.yaml) or DeepSpeed ZeRO-2 (configs/accelerate/"
+        raise UnlearnkitError("DeepSpeed ZeRO-3 is not supported yet: the criterion after each epoch runs on the "
+                              "main process with the whole model; launch with FSDP (configs/accelerate/fsdp.yaml), "
+                              "which shards the weights too, or DeepSpeed ZeRO-2 (configs/accelerate/"
                               "deepspeed-zero2.yaml).")
+
+
+def shards_weights(accelerator: Any) -> bool:
+    """Whether each process holds only a part of the weights (FSDP)."""
+    from accelerate.utils import DistributedType
+
+    return bool(accelerator.distributed_type == DistributedType.FSDP)
+
+
+class WholeModel:
+    """The whole, plain model that the main process evaluates, from a model prepared by ``accelerator``.
+
+    Without sharding it is the prepared model unwrapped (DDP's wrapper would start collectives on the main process
+    alone). Under FSDP every process holds a shard, and a forward pass is a collective; so the main process keeps
+    a plain copy ("twin", made before sharding, on its device: one more whole model in memory there) and every
+    evaluation first gathers the current weights into it with accelerate's full state dict, on all processes.
+    """
+
+    def __init__(self, accelerator: Any, model: torch.nn.Module, processes: Processes) -> None:
+        self.accelerator, self.processes = accelerator, processes
+        self.sharded = shards_weights(accelerator)
+        self.twin = copy.deepcopy(model) if self.sharded and processes.main else None
+
+    def of(self, prepared: Any) -> Any:
+        """The whole model holding ``prepared``'s current weights on the main process (every process must call
+        this together under FSDP); the prepared model elsewhere, where it is not evaluated."""
+        if not self.sharded:
+            return self.accelerator.unwrap_model(prepared)
+        state = self.accelerator.get_state_dict(prepared)  # the full weights, on the main process
+        if self.twin is None:
+            return prepared
+        self.twin.load_state_dict(state, strict=True)
+        return self.twin

@@ -52,6 +52,7 @@ class RunResult:
     adapter_summary: dict[str, Any] | None = None
     processes: int = 1  # processes that trained it (accelerate launch / torchrun)
     main_process: bool = True  # False on the other processes: they hold the same model, and write nothing
+    launch: dict[str, str] = field(default_factory=dict)  # accelerate's distributed type and mixed precision
 
     @property
     def merged(self) -> bool:

@@ -42,6 +42,8 @@ class OptimisationStep:
         """Hand the model, optimiser and schedule to ``accelerator``; returns the prepared model."""
         self.accelerator = accelerator
         model, self.optimizer, self.scheduler = accelerator.prepare(model, self.optimizer, self.scheduler)
+        # FSDP replaces the parameters by shards of them, and points the optimiser at those
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         return model
 
     @property
