@@ -17,7 +17,7 @@ ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 LAYERS = [
     {"errors", "io", "progress", "config"},
     {"data"},
-    {"modeling", "parallel"},
+    {"modeling", "parallel", "flops"},
     {"objectives"},
     {"adapters"},
     {"metrics"},
@@ -28,6 +28,7 @@ LAYERS = [
     {"loop"},
     {"reports", "outputs", "preflight"},
     {"showcase"},
+    {"experiments"},
     {"cli"},
 ]
 

@@ -57,6 +57,17 @@ def test_each_method_unlearns_and_outputs_reload(memorized_model_dir, tmp_path, 
     assert load_config(out / "config.yaml") == config
     assert "Forgetting criterion met" in (out / "report.md").read_text()
     assert not list(tmp_path.glob(".run.partial-*"))
+    # what it cost: training FLOPs as the analytic 6 N (full) or 4 N + 6 A (LoRA) per token (tests/test_flops.py)
+    compute = metrics["compute"]
+    assert compute["tokens"]["train"] == result.state.tokens_seen > 0
+    original = AutoModelForCausalLM.from_pretrained(memorized_model_dir)
+    matmul = sum(m.weight.numel() for m in original.modules() if isinstance(m, torch.nn.Linear))
+    trainable = compute["parameters"]["trainable"]
+    per_token = 6 * matmul if adapter == "none" else 4 * matmul + 6 * trainable
+    assert compute["flops"]["train"] == pytest.approx(per_token * compute["tokens"]["train"], rel=0.15)
+    assert compute["flops"]["criterion"] > 0 and (compute["flops"].get("flora_init", 0) > 0) == (adapter == "flora")
+    assert compute["parameters"]["percent"] == pytest.approx(
+        100.0 if adapter == "none" else 100 * trainable / sum(p.numel() for p in original.parameters()))
 
     # the merged model reloads to the unlearned logits; the adapter applies to the original base
     tokenizer = AutoTokenizer.from_pretrained(memorized_model_dir)

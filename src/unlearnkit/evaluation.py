@@ -114,8 +114,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 @dataclass(frozen=True)
 class ScoreCache:
     """MA and EL_n of a set under a model that has not changed (the held-out thresholds, the forget set before
-    unlearning), kept as JSON under ``directory`` by the model's and the set's fingerprints, so that runs and
-    sweeps on the same model and data compute them once."""
+    unlearning), and what it kept (the downstream suite), kept as JSON under ``directory`` by the model's and
+    the set's (or the suite options') fingerprints, so that runs and sweeps on the same model compute them once."""
 
     directory: Path
     model: str  # :func:`model_fingerprint`
@@ -137,6 +137,22 @@ class ScoreCache:
     def store(self, blocks: TokenBlocks, config: EvalConfig, scores: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):  # a cache that cannot be written only costs the recomputation
             atomic_write_json(self._path(blocks, config), scores)
+
+    def _downstream_path(self, options: DownstreamConfig) -> Path:
+        key = f"{self.model}|downstream|{options.model_dump_json()}"
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+    def load_downstream(self, options: DownstreamConfig) -> dict[str, Any] | None:
+        """What these weights kept, as :func:`downstream_scores` measured it with the same options before."""
+        try:
+            scores: dict[str, Any] = json.loads(self._downstream_path(options).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return scores
+
+    def store_downstream(self, options: DownstreamConfig, scores: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write_json(self._downstream_path(options), scores)
 
 
 def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress: Progress,
@@ -165,7 +181,15 @@ def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress:
     if config.downstream is not None and "downstream" not in snapshot:
         if tokenizer is None or data_dir is None:
             raise ValueError("the downstream evaluation needs the tokenizer and the data directory")
-        snapshot["downstream"] = downstream_scores(model, tokenizer, config.downstream, data_dir, progress, label)
+        cached = cache.load_downstream(config.downstream) if cache is not None else None
+        if cached is not None:
+            progress.note(f"{label}: what these weights kept, from the score cache")
+            snapshot["downstream"] = cached
+        else:
+            snapshot["downstream"] = downstream_scores(model, tokenizer, config.downstream, data_dir, progress,
+                                                       label)
+            if cache is not None:
+                cache.store_downstream(config.downstream, snapshot["downstream"])
     return snapshot
 
 

@@ -8,6 +8,7 @@ and return the result; the caller writes it (:func:`unlearnkit.outputs.write_run
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -29,6 +30,7 @@ from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot, model_fingerprint
+from unlearnkit.flops import FlopTally
 from unlearnkit.io import cache_root
 from unlearnkit.metrics.perplexity import perplexity
 from unlearnkit.metrics.thresholds import Thresholds
@@ -127,6 +129,7 @@ def run_unlearning(
     t0 = time.perf_counter()
     adapter_summary = saved.payload["adapter_summary"] if saved else None
     flora_initial: dict[str, torch.Tensor] = {}
+    tally = FlopTally(state.flops, state.flops_sample)  # kept in the state: a resumed run keeps counting
     if config.adapter.name == "flora" and saved:
         flora_initial = _prefixed(saved.tensors(), "flora/")
         restore_flora(model, flora_initial)
@@ -135,11 +138,14 @@ def run_unlearning(
         fisher_retain = fisher_retain_sample(data.retain, len(data.forget), config.adapter.flora, config.seed)
         with progress.status(f"FLoRA: Fisher information ({len(data.forget)} forget, {len(fisher_retain)} retain "
                              f"sequences) and weighted SVD"):
-            summary = initialise_flora(model, data.forget, fisher_retain, config.adapter.flora,
-                                       processes=processes)
+            with tally.count("flora_init"):
+                summary = initialise_flora(model, data.forget, fisher_retain, config.adapter.flora,
+                                           processes=processes)
+            tally.flops["flora_init"] = _summed(processes, tally.flops["flora_init"])  # each did its share
         adapter_summary, flora_initial = summary.to_dict(), summary.initial_state
         _add(timings, "adapter_init_s", t0)
     assert config.train.lr is not None  # resolved by RunConfig
+    parameters = _parameter_counts(model, adapter=config.adapter.name != "none")
     step = OptimisationStep([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
                             weight_decay=config.train.weight_decay, warmup_steps=config.train.warmup_steps,
                             max_grad_norm=config.train.max_grad_norm)
@@ -210,7 +216,10 @@ def run_unlearning(
             share = len(forget) * processes.count / len(step_rows)
             if len(forget) == 0:  # fewer rows left than processes: run one row with weight 0 to take part
                 forget = data.forget.subset(step_rows[:1])
-            with accelerator.accumulate(model):
+            # the first step is counted (forward, backward, all processes alike); the others are scaled from it
+            counted = (tally.count_sample("train", forget.num_tokens + (retain.num_tokens if retain else 0))
+                       if "train" not in tally.sample else contextlib.nullcontext())
+            with accelerator.accumulate(model), counted:
                 loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device, share)
                 # every process must take the NaN guard's decision together: one skipping the backward pass
                 # alone would leave the others waiting in the gradient all-reduce
@@ -220,6 +229,7 @@ def run_unlearning(
             state.step += 1
             state.tokens_seen += int(data.forget.subset(step_rows).num_tokens) + (
                 retain.num_tokens * processes.count if retain is not None else 0)
+            tally.scale("train", state.tokens_seen)
             epoch_losses.append(parts)
         if state.diverged_epoch is not None:
             _restore(trainable, last_good)
@@ -229,9 +239,10 @@ def run_unlearning(
 
         # --- evaluate after each epoch: MA and EL_n on the forget set (Appendix B) ------------
         model.eval()
-        scores, check_loss = processes.on_main(functools.partial(
-            _epoch_scores, whole.of(model), data.forget, check_blocks, config, thresholds, progress,
-            epoch))
+        evaluated = whole.of(model)
+        with tally.count("criterion"):  # on the main process, where the criterion is computed
+            scores, check_loss = processes.on_main(functools.partial(
+                _epoch_scores, evaluated, data.forget, check_blocks, config, thresholds, progress, epoch))
         record: dict[str, Any] = {
             "epoch": epoch,
             **processes.mean({k: _mean(losses_of(epoch_losses, k)) for k in ("loss", "forget_loss", "retain_loss")
@@ -279,7 +290,7 @@ def run_unlearning(
                      data=data, target_modules=target_modules, adapter_summary=adapter_summary,
                      processes=processes.count, main_process=processes.main,
                      launch={"distributed": accelerator.distributed_type.value,
-                             "mixed_precision": str(accelerator.mixed_precision)})
+                             "mixed_precision": str(accelerator.mixed_precision)}, parameters=parameters)
 
 
 def losses_of(records: list[dict[str, float]], key: str) -> list[float]:
@@ -350,6 +361,17 @@ def _collapse(record: dict[str, Any], check_before: float | None, factor: float 
         return (f"LM loss on kept text {record['retain_check_loss']:.3g}, more than {factor:g} x its "
                 f"{check_before:.3g} before unlearning")
     return ""
+
+
+def _parameter_counts(model: torch.nn.Module, adapter: bool) -> dict[str, int]:
+    """Trainable parameters and those of the model as loaded (an adapter's own are not the model's)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "model": total - trainable if adapter else total}
+
+
+def _summed(processes: Processes, value: float) -> float:
+    return processes.mean({"value": value})["value"] * processes.count
 
 
 def _add(timings: dict[str, float], key: str, since: float) -> None:

@@ -39,6 +39,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "steps": result.state.step,
         "tokens_seen": result.state.tokens_seen,
         "adapter": result.adapter_summary,
+        "compute": result.compute(),
     }
 
 

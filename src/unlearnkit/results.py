@@ -26,6 +26,8 @@ class RunState:
     warnings: list[str] = field(default_factory=list)
     resumed_after: list[int] = field(default_factory=list)
     """The epochs after which this run was interrupted and resumed from its checkpoint."""
+    flops: dict[str, float] = field(default_factory=dict)  # per phase: unlearnkit.flops.FlopTally
+    flops_sample: dict[str, Any] = field(default_factory=dict)  # the counted step of a phase: [FLOPs, tokens]
 
 
 @dataclass
@@ -53,6 +55,17 @@ class RunResult:
     processes: int = 1  # processes that trained it (accelerate launch / torchrun)
     main_process: bool = True  # False on the other processes: they hold the same model, and write nothing
     launch: dict[str, str] = field(default_factory=dict)  # accelerate's distributed type and mixed precision
+    parameters: dict[str, int] = field(default_factory=dict)  # trainable and in the model as loaded (Params %)
+
+    def compute(self) -> dict[str, Any]:
+        """What the run cost: FLOPs per phase (:mod:`unlearnkit.flops`), tokens trained on, parameters trained
+        (Table 1's "Params (%)": of the model as loaded) and seconds per phase."""
+        parameters: dict[str, float] = dict(self.parameters)
+        if parameters.get("model"):
+            parameters["percent"] = 100.0 * parameters["trainable"] / parameters["model"]
+        flops = {**self.state.flops, "total": float(sum(self.state.flops.values()))}
+        return {"flops": flops, "tokens": {"train": self.state.tokens_seen},
+                "parameters": parameters, "seconds": {k: round(v, 2) for k, v in self.timings.items()}}
 
     @property
     def merged(self) -> bool:

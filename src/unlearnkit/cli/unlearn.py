@@ -1,32 +1,25 @@
-"""The ``unlearnkit`` command line: parse, call the library, print. Nothing else lives here."""
+"""Commands that change a model: run (unlearn), fisher (FLoRA's Fisher information), demo, testbed build."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from unlearnkit.cli.common import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FORGOTTEN,
+    EXIT_OK,
+    DataDir,
+    Quiet,
+    app,
+    err,
+    error_line,
+)
 from unlearnkit.errors import UnlearnkitError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="Make a causal LM forget memorised text, prove it forgot, and show what it kept.")
-err = Console(emoji=False, stderr=True)
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3  # the loss became NaN/inf, or the model collapsed: restored to the last good epoch
-EXIT_NOT_FORGOTTEN = 4  # the forgetting criterion was not met within the epoch budget
-EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); `run` saved a checkpoint to resume from
-
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")]
-ModelName = Annotated[str, typer.Argument(help="hub id, local directory, .gguf file or 'smollm2'")]
-SeqLen = Annotated[int, typer.Option(min=2, help="tokens per sequence")]
-ElN = Annotated[int, typer.Option("--n", min=1, help="n of EL_n")]
-DataDir = Annotated[str | None, typer.Option(help="data directory (default $UNLEARNKIT_DATA)")]
-JsonOut = Annotated[Path | None, typer.Option("--json", help="also write the results here (JSON)")]
 
 
 @app.command(epilog="Example: `unlearnkit run configs/paper/gpt-neo-125m-lora-ihl.yaml --set train.lr=2e-4 "
@@ -78,10 +71,10 @@ def run(
     except KeyboardInterrupt:
         saved = checkpoints.latest() if checkpoints is not None else None
         if saved is None:
-            _error("Interrupted before the first checkpoint; nothing was saved, run the command again.")
+            error_line("Interrupted before the first checkpoint; nothing was saved, run the command again.")
         else:
             done = f"after epoch {saved.epoch}" if saved.epoch else "after set-up, before the first epoch"
-            _error(f"Interrupted; the run is saved {done}. Resume it with: unlearnkit run --resume {output_dir}")
+            error_line(f"Interrupted; the run is saved {done}. Resume it with: unlearnkit run --resume {output_dir}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if result.main_process:  # on several processes (accelerate launch, torchrun) the main one writes and says
         with Progress(console=console, quiet=quiet).status("Writing outputs"):
@@ -96,44 +89,12 @@ def run(
         code, message = EXIT_NOT_FORGOTTEN, (f"{result.state.stop_reason}; raise train.epochs or train.lr (or set "
                                              "output.fail_if_not_forgotten=false to exit 0).")
     if message and result.main_process:
-        _error(message)
+        error_line(message)
     if result.processes > 1:  # torchrun stops all processes once one exits non-zero: wait for the main one's writing
         from accelerate import PartialState
         PartialState().wait_for_everyone()
     if code != EXIT_OK:
         raise typer.Exit(code)  # the same code on every process
-
-
-@app.command(epilog="Example: `unlearnkit memorization smollm2 --data tdec,split=val,n=8 --seq-len 64`")
-def memorization(
-    model: ModelName,
-    data: Annotated[str, typer.Option(help="a file path, or SOURCE[,key=value...] e.g. jang,n=32,set=0")],
-    seq_len: SeqLen = 200,
-    n: ElN = 10,
-    data_dir: DataDir = None,
-    json_out: JsonOut = None,
-    quiet: Quiet = False,
-) -> None:
-    """Memorisation accuracy (MA) and extraction likelihood (EL_n) of any model on any source."""
-    from rich.table import Table
-
-    from unlearnkit.config import EvalConfig
-    from unlearnkit.evaluation import evaluate_memorization
-    from unlearnkit.io import atomic_write_json
-    from unlearnkit.progress import Progress
-
-    _check_json_out(json_out)
-    progress = Progress(quiet=quiet)
-    loaded, (blocks,) = _model_and_sources(model, [data], data_dir, seq_len, progress, n)
-    scores = evaluate_memorization(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
-    table = Table(title=f"{model} on {blocks.name} ({len(blocks)} sequences × {blocks.seq_len} tokens)")
-    table.add_column("metric")
-    table.add_column("mean", justify="right")
-    table.add_row("MA", f"{scores['ma']:.4f}")
-    table.add_row(f"EL{n}", f"{scores['el']:.4f}")
-    Console(emoji=False).print(table)
-    if json_out is not None:
-        atomic_write_json(json_out, {"model": model, "data": data, "n": n, **scores})
 
 
 @app.command(epilog="Example: `unlearnkit fisher configs/paper/gpt-neo-125m-flora-ihl.yaml --out runs/fisher-125m`, "
@@ -219,102 +180,6 @@ def demo(
     console.print(f"Outputs in {result.output_dir}: demo.md, demo.png, demo.json, report.md, model/, adapter/")
 
 
-@app.command(epilog="Example: `unlearnkit audit runs/ihl/model --forget jang,n=32,set=0 "
-                     "--holdout tdec,split=val,n=32 --json audit.json`")
-def audit(
-    model: ModelName,
-    forget: Annotated[str, typer.Option(help="the text that should be forgotten: a file or SOURCE[,k=v...]")],
-    holdout: Annotated[str, typer.Option(help="text of the same kind the model never saw")],
-    seq_len: SeqLen = 200,
-    n: ElN = 10,
-    data_dir: DataDir = None,
-    json_out: JsonOut = None,
-    quiet: Quiet = False,
-) -> None:
-    """Privacy audit of any model: MA, EL_n, the TDEC extraction attack and membership-inference AUCs."""
-    from unlearnkit.config import EvalConfig
-    from unlearnkit.data.run_sets import RunData
-    from unlearnkit.evaluation import evaluation_snapshot
-    from unlearnkit.io import atomic_write_json
-    from unlearnkit.progress import Progress
-    from unlearnkit.reports import audit_table
-
-    _check_json_out(json_out)
-    progress = Progress(quiet=quiet)
-    loaded, (forget_blocks, holdout_blocks) = _model_and_sources(model, [forget, holdout], data_dir, seq_len,
-                                                                 progress, n)
-    sets = RunData(forget=forget_blocks, validation=holdout_blocks)
-    with progress.status(f"Auditing {len(forget_blocks)} forget and {len(holdout_blocks)} held-out sequences"):
-        snapshot = evaluation_snapshot(loaded.model, sets, EvalConfig(el_n=n), progress, "audit",
-                                       tokenizer=loaded.tokenizer)
-    Console(emoji=False).print(audit_table(snapshot, n))
-    if json_out is not None:
-        atomic_write_json(json_out, {"model": model, "sources": {"forget": forget, "validation": holdout}, "n": n,
-                                     "ids": {"forget": forget_blocks.ids, "validation": holdout_blocks.ids},
-                                     **snapshot})
-
-
-@app.command("eval", epilog="Example: `unlearnkit eval smollm2 --suite paper --limit 100 --output runs/eval-smollm2`; "
-                            "`unlearnkit eval runs/ihl --suite quick` evaluates a run's unlearned model.")
-def eval_(
-    model: Annotated[str, typer.Argument(help="hub id, local directory, .gguf file, 'smollm2', or a `run` output "
-                                              "directory (its model/)")],
-    suite: Annotated[str, typer.Option(help="paper (Table 1: 9 reasoning tasks, 4 dialogue sets, Pile and "
-                                            "WikiText perplexity) | quick (a few cheap tasks)")] = "paper",
-    tasks: Annotated[str | None, typer.Option(help="comma-separated tasks instead of the suite's: reasoning tasks "
-                                                   "(ours, or lm-eval's built-in where there is network), "
-                                                   "dialogue sets, pile, wikitext")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="score the first N items of each task")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="sequences per forward pass")] = 16,
-    output: Annotated[Path | None, typer.Option(help="write eval.json and eval.md here")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing eval.json / eval.md in --output")] = False,
-    data_dir: DataDir = None,
-    quiet: Quiet = False,
-) -> None:
-    """What a model knows: reasoning accuracy (lm-eval), dialogue F1 and perplexity, as in the paper's Table 1."""
-    from unlearnkit.config import DownstreamConfig
-    from unlearnkit.data.catalog import resolve_data_dir
-    from unlearnkit.evaluation import downstream_scores
-    from unlearnkit.io import atomic_write_json, atomic_write_text
-    from unlearnkit.modeling import load_model
-    from unlearnkit.progress import Progress
-    from unlearnkit.reports import kept_table, render_kept_markdown
-
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    options = _validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
-                         "The evaluation option")
-    if output is not None and not overwrite and any((output / f).exists() for f in ("eval.json", "eval.md")):
-        raise UnlearnkitError(f"{output} already holds eval.json or eval.md; choose another --output or pass "
-                              "--overwrite.")
-    if output is not None and output.exists() and not output.is_dir():
-        raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
-    run_model = Path(model).expanduser() / "model"
-    location = str(run_model) if (run_model / "config.json").is_file() else model
-    progress = Progress(quiet=quiet)
-    with progress.status(f"Loading {location}"):
-        loaded = load_model(location)
-    snapshot = downstream_scores(loaded.model, loaded.tokenizer, options, resolve_data_dir(data_dir), progress)
-    Console(emoji=False).print(kept_table(snapshot, f"What {model} kept"))
-    if output is not None:
-        atomic_write_json(output / "eval.json", {"model": model, "loaded_from": location, **snapshot})
-        atomic_write_text(output / "eval.md", render_kept_markdown(model, snapshot))
-        Console(emoji=False).print(f"Wrote {output / 'eval.json'} and {output / 'eval.md'}")
-
-
-def _validated(build: Any, what: str) -> Any:
-    """``build()`` a config model; a validation error becomes one sentence naming ``what`` was wrong (exit 2)."""
-    from pydantic import ValidationError
-
-    try:
-        return build()
-    except ValidationError as error:
-        first = error.errors()[0]
-        message = first["msg"].removeprefix("Value error, ").rstrip(".")
-        where = f" at {'.'.join(map(str, first['loc']))}" if first["loc"] else ""
-        raise UnlearnkitError(f"{what} is invalid{where}: {message}{'' if message.endswith(('?', '.')) else '.'}"
-                              ) from None
-
-
 testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                           help="A miniature TDEC testbed that runs on a CPU (GPT-Neo trained from scratch) and the "
                                "memorised SmolLM2 of configs/smollm2/.")
@@ -364,86 +229,3 @@ def testbed_build(
     Console(emoji=False).print(f"Model in {directory / 'model'} (manifest.json beside it)")
 
 
-def _check_json_out(path: Path | None) -> None:
-    """Refuse a --json path that cannot take a file, before the work whose results it would hold."""
-    if path is not None and path.is_dir():
-        raise UnlearnkitError(f"--json {path} is a directory; give a file name, e.g. {path / 'scores.json'}.")
-    if path is not None and path.parent.exists() and not path.parent.is_dir():
-        raise UnlearnkitError(f"--json {path} cannot be written: {path.parent} is a file; choose another path.")
-
-
-def _model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_len: int,
-                       progress: Any, el_n: int) -> tuple[Any, list[Any]]:
-    """Load ``model`` and each of ``sources`` (CLI source strings) as token blocks for its tokenizer."""
-    if el_n + 1 > seq_len:
-        raise UnlearnkitError(f"EL{el_n} needs sequences of at least {el_n + 1} tokens but --seq-len is {seq_len}; "
-                              "lower --n or raise --seq-len.")
-    from unlearnkit.data.sources import check_user_file, load_blocks, resolve_data_dir
-    from unlearnkit.modeling import load_model
-
-    specs = [parse_source(text) for text in sources]  # bad input fails before the model loads
-    directory = resolve_data_dir(data_dir)
-    for spec in specs:
-        if spec.source == "file" and spec.path:
-            check_user_file(spec.path, directory)
-    with progress.status(f"Loading {model}"):
-        loaded = load_model(model)
-    return loaded, [load_blocks(spec, loaded.tokenizer, directory, seq_len=seq_len) for spec in specs]
-
-
-def parse_source(text: str) -> Any:
-    """``path/to/file.txt`` or ``SOURCE[,key=value...]`` → a data SourceConfig."""
-    import yaml
-
-    from unlearnkit.config import SourceConfig
-
-    if Path(text).expanduser().is_file():
-        return SourceConfig(source="file", path=str(Path(text).expanduser()))
-    name, *pairs = [part.strip() for part in text.split(",")]
-    if not pairs and (Path(name).suffix.lower() in (".txt", ".jsonl", ".csv") or "/" in name):
-        where = Path(name).expanduser()
-        problem = "is a directory" if where.is_dir() else "does not exist"
-        raise UnlearnkitError(f"The data file {where} {problem}; give the path of a .txt, .jsonl or .csv file, or a "
-                              "source such as jang,n=32,set=0.")
-    fields: dict[str, Any] = {"source": name}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UnlearnkitError(f'The data option part "{pair}" is not key=value; write e.g. jang,n=32,set=0.')
-        key, value = pair.split("=", 1)
-        fields[key.strip()] = yaml.safe_load(value)
-    return _validated(lambda: SourceConfig(**fields), f"The data option {text!r}")
-
-
-def main() -> None:
-    """Entry point: user errors become one red sentence and a non-zero exit, never a traceback."""
-    try:
-        # Outside standalone mode click returns a command's exit code (typer.Exit) instead of exiting.
-        code = app(standalone_mode=False)
-    except UnlearnkitError as error:
-        _error(str(error))
-        sys.exit(EXIT_BAD_INPUT)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        _error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as error:
-        # Usage errors come from the click that typer bundles, whose classes are not click's own.
-        if hasattr(error, "format_message") and hasattr(error, "exit_code"):
-            context = getattr(error, "ctx", None)
-            command = context.command_path if context is not None else "unlearnkit"
-            _error(f"{error.format_message().rstrip('.')}; see `{command} --help`.")
-            sys.exit(EXIT_BAD_INPUT)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _error(message: str) -> None:
-    """One red ``error:`` and the message as plain text (paths and ``[q, v, ffn]`` are not rich markup)."""
-    from rich.text import Text
-
-    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""``python -m unlearnkit.cli``."""
+
+from unlearnkit.cli import main
+
+main()

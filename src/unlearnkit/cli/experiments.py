@@ -1,0 +1,89 @@
+"""Commands for studies over many runs: sweep (a grid of runs, resumable) and report (Table 1, Figures 2-4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from unlearnkit.cli.common import EXIT_SWEEP_FAILURES, Quiet, app
+from unlearnkit.errors import UnlearnkitError
+
+
+@app.command(epilog="Example: `unlearnkit sweep configs/testbed/sweeps/table1.yaml --shard 0/2` in one shell and "
+                    "`--shard 1/2` in another; then `unlearnkit report runs/sweeps/table1`.")
+def sweep(
+    file: Annotated[Path, typer.Argument(help="sweep YAML: a base config and a grid (see configs/*/sweeps/)")],
+    shard: Annotated[str, typer.Option(help="run only shard I of K (I from 0): every K-th point, from the I-th")
+                     ] = "0/1",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the points and their state; run nothing")
+                       ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run every point of a grid of configs, each into its own directory; finished points are skipped and
+    interrupted ones resumed, so the command can be run again (or in several shards) until all are done."""
+    from unlearnkit.config.sweep import load_sweep
+
+    index, count = _shard(shard)
+    plan = load_sweep(file)
+    points = plan.shard(index, count)
+    console = Console(emoji=False, quiet=quiet and not dry_run)
+    console.print(f"{plan.path}: {len(plan.points)} points into {plan.output}; this shard ({index}/{count}) runs "
+                  f"{len(points)}.", markup=False, highlight=False)
+    if dry_run:
+        from unlearnkit.experiments.sweep import failure_file
+
+        for point in points:
+            state = ("done" if (plan.output / point.name / "run.json").is_file() else
+                     "failed before" if failure_file(plan, point).is_file() else "to run")
+            console.print(f"  {point.name}  [{state}]", markup=False, highlight=False)
+        return
+    from unlearnkit.config import load_config
+
+    for point in points:  # every point's config is read and checked before the first one trains
+        load_config(point.config, point.overrides)
+    from unlearnkit.experiments.sweep import RESULTS_JSONL, run_sweep
+
+    outcome = run_sweep(plan, points, quiet=True, say=lambda line: console.print(line, markup=False,
+                                                                                  highlight=False))
+    console.print(f"{len(outcome.ran)} run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
+                  f"results in {plan.output / RESULTS_JSONL}", markup=False, highlight=False)
+    if outcome.failed:
+        from unlearnkit.cli.common import error_line
+
+        error_line(f"{len(outcome.failed)} point(s) failed ({', '.join(outcome.failed)}); the reasons are in "
+                   f"{plan.output}/NAME.failed.json and results.jsonl. Fix them and run the sweep again.")
+        raise typer.Exit(EXIT_SWEEP_FAILURES)
+
+
+@app.command(epilog="Example: `unlearnkit report runs/sweeps/table1`, or `unlearnkit report runs/sweeps/table1 "
+                    "--page docs/results.md --section testbed` to update that section of a Markdown page.")
+def report(
+    results: Annotated[Path, typer.Argument(help="a sweep's output directory (holding results.jsonl)")],
+    out: Annotated[Path | None, typer.Option(help="where to write (default RESULTS/report)")] = None,
+    page: Annotated[Path | None, typer.Option(help="a Markdown page whose marked section to replace")] = None,
+    section: Annotated[str | None, typer.Option(help="the section of --page: between <!-- report:SECTION --> "
+                                                     "and <!-- /report:SECTION -->")] = None,
+) -> None:
+    """Table 1 (Markdown and CSV) and Figures 2-4 (PNG) of a sweep's results, in the paper's shape."""
+    from unlearnkit.experiments.report import update_page, write_report
+
+    if (page is None) != (section is None):
+        raise UnlearnkitError("--page and --section go together: pass both to update a page, or neither.")
+    written = write_report(results, out)
+    if page is not None and section is not None:
+        update_page(page, section, results)
+        written.append(page)
+    Console(emoji=False).print("Wrote " + ", ".join(str(p) for p in written), markup=False, highlight=False)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise UnlearnkitError(f'--shard "{text}" is not I/K with 0 <= I < K; write e.g. --shard 0/2 and --shard 1/2.')
+    return index, count

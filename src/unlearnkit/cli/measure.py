@@ -1,0 +1,139 @@
+"""Commands that measure a model: memorization (MA, EL), audit (privacy), eval (what the model kept)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from unlearnkit.cli.common import (
+    DataDir,
+    ElN,
+    JsonOut,
+    ModelName,
+    Quiet,
+    SeqLen,
+    app,
+    check_json_out,
+    model_and_sources,
+    validated,
+)
+from unlearnkit.errors import UnlearnkitError
+
+
+@app.command(epilog="Example: `unlearnkit memorization smollm2 --data tdec,split=val,n=8 --seq-len 64`")
+def memorization(
+    model: ModelName,
+    data: Annotated[str, typer.Option(help="a file path, or SOURCE[,key=value...] e.g. jang,n=32,set=0")],
+    seq_len: SeqLen = 200,
+    n: ElN = 10,
+    data_dir: DataDir = None,
+    json_out: JsonOut = None,
+    quiet: Quiet = False,
+) -> None:
+    """Memorisation accuracy (MA) and extraction likelihood (EL_n) of any model on any source."""
+    from rich.table import Table
+
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.evaluation import evaluate_memorization
+    from unlearnkit.io import atomic_write_json
+    from unlearnkit.progress import Progress
+
+    check_json_out(json_out)
+    progress = Progress(quiet=quiet)
+    loaded, (blocks,) = model_and_sources(model, [data], data_dir, seq_len, progress, n)
+    scores = evaluate_memorization(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
+    table = Table(title=f"{model} on {blocks.name} ({len(blocks)} sequences × {blocks.seq_len} tokens)")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_row("MA", f"{scores['ma']:.4f}")
+    table.add_row(f"EL{n}", f"{scores['el']:.4f}")
+    Console(emoji=False).print(table)
+    if json_out is not None:
+        atomic_write_json(json_out, {"model": model, "data": data, "n": n, **scores})
+
+
+@app.command(epilog="Example: `unlearnkit audit runs/ihl/model --forget jang,n=32,set=0 "
+                     "--holdout tdec,split=val,n=32 --json audit.json`")
+def audit(
+    model: ModelName,
+    forget: Annotated[str, typer.Option(help="the text that should be forgotten: a file or SOURCE[,k=v...]")],
+    holdout: Annotated[str, typer.Option(help="text of the same kind the model never saw")],
+    seq_len: SeqLen = 200,
+    n: ElN = 10,
+    data_dir: DataDir = None,
+    json_out: JsonOut = None,
+    quiet: Quiet = False,
+) -> None:
+    """Privacy audit of any model: MA, EL_n, the TDEC extraction attack and membership-inference AUCs."""
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.data.run_sets import RunData
+    from unlearnkit.evaluation import evaluation_snapshot
+    from unlearnkit.io import atomic_write_json
+    from unlearnkit.progress import Progress
+    from unlearnkit.reports import audit_table
+
+    check_json_out(json_out)
+    progress = Progress(quiet=quiet)
+    loaded, (forget_blocks, holdout_blocks) = model_and_sources(model, [forget, holdout], data_dir, seq_len,
+                                                                 progress, n)
+    sets = RunData(forget=forget_blocks, validation=holdout_blocks)
+    with progress.status(f"Auditing {len(forget_blocks)} forget and {len(holdout_blocks)} held-out sequences"):
+        snapshot = evaluation_snapshot(loaded.model, sets, EvalConfig(el_n=n), progress, "audit",
+                                       tokenizer=loaded.tokenizer)
+    Console(emoji=False).print(audit_table(snapshot, n))
+    if json_out is not None:
+        atomic_write_json(json_out, {"model": model, "sources": {"forget": forget, "validation": holdout}, "n": n,
+                                     "ids": {"forget": forget_blocks.ids, "validation": holdout_blocks.ids},
+                                     **snapshot})
+
+
+@app.command("eval", epilog="Example: `unlearnkit eval smollm2 --suite paper --limit 100 --output runs/eval-smollm2`; "
+                            "`unlearnkit eval runs/ihl --suite quick` evaluates a run's unlearned model.")
+def eval_(
+    model: Annotated[str, typer.Argument(help="hub id, local directory, .gguf file, 'smollm2', or a `run` output "
+                                              "directory (its model/)")],
+    suite: Annotated[str, typer.Option(help="paper (Table 1: 9 reasoning tasks, 4 dialogue sets, Pile and "
+                                            "WikiText perplexity) | quick (a few cheap tasks)")] = "paper",
+    tasks: Annotated[str | None, typer.Option(help="comma-separated tasks instead of the suite's: reasoning tasks "
+                                                   "(ours, or lm-eval's built-in where there is network), "
+                                                   "dialogue sets, pile, wikitext")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="score the first N items of each task")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="sequences per forward pass")] = 16,
+    output: Annotated[Path | None, typer.Option(help="write eval.json and eval.md here")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing eval.json / eval.md in --output")] = False,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """What a model knows: reasoning accuracy (lm-eval), dialogue F1 and perplexity, as in the paper's Table 1."""
+    from unlearnkit.config import DownstreamConfig
+    from unlearnkit.data.catalog import resolve_data_dir
+    from unlearnkit.evaluation import downstream_scores
+    from unlearnkit.io import atomic_write_json, atomic_write_text
+    from unlearnkit.modeling import load_model
+    from unlearnkit.progress import Progress
+    from unlearnkit.reports import kept_table, render_kept_markdown
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
+                         "The evaluation option")
+    if output is not None and not overwrite and any((output / f).exists() for f in ("eval.json", "eval.md")):
+        raise UnlearnkitError(f"{output} already holds eval.json or eval.md; choose another --output or pass "
+                              "--overwrite.")
+    if output is not None and output.exists() and not output.is_dir():
+        raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
+    run_model = Path(model).expanduser() / "model"
+    location = str(run_model) if (run_model / "config.json").is_file() else model
+    progress = Progress(quiet=quiet)
+    with progress.status(f"Loading {location}"):
+        loaded = load_model(location)
+    snapshot = downstream_scores(loaded.model, loaded.tokenizer, options, resolve_data_dir(data_dir), progress)
+    Console(emoji=False).print(kept_table(snapshot, f"What {model} kept"))
+    if output is not None:
+        atomic_write_json(output / "eval.json", {"model": model, "loaded_from": location, **snapshot})
+        atomic_write_text(output / "eval.md", render_kept_markdown(model, snapshot))
+        Console(emoji=False).print(f"Wrote {output / 'eval.json'} and {output / 'eval.md'}")
+
+

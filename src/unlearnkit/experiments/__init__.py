@@ -1,0 +1,1 @@
+"""Experiments: sweeps over configs and the paper-style report of their results."""

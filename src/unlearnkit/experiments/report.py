@@ -1,0 +1,234 @@
+"""The paper-style report of a sweep: read its results.jsonl, build Table 1, and write the table with Figures 2-4
+as Markdown, CSV and PNG files, or splice them into a hand-written Markdown page between two markers.
+
+Table 1 groups the runs per model and method (the paper's names, :func:`method_label`); every number is the
+mean ± standard deviation over the group's successful runs, as in the paper, which reports results "after
+performing unlearning until these criteria are met".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.experiments.figures import (
+    done_rows,
+    finite_value,
+    method_label,
+    ordered_labels,
+    paper_figures,
+    row_label,
+    save_figure,
+)
+from unlearnkit.io import atomic_write_text
+
+__all__ = ["read_rows", "method_label", "table1_rows", "write_table1", "write_report", "update_page"]
+
+Row = dict[str, Any]
+RESULTS_FILE = "results.jsonl"
+_REQUIRED = ("name", "status", "model", "method", "adapter")
+NO_VALUE = "—"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A numeric column of Table 1: which result field it averages, in which unit, and its header."""
+
+    key: str
+    header: str
+    field: str
+    scale: float  # fractions are shown as percentages, like the paper
+    decimals: int
+    before_field: str | None = None
+
+
+COLUMNS = (
+    Column("params_pct", "Params (%)", "params_pct", 1.0, 2),
+    Column("epochs", "Epochs", "epochs", 1.0, 1),
+    Column("el10_pct", "EL10 (%) ↓", "el10", 100.0, 1, "el10_before"),
+    Column("ma_pct", "MA (%) ↓", "ma", 100.0, 1, "ma_before"),
+    Column("reasoning_acc_pct", "Reasoning (Acc %) ↑", "reasoning_acc", 100.0, 1, "reasoning_acc_before"),
+    Column("dialogue_f1_pct", "Dialogue (F1 %) ↑", "dialogue_f1", 100.0, 1, "dialogue_f1_before"),
+    Column("pile_ppl", "Pile PPL ↓", "pile_ppl", 1.0, 1, "pile_ppl_before"),
+)
+CSV_HEADER = ["model", "method", "runs", "successes",
+              *(f"{c.key}_{part}" for c in COLUMNS for part in ("mean", "std", "count"))]
+
+
+def read_rows(results_dir: str | Path) -> list[Row]:
+    """The runs recorded in ``RESULTS_DIR/results.jsonl``, one dict per point; when a point appears twice (a
+    resumed sweep retried it) its last line wins."""
+    path = Path(results_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise UnlearnkitError(f"There is no {path}; point the report at a sweep's results directory, the one "
+                              f"holding {RESULTS_FILE}.")
+    rows: dict[str, Row] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UnlearnkitError(f"{path} line {number} is not JSON ({error.msg}); fix or delete that line.") from None
+        missing = [key for key in _REQUIRED if key not in row] if isinstance(row, dict) else list(_REQUIRED)
+        if missing:
+            raise UnlearnkitError(f"{path} line {number} is not a run record (it lacks {', '.join(missing)}); "
+                                  f"fix or delete that line.")
+        rows.pop(str(row["name"]), None)
+        rows[str(row["name"])] = row
+    return list(rows.values())
+
+
+def table1_rows(rows: Sequence[Row]) -> list[Row]:
+    """Table 1: per model a "Before" row, then one row per method in the paper's order.
+
+    Each row holds ``model``, ``method``, ``runs`` (n: finished and failed), ``successes`` (k), ``success``
+    ("k/n"), and per column of :data:`COLUMNS` the shown text under its key plus ``KEY_mean``, ``KEY_std`` and
+    ``KEY_count`` (the successful runs that measured it) in the shown unit.
+    """
+    table = []
+    for model in dict.fromkeys(str(row["model"]) for row in rows):
+        runs = [row for row in rows if row["model"] == model]
+        finished = done_rows(runs)
+        before: Row = {"model": model, "method": "Before", "runs": len(finished), "successes": None,
+                       "success": NO_VALUE}
+        for column in COLUMNS:
+            field = column.before_field
+            values = [v * column.scale for row in finished if field and (v := finite_value(row, field)) is not None]
+            mean = statistics.fmean(values) if values else None
+            before |= _cells(column, mean, None, len(values))
+        table.append(before)
+        for label in ordered_labels(row_label(row) for row in runs):
+            group = [row for row in runs if row_label(row) == label]
+            won = [row for row in group if row.get("status") == "done" and row.get("success") is True]
+            entry: Row = {"model": model, "method": label, "runs": len(group), "successes": len(won),
+                          "success": f"{len(won)}/{len(group)}"}
+            for column in COLUMNS:
+                values = [v * column.scale for row in won if (v := finite_value(row, column.field)) is not None]
+                mean = statistics.fmean(values) if values else None
+                std = statistics.stdev(values) if len(values) > 1 else None
+                entry |= _cells(column, mean, std, len(values))
+            table.append(entry)
+    return table
+
+
+def write_table1(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
+    """Write Table 1 of the runs ``rows`` as ``table1.md`` (with its caption) and ``table1.csv``."""
+    table = table1_rows(rows)
+    out = Path(out_dir)
+    markdown = atomic_write_text(out / "table1.md", table1_markdown(rows, table) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_HEADER, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if value is None else value for key, value in entry.items()} for entry in table)
+    return [markdown, atomic_write_text(out / "table1.csv", buffer.getvalue())]
+
+
+def table1_markdown(rows: Sequence[Row], table: Sequence[Row] | None = None) -> str:
+    """Table 1 as a Markdown table preceded by its caption."""
+    table = table1_rows(rows) if table is None else table
+    headers = ["Model", "Method", *(c.header for c in COLUMNS), "Success"]
+    lines = [_caption(rows), "", "| " + " | ".join(headers) + " |",
+             "|" + "|".join([":---", ":---", *("---:" for _ in COLUMNS), "---:"]) + "|"]
+    for entry in table:
+        cells = [entry["model"], entry["method"], *(entry[c.key] for c in COLUMNS), entry["success"]]
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write Table 1 (``table1.md``, ``table1.csv``), Figures 2-4 (PNG) and ``report.md`` showing them all into
+    ``out_dir`` (default ``RESULTS_DIR/report``); returns the files written."""
+    results = Path(results_dir)
+    rows = _rows_or_fail(results)
+    out = Path(out_dir) if out_dir is not None else results / "report"
+    written = write_table1(rows, out)
+    body, figures = _report_body(rows, results, out, link_prefix="")
+    report = atomic_write_text(out / "report.md", f"# Unlearning report: {results.resolve().name}\n\n{body}\n")
+    return [*written, *figures, report]
+
+
+def update_page(page: Path, section: str, results_dir: Path) -> None:
+    """Replace what stands between ``<!-- report:SECTION -->`` and ``<!-- /report:SECTION -->`` in the Markdown
+    ``page`` with the report of ``results_dir`` (Table 1 and Figures 2-4), leaving the rest of the page as it was;
+    the figures are written to ``<page dir>/results/SECTION/`` and linked relatively."""
+    page = Path(page)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", section):
+        raise UnlearnkitError(f'The section name "{section}" names a folder too; use letters, digits, "-", "_" '
+                              f'and "." only.')
+    if not page.is_file():
+        raise UnlearnkitError(f"There is no page {page}; create it (with the report markers) or point at an "
+                              f"existing Markdown file.")
+    text = page.read_text(encoding="utf-8")
+    start, end = f"<!-- report:{section} -->", f"<!-- /report:{section} -->"
+    opened = text.find(start)
+    closed = text.find(end, opened + len(start)) if opened >= 0 else -1
+    if opened < 0 or closed < 0:
+        raise UnlearnkitError(f"{page} has no {start} ... {end} markers; add both lines where the report "
+                              f"should go (what lies between them is replaced).")
+    if text.count(start) > 1 or text.count(end) > 1:
+        raise UnlearnkitError(f"{page} has the {start} markers more than once; keep one pair.")
+    rows = _rows_or_fail(Path(results_dir))
+    body, _ = _report_body(rows, Path(results_dir), page.parent / "results" / section,
+                           link_prefix=f"results/{section}/")
+    generated = f"<!-- generated by `unlearnkit report`: edits between the markers are overwritten -->\n{body}"
+    atomic_write_text(page, f"{text[: opened + len(start)]}\n{generated}\n{text[closed:]}")
+
+
+def _cells(column: Column, mean: float | None, std: float | None, count: int) -> Row:
+    if mean is None:
+        text = NO_VALUE
+    elif std is None:
+        text = f"{mean:.{column.decimals}f}"
+    else:
+        text = f"{mean:.{column.decimals}f} ± {std:.{column.decimals}f}"
+    return {column.key: text, f"{column.key}_mean": mean, f"{column.key}_std": std, f"{column.key}_count": count}
+
+
+def _caption(rows: Sequence[Row]) -> str:
+    finished = len(done_rows(rows))
+    failed = len(rows) - finished
+    return (f"**Table 1.** {len(rows)} runs ({finished} finished, {failed} failed with an error). Each cell is the "
+            f"mean ± standard deviation (n−1) over the method's successful runs, the k of Success k/n (n counts "
+            f"every run of the method); one successful run shows its value alone, and {NO_VALUE} marks no "
+            f"successful run or an unmeasured metric. EL10, MA, reasoning accuracy and dialogue F1 are "
+            f"percentages; ↓ lower is better, ↑ higher is better. Before: the model before unlearning, the mean "
+            f"over its finished runs.")
+
+
+def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_prefix: str) -> tuple[str, list[Path]]:
+    """The Markdown shared by report.md and a page section; saves the figures into ``figure_dir``."""
+    parts = [f"Results of the sweep in `{results.resolve().name}` ({RESULTS_FILE}).", "", table1_markdown(rows)]
+    written, skipped = [], []
+    for made in paper_figures(rows):
+        target = figure_dir / f"{made.stem}.png"
+        if made.figure is None:
+            target.unlink(missing_ok=True)  # a figure of an earlier report would otherwise look current
+            skipped.append(f"- {made.title} was skipped: {made.skipped_because}.")
+            continue
+        written.append(save_figure(made.figure, target))
+        parts += ["", f"![{made.title}]({link_prefix}{target.name})", "", f"*{made.title}.* {made.caption}"]
+    if skipped:
+        parts += ["", "Figures not drawn:", "", *skipped]
+    failures = [row for row in rows if row.get("status") != "done"]
+    if failures:
+        parts += ["", "Runs that failed with an error (counted in n, not in k):", ""]
+        for row in failures:
+            message = " ".join(str(row.get("error") or "no message recorded").split())  # one bullet per run
+            parts.append(f"- `{row['name']}`: {message}")
+    return "\n".join(parts), written
+
+
+def _rows_or_fail(results: Path) -> list[Row]:
+    rows = read_rows(results)
+    if not rows:
+        raise UnlearnkitError(f"{results / RESULTS_FILE} holds no runs yet; report once the sweep has finished one.")
+    return rows

@@ -1,0 +1,169 @@
+"""Running a sweep: every point unlearned and written to its own directory, resumable, failures recorded.
+
+A point whose directory holds a finished run (``run.json``) is skipped; one interrupted part-way continues
+from its checkpoint (:mod:`unlearnkit.checkpoints`); one that failed is tried again and, if it fails again,
+recorded in ``NAME.failed.json`` beside the points, and the sweep goes on. After every point the results of
+all points on disk are collected again into ``results.jsonl`` and ``results.csv`` (one row per point, the
+columns of :mod:`unlearnkit.experiments.report`), so several invocations (``--shard i/k``: other processes
+or machines on the same directory) add up, and the report can be made at any time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unlearnkit.config import build_config
+from unlearnkit.config.sweep import Sweep, SweepPoint
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.io import atomic_write_json, atomic_write_text
+
+RESULTS_JSONL, RESULTS_CSV = "results.jsonl", "results.csv"
+CSV_COLUMNS = ("name", "status", "model", "method", "adapter", "rank", "modules", "forget", "seed", "lr", "success",
+               "epochs", "params_pct", "el10", "ma", "el10_before", "ma_before", "reasoning_acc", "dialogue_f1",
+               "pile_ppl", "flops_total", "flops_train", "flops_flora_init", "flops_criterion", "seconds", "error")
+
+
+@dataclass
+class SweepOutcome:
+    """What one invocation did with the points of its shard."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def failure_file(sweep: Sweep, point: SweepPoint) -> Path:
+    return sweep.output / f"{point.name}.failed.json"
+
+
+def run_sweep(sweep: Sweep, points: list[SweepPoint], *, quiet: bool = True,
+              say: Callable[[str], None] = lambda _: None) -> SweepOutcome:
+    """Run ``points`` of ``sweep`` (a shard of it, or all), one after another, in this process."""
+    from unlearnkit.checkpoints import Checkpoints
+    from unlearnkit.config import load_config
+    from unlearnkit.loop import run_unlearning
+    from unlearnkit.modeling import load_configured_model
+    from unlearnkit.outputs import check_output_dir, write_run_outputs
+
+    outcome = SweepOutcome()
+    held: dict[str, Any] = {}  # the last model loaded, reused by the next point on it (each run copies it)
+    for number, point in enumerate(points, 1):
+        if (sweep.output / point.name / "run.json").is_file():
+            outcome.skipped.append(point.name)
+            continue
+        say(f"[{number}/{len(points)}] {point.name}")
+        started = time.perf_counter()
+        try:
+            config = load_config(point.config, point.overrides)
+            check_output_dir(config)
+            key = config.model.model_dump_json()
+            if key not in held:
+                held.clear()
+                held[key] = load_configured_model(config.model)
+            result = run_unlearning(config, loaded=held[key], quiet=quiet, checkpoints=Checkpoints.of(config))
+            write_run_outputs(result)
+            failure_file(sweep, point).unlink(missing_ok=True)
+            outcome.ran.append(point.name)
+            say(f"    {result.state.stop_reason} ({time.perf_counter() - started:.0f} s)")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # recorded, and the sweep goes on
+            message = str(error) if isinstance(error, UnlearnkitError) else f"{type(error).__name__}: {error}"
+            outcome.failed[point.name] = message
+            sweep.output.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(failure_file(sweep, point), {
+                "name": point.name, "axes": point.axes, "error": message,
+                "traceback": traceback.format_exc(limit=-8), "config": str(point.config),
+                "overrides": point.overrides})
+            say(f"    FAILED: {message}")
+        collect_results(sweep)
+    collect_results(sweep)
+    return outcome
+
+
+def collect_results(sweep: Sweep) -> list[dict[str, Any]]:
+    """The rows of every point on disk (finished or failed), written to results.jsonl and results.csv."""
+    rows = []
+    for point in sweep.points:
+        directory = sweep.output / point.name
+        if (directory / "run.json").is_file():
+            rows.append(point_row(point, directory))
+        elif failure_file(sweep, point).is_file():
+            failed = json.loads(failure_file(sweep, point).read_text(encoding="utf-8"))
+            rows.append({**_config_fields(_point_config(point)), "name": point.name, "status": "failed",
+                         "error": failed["error"], "axes": point.axes})
+    if rows or sweep.output.is_dir():
+        sweep.output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sweep.output / RESULTS_JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(sweep.output / RESULTS_CSV, _csv(rows))
+    return rows
+
+
+def point_row(point: SweepPoint, directory: Path) -> dict[str, Any]:
+    """One finished point as a results row: its settings, outcome, scores before and after, and compute."""
+    config = build_config(yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")))
+    metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    before, after = metrics["before"], metrics["after"]
+    compute = metrics.get("compute", {})
+    kept_before, kept_after = before.get("downstream", {}), after.get("downstream", {})
+    diverged, collapsed = metrics["diverged_epoch"] is not None, metrics["collapsed_epoch"] is not None
+    return {
+        **_config_fields(config), "name": point.name, "status": "done", "error": None, "axes": point.axes,
+        "success": bool(metrics["criterion_met"] and not diverged and not collapsed),
+        "criterion_met": bool(metrics["criterion_met"]), "diverged": diverged, "collapsed": collapsed,
+        "stop_reason": metrics["stop_reason"], "epochs": metrics["epochs_run"],
+        "params_pct": compute.get("parameters", {}).get("percent"),
+        "trainable_params": compute.get("parameters", {}).get("trainable"),
+        "total_params": compute.get("parameters", {}).get("model"),
+        "el10": after["forget"]["el"], "ma": after["forget"]["ma"],
+        "el10_before": before["forget"]["el"], "ma_before": before["forget"]["ma"],
+        "threshold_el10": metrics["thresholds"]["el"], "threshold_ma": metrics["thresholds"]["ma"],
+        **{f"{key}{suffix}": kept.get(key) for key in ("reasoning_acc", "dialogue_f1", "pile_ppl")
+           for suffix, kept in (("", kept_after), ("_before", kept_before))},
+        "flops": {phase: compute.get("flops", {}).get(phase, 0.0)
+                  for phase in ("train", "flora_init", "criterion", "total")},
+        "tokens": compute.get("tokens", {}), "seconds": {"total": compute.get("seconds", {}).get("total_s")},
+        "output_dir": str(directory),
+    }
+
+
+def _point_config(point: SweepPoint) -> Any:
+    from unlearnkit.config import load_config
+
+    try:
+        return load_config(point.config, point.overrides)
+    except UnlearnkitError:
+        return None
+
+
+def _config_fields(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    adapter = config.adapter.name
+    return {"model": config.model.name, "method": config.method.name, "adapter": adapter,
+            "rank": config.adapter.rank if adapter != "none" else None,
+            "modules": list(config.adapter.modules) if adapter != "none" else None,
+            "forget": config.data.forget.label(), "seed": config.seed,
+            "lr": config.train.lr}
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = {**row, "modules": "+".join(row.get("modules") or []),
+                "seconds": (row.get("seconds") or {}).get("total"),
+                **{f"flops_{k}": v for k, v in (row.get("flops") or {}).items()}}
+        writer.writerow(flat)
+    return out.getvalue()

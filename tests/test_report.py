@@ -1,0 +1,320 @@
+"""The sweep report on a small synthetic results.jsonl: Table 1's rows and numbers, its files, Figures 2-4 and
+the splicing of the report into a hand-written page."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.markers import MarkerStyle
+
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.experiments.figures import figure_compute, figure_modules, figure_rank
+from unlearnkit.experiments.report import (
+    method_label,
+    read_rows,
+    table1_rows,
+    update_page,
+    write_report,
+    write_table1,
+)
+
+MODEL = "gpt-neo-125m"
+PAPER_LABELS = ["GA", "GD", "LoRA", "LoRA+IHL", "FLoRA", "FLoRA+IHL"]
+SETUPS = {"GA": ("ga", "none"), "GD": ("gd", "none"), "LoRA": ("gd", "lora"), "LoRA+IHL": ("ihl", "lora"),
+          "FLoRA": ("gd", "flora"), "FLoRA+IHL": ("ihl", "flora")}
+BEFORE = {"set1": {"el10_before": 0.30, "ma_before": 0.77}, "set2": {"el10_before": 0.34, "ma_before": 0.79}}
+# adapter runs: a rank sweep on Q,V,FFN (ranks 4 and 8) and a module sweep at rank 8 (adds Q,V)
+ADAPTER_POINTS = [(4, ["q", "v", "ffn"]), (8, ["q", "v", "ffn"]), (8, ["q", "v"])]
+UNSUCCESSFUL = {("GA", "set1", None, None), ("GA", "set2", None, None), ("LoRA", "set1", 4, "q,v,ffn")}
+FAILED = ("FLoRA+IHL", "set2", 8, "q,v")
+
+
+def _row(label: str, forget: str, rank: int | None, modules: list[str] | None, rng: random.Random) -> dict[str, Any]:
+    method, adapter = SETUPS[label]
+    key = (label, forget, rank, ",".join(modules) if modules else None)
+    name = f"{label}-{forget}-r{rank}-{key[3]}"
+    config = {"name": name, "axes": {"method": label, "forget": forget, "rank": rank}, "model": MODEL,
+              "method": method, "adapter": adapter, "rank": rank, "modules": modules, "forget": forget,
+              "seed": 0, "lr": 5e-5 if adapter == "none" else 2e-4}
+    if key == FAILED:
+        return {**config, "status": "failed", "error": "CUDA out of memory\nwhile training"}
+    success = key not in UNSUCCESSFUL
+    return {
+        **config, "status": "done", "error": None, "success": success, "criterion_met": success,
+        "diverged": label == "GA", "collapsed": False, "stop_reason": "criterion" if success else "max_epochs",
+        "epochs": rng.randint(2, 12),
+        "params_pct": 100.0 if adapter == "none" else 0.2 * (rank or 0) * len(modules or []),
+        "trainable_params": 1000, "total_params": 1000,
+        "el10": rng.uniform(0.0, 0.02), "ma": rng.uniform(0.2, 0.3), **BEFORE[forget],
+        "threshold_el10": 0.02, "threshold_ma": 0.3,
+        "reasoning_acc": rng.uniform(0.38, 0.44), "reasoning_acc_before": 0.434,
+        "dialogue_f1": rng.uniform(0.02, 0.10), "dialogue_f1_before": 0.094,
+        "pile_ppl": rng.uniform(18, 600), "pile_ppl_before": 17.8,
+        "flops": {"train": 1e14, "flora_init": 0.0, "criterion": 1e13, "total": rng.uniform(1e13, 1e16)},
+        "tokens": {"train": 6400}, "seconds": {"total": 12.5}, "output_dir": f"runs/{name}",
+    }
+
+
+def synthetic_rows() -> list[dict[str, Any]]:
+    rng = random.Random(7)
+    rows = []
+    for label in PAPER_LABELS:
+        points = [(None, None)] if SETUPS[label][1] == "none" else ADAPTER_POINTS
+        for forget in ("set1", "set2"):
+            rows += [_row(label, forget, rank, modules, rng) for rank, modules in points]
+    return rows
+
+
+def write_results(directory: Path, rows: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, Any]]:
+    return synthetic_rows()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, rows) -> tuple[Path, list[Path]]:
+    results = write_results(tmp_path_factory.mktemp("sweep"), rows)
+    return results, write_report(results)
+
+
+def _successful(rows, label, field, scale=100.0):
+    return [row[field] * scale for row in rows if row["status"] == "done" and row["success"]
+            and method_label(row["method"], row["adapter"]) == label]
+
+
+def test_method_labels_follow_the_paper():
+    expected = {("ga", "none"): "GA", ("gd", "none"): "GD", ("gd", "lora"): "LoRA", ("ihl", "lora"): "LoRA+IHL",
+                ("gd", "flora"): "FLoRA", ("ihl", "flora"): "FLoRA+IHL", ("npo", "none"): "NPO",
+                ("npo", "lora"): "LoRA+NPO", ("simnpo", "flora"): "FLoRA+SimNPO", ("ga", "lora"): "LoRA+GA"}
+    assert {key: method_label(*key) for key in expected} == expected
+
+
+def test_table1_has_a_before_row_then_the_methods_in_the_papers_order(rows):
+    shuffled = random.Random(1).sample(rows, len(rows))  # the order comes from the paper, not the file
+    table = table1_rows(shuffled)
+    assert [entry["method"] for entry in table] == ["Before", *PAPER_LABELS]
+    assert {entry["model"] for entry in table} == {MODEL}
+    by_label = {entry["method"]: entry for entry in table}
+    assert [by_label[label]["success"] for label in PAPER_LABELS] == ["0/2", "2/2", "5/6", "6/6", "6/6", "5/6"]
+    before = by_label["Before"]
+    el10_before = statistics.mean(row["el10_before"] * 100 for row in rows if row["status"] == "done")
+    assert 30 < el10_before < 34 and before["el10_pct_mean"] == pytest.approx(el10_before)
+    assert before["el10_pct"] == f"{el10_before:.1f}" and before["runs"] == len(rows) - 1
+    assert before["reasoning_acc_pct"] == "43.4" and before["pile_ppl"] == "17.8"
+    assert before["params_pct"] == "—" and before["epochs"] == "—"
+
+
+def test_other_methods_follow_the_papers_alphabetically(rows):
+    extra = [{**row, "name": f"{row['name']}-{method}", "method": method} for method in ("simnpo", "npo")
+             for row in rows if row["adapter"] == "none"]
+    labels = [entry["method"] for entry in table1_rows(extra + rows)]
+    assert labels == ["Before", *PAPER_LABELS, "NPO", "SimNPO"]
+
+
+@pytest.mark.parametrize("label", ["GD", "LoRA", "FLoRA+IHL"])
+@pytest.mark.parametrize(("key", "field", "scale", "decimals"), [
+    ("el10_pct", "el10", 100.0, 1), ("ma_pct", "ma", 100.0, 1), ("reasoning_acc_pct", "reasoning_acc", 100.0, 1),
+    ("dialogue_f1_pct", "dialogue_f1", 100.0, 1), ("pile_ppl", "pile_ppl", 1.0, 1), ("epochs", "epochs", 1.0, 1),
+    ("params_pct", "params_pct", 1.0, 2),
+])
+def test_table1_cells_are_mean_and_sample_std_over_successful_runs(rows, label, key, field, scale, decimals):
+    entry = next(e for e in table1_rows(rows) if e["method"] == label)
+    values = _successful(rows, label, field, scale)
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    assert entry[f"{key}_mean"] == pytest.approx(mean)
+    assert entry[f"{key}_std"] == pytest.approx(std)
+    assert entry[f"{key}_count"] == len(values)
+    assert entry[key] == f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def test_table1_shows_a_dash_without_success_and_the_mean_alone_for_one(rows):
+    ga = next(e for e in table1_rows(rows) if e["method"] == "GA")
+    assert ga["success"] == "0/2" and ga["el10_pct"] == "—" and ga["el10_pct_mean"] is None
+    one = [row for row in rows if row["method"] == "gd" and row["adapter"] == "none"][:1]
+    gd = next(e for e in table1_rows(one) if e["method"] == "GD")
+    assert gd["success"] == "1/1" and gd["ma_pct"] == f"{one[0]['ma'] * 100:.1f}" and gd["ma_pct_std"] is None
+    unmeasured = [{**row, "dialogue_f1": None} for row in rows]
+    assert {e["dialogue_f1_pct"] for e in table1_rows(unmeasured) if e["method"] != "Before"} == {"—"}
+
+
+def test_write_table1_writes_a_captioned_markdown_table_and_a_csv(tmp_path, rows):
+    markdown, table_csv = write_table1(rows, tmp_path)
+    text = markdown.read_text(encoding="utf-8")
+    assert "mean ± standard deviation" in text and f"{len(rows)} runs" in text and "1 failed" in text
+    assert "| Model | Method | Params (%) |" in text and "| Success |" in text
+    with table_csv.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        records = list(reader)
+    assert reader.fieldnames is not None
+    assert reader.fieldnames[:4] == ["model", "method", "runs", "successes"]
+    assert {"el10_pct_mean", "el10_pct_std", "el10_pct_count", "pile_ppl_mean"} <= set(reader.fieldnames)
+    assert [r["method"] for r in records] == ["Before", *PAPER_LABELS]
+    gd = next(r for r in records if r["method"] == "GD")
+    assert float(gd["ma_pct_mean"]) == pytest.approx(statistics.mean(_successful(rows, "GD", "ma")))
+    assert gd["runs"] == "2" and gd["successes"] == "2"
+    assert next(r for r in records if r["method"] == "GA")["ma_pct_mean"] == ""
+
+
+def test_write_report_writes_the_table_valid_pngs_and_a_report_linking_them(report):
+    results, written = report
+    out = results / "report"
+    names = sorted(path.name for path in written)
+    assert names == ["figure2_compute.png", "figure3_rank.png", "figure4_modules.png", "report.md",
+                     "table1.csv", "table1.md"]
+    assert all(path.parent == out for path in written)
+    for png in out.glob("*.png"):
+        data = png.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+    text = (out / "report.md").read_text(encoding="utf-8")
+    for stem in ("figure2_compute", "figure3_rank", "figure4_modules"):
+        assert f"]({stem}.png)" in text
+    assert "| FLoRA+IHL |" in text and "`FLoRA+IHL-set2-r8-q,v`: CUDA out of memory while training" in text
+    assert "skipped" not in text
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_report_says_which_figures_were_skipped_and_why(tmp_path, rows):
+    one_rank = [row for row in rows if row.get("rank") == 8 and row["modules"] == ["q", "v", "ffn"]]
+    write_results(tmp_path, one_rank)
+    stale = tmp_path / "out" / "figure3_rank.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"from an earlier report")
+    written = write_report(tmp_path, tmp_path / "out")
+    assert {path.name for path in written} == {"figure2_compute.png", "report.md", "table1.csv", "table1.md"}
+    assert not stale.exists()
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "Figure 3: performance after unlearning vs. LoRA rank was skipped" in text
+    assert "two or more LoRA ranks on one module set; found 8 on Q,V,FFN" in text
+    assert "two or more module sets at one rank; found Q,V,FFN at rank 8" in text
+
+
+def _series(ax) -> dict[str, int]:
+    """Label -> number of points of each scatter and line drawn on ``ax``."""
+    found = {c.get_label(): len(c.get_offsets()) for c in ax.collections}
+    found |= {line.get_label(): len(line.get_xdata()) for line in ax.lines}
+    return found
+
+
+def _is_marker(collection, marker: str) -> bool:
+    style = MarkerStyle(marker)
+    expected = np.asarray(style.get_path().transformed(style.get_transform()).vertices)
+    drawn = np.asarray(collection.get_paths()[0].vertices)
+    return drawn.shape == expected.shape and np.allclose(drawn, expected)
+
+
+def _before_lines(ax):
+    return [line for line in ax.lines if line.get_label() == "before unlearning" and line.get_linestyle() == "--"]
+
+
+def test_figure_compute_draws_every_run_with_crosses_for_the_unsuccessful(rows):
+    figure = figure_compute(rows)
+    assert figure is not None
+    axes = figure.axes
+    assert [ax.get_title() for ax in axes] == ["Reasoning", "Dialogue", "Pile perplexity"]
+    assert all(ax.get_xscale() == "log" and ax.get_xlabel() == "compute (FLOPs, log scale)" for ax in axes)
+    assert "higher is better" in axes[0].get_ylabel() and "lower is better" in axes[2].get_ylabel()
+    assert MODEL in figure.get_suptitle()
+    series = _series(axes[0])
+    assert series["GA: not successful"] == 2 and "GA: successful" not in series
+    assert series["LoRA: successful"] == 5 and series["LoRA: not successful"] == 1
+    assert series["FLoRA+IHL: successful"] == 5 and "FLoRA+IHL: not successful" not in series  # failed: no point
+    crosses = next(c for c in axes[0].collections if c.get_label() == "LoRA: not successful")
+    lora = next(r for r in rows if r["name"] == "LoRA-set1-r4-q,v,ffn")
+    assert np.asarray(crosses.get_offsets())[0].tolist() == pytest.approx(
+        [lora["flops"]["total"], lora["reasoning_acc"] * 100])
+    circles = next(c for c in axes[0].collections if c.get_label() == "GD: successful")
+    assert _is_marker(crosses, "x") and _is_marker(circles, "o") and not _is_marker(circles, "x")
+    assert np.asarray(crosses.get_facecolor())[0].tolist() != np.asarray(circles.get_facecolor())[0].tolist()
+    for ax, before in zip(axes, (43.4, 9.4, 17.8), strict=True):
+        (line,) = _before_lines(ax)
+        assert np.asarray(line.get_ydata())[0] == pytest.approx(before)
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend[:6] == PAPER_LABELS and {"not successful", "before unlearning"} <= set(legend)
+
+
+def test_figure_compute_leaves_out_unmeasured_panels_and_returns_none_without_any(rows):
+    no_dialogue = [{**row, "dialogue_f1": None} for row in rows]
+    figure = figure_compute(no_dialogue)
+    assert figure is not None and [ax.get_title() for ax in figure.axes] == ["Reasoning", "Pile perplexity"]
+    nothing = [{**row, "dialogue_f1": None, "reasoning_acc": None, "pile_ppl": None} for row in rows]
+    assert figure_compute(nothing) is None
+
+
+def test_figure_rank_draws_the_rank_sweep_with_mean_lines(rows):
+    figure = figure_rank(rows)
+    assert figure is not None
+    ax = figure.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["4", "8"] and ax.get_xscale() == "log"
+    assert "Q,V,FFN" in figure.get_suptitle()  # the rank sweep's module set, not the module sweep's
+    series = _series(ax)
+    assert "GA: successful" not in series and "GD: not successful" not in series  # adapter runs only
+    assert series["LoRA: successful"] == 3 and series["LoRA: not successful"] == 1
+    assert series["FLoRA+IHL: successful"] == 4 and series["FLoRA+IHL: mean of successful runs"] == 2
+    mean = next(line for line in ax.lines if line.get_label() == "LoRA+IHL: mean of successful runs")
+    at_rank_4 = [r["reasoning_acc"] * 100 for r in rows if r["method"] == "ihl" and r["adapter"] == "lora"
+                 and r["rank"] == 4]
+    assert mean.get_linestyle() == "-" and np.asarray(mean.get_ydata())[0] == pytest.approx(statistics.mean(at_rank_4))
+    assert len(_before_lines(ax)) == 1
+    assert figure_rank([row for row in rows if row.get("rank") != 4]) is None
+
+
+def test_figure_modules_orders_the_module_sets_like_the_paper(rows):
+    figure = figure_modules(rows)
+    assert figure is not None
+    ax = figure.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["Q,V", "Q,V,FFN"]
+    assert "LoRA rank 8" in figure.get_suptitle()
+    series = _series(ax)
+    assert series["FLoRA+IHL: successful"] == 3  # the failed Q,V run has no point
+    assert series["LoRA: successful"] == 4 and "LoRA: not successful" not in series  # rank 4 is not drawn
+    assert len(_before_lines(ax)) == 1
+    assert figure_modules([row for row in rows if row.get("modules") != ["q", "v"]]) is None
+
+
+def test_update_page_replaces_only_its_section(tmp_path, rows):
+    # full fine-tuning runs with one metric: one single-panel figure to draw keeps the two updates quick
+    quick = [{**row, "dialogue_f1": None, "pile_ppl": None} for row in rows if row["adapter"] == "none"]
+    results = write_results(tmp_path / "sweep", quick)
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    before, after = "# Results\n\nHand-written intro.\n\n", "\n\nHand-written conclusion.\n"
+    page.write_text(f"{before}<!-- report:tdec -->\nold table\n<!-- /report:tdec -->{after}", encoding="utf-8")
+    for _ in range(2):  # a second update replaces the first, it does not stack
+        update_page(page, "tdec", results)
+        text = page.read_text(encoding="utf-8")
+        assert text.startswith(before + "<!-- report:tdec -->\n") and text.endswith("<!-- /report:tdec -->" + after)
+        assert "old table" not in text and text.count("| GD |") == 1
+    assert "](results/tdec/figure2_compute.png)" in text
+    assert (page.parent / "results" / "tdec" / "figure2_compute.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_update_page_without_markers_says_to_add_them(tmp_path, report):
+    results, _ = report
+    page = tmp_path / "page.md"
+    page.write_text("# Results\n<!-- report:other -->\n<!-- /report:other -->\n", encoding="utf-8")
+    with pytest.raises(UnlearnkitError, match=r"no <!-- report:tdec --> \.\.\. <!-- /report:tdec --> markers; add"):
+        update_page(page, "tdec", results)
+    assert page.read_text(encoding="utf-8") == "# Results\n<!-- report:other -->\n<!-- /report:other -->\n"
+
+
+def test_read_rows_names_the_file_and_line_it_cannot_read(tmp_path, rows):
+    with pytest.raises(UnlearnkitError, match="There is no .*results.jsonl"):
+        read_rows(tmp_path)
+    path = write_results(tmp_path, rows[:2]) / "results.jsonl"
+    path.write_text(path.read_text(encoding="utf-8") + '{"name": "cut off', encoding="utf-8")
+    with pytest.raises(UnlearnkitError, match=r"results\.jsonl line 3 is not JSON"):
+        read_rows(tmp_path)
+    path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps({**rows[0], "epochs": 99}) + "\n", encoding="utf-8")
+    assert [row["epochs"] for row in read_rows(tmp_path)] == [99]  # a retried point: the last line wins

@@ -1,0 +1,123 @@
+"""Sweeps: a grid expanded into named points, run into their own directories, resumed, failures recorded."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, memorised_run_overrides
+from unlearnkit.config.sweep import load_sweep
+from unlearnkit.errors import UnlearnkitError
+
+BASE = REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml"
+
+
+def _write(path: Path, sweep: dict) -> Path:
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_grid_expands_into_every_combination_named_from_its_values(tmp_path):
+    other = tmp_path / "ga.yaml"
+    other.write_text(BASE.read_text().replace("name: ihl", "name: ga"))
+    file = _write(tmp_path / "grid.yaml", {
+        "base": str(BASE), "output": str(tmp_path / "out"), "set": {"train.epochs": 3},
+        "grid": {"method": {"ga": "ga.yaml", "ihl-fast": {"train.lr": 1e-3}},
+                 "data.forget": {"first": {"source": "jang", "n": 32, "set": 0}},
+                 "adapter.rank": [4, 8], "adapter.modules": [["q", "v"]]}})
+    sweep = load_sweep(file)
+    names = [p.name for p in sweep.points]
+    assert names == [f"method-{m}__forget-first__rank-{r}__modules-q+v" for m in ("ga", "ihl-fast") for r in (4, 8)]
+    first, last = sweep.points[0], sweep.points[-1]
+    assert first.config == other.resolve() and last.config == BASE.resolve()
+    assert first.axes == {"method": "ga", "data.forget": "first", "adapter.rank": 4, "adapter.modules": "q+v"}
+    assert last.overrides == ["train.epochs=3", "train.lr=0.001", "data.forget={n: 32, set: 0, source: jang}",
+                              "adapter.rank=8", "adapter.modules=[q, v]", f"output.dir={tmp_path / 'out' / names[-1]}"]
+    from unlearnkit.config import load_config
+
+    config = load_config(last.config, last.overrides)
+    assert (config.train.lr, config.adapter.rank, config.train.epochs, config.data.forget.n) == (1e-3, 8, 3, 32)
+    assert config.output.dir == str(tmp_path / "out" / names[-1])
+    # shards never overlap and together are the whole sweep
+    shards = [sweep.shard(i, 3) for i in range(3)]
+    assert sorted(p.name for s in shards for p in s) == sorted(names)
+
+
+@pytest.mark.parametrize(("sweep", "message"), [
+    ({"grid": {}}, "at least one axis"),
+    ({"grid": {"adapter.rank": []}}, "has no values"),
+    ({"base": "missing.yaml", "grid": {"adapter.rank": [4]}}, "does not exist"),
+    ({"grid": {"seed": {"a": 1, "b": 1}, "other.seed": {"a": 2}}}, None),
+    ({"grid": {"adapter.rank": [4]}, "epochs": 3}, "Extra inputs"),
+])
+def test_a_bad_sweep_file_is_one_sentence_naming_the_problem(tmp_path, sweep, message):
+    file = _write(tmp_path / "bad.yaml", sweep)
+    if message is None:  # two axes ending in the same word keep their full names apart
+        assert [p.name for p in load_sweep(file).points] == ["seed-a__other.seed-a", "seed-b__other.seed-a"]
+        return
+    with pytest.raises(UnlearnkitError, match=message):
+        load_sweep(file)
+
+
+def test_points_with_the_same_name_are_refused(tmp_path):
+    file = _write(tmp_path / "twice.yaml", {"grid": {"adapter.modules": [["q", "v"], "q+v"]}})
+    with pytest.raises(UnlearnkitError, match="both named 'modules-q\\+v'"):
+        load_sweep(file)
+
+
+@pytest.mark.integration
+def test_a_sweep_resumes_its_interrupted_point_skips_finished_ones_and_records_failures(memorized_model_dir,
+                                                                                      tmp_path, monkeypatch):
+    from unlearnkit import cli, loop
+    from unlearnkit.experiments.sweep import RESULTS_CSV, RESULTS_JSONL, run_sweep
+
+    settings = dict(part.split("=", 1) for part in memorised_run_overrides(memorized_model_dir, tmp_path))
+    settings.update({"train.epochs": "3", "eval.early_stop": "false", "eval.audit": "false",
+                     "eval.bootstrap": "50", "output.fail_if_not_forgotten": "false"})
+    file = _write(tmp_path / "sweep.yaml", {
+        "base": str(BASE), "output": str(tmp_path / "sweep"),
+        "set": {key: yaml.safe_load(value) for key, value in settings.items()},
+        "grid": {"adapter.modules": {"qv": ["q", "v"], "typo": ["nonexistent_proj"]}, "train.lr": [0.05, 0.1]}})
+    sweep = load_sweep(file)
+    assert [p.name for p in sweep.points] == ["modules-qv__lr-0.05", "modules-qv__lr-0.1", "modules-typo__lr-0.05",
+                                              "modules-typo__lr-0.1"]
+
+    # interrupt the second point after its first epoch (Ctrl-C): the sweep stops, its checkpoint stays
+    real_scores, calls = loop._epoch_scores, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 + 2:  # the first point's 3 epochs, then the second point's second epoch
+            raise KeyboardInterrupt
+        return real_scores(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_epoch_scores", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, sweep.points)
+    monkeypatch.setattr(loop, "_epoch_scores", real_scores)
+    assert (tmp_path / "sweep" / "modules-qv__lr-0.05" / "run.json").is_file()
+    assert not (tmp_path / "sweep" / "modules-qv__lr-0.1").exists()
+    assert (tmp_path / "sweep" / ".modules-qv__lr-0.1.checkpoint" / "latest.json").is_file()
+
+    # the same command again: the finished point is skipped, the interrupted one resumed, the broken ones recorded
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "sweep", str(file), "-q"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == cli.EXIT_SWEEP_FAILURES
+    resumed = json.loads((tmp_path / "sweep" / "modules-qv__lr-0.1" / "metrics.json").read_text())
+    assert resumed["resumed_after_epochs"] == [1] and resumed["epochs_run"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / RESULTS_JSONL).read_text().splitlines()]
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("modules-qv__lr-0.05", "done"), ("modules-qv__lr-0.1", "done"), ("modules-typo__lr-0.05", "failed"),
+        ("modules-typo__lr-0.1", "failed")]
+    assert "nonexistent_proj" in rows[2]["error"] and rows[2]["modules"] == ["nonexistent_proj"]
+    done_row = rows[1]
+    assert done_row["epochs"] == 3 and done_row["lr"] == 0.1 and done_row["adapter"] == "lora"
+    assert done_row["flops"]["train"] > 0 and done_row["flops"]["total"] >= done_row["flops"]["train"]
+    assert 0 < done_row["params_pct"] < 100 and done_row["ma_before"] > done_row["ma"]
+    csv_lines = (tmp_path / "sweep" / RESULTS_CSV).read_text().splitlines()
+    assert len(csv_lines) == 5 and csv_lines[0].startswith("name,status,model,method")
