@@ -121,3 +121,15 @@ def test_a_sweep_resumes_its_interrupted_point_skips_finished_ones_and_records_f
     assert 0 < done_row["params_pct"] < 100 and done_row["ma_before"] > done_row["ma"]
     csv_lines = (tmp_path / "sweep" / RESULTS_CSV).read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("name,status,model,method")
+
+
+@pytest.mark.parametrize("file", sorted(REPO.glob("configs/*/sweeps/*.yaml")), ids=lambda p: f"{p.parent.parent.name}/"
+                         f"{p.name}")
+def test_every_shipped_sweep_expands_into_valid_configs(file):
+    from unlearnkit.config import load_config
+
+    sweep = load_sweep(file)
+    configs = [load_config(point.config, point.overrides) for point in sweep.points]
+    assert len({c.output.dir for c in configs}) == len(configs) >= 18
+    # the grid really varies what its axes name: as many distinct settings as points
+    assert len({c.model_dump_json(exclude={"output"}) for c in configs}) == len(configs)

@@ -190,7 +190,9 @@ app.add_typer(testbed_app, name="testbed")
                                      "model.name=$(unlearnkit testbed build --size small --print-path)`")
 def testbed_build(
     size: Annotated[str, typer.Option(help="tiny (for tests) | small (the miniature of Table 1) | smollm2 "
-                                           "(SmolLM2-135M memorising jang 32_0); build times are in the README")
+                                           "(SmolLM2-135M memorising jang 32_0) | smollm2-sets (jang 32_0-2, 100 "
+                                           "tokens); "
+                                           "build times are in the README")
                     ] = "small",
     data_dir: DataDir = None,
     print_path: Annotated[bool, typer.Option("--print-path", help="print only the model directory (for "
@@ -201,13 +203,14 @@ def testbed_build(
 ) -> None:
     """Train (or reuse from the cache) a model that has memorised TDEC rows, and print where it is."""
     from unlearnkit.progress import Progress
-    from unlearnkit.showcase.testbed import SIZES, build_smollm2, build_testbed, read_manifest
+    from unlearnkit.showcase.testbed import SIZES, SMOLLM2_SIZES, build_smollm2, build_testbed, read_manifest
 
-    if size not in (*SIZES, "smollm2"):
-        raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join((*SIZES, "smollm2"))}.')
+    if size not in (*SIZES, *SMOLLM2_SIZES):
+        raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join((*SIZES, *SMOLLM2_SIZES))}.')
     progress = Progress(console=Console(emoji=False, stderr=print_path, quiet=quiet), quiet=quiet)
-    if size == "smollm2":
-        directory = build_smollm2(data_dir=data_dir, quiet=quiet, progress=progress, force=force)
+    if size in SMOLLM2_SIZES:
+        directory = build_smollm2(data_dir=data_dir, quiet=quiet, progress=progress, force=force,
+                                  settings=SMOLLM2_SIZES[size])
     else:
         directory = build_testbed(size, data_dir=data_dir, quiet=quiet, progress=progress, force=force)
     if print_path:
@@ -215,7 +218,7 @@ def testbed_build(
         return
     manifest = read_manifest(directory)
     measured = manifest["measured"]
-    if size == "smollm2":
+    if size in SMOLLM2_SIZES:
         measured = measured["after"]
         forget = measured["forget"]
     else:

@@ -39,6 +39,14 @@ _GROUP_ORDER = ("q", "k", "v", "o", "ffn")
 _DEFAULT_MODULES, _DEFAULT_RANK = "Q,V,FFN", 16  # the paper's defaults, preferred when a sweep is balanced
 
 
+def model_name(model: str) -> str:
+    """A model as a reader knows it: a testbed's ``.../testbed/tiny/model`` is "tiny", a hub id stays whole."""
+    path = Path(model)
+    if path.name == "model" and path.parent.name:
+        return path.parent.name
+    return model if not model.startswith(("/", "~", ".")) else path.name
+
+
 def method_label(method: str, adapter: str) -> str:
     """The paper's name for an objective with an adapter: GA, GD, LoRA, LoRA+IHL, FLoRA, FLoRA+IHL (Table 1).
 
@@ -252,14 +260,14 @@ def _draw(rows: Sequence[Row], x_of: Callable[[Row], float | None], x_label: str
             if before:
                 ax.axhline(statistics.fmean(before) * panel.scale, color="black", linestyle="--", linewidth=1,
                            label="before unlearning")
-            ax.set_title(panel.title if len(models) == 1 else f"{panel.title}: {model}")
+            ax.set_title(panel.title if len(models) == 1 else f"{panel.title}: {model_name(model)}")
             ax.set_xlabel(x_label)
             ax.set_ylabel(panel.axis_label)
             configure_x(ax)
             if panel.log_y:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
-    figure.suptitle(f"{title}: {', '.join(models)}" + (f" ({note})" if note else ""))
+    figure.suptitle(f"{title}: {', '.join(map(model_name, models))}" + (f" ({note})" if note else ""))
     figure.legend(handles=_legend(labels, colours, with_means), loc="outside right upper", fontsize=8)
     return figure
 

@@ -23,6 +23,7 @@ from unlearnkit.experiments.figures import (
     done_rows,
     finite_value,
     method_label,
+    model_name,
     ordered_labels,
     paper_figures,
     row_label,
@@ -139,7 +140,7 @@ def table1_markdown(rows: Sequence[Row], table: Sequence[Row] | None = None) -> 
     lines = [_caption(rows), "", "| " + " | ".join(headers) + " |",
              "|" + "|".join([":---", ":---", *("---:" for _ in COLUMNS), "---:"]) + "|"]
     for entry in table:
-        cells = [entry["model"], entry["method"], *(entry[c.key] for c in COLUMNS), entry["success"]]
+        cells = [model_name(entry["model"]), entry["method"], *(entry[c.key] for c in COLUMNS), entry["success"]]
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 
