@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -138,3 +141,78 @@ def run_cli(*args: str, **popen: Any) -> subprocess.CompletedProcess[str]:
 
 def cli_env() -> dict[str, str]:
     return {**os.environ, "UNLEARNKIT_DATA": str(DATA), "OMP_NUM_THREADS": "1"}
+
+
+# --- several processes (tests/test_distributed.py, tests/test_fsdp.py) --------------------------------
+
+DISTRIBUTED_CONFIG = REPO / "configs" / "paper" / "gpt-neo-125m-flora-ihl.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
+    """``args`` (a module run with -m, or a script) under torchrun on CPU, one thread per process."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               f"--master_port={free_port()}", *args]
+    env = {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def accelerate_launch(config: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch --config_file CONFIG`` of tests/distributed_fsdp.py on CPU, one thread per process."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               f"--num_processes={processes}", f"--main_process_port={free_port()}", *args]
+    env = {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def distributed_settings(model_dir: Path, out: Path, forget_rows: int, batch: int, retain_batch: int,
+                         extra: tuple[str, ...] = ()) -> list[str]:
+    """``--set`` arguments of a short FLoRA + IHL run of the memorised tiny model, ``batch`` rows per process."""
+    chosen = [*memorised_run_overrides(model_dir, out), f"data.forget.n={forget_rows}",
+              "method.name=ihl", "adapter.name=flora", "train.lr=3e-2", "adapter.dropout=0", "train.epochs=2",
+              f"train.batch_size={batch}", f"train.retain_batch_size={retain_batch}",
+              "output.fail_if_not_forgotten=false", "eval.bootstrap=50", "eval.cache_scores=false",
+              "eval.audit=false", *extra]
+    return [part for setting in chosen for part in ("--set", setting)]
+
+
+@pytest.fixture(scope="module")
+def single_process_run(memorized_model_dir, tmp_path_factory):
+    """The output directory of the one-process run with ``forget_rows`` rows, 2 per step when there are 4."""
+    done: dict[int, Path] = {}
+
+    def run(forget_rows: int) -> Path:
+        if forget_rows not in done:
+            out = tmp_path_factory.mktemp("single") / "one"
+            per_process = max(1, forget_rows // 2)
+            single = run_cli("run", str(DISTRIBUTED_CONFIG), "--quiet",
+                             *distributed_settings(memorized_model_dir, out, forget_rows, 2 * per_process, 4))
+            assert single.returncode == 0, single.stderr[-3000:]
+            done[forget_rows] = out
+        return done[forget_rows]
+
+    return run
+
+
+def assert_same_run(ours: Path, theirs: Path, weights: str = "adapter/adapter_model.safetensors") -> None:
+    """Two runs' outputs agree: epochs, stop reason, MA, tokens, losses, effective batch and weights."""
+    mine_metrics, reference_metrics = (json.loads((d / "metrics.json").read_text()) for d in (ours, theirs))
+    assert len(mine_metrics["epochs"]) == len(reference_metrics["epochs"])
+    assert mine_metrics["stop_reason"] == reference_metrics["stop_reason"]
+    for mine, reference in zip(mine_metrics["epochs"], reference_metrics["epochs"], strict=True):
+        assert mine["forget_ma"] == pytest.approx(reference["forget_ma"], abs=1e-3)  # the same tokens right
+        assert mine["tokens_seen"] == reference["tokens_seen"]
+        assert mine["loss"] == pytest.approx(reference["loss"], rel=1e-5)  # the processes' mean of weighted losses
+    effective = [json.loads((d / "run.json").read_text())["batch"]["effective"] for d in (ours, theirs)]
+    assert effective[0] == effective[1]
+    adapter, reference = (load_file(d / weights) for d in (ours, theirs))
+    assert adapter.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(adapter[name], reference[name], rtol=0, atol=1e-5, msg=name)
+
+

@@ -1,0 +1,79 @@
+"""FSDP and mixed precision: ``accelerate launch`` with configs/accelerate/fsdp.yaml on 2 CPU processes (gloo).
+
+FSDP shards every weight, so the main process evaluates and writes a whole copy the shards are gathered
+into (:class:`unlearnkit.parallel.WholeModel`); the run must match one process with the same effective
+batch, and a run wrecked under FSDP must be restored on every shard. A separate file from
+tests/test_distributed.py so that the two share the test workers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import (
+    DISTRIBUTED_CONFIG,
+    REPO,
+    accelerate_launch,
+    assert_same_run,
+    cli_env,
+    distributed_settings,
+)
+
+pytestmark = pytest.mark.integration
+
+CONFIG = DISTRIBUTED_CONFIG
+TESTS = Path(__file__).resolve().parent
+FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp.yaml"
+
+
+def test_fsdp_shards_train_as_one_process_and_the_main_one_writes_the_gathered_model(memorized_model_dir, tmp_path,
+                                                                                      single_process_run):
+    # FSDP2 (fully_shard) launched with configs/accelerate/fsdp.yaml on 2 CPU processes; fp32 to compare
+    sharded = tmp_path / "fsdp"
+    done = accelerate_launch(FSDP_CONFIG, "--mixed_precision=no", str(TESTS / "distributed_fsdp.py"), "run",
+                             str(CONFIG), "--quiet", *distributed_settings(memorized_model_dir, sharded, 4, 2, 2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((sharded / "run.json").read_text())["launch"] == {"distributed": "FSDP", "mixed_precision": "no"}
+    assert_same_run(sharded, single_process_run(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdp"] and done.stdout.count("Outputs in") == 1
+
+
+def test_a_collapse_under_fsdp_restores_every_shard_and_writes_the_model_from_before(memorized_model_dir, tmp_path):
+    # FSDP, full fine-tuning: GA at lr 10 wrecks the model in epoch 1; the shards are restored
+    # and the gathered model written is the one before unlearning, exactly; every process exits 3
+    out = tmp_path / "fsdp"
+    done = accelerate_launch(FSDP_CONFIG, "--mixed_precision=no",
+                             str(TESTS / "distributed_fsdp.py"), "run", str(CONFIG), "--quiet",
+                             *distributed_settings(memorized_model_dir, out, 4, 2, 2, (
+                                 "method.name=ga", "adapter.name=none", "train.lr=10", "train.epochs=4")))
+    assert "collapsed in epoch 1" in done.stderr
+    # torchrun names the first process to exit (3) and stops the others, once the main one has written
+    assert "exitcode  : 3" in done.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["fsdp"]
+    written, original = (load_file(d / "model.safetensors") for d in (out / "model", memorized_model_dir))
+    assert written.keys() == original.keys()
+    for name in original:
+        torch.testing.assert_close(written[name], original[name], rtol=0, atol=0, msg=name)
+
+
+def test_accelerates_bf16_mixed_precision_trains_fp32_adapters_under_autocast(memorized_model_dir, tmp_path,
+                                                                              single_process_run):
+    # `mixed_precision: bf16` in an accelerate config reaches the run as this variable (accelerate launch sets it)
+    out = tmp_path / "bf16"
+    done = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "run", str(CONFIG), "--quiet",
+                           *distributed_settings(memorized_model_dir, out, 4, 4, 4)], capture_output=True, text=True,
+                          timeout=600, env={**cli_env(), "ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = single_process_run(4)
+    assert json.loads((out / "run.json").read_text())["launch"] == {"distributed": "NO", "mixed_precision": "bf16"}
+    ours, theirs = (json.loads((d / "metrics.json").read_text())["epochs"] for d in (out, reference))
+    for mine, fp32 in zip(ours, theirs, strict=True):  # bf16 matmuls: close to the fp32 run, not equal to it
+        assert mine["loss"] != fp32["loss"] and mine["loss"] == pytest.approx(fp32["loss"], rel=1e-2)
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert {str(value.dtype) for value in adapter.values()} == {"torch.float32"}  # the trained weights stay fp32
