@@ -32,7 +32,7 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot, model_fingerprint
 from unlearnkit.flops import FlopTally
 from unlearnkit.io import cache_root
-from unlearnkit.metrics.perplexity import perplexity
+from unlearnkit.metrics.perplexity import perplexity, sequence_logprobs
 from unlearnkit.metrics.thresholds import Thresholds
 from unlearnkit.modeling import (
     LoadedModel,
@@ -78,7 +78,7 @@ def run_unlearning(
     with progress.status("Loading the model"):
         loaded = _own_copy(loaded) if loaded is not None else load_configured_model(config.model)
     model, tokenizer = loaded.model, loaded.tokenizer
-    method = get_method(config.method.name)
+    method = get_method(config.method.name, config.method.objective_options())
     data = load_run_data(config, tokenizer)
     fingerprints = data.fingerprints()  # hashed once: checked on resume, stored in every checkpoint
     if saved and saved.payload["data_fingerprints"] != fingerprints:
@@ -90,6 +90,12 @@ def run_unlearning(
     scores_cache = (ScoreCache(cache_root() / "scores", model_fingerprint(model))
                     if config.eval.cache_scores and not saved and processes.main else None)
     model.to(accelerator.device)
+    # What NPO and the KL retain term compare with: the model before unlearning. NPO needs only the forget rows'
+    # sequence log-probabilities under it (computed once); the KL term its distribution on every retain batch.
+    reference_logprob = (sequence_logprobs(model, data.forget, config.eval.batch_size) if method.needs_reference
+                         else None)
+    reference_model = (copy.deepcopy(model).eval().requires_grad_(False) if config.method.retain_kind == "kl"
+                       else None)
     _add(timings, "setup_s", t0)
 
     # LoRA layers start as a no-op (B = 0), so attaching them before evaluating changes no
@@ -203,7 +209,8 @@ def run_unlearning(
         for start in progress.track(range(0, len(order), rows_per_step), total=steps_per_epoch,
                                     description=f"epoch {epoch}/{config.train.epochs}", unit="step"):
             step_rows = order[start:start + rows_per_step]
-            forget = data.forget.subset(processes.share(step_rows))
+            forget_rows = processes.share(step_rows)
+            forget = data.forget.subset(forget_rows)
             retain = None
             if method.uses_retain and data.retain is not None:
                 # The retain set is sampled with replacement: it is usually much larger than the
@@ -215,12 +222,15 @@ def run_unlearning(
             # each process has as many retain rows). One process: weight 1.
             share = len(forget) * processes.count / len(step_rows)
             if len(forget) == 0:  # fewer rows left than processes: run one row with weight 0 to take part
-                forget = data.forget.subset(step_rows[:1])
+                forget_rows = step_rows[:1]
+                forget = data.forget.subset(forget_rows)
             # the first step is counted (forward, backward, all processes alike); the others are scaled from it
             counted = (tally.count_sample("train", forget.num_tokens + (retain.num_tokens if retain else 0))
                        if "train" not in tally.sample else contextlib.nullcontext())
             with accelerator.accumulate(model), counted:
-                loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device, share)
+                loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device, share,
+                                         reference_logprob[forget_rows] if reference_logprob is not None else None,
+                                         reference_model)
                 # every process must take the NaN guard's decision together: one skipping the backward pass
                 # alone would leave the others waiting in the gradient all-reduce
                 if not processes.all_finite(loss) or not step(loss):
@@ -302,16 +312,21 @@ def _mean(values: list[float]) -> float:
 
 
 def _step_loss(model: Any, method: Method, forget: TokenBlocks, retain: TokenBlocks | None, config: RunConfig,
-               device: torch.device, forget_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+               device: torch.device, forget_weight: float = 1.0, reference_logprob: torch.Tensor | None = None,
+               reference_model: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
     forget_logits = model(input_ids=forget.input_ids.to(device),
                           attention_mask=forget.attention_mask.to(device)).logits
-    retain_logits = retain_labels = None
+    retain_logits = retain_labels = retain_reference = None
     if retain is not None:
-        retain_logits = model(input_ids=retain.input_ids.to(device),
-                              attention_mask=retain.attention_mask.to(device)).logits
+        inputs = {"input_ids": retain.input_ids.to(device), "attention_mask": retain.attention_mask.to(device)}
+        retain_logits = model(**inputs).logits
         retain_labels = retain.labels().to(device)
+        if reference_model is not None:
+            with torch.no_grad():
+                retain_reference = reference_model(**inputs).logits
     return unlearning_loss(method, forget_logits, forget.labels().to(device), retain_logits, retain_labels,
-                           config.method.retain_weight, forget_weight)
+                           config.method.retain_weight, forget_weight, reference_logprob=reference_logprob,
+                           retain_reference_logits=retain_reference)
 
 
 def _epoch_scores(model: Any, forget: TokenBlocks, check_blocks: TokenBlocks | None, config: RunConfig,

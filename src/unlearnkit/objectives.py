@@ -8,13 +8,15 @@ at position ``t`` predict the label at ``t + 1``. Each returns the mean over unm
 pass, perplexity and membership inference all use it.
 
 A *method* combines objectives on a forget batch and a retain batch; the config layer names the
-methods (:data:`unlearnkit.config.METHODS`) and :data:`FORGET_OBJECTIVES` holds their forget objectives.
+methods (:data:`unlearnkit.config.METHODS`) and :data:`FORGET_OBJECTIVES` holds their forget objectives:
+GA, IHL (the paper's), NPO and SimNPO (today's standard baselines). The retain term is the LM loss (the
+paper's) or the KL divergence from the model before unlearning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -118,32 +120,81 @@ class _InvertedHinge(torch.autograd.Function):
         return grad, None, None
 
 
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log π(y | x)`` of each row: the sum of its unmasked tokens' next-token log-probabilities, ``[B]``."""
+    return -token_nll(logits, labels).sum(dim=1)
 
 
-#: The forget-set objective of each method the config layer names.
-FORGET_OBJECTIVES: dict[str, Objective] = {
-    "ga": gradient_ascent_loss,
-    "gd": gradient_ascent_loss,
-    "ihl": inverted_hinge_loss,
+def predicted_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """How many tokens of each row are predicted (unmasked, after the first), ``[B]``: the ``|y|`` of SimNPO."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
+def npo_loss(logits: torch.Tensor, labels: torch.Tensor, reference_logprob: torch.Tensor | None,
+             beta: float = 0.1) -> torch.Tensor:
+    """Negative preference optimisation (Zhang et al., 2024): ``-(2/β) mean log σ(-β (log π_θ(y|x) - log
+    π_ref(y|x)))`` over the forget rows, with sequence log-probabilities (:func:`sequence_logprob`) and
+    ``reference_logprob`` those of the model before unlearning. Equal models give ``(2/β) log 2``."""
+    if reference_logprob is None:
+        raise ValueError("NPO needs the forget rows' log-probabilities under the model before unlearning")
+    current = sequence_logprob(logits, labels)
+    ratio = current - reference_logprob.to(current.device, current.dtype)
+    return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
+
+
+def simnpo_loss(logits: torch.Tensor, labels: torch.Tensor, reference_logprob: torch.Tensor | None = None,
+                beta: float = 2.5, gamma: float = 0.0) -> torch.Tensor:
+    """SimNPO (Fan et al., 2024): ``-(2/β) mean log σ(-(β/|y|) log π_θ(y|x) - γ)``: NPO without a reference
+    model, the sequence log-probability divided by its length."""
+    average = sequence_logprob(logits, labels) / predicted_tokens(labels).clamp(min=1)
+    return -(2.0 / beta) * F.logsigmoid(-beta * average - gamma).mean()
+
+
+def kl_from_reference(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``KL(p_ref ‖ p_θ)`` of the next-token distributions, mean over the unmasked positions: the retain term
+    that keeps the model's distribution where it was (``method.retain_kind: kl``); 0 for an unchanged model."""
+    log_p, _, mask = _shift(logits, labels)
+    log_ref, _, _ = _shift(reference_logits, labels)
+    log_p, log_ref = F.log_softmax(log_p, dim=-1), F.log_softmax(log_ref.detach(), dim=-1)
+    per_position = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(dim=-1)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+
+
+#: The forget-set objective of each method the config layer names: ``(logits, labels, reference_logprob,
+#: **options)``; ``reference_logprob`` is ``None`` except for methods that need it (NPO).
+FORGET_OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
+    "ga": lambda logits, labels, reference_logprob=None: gradient_ascent_loss(logits, labels),
+    "gd": lambda logits, labels, reference_logprob=None: gradient_ascent_loss(logits, labels),
+    "ihl": lambda logits, labels, reference_logprob=None: inverted_hinge_loss(logits, labels),
+    "npo": npo_loss,
+    "simnpo": simnpo_loss,
 }
 
 
 @dataclass(frozen=True)
 class Method:
-    """An unlearning method: an objective on forget batches, optionally LM loss on retain batches."""
+    """An unlearning method: an objective on forget batches, optionally a retain term on retain batches."""
 
     name: str
-    forget_objective: Objective
+    forget_objective: Callable[..., torch.Tensor]
     uses_retain: bool
     description: str
+    needs_reference: bool = False
+    options: dict[str, float] = field(default_factory=dict)
+
+    def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor,
+                    reference_logprob: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forget_objective(logits, labels, reference_logprob, **self.options)
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str, options: dict[str, float] | None = None) -> Method:
+    """The method ``name``; ``options`` are its objective's (beta, gamma: ``MethodConfig.objective_options``)."""
     if name not in METHODS:
         raise unknown_name("method", name, METHODS)
     spec = METHODS[name]
-    return Method(spec.name, FORGET_OBJECTIVES[name], spec.uses_retain, spec.description)
+    defaults = {k: v for k, v in (("beta", spec.beta), ("gamma", spec.gamma)) if v is not None}
+    return Method(spec.name, FORGET_OBJECTIVES[name], spec.uses_retain, spec.description, spec.needs_reference,
+                  {**defaults, **(options or {})})
 
 
 def unlearning_loss(
@@ -154,10 +205,16 @@ def unlearning_loss(
     retain_labels: torch.Tensor | None = None,
     retain_weight: float = 1.0,
     forget_weight: float = 1.0,
+    *,
+    reference_logprob: torch.Tensor | None = None,
+    retain_reference_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The total loss of one step (Eq. 5 for IHL) and its parts for logging. ``forget_weight`` scales the
-    forget term: on several processes, a process's share of the step's forget rows (see the loop)."""
-    forget_loss = method.forget_objective(forget_logits, forget_labels)
+    forget term: on several processes, a process's share of the step's forget rows (see the loop).
+    ``reference_logprob``: the forget rows' sequence log-probabilities before unlearning (NPO);
+    ``retain_reference_logits``: the retain batch's logits before unlearning, which make the retain term the
+    KL divergence from them instead of the LM loss."""
+    forget_loss = method.forget_loss(forget_logits, forget_labels, reference_logprob)
     if forget_weight != 1.0:
         forget_loss = forget_loss * forget_weight
     parts = {"forget_loss": float(forget_loss.detach())}
@@ -165,7 +222,8 @@ def unlearning_loss(
     if method.uses_retain:
         if retain_logits is None or retain_labels is None:
             raise ValueError(f"method {method.name} needs a retain batch")
-        retain_loss = lm_loss(retain_logits, retain_labels)
+        retain_loss = (lm_loss(retain_logits, retain_labels) if retain_reference_logits is None else
+                       kl_from_reference(retain_logits, retain_reference_logits, retain_labels))
         parts["retain_loss"] = float(retain_loss.detach())
         total = total + retain_weight * retain_loss
     parts["loss"] = float(total.detach())

@@ -29,12 +29,22 @@ class MethodSpec:
     name: str
     uses_retain: bool
     description: str
+    needs_reference: bool = False  # the forget objective compares with the model before unlearning
+    beta: float | None = None  # the default of method.beta, for methods that have one
+    gamma: float | None = None  # the default of method.gamma
 
 
 METHODS: dict[str, MethodSpec] = {
     "ga": MethodSpec("ga", False, "gradient ascent on the forget set (Jang et al., 2023)"),
     "gd": MethodSpec("gd", True, "gradient difference: GA on forget + LM loss on retain"),
     "ihl": MethodSpec("ihl", True, "inverted hinge loss on forget + LM loss on retain (Eq. 5)"),
+    # beta 0.1: Zhang et al. 2024 (NPO), also the default of the SimNPO authors' NPO config (Unlearn-Simple,
+    # TOFU/config/forget.yaml: beta 0.1, gamma 0.0)
+    "npo": MethodSpec("npo", True, "negative preference optimisation on forget (Zhang et al., 2024) + LM loss on "
+                      "retain", needs_reference=True, beta=0.1),
+    # beta 2.5, gamma 0: Fan et al. 2024 (SimNPO), the values of their TOFU experiments
+    "simnpo": MethodSpec("simnpo", True, "SimNPO, NPO without a reference model, length-normalised (Fan et al., "
+                         "2024) + LM loss on retain", beta=2.5, gamma=0.0),
 }
 
 
@@ -63,8 +73,14 @@ class DataConfig(Section):
 
 
 class MethodConfig(Section):
-    name: str = Field("ihl", description="ga | gd | ihl")
-    retain_weight: float = Field(1.0, ge=0.0, description="weight of the retain LM loss (Eq. 5 uses 1)")
+    name: str = Field("ihl", description="ga | gd | ihl | npo | simnpo")
+    retain_weight: float = Field(1.0, ge=0.0, description="weight of the retain term (Eq. 5 uses 1)")
+    retain_kind: Literal["lm", "kl"] = Field(
+        "lm", description="the retain term: lm = LM loss on the retain batch (the paper's); kl = KL divergence "
+                          "from the model before unlearning on the retain batch (holds a frozen copy of it)")
+    beta: float | None = Field(None, gt=0.0, description="NPO / SimNPO inverse temperature (default: the method's, "
+                                                          "npo 0.1, simnpo 2.5)")
+    gamma: float | None = Field(None, description="SimNPO reward margin (default 0)")
 
     @field_validator("name")
     @classmethod
@@ -72,6 +88,25 @@ class MethodConfig(Section):
         if name not in METHODS:
             raise ValueError(str(unknown_name("method", name, METHODS)))
         return name
+
+    @model_validator(mode="after")
+    def _options_fit_the_method(self) -> MethodConfig:
+        spec = METHODS[self.name]
+        if self.beta is not None and spec.beta is None:
+            raise ValueError(f"method.beta applies to npo and simnpo, not {self.name}; remove it")
+        if self.gamma is not None and spec.gamma is None:
+            raise ValueError(f"method.gamma applies to simnpo, not {self.name}; remove it")
+        if self.retain_kind == "kl" and not spec.uses_retain:
+            raise ValueError(f"method {self.name} has no retain term, so method.retain_kind=kl does nothing; use gd, "
+                             "ihl, npo or simnpo")
+        return self
+
+    def objective_options(self) -> dict[str, float]:
+        """beta and gamma of the forget objective, the method's defaults where the config gives none."""
+        spec = METHODS[self.name]
+        options = {"beta": self.beta if self.beta is not None else spec.beta,
+                   "gamma": self.gamma if self.gamma is not None else spec.gamma}
+        return {key: float(value) for key, value in options.items() if value is not None}
 
 
 class FloraOptions(BaseModel):

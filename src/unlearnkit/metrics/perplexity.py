@@ -16,7 +16,7 @@ import torch
 
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.metrics.decoding import context_limit, eval_mode, model_device
-from unlearnkit.objectives import IGNORE_INDEX, token_nll
+from unlearnkit.objectives import IGNORE_INDEX, sequence_logprob, token_nll
 
 
 def perplexity(model: torch.nn.Module, blocks: TokenBlocks, batch_size: int = 8) -> float:
@@ -125,3 +125,15 @@ def general_text_blocks(tokenizer: Any, tokens: int = 2048, seq_len: int = 256, 
     count = len(ids) // seq_len if len(ids) < tokens else tokens // seq_len
     rows = [ids[i * seq_len:(i + 1) * seq_len] for i in range(count)]
     return TokenBlocks.from_lists(rows, "pydoc_data.topics", pad_id=0, seq_len=seq_len)
+
+
+def sequence_logprobs(model: Any, blocks: TokenBlocks, batch_size: int) -> torch.Tensor:
+    """``log π(y | x)`` of every row of ``blocks`` under ``model`` (eval mode, no dropout), on the CPU, ``[N]``:
+    what NPO compares the unlearning model with."""
+    device, values = model_device(model), []
+    with eval_mode(model):
+        for start in range(0, len(blocks), batch_size):
+            part = blocks.subset(list(range(start, min(start + batch_size, len(blocks)))))
+            logits = model(input_ids=part.input_ids.to(device), attention_mask=part.attention_mask.to(device)).logits
+            values.append(sequence_logprob(logits, part.labels().to(device)).float().cpu())
+    return torch.cat(values)
