@@ -61,7 +61,9 @@ def method_label(method: str, adapter: str) -> str:
 
 
 def row_label(row: Row) -> str:
-    return method_label(str(row["method"]), str(row["adapter"]))
+    """A row's method label; a KL retain term (``method.retain_kind: kl``) is named, e.g. NPO+KL."""
+    label = method_label(str(row["method"]), str(row["adapter"]))
+    return f"{label}+KL" if row.get("retain_kind") == "kl" else label
 
 
 def ordered_labels(labels: Iterable[str]) -> list[str]:

@@ -151,6 +151,7 @@ def _config_fields(config: Any) -> dict[str, Any]:
         return {}
     adapter = config.adapter.name
     return {"model": config.model.name, "method": config.method.name, "adapter": adapter,
+            "retain_kind": config.method.retain_kind,
             "rank": config.adapter.rank if adapter != "none" else None,
             "modules": list(config.adapter.modules) if adapter != "none" else None,
             "forget": config.data.forget.label(), "seed": config.seed,
