@@ -26,7 +26,7 @@ LAYERS = [
     {"results"},
     {"checkpoints"},
     {"loop"},
-    {"reports", "outputs", "preflight"},
+    {"reports", "outputs", "preflight", "attacks"},
     {"showcase"},
     {"experiments"},
     {"cli"},

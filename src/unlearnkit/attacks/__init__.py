@@ -1,0 +1,1 @@
+"""Attacks that test whether a model really forgot: relearning, quantisation, probes."""

@@ -1,0 +1,80 @@
+"""What an attack is aimed at: a model, or a run's output directory with what the run knew.
+
+From a run directory (``run.json`` in it) the attack takes the unlearned model (``model/``), the run's forget
+and held-out sets unless others are given, the per-sequence scores of the model before unlearning
+(``metrics.json``, when the forget rows are the run's own: same fingerprint) and, for an adapter run, a way
+to load the original base with the adapter (``adapter/``) for quantising the base alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unlearnkit.attacks.suite import Before
+from unlearnkit.config import RunConfig, SourceConfig, build_config
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.errors import UnlearnkitError
+
+
+@dataclass
+class AttackTarget:
+    model: Any
+    tokenizer: Any
+    forget: TokenBlocks
+    holdout: TokenBlocks
+    before: Before | None = None
+    adapted: Callable[[], Any] | None = None
+    run_config: RunConfig | None = None
+
+
+def run_config_of(location: str | Path) -> RunConfig | None:
+    """The config of the run whose output directory ``location`` is, or ``None`` for anything else."""
+    directory = Path(location).expanduser()
+    if not (directory / "run.json").is_file():
+        return None
+    return build_config(yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")))
+
+
+def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfig | None, seq_len: int | None,
+                data_dir: str | Path) -> AttackTarget:
+    """Load the model at ``location`` (a run directory, hub id, directory, GGUF file or 'smollm2') and the sets."""
+    from unlearnkit.data.sources import dataset_fingerprint, load_blocks
+    from unlearnkit.modeling import load_configured_model, load_model
+
+    config = run_config_of(location)
+    directory = Path(location).expanduser()
+    if config is None and (forget is None or holdout is None):
+        raise UnlearnkitError(f"{location} is not a run directory (no run.json), so name the sets: --forget SOURCE "
+                              "and --holdout SOURCE.")
+    forget_source = forget or (config.data.forget if config else None)
+    holdout_source = holdout or (config.data.validation if config else None)
+    if forget_source is None or holdout_source is None:
+        raise UnlearnkitError("The run has no held-out set in its config; pass --holdout SOURCE.")
+    length = seq_len or (config.data.seq_len if config else 200)
+    loaded = load_model(str(directory / "model")) if config is not None else load_model(location)
+    forget_blocks = load_blocks(forget_source, loaded.tokenizer, data_dir, seq_len=length)
+    holdout_blocks = load_blocks(holdout_source, loaded.tokenizer, data_dir, seq_len=length)
+    target = AttackTarget(loaded.model.eval(), loaded.tokenizer, forget_blocks, holdout_blocks, run_config=config)
+    if config is None:
+        return target
+    run_json = json.loads((directory / "run.json").read_text(encoding="utf-8"))
+    metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    if run_json.get("data_fingerprints", {}).get("forget") == dataset_fingerprint(forget_blocks):
+        scores = metrics["before"]["forget"]
+        extraction = metrics["before"].get("privacy", {}).get("extraction_forget", {}).get("exact_match_rate")
+        target.before = Before(scores["ma_per_sequence"], scores["el_per_sequence"], extraction)
+    if config.adapter.name != "none" and (directory / "adapter" / "adapter_config.json").is_file():
+        def adapted() -> Any:
+            from peft import PeftModel
+
+            base = load_configured_model(config.model).model
+            return PeftModel.from_pretrained(base, str(directory / "adapter")).eval()
+
+        target.adapted = adapted
+    return target

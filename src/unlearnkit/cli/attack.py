@@ -1,0 +1,89 @@
+"""The attack command: does the forgetting survive relearning and quantisation?"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from unlearnkit.cli.common import DataDir, Quiet, app, parse_source
+from unlearnkit.errors import UnlearnkitError
+
+QUANT_PATTERN = re.compile(r"int([2-8])-(?:g(\d+)|channel)-(sym|asym)")
+
+
+@app.command(epilog="Example: `unlearnkit attack runs/ihl --relearn-steps 20 --quant int8-g128-sym,int4-g32-asym "
+                    "--output runs/ihl-attack`; for any model: `unlearnkit attack MODEL --forget jang,n=32,set=0 "
+                    "--holdout tdec,split=val,n=32`.")
+def attack(
+    model: Annotated[str, typer.Argument(help="a `run` output directory, or a hub id, directory, .gguf or smollm2")],
+    forget: Annotated[str | None, typer.Option(help="forgotten text, a file or SOURCE[,k=v...] (default: the "
+                                                    "run's forget set)")] = None,
+    holdout: Annotated[str | None, typer.Option(help="text of the same kind never trained on (default: the run's "
+                                                     "held-out set)")] = None,
+    seq_len: Annotated[int | None, typer.Option(min=2, help="tokens per sequence (default: the run's)")] = None,
+    relearn_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps of the relearning attack (0: none)")
+                             ] = 20,
+    relearn_lr: Annotated[float, typer.Option(min=0.0, help="its learning rate")] = 1e-4,
+    relearn_fraction: Annotated[float, typer.Option(help="the share of forget rows it fine-tunes on (the others "
+                                                         "are measured)")] = 0.5,
+    quant: Annotated[str, typer.Option(help="weight quantisations, comma-separated: int<bits>-g<group>|channel-"
+                                            "sym|asym; '' for none")] = "int8-g128-sym,int4-g128-sym,int4-g32-asym",
+    output: Annotated[Path | None, typer.Option(help="write attack.json and attack.md here")] = None,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Attack an unlearned model (relearning on part of the forget set, weight quantisation) and measure MA,
+    EL10, the extraction attack and membership inference after each, with how much of what unlearning removed
+    came back."""
+    from unlearnkit.attacks.suite import AttackPlan
+
+    specs = [_quant_spec(text) for text in quant.split(",") if text.strip()]
+    if not 0.0 < relearn_fraction < 1.0:
+        raise UnlearnkitError(f"--relearn-fraction {relearn_fraction} must lie between 0 and 1 (exclusive).")
+    if output is not None and output.exists() and not output.is_dir():
+        raise UnlearnkitError(f"--output {output} is a file; give a directory.")
+    forget_source, holdout_source = (parse_source(t) if t else None for t in (forget, holdout))
+    plan = AttackPlan(relearn_steps=relearn_steps, relearn_lr=relearn_lr, relearn_fraction=relearn_fraction,
+                      quantisations=tuple(specs))
+    from unlearnkit.attacks.suite import attack_markdown, run_attacks
+    from unlearnkit.attacks.target import load_target
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.data.catalog import resolve_data_dir
+    from unlearnkit.io import atomic_write_json, atomic_write_text
+    from unlearnkit.progress import Progress
+
+    progress = Progress(quiet=quiet)
+    with progress.status(f"Loading {model}"):
+        target = load_target(model, forget_source, holdout_source, seq_len, resolve_data_dir(data_dir))
+    eval_config = target.run_config.eval if target.run_config is not None else EvalConfig()
+    result = run_attacks(target.model, target.tokenizer, target.forget, target.holdout, plan, eval_config, progress,
+                         before=target.before, adapted=target.adapted)
+    markdown = attack_markdown(result, model)
+    Console(emoji=False).print(markdown, markup=False, highlight=False)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(output / "attack.json", {"model": model, "plan": _plan_dict(plan), "rows": result.rows,
+                                                    "details": result.details})
+        atomic_write_text(output / "attack.md", markdown + "\n")
+        Console(emoji=False).print(f"Wrote {output / 'attack.json'} and {output / 'attack.md'}", markup=False)
+
+
+def _quant_spec(text: str) -> Any:
+    from unlearnkit.attacks.quantize import QuantSpec
+
+    match = QUANT_PATTERN.fullmatch(text.strip())
+    if match is None:
+        raise UnlearnkitError(f'--quant "{text}" is not int<bits>-g<group>-sym|asym or int<bits>-channel-sym|asym; '
+                              "write e.g. int4-g32-asym.")
+    bits, group, kind = match.groups()
+    return QuantSpec(int(bits), int(group) if group else None, kind == "sym")
+
+
+def _plan_dict(plan: Any) -> dict[str, Any]:
+    return {"relearn_steps": plan.relearn_steps, "relearn_lr": plan.relearn_lr,
+            "relearn_fraction": plan.relearn_fraction, "quantisations": [s.label for s in plan.quantisations],
+            "seed": plan.seed}
