@@ -26,7 +26,7 @@ LAYERS = [
     {"results"},
     {"checkpoints"},
     {"loop"},
-    {"reports", "outputs", "preflight", "attacks"},
+    {"reports", "outputs", "preflight", "attacks", "sequential"},
     {"showcase"},
     {"experiments"},
     {"cli"},

@@ -27,7 +27,10 @@ def check_output_dir(config: RunConfig) -> Path:
     data directory, data files, Fisher cache); a non-empty directory without ``output.overwrite``; and, even
     with it, a non-empty directory that is not a previous unlearnkit output (which has a ``run.json``).
     """
-    return check_output_path(config.output.dir, run_inputs(config), overwrite=config.output.overwrite,
+    directory = Path(config.output.dir).expanduser().resolve()
+    # a sequence of deletion requests (unlearnkit.sequential) continues in its own directory where it stopped
+    continuing = bool(config.data.requests) and (directory / "requests.json").is_file()
+    return check_output_path(config.output.dir, run_inputs(config), overwrite=config.output.overwrite or continuing,
                              option="output.dir")
 
 
@@ -45,7 +48,7 @@ def check_output_path(path: str | Path, inputs: list[Path], *, overwrite: bool, 
         if not overwrite:
             raise UnlearnkitError(
                 f"The output directory {directory} is not empty; choose another {option} or pass --overwrite.")
-        if not (directory / "run.json").is_file():
+        if not (directory / "run.json").is_file() and not (directory / "requests.json").is_file():
             raise UnlearnkitError(f"The output directory {directory} is not a previous unlearnkit output (it has "
                                   f"no run.json), so it will not be replaced; choose another {option}.")
     _check_creatable(directory, option)

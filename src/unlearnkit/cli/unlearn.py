@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -62,6 +62,9 @@ def run(
     from unlearnkit.progress import Progress
     from unlearnkit.reports import before_after_table
 
+    if cfg.data.requests:  # several deletion requests, one after another
+        _run_requests(cfg, quiet)
+        return
     if (output_dir / "run.json").is_file():
         err.print(f"Replacing the previous unlearnkit output in {output_dir} (--overwrite).", markup=False,
                   highlight=False)
@@ -95,6 +98,19 @@ def run(
         PartialState().wait_for_everyone()
     if code != EXIT_OK:
         raise typer.Exit(code)  # the same code on every process
+
+
+def _run_requests(cfg: Any, quiet: bool) -> None:
+    from unlearnkit.sequential import SUMMARY_MD, run_requests
+
+    summary = run_requests(cfg, quiet=quiet)
+    Console(emoji=False).print((Path(cfg.output.dir) / SUMMARY_MD).read_text(encoding="utf-8"), markup=False,
+                               highlight=False)
+    missed = [after["request"] for after in summary["after"] if not after["criterion_met"]]
+    if missed and cfg.output.fail_if_not_forgotten:
+        error_line(f"the forgetting criterion was NOT met for request(s) {', '.join(map(str, missed))}; see "
+                   f"{cfg.output.dir}/requests.md (or set output.fail_if_not_forgotten=false to exit 0).")
+        raise typer.Exit(EXIT_NOT_FORGOTTEN)
 
 
 @app.command(epilog="Example: `unlearnkit fisher configs/paper/gpt-neo-125m-flora-ihl.yaml --out runs/fisher-125m`, "

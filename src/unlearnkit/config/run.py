@@ -70,6 +70,9 @@ class DataConfig(Section):
         default_factory=lambda: SourceConfig(source="tdec", split="val", n=32, seed=0),
         description="held-out set whose mean EL and MA are the forgetting thresholds",
     )
+    requests: list[SourceConfig] = Field(
+        default_factory=list, description="later deletion requests: each forget set unlearned in turn, on the model "
+                                          "the one before left (unlearnkit.sequential)")
 
 
 class MethodConfig(Section):
@@ -281,4 +284,5 @@ class RunConfig(Section):
         for role in ("forget", "retain", "validation"):
             spec = getattr(self.data, role)
             resolved["data"][role] = spec.model_dump(mode="json", exclude_unset=True) if spec else None
+        resolved["data"]["requests"] = [spec.model_dump(mode="json", exclude_unset=True) for spec in self.data.requests]
         return yaml.safe_dump(resolved, sort_keys=False)
