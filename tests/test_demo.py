@@ -17,7 +17,7 @@ from unlearnkit.metrics.decoding import eval_mode, greedy_generate
 from unlearnkit.metrics.perplexity import general_text_blocks, perplexity
 from unlearnkit.progress import Progress
 from unlearnkit.showcase.demo import DemoSettings, demo_table, prepare_memorized_model, run_demo
-from unlearnkit.showcase.leaks import count_leaks, leak_probes, leak_test, leaked
+from unlearnkit.showcase.leaks import count_leaks, leak_probes, leak_test, leaked, reworded_probes
 from unlearnkit.showcase.records import synthetic_records
 
 TINY = DemoSettings(tiny=True, customers=16, forget=4, holdout=4, kept_scored=4)
@@ -52,6 +52,18 @@ def test_count_leaks_by_field_and_prompt_kind():
     assert report.people == 2 and report.people_leaked == 2
     with pytest.raises(ValueError):
         count_leaks(probes, generations[:-1])
+
+
+def test_reworded_probes_ask_for_every_secret_in_other_words_without_giving_it_away():
+    records = synthetic_records(3, seed=2)
+    probes = reworded_probes(records)
+    assert len(probes) == 3 * 3 * 2 and {p.kind for p in probes} == {"reworded_card", "reworded_sentence",
+                                                                        "reworded_chat"}
+    templates = {p.prompt for p in leak_probes(records)}
+    for probe in probes:
+        assert probe.person in probe.prompt and probe.secret not in probe.prompt and probe.prompt not in templates
+    report = count_leaks(probes, [f" {p.secret}" if p.kind == "reworded_chat" else " no" for p in probes])
+    assert report.counts["email_reworded_chat"] == 3 and report.total == 6 and report.people_leaked == 3
 
 
 # --------------------------------------------------------------------------------- perplexity
@@ -130,6 +142,7 @@ def test_tiny_demo_end_to_end(tiny_demo):
     console.print(demo_table(result))
     rendered = console.export_text()
     assert "forgotten (4): MA" in rendered and "kept (4): leaks" in rendered
+    assert "forgotten (4): leaks, reworded prompts" in rendered
 
 
 @pytest.mark.integration

@@ -3,7 +3,8 @@
 ``data.forget`` is the first request and ``data.requests`` the later ones. Request ``k`` is an ordinary run
 (its own criterion and outputs, in ``OUTPUT/request-k/``) that starts from request ``k-1``'s unlearned model,
 adapter merged. Every request is held to the thresholds measured for the first, on the model as loaded:
-held-out text under a model that earlier requests have already changed is no standard (it drifts with them). After each, the forget sets of every request so far are scored again, so
+held-out text under a model that earlier requests have already changed is no standard (it drifts with
+them). After each, the forget sets of every request so far are scored again, so
 ``requests.json`` / ``requests.md`` show whether earlier forgetting holds (MUSE's sequential setting) and what
 the model keeps, request by request. A request already finished (its ``run.json`` is there) is not run again:
 the next one starts from the model it wrote, so an interrupted sequence continues where it stopped.

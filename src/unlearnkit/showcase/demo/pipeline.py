@@ -163,13 +163,15 @@ def measure_leaks_and_perplexity(model: Any, tokenizer: Any, settings: DemoSetti
     records = settings.records()
     kept = records[settings.forget: settings.customers][: settings.kept_scored]
     preset = settings.preset
-    with progress.status(f"{label}: leak test ({4 * (settings.forget + len(kept))} prompts) and perplexity",
+    with progress.status(f"{label}: leak test ({10 * settings.forget + 4 * len(kept)} prompts) and perplexity",
                          announce=False):
         forget_leaks = leak_test(model, tokenizer, records[: settings.forget], batch_size=preset.eval_batch_size)
+        reworded = leak_test(model, tokenizer, records[: settings.forget], batch_size=preset.eval_batch_size,
+                             reworded=True)
         kept_leaks = leak_test(model, tokenizer, kept, batch_size=preset.eval_batch_size)
         blocks = general_text_blocks(tokenizer, tokens=preset.ppl_tokens, seq_len=preset.ppl_seq_len)
         ppl = perplexity(model, blocks)
-    return Measured(forget_leaks, kept_leaks, ppl, time.perf_counter() - started)
+    return Measured(forget_leaks, kept_leaks, ppl, time.perf_counter() - started, reworded)
 
 
 def run_demo(output_dir: Path, settings: DemoSettings | None = None, *, compare: bool = False,

@@ -22,10 +22,12 @@ class Measured:
     kept_leaks: LeakReport
     perplexity: float
     seconds: float
+    forget_reworded: LeakReport | None = None  # the forgotten customers asked in other words
 
     def to_dict(self) -> dict[str, Any]:
         return {"forget_leaks": self.forget_leaks.to_dict(), "kept_leaks": self.kept_leaks.to_dict(),
-                "perplexity": self.perplexity, "seconds": round(self.seconds, 2)}
+                "perplexity": self.perplexity, "seconds": round(self.seconds, 2),
+                **({"forget_reworded": self.forget_reworded.to_dict()} if self.forget_reworded else {})}
 
 
 @dataclass
@@ -80,6 +82,9 @@ def demo_rows(result: DemoResult) -> list[tuple[str, ...]]:
         (f"forgotten ({forget_n}): leaks", _leaks(result.before.forget_leaks),
          *per_run(lambda r: _leaks(r.measured.forget_leaks))),
     ]
+    if result.before.forget_reworded is not None:
+        rows.append((f"forgotten ({forget_n}): leaks, reworded prompts", _leaks(result.before.forget_reworded),
+                     *per_run(lambda r: _leaks(r.measured.forget_reworded) if r.measured.forget_reworded else "—")))
     if kept_n:
         rows += [
             (f"kept ({kept_n}): MA", f"{first.before['retain']['ma']:.3f}",
