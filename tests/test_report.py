@@ -298,6 +298,11 @@ def test_update_page_replaces_only_its_section(tmp_path, rows):
         assert "old table" not in text and text.count("| GD |") == 1
     assert "](results/tdec/figure2_compute.png)" in text
     assert (page.parent / "results" / "tdec" / "figure2_compute.png").read_bytes().startswith(b"\x89PNG")
+    # the results travel with the page: regenerating the section from the copy gives the same section
+    copied = page.parent / "results" / "tdec"
+    assert (copied / "results.jsonl").read_text() == (results / "results.jsonl").read_text()
+    update_page(page, "tdec", copied)
+    assert page.read_text(encoding="utf-8").replace("`tdec`", "`sweep`") == text
 
 
 def test_update_page_without_markers_says_to_add_them(tmp_path, report):

@@ -62,7 +62,8 @@ def sweep(
                     "--page docs/results.md --section testbed` to update that section of a Markdown page.")
 def report(
     results: Annotated[Path, typer.Argument(help="a sweep's output directory (holding results.jsonl)")],
-    out: Annotated[Path | None, typer.Option(help="where to write (default RESULTS/report)")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write the report (default RESULTS/report; with "
+                                                   "--page only when given)")] = None,
     page: Annotated[Path | None, typer.Option(help="a Markdown page whose marked section to replace")] = None,
     section: Annotated[str | None, typer.Option(help="the section of --page: between <!-- report:SECTION --> "
                                                      "and <!-- /report:SECTION -->")] = None,
@@ -72,7 +73,8 @@ def report(
 
     if (page is None) != (section is None):
         raise UnlearnkitError("--page and --section go together: pass both to update a page, or neither.")
-    written = write_report(results, out)
+    # with --page only the page is written, unless --out asks for the report directory too
+    written = write_report(results, out) if page is None or out is not None else []
     if page is not None and section is not None:
         update_page(page, section, results)
         written.append(page)
