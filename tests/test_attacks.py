@@ -62,13 +62,14 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
                    *[part for setting in settings for part in ("--set", setting)])
     assert done.returncode == 0, done.stderr[-2000:]
     attacked = run_cli("attack", str(tmp_path / "run"), "--relearn-steps", "10", "--relearn-lr", "1e-3",
-                       "--quant", "int4-g32-asym,int4-g128-sym", "--output", str(tmp_path / "attack"), "-q")
+                       "--quant", "int4-g32-asym,int4-g128-sym,gguf-Q4_0", "--output", str(tmp_path / "attack"), "-q")
     assert attacked.returncode == 0, attacked.stderr[-2000:]
     report = json.loads((tmp_path / "attack" / "attack.json").read_text())
     names = [row["attack"] for row in report["rows"]]
     assert names == ["before unlearning", "none (unlearned)", "before unlearning", "none (unlearned)",
                      "relearn 10 steps (lr 0.001)", "quantise int4-g32-asym",
-                     "quantise base int4-g32-asym, adapter kept"]  # groups of 128 do not fit widths of 64: skipped
+                     "quantise base int4-g32-asym, adapter kept",  # groups of 128 do not fit widths of 64: skipped
+                     "quantise gguf-Q4_0", "quantise base gguf-Q4_0, adapter kept"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert report["rows"][0]["ma"] == pytest.approx(metrics["before"]["forget"]["ma"])  # from the run, all rows
     assert report["rows"][1]["ma"] == pytest.approx(metrics["after"]["forget"]["ma"])  # measured again: the same

@@ -13,6 +13,7 @@ from unlearnkit.cli.common import DataDir, Quiet, app, parse_source
 from unlearnkit.errors import UnlearnkitError
 
 QUANT_PATTERN = re.compile(r"int([2-8])-(?:g(\d+)|channel)-(sym|asym)")
+GGUF_PATTERN = re.compile(r"gguf-(Q8_0|Q4_0)")
 
 
 @app.command(epilog="Example: `unlearnkit attack runs/ihl --relearn-steps 20 --quant int8-g128-sym,int4-g32-asym "
@@ -31,7 +32,8 @@ def attack(
     relearn_fraction: Annotated[float, typer.Option(help="the share of forget rows it fine-tunes on (the others "
                                                          "are measured)")] = 0.5,
     quant: Annotated[str, typer.Option(help="weight quantisations, comma-separated: int<bits>-g<group>|channel-"
-                                            "sym|asym; '' for none")] = "int8-g128-sym,int4-g128-sym,int4-g32-asym",
+                                            "sym|asym, or gguf-Q8_0 / gguf-Q4_0 (llama.cpp's formats); '' for "
+                                            "none")] = "int8-g128-sym,int4-g128-sym,int4-g32-asym",
     output: Annotated[Path | None, typer.Option(help="write attack.json and attack.md here")] = None,
     data_dir: DataDir = None,
     quiet: Quiet = False,
@@ -75,10 +77,13 @@ def attack(
 def _quant_spec(text: str) -> Any:
     from unlearnkit.attacks.quantize import QuantSpec
 
+    gguf = GGUF_PATTERN.fullmatch(text.strip())
+    if gguf is not None:
+        return QuantSpec(8 if gguf.group(1) == "Q8_0" else 4, gguf=gguf.group(1))
     match = QUANT_PATTERN.fullmatch(text.strip())
     if match is None:
-        raise UnlearnkitError(f'--quant "{text}" is not int<bits>-g<group>-sym|asym or int<bits>-channel-sym|asym; '
-                              "write e.g. int4-g32-asym.")
+        raise UnlearnkitError(f'--quant "{text}" is not int<bits>-g<group>-sym|asym, int<bits>-channel-sym|asym or '
+                              "gguf-Q8_0|gguf-Q4_0; write e.g. int4-g32-asym.")
     bits, group, kind = match.groups()
     return QuantSpec(int(bits), int(group) if group else None, kind == "sym")
 
