@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SHARED_DATA := $(abspath ../shared/data)
 export UNLEARNKIT_DATA ?= $(if $(wildcard $(SHARED_DATA)/README.md),$(SHARED_DATA),$(HOME)/.cache/unlearnkit/data)
 
-.PHONY: setup demo test test-fast lint bench bench-full clean
+.PHONY: setup demo test test-slow test-fast lint bench bench-full clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: setup
 # tests are listed at the end.
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The tests kept out of `make test` to keep it under 6 minutes (marked `slow`: more multi-process cases, the
+# full lm-eval task index, more end-to-end variants).
+test-slow: setup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
 
 # Fast feedback while editing: everything but the end-to-end pipeline runs.
 test-fast: setup

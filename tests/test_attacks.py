@@ -61,15 +61,14 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     done = run_cli("run", "configs/paper/gpt-neo-125m-lora-ihl.yaml", "-q",
                    *[part for setting in settings for part in ("--set", setting)])
     assert done.returncode == 0, done.stderr[-2000:]
-    attacked = run_cli("attack", str(tmp_path / "run"), "--relearn-steps", "10", "--relearn-lr", "1e-3",
-                       "--quant", "int4-g32-asym,int4-g128-sym,gguf-Q4_0", "--output", str(tmp_path / "attack"), "-q")
+    attacked = run_cli("attack", str(tmp_path / "run"), "--relearn-steps", "5", "--relearn-lr", "1e-3",
+                       "--quant", "int4-g32-asym,int4-g128-sym", "--output", str(tmp_path / "attack"), "-q")
     assert attacked.returncode == 0, attacked.stderr[-2000:]
     report = json.loads((tmp_path / "attack" / "attack.json").read_text())
     names = [row["attack"] for row in report["rows"]]
     assert names == ["before unlearning", "none (unlearned)", "before unlearning", "none (unlearned)",
-                     "relearn 10 steps (lr 0.001)", "quantise int4-g32-asym",
-                     "quantise base int4-g32-asym, adapter kept",  # groups of 128 do not fit widths of 64: skipped
-                     "quantise gguf-Q4_0", "quantise base gguf-Q4_0, adapter kept"]
+                     "relearn 5 steps (lr 0.001)", "quantise int4-g32-asym",
+                     "quantise base int4-g32-asym, adapter kept"]  # groups of 128 do not fit widths of 64: skipped
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert report["rows"][0]["ma"] == pytest.approx(metrics["before"]["forget"]["ma"])  # from the run, all rows
     assert report["rows"][1]["ma"] == pytest.approx(metrics["after"]["forget"]["ma"])  # measured again: the same
@@ -77,10 +76,19 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
         assert set(row["recovery"]) == {"ma", "el", "extraction"} and row["mia_auc"]
     assert report["details"]["int4-g32-asym"]["max_abs_error"] > 0
     assert "not divisible" in report["details"]["int4-g128-sym"]["skipped"]
-    assert "| relearn 10 steps" in (tmp_path / "attack" / "attack.md").read_text()
+    assert "| relearn 5 steps" in (tmp_path / "attack" / "attack.md").read_text()
 
 
 def test_a_bad_quantisation_is_refused_before_any_model_loads(tmp_path):
     done = run_cli("attack", str(tmp_path / "nothing"), "--quant", "int4-g32", "--forget", "jang,n=4",
                    "--holdout", "tdec,split=val,n=4")
     assert done.returncode == 2 and "int4-g32" in done.stderr and "int4-g32-asym" in done.stderr
+
+
+def test_quantisations_are_named_as_their_labels_read():
+    from unlearnkit.cli.attack import _quant_spec
+
+    for text in ("int8-g128-sym", "int4-g32-asym", "int8-channel-sym", "gguf-Q4_0", "gguf-Q8_0"):
+        assert _quant_spec(text).label == text
+    with pytest.raises(Exception, match="int4-g32-asym"):
+        _quant_spec("int9-g32-sym")

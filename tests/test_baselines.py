@@ -122,7 +122,7 @@ def test_options_that_do_not_fit_the_method_are_refused(overrides, message):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("adapter", ["none", "flora"])
+@pytest.mark.parametrize("adapter", [pytest.param("none", marks=pytest.mark.slow), "flora"])
 def test_a_run_compares_with_the_model_before_unlearning(memorized_model_dir, tmp_path, adapter):
     """With a learning rate too small to move the model, NPO's loss is (2/β) log 2 on every step and the KL
     retain term 0: the reference is the model as loaded (before FLoRA's initialisation, too), row by row."""
@@ -140,7 +140,7 @@ def test_a_run_compares_with_the_model_before_unlearning(memorized_model_dir, tm
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("method", ["npo", "simnpo"])
+@pytest.mark.parametrize("method", ["npo", pytest.param("simnpo", marks=pytest.mark.slow)])
 def test_the_new_baselines_unlearn_the_memorised_rows(memorized_model_dir, tmp_path, method):
     from conftest import memorised_run_config
     from unlearnkit.loop import run_unlearning

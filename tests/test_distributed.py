@@ -68,7 +68,7 @@ def test_zero3_is_refused_with_what_to_use_instead_and_other_launches_pass():
         refuse_sharded_weights(fine)
 
 
-@pytest.mark.parametrize("forget_rows", [4, 1])
+@pytest.mark.parametrize("forget_rows", [4, pytest.param(1, marks=pytest.mark.slow)])  # 1 row: `make test-slow`
 def test_two_processes_train_as_one_with_the_same_effective_batch_and_one_writes(memorized_model_dir, tmp_path,
                                                                                    single_process_run, forget_rows):
     # 4 forget rows: steps of 2 + 2 rows; 1 row: 1 + 0 (the process without a row takes part with weight 0)

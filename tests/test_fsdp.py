@@ -45,6 +45,7 @@ def test_fsdp_shards_train_as_one_process_and_the_main_one_writes_the_gathered_m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdp"] and done.stdout.count("Outputs in") == 1
 
 
+@pytest.mark.slow  # 30 s; `make test-slow` (make test stays under 6 minutes on 2 cores)
 def test_a_collapse_under_fsdp_restores_every_shard_and_writes_the_model_from_before(memorized_model_dir, tmp_path):
     # FSDP, full fine-tuning: GA at lr 10 wrecks the model in epoch 1; the shards are restored
     # and the gathered model written is the one before unlearning, exactly; every process exits 3
@@ -62,6 +63,7 @@ def test_a_collapse_under_fsdp_restores_every_shard_and_writes_the_model_from_be
         torch.testing.assert_close(written[name], original[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow  # 15 s; `make test-slow`
 def test_accelerates_bf16_mixed_precision_trains_fp32_adapters_under_autocast(memorized_model_dir, tmp_path,
                                                                               single_process_run):
     # `mixed_precision: bf16` in an accelerate config reaches the run as this variable (accelerate launch sets it)

@@ -33,7 +33,7 @@ def test_two_requests_in_turn_and_the_first_still_forgotten_after_the_second(mem
 
     out = tmp_path / "requests"
     settings = [*memorised_run_overrides(memorized_model_dir, out), "method.name=ihl", "adapter.name=lora",
-                "train.lr=0.1", "eval.audit=false", "eval.bootstrap=50",
+                "train.lr=0.1", "eval.audit=false", "eval.bootstrap=50", "train.epochs=6",
                 f"data.forget={{source: file, path: {files[0]}, per_document: true}}",
                 f"data.requests=[{{source: file, path: {files[1]}, per_document: true}}]"]
     arguments = ["run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "-q",
