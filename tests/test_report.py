@@ -196,8 +196,8 @@ def test_report_says_which_figures_were_skipped_and_why(tmp_path, rows):
     assert not stale.exists()
     text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "Figure 3: performance after unlearning vs. LoRA rank was skipped" in text
-    assert "two or more LoRA ranks on one module set; found 8 on Q,V,FFN" in text
-    assert "two or more module sets at one rank; found Q,V,FFN at rank 8" in text
+    assert "two or more LoRA ranks on one module set; found only rank 8 on Q,V,FFN" in text
+    assert "two or more module sets at one rank; found only Q,V,FFN at rank 8" in text
 
 
 def _series(ax) -> dict[str, int]:

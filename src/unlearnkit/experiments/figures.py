@@ -185,11 +185,12 @@ def paper_figures(rows: Sequence[Row]) -> list[PaperFigure]:
          "x: total FLOPs of the run (training, FLoRA's Fisher pass and the forgetting checks)."),
         ("figure3_rank", "Figure 3: performance after unlearning vs. LoRA rank", figure_rank(rows),
          no_metric if not measured else "it needs adapter runs at two or more LoRA ranks on one module set; "
-         f"found {_found(ranks)}" + (f" on {modules}" if modules else ""),
+         f"found only rank {_found(ranks)}" + (f" on {modules}" if modules else "") if len(ranks) == 1 else
+         f"found {_found(ranks)}",
          f"Solid lines: mean over the successful runs at each rank. Only adapter runs on {modules} (the most "
          f"common module set), so that a module sweep does not mix in."),
         ("figure4_modules", "Figure 4: performance after unlearning vs. adapted modules", figure_modules(rows),
-         no_metric if not measured else "it needs adapter runs on two or more module sets at one rank; found "
+         no_metric if not measured else "it needs adapter runs on two or more module sets at one rank; found only "
          f"{_found(module_sets)}" + (f" at rank {rank}" if rank is not None else ""),
          f"Solid lines: mean over the successful runs for each module set. Only adapter runs at rank {rank} (the "
          f"most common rank), so that a rank sweep does not mix in."),
