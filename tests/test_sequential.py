@@ -55,3 +55,12 @@ def test_two_requests_in_turn_and_the_first_still_forgotten_after_the_second(mem
     rerun = run_cli(*arguments)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads((out / "requests.json").read_text())["after"] == summary["after"]
+
+
+def test_requests_without_saved_models_are_refused_before_any_work():
+    from unlearnkit.config import load_config
+    from unlearnkit.errors import UnlearnkitError
+
+    with pytest.raises(UnlearnkitError, match="output.save_model: true"):
+        load_config(None, ["data.requests=[{source: jang, n: 32, set: 1}]", "output.save_model=false"])
+    assert load_config(None, ["data.requests=[{source: jang, n: 32, set: 1}]"]).data.requests[0].set == 1

@@ -262,6 +262,9 @@ class RunConfig(Section):
         if self.eval.el_n + 1 > self.data.seq_len:
             problems.append(f"EL{self.eval.el_n} needs sequences of at least {self.eval.el_n + 1} tokens but "
                             f"data.seq_len is {self.data.seq_len}; lower eval.el_n or raise data.seq_len")
+        if self.data.requests and not self.output.save_model:
+            problems.append("data.requests continue each request from the model the one before wrote; set "
+                            "output.save_model: true")
         if problems:
             raise ValueError(". ".join([problems[0], *(p[0].upper() + p[1:] for p in problems[1:])]))
         return self
