@@ -11,6 +11,7 @@ import torch
 from conftest import memorised_run_overrides, run_cli
 from unlearnkit.attacks.relearn import recovery_fraction, relearn, split_forget_rows
 from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.errors import UnlearnkitError
 
 
 def test_the_attack_and_measured_rows_are_disjoint_seeded_and_cover_the_forget_set():
@@ -54,14 +55,20 @@ def test_relearning_brings_back_the_rows_it_fine_tunes_on(memorized_model_dir, t
         result.after["forget"]["ma"])
 
 
-@pytest.mark.integration
-def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_recovery(memorized_model_dir, tmp_path):
-    settings = [*memorised_run_overrides(memorized_model_dir, tmp_path / "run"), "method.name=ihl",
-                "adapter.name=lora", "train.lr=0.1", "eval.bootstrap=50"]
+@pytest.fixture(scope="module")
+def ihl_lora_run(memorized_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "forget-a__method-lora-ihl"
+    settings = [*memorised_run_overrides(memorized_model_dir, out), "method.name=ihl", "adapter.name=lora",
+                "train.lr=0.1", "eval.bootstrap=50"]
     done = run_cli("run", "configs/paper/gpt-neo-125m-lora-ihl.yaml", "-q",
                    *[part for setting in settings for part in ("--set", setting)])
     assert done.returncode == 0, done.stderr[-2000:]
-    attacked = run_cli("attack", str(tmp_path / "run"), "--relearn-steps", "5", "--relearn-lr", "1e-3",
+    return out
+
+
+@pytest.mark.integration
+def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_recovery(ihl_lora_run, tmp_path):
+    attacked = run_cli("attack", str(ihl_lora_run), "--relearn-steps", "5", "--relearn-lr", "1e-3",
                        "--quant", "int4-g32-asym,int4-g128-sym", "--output", str(tmp_path / "attack"), "-q")
     assert attacked.returncode == 0, attacked.stderr[-2000:]
     report = json.loads((tmp_path / "attack" / "attack.json").read_text())
@@ -69,7 +76,7 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     assert names == ["before unlearning", "none (unlearned)", "before unlearning", "none (unlearned)",
                      "relearn 5 steps (lr 0.001)", "quantise int4-g32-asym",
                      "quantise base int4-g32-asym, adapter kept"]  # groups of 128 do not fit widths of 64: skipped
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((ihl_lora_run / "metrics.json").read_text())
     assert report["rows"][0]["ma"] == pytest.approx(metrics["before"]["forget"]["ma"])  # from the run, all rows
     assert report["rows"][1]["ma"] == pytest.approx(metrics["after"]["forget"]["ma"])  # measured again: the same
     for row in report["rows"][4:]:
@@ -77,6 +84,43 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     assert report["details"]["int4-g32-asym"]["max_abs_error"] > 0
     assert "not divisible" in report["details"]["int4-g128-sym"]["skipped"]
     assert "| relearn 5 steps" in (tmp_path / "attack" / "attack.md").read_text()
+    # what the attack table needs of the run travels in the record
+    assert report["run"] == {"method": "ihl", "adapter": "lora", "retain_kind": "lm", "forget": report["run"]["forget"],
+                             "seed": 42, "epochs": metrics["epochs_run"], "criterion_met": metrics["criterion_met"],
+                             "success": metrics["criterion_met"]}
+
+
+@pytest.mark.integration
+def test_attacking_a_sweep_attacks_each_finished_run_once_and_records_the_one_that_fails(ihl_lora_run, tmp_path):
+    sweep = ihl_lora_run.parent
+    broken = sweep / "forget-b__method-gd"  # a finished point whose model has gone missing
+    broken.mkdir(exist_ok=True)
+    (broken / "run.json").write_text("{}")
+    (broken / "config.yaml").write_text((ihl_lora_run / "config.yaml").read_text())
+    rows = [{"name": path.name, "status": "done", "model": "m", "method": "ihl", "adapter": "lora"}
+            for path in (ihl_lora_run, broken)]
+    rows.append({"name": "forget-c__method-ga", "status": "failed", "model": "m", "method": "ga", "adapter": "none"})
+    (sweep / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    arguments = ("attack", str(sweep), "--relearn-steps", "2", "--relearn-lr", "1e-3", "--quant", "int8-g32-sym",
+                 "--output", str(tmp_path / "attacks"), "-q")
+    first = run_cli(*arguments)
+    assert first.returncode == 5, first.stderr[-2000:]
+    assert "forget-b__method-gd" in first.stderr and "failed.json" in first.stderr
+    record = json.loads((tmp_path / "attacks" / ihl_lora_run.name / "attack.json").read_text())
+    assert record["run"]["method"] == "ihl" and record["plan"]["relearn_steps"] == 2
+    failure = json.loads((tmp_path / "attacks" / "forget-b__method-gd.failed.json").read_text())
+    assert failure["run"].endswith("forget-b__method-gd") and failure["error"]
+    assert not (tmp_path / "attacks" / "forget-c__method-ga").exists()  # a point that never finished
+    table = (tmp_path / "attacks" / "attacks.md").read_text()
+    assert "| LoRA+IHL | `forget-a__method-lora-ihl` |" in table and "int8-g32-sym recovery MA" in table
+    stamp = (tmp_path / "attacks" / ihl_lora_run.name / "attack.json").stat().st_mtime_ns
+    again = run_cli(*arguments)  # the attacked run is skipped; the broken one fails again
+    assert again.returncode == 5 and "1 already attacked" in again.stdout
+    assert (tmp_path / "attacks" / ihl_lora_run.name / "attack.json").stat().st_mtime_ns == stamp
+    from unlearnkit.cli.attack import _sweep_runs
+
+    with pytest.raises(UnlearnkitError, match="needs --output DIR"):  # a sweep without --output: refused up front
+        _sweep_runs(sweep, None)
 
 
 def test_a_bad_quantisation_is_refused_before_any_model_loads(tmp_path):

@@ -31,6 +31,7 @@ class AttackTarget:
     before: Before | None = None
     adapted: Callable[[], Any] | None = None
     run_config: RunConfig | None = None
+    run_facts: dict[str, Any] | None = None  # what an attack table shows of the run: method, set, success
 
 
 def run_config_of(location: str | Path) -> RunConfig | None:
@@ -69,6 +70,12 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
         scores = metrics["before"]["forget"]
         extraction = metrics["before"].get("privacy", {}).get("extraction_forget", {}).get("exact_match_rate")
         target.before = Before(scores["ma_per_sequence"], scores["el_per_sequence"], extraction)
+    target.run_facts = {
+        "method": config.method.name, "adapter": config.adapter.name, "retain_kind": config.method.retain_kind,
+        "forget": config.data.forget.label(), "seed": config.seed, "epochs": metrics["epochs_run"],
+        "criterion_met": bool(metrics["criterion_met"]),
+        "success": bool(metrics["criterion_met"] and metrics["diverged_epoch"] is None
+                        and metrics["collapsed_epoch"] is None)}
     if config.adapter.name != "none" and (directory / "adapter" / "adapter_config.json").is_file():
         def adapted() -> Any:
             from peft import PeftModel

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from unlearnkit.cli.common import DataDir, Quiet, app, parse_source
+from unlearnkit.cli.common import EXIT_SWEEP_FAILURES, DataDir, Quiet, app, parse_source
 from unlearnkit.errors import UnlearnkitError
 
 QUANT_PATTERN = re.compile(r"int([2-8])-(?:g(\d+)|channel)-(sym|asym)")
@@ -17,10 +17,12 @@ GGUF_PATTERN = re.compile(r"gguf-(Q8_0|Q4_0)")
 
 
 @app.command(epilog="Example: `unlearnkit attack runs/ihl --relearn-steps 20 --quant int8-g128-sym,int4-g32-asym "
-                    "--output runs/ihl-attack`; for any model: `unlearnkit attack MODEL --forget jang,n=32,set=0 "
+                    "--output runs/ihl-attack`; every run of a sweep: `unlearnkit attack runs/sweeps/table1 --output "
+                    "runs/attacks/table1`; for any model: `unlearnkit attack MODEL --forget jang,n=32,set=0 "
                     "--holdout tdec,split=val,n=32`.")
 def attack(
-    model: Annotated[str, typer.Argument(help="a `run` output directory, or a hub id, directory, .gguf or smollm2")],
+    model: Annotated[str, typer.Argument(help="a `run` output directory, a sweep's (every finished run is attacked "
+                                              "into --output/NAME), or a hub id, directory, .gguf or smollm2")],
     forget: Annotated[str | None, typer.Option(help="forgotten text, a file or SOURCE[,k=v...] (default: the "
                                                     "run's forget set)")] = None,
     holdout: Annotated[str | None, typer.Option(help="text of the same kind never trained on (default: the run's "
@@ -34,7 +36,8 @@ def attack(
     quant: Annotated[str, typer.Option(help="weight quantisations, comma-separated: int<bits>-g<group>|channel-"
                                             "sym|asym, or gguf-Q8_0 / gguf-Q4_0 (llama.cpp's formats); '' for "
                                             "none")] = "int8-g128-sym,int4-g128-sym,int4-g32-asym",
-    output: Annotated[Path | None, typer.Option(help="write attack.json and attack.md here")] = None,
+    output: Annotated[Path | None, typer.Option(help="write attack.json and attack.md here (for a sweep: one "
+                                                      "folder per run, runs already attacked there skipped)")] = None,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -48,30 +51,71 @@ def attack(
         raise UnlearnkitError(f"--relearn-fraction {relearn_fraction} must lie between 0 and 1 (exclusive).")
     if output is not None and output.exists() and not output.is_dir():
         raise UnlearnkitError(f"--output {output} is a file; give a directory.")
+    sweep_runs = _sweep_runs(Path(model).expanduser(), output)
     forget_source, holdout_source = (parse_source(t) if t else None for t in (forget, holdout))
     plan = AttackPlan(relearn_steps=relearn_steps, relearn_lr=relearn_lr, relearn_fraction=relearn_fraction,
                       quantisations=tuple(specs))
-    from unlearnkit.attacks.suite import attack_markdown, run_attacks
-    from unlearnkit.attacks.target import load_target
-    from unlearnkit.config import EvalConfig
     from unlearnkit.data.catalog import resolve_data_dir
-    from unlearnkit.io import atomic_write_json, atomic_write_text
     from unlearnkit.progress import Progress
 
     progress = Progress(quiet=quiet)
-    with progress.status(f"Loading {model}"):
-        target = load_target(model, forget_source, holdout_source, seq_len, resolve_data_dir(data_dir))
-    eval_config = target.run_config.eval if target.run_config is not None else EvalConfig()
-    result = run_attacks(target.model, target.tokenizer, target.forget, target.holdout, plan, eval_config, progress,
-                         before=target.before, adapted=target.adapted)
-    markdown = attack_markdown(result, model)
-    Console(emoji=False).print(markdown, markup=False, highlight=False)
+    data = resolve_data_dir(data_dir)
+    console = Console(emoji=False)
+
+    def attack_one(location: str) -> tuple[dict[str, Any], str]:
+        from unlearnkit.attacks.suite import attack_markdown, run_attacks
+        from unlearnkit.attacks.target import load_target
+        from unlearnkit.config import EvalConfig
+
+        with progress.status(f"Loading {location}"):
+            target = load_target(location, forget_source, holdout_source, seq_len, data)
+        eval_config = target.run_config.eval if target.run_config is not None else EvalConfig()
+        result = run_attacks(target.model, target.tokenizer, target.forget, target.holdout, plan, eval_config,
+                             progress, before=target.before, adapted=target.adapted)
+        record = {"model": location, "plan": _plan_dict(plan), "rows": result.rows, "details": result.details}
+        if target.run_facts is not None:
+            record["run"] = target.run_facts
+        return record, attack_markdown(result, location)
+
+    if sweep_runs is not None and output is not None:
+        from unlearnkit.experiments.attack_table import TABLE_FILE, attack_runs
+
+        outcome = attack_runs(sweep_runs, output, lambda run: attack_one(str(run)),
+                              say=lambda line: console.print(line, markup=False, highlight=False))
+        console.print(f"{len(outcome.ran)} attacked, {len(outcome.skipped)} already attacked, {len(outcome.failed)} "
+                      f"failed; the table is {output / TABLE_FILE}", markup=False, highlight=False)
+        if outcome.failed:
+            from unlearnkit.cli.common import error_line
+
+            error_line(f"{len(outcome.failed)} run(s) could not be attacked ({', '.join(outcome.failed)}); the "
+                       f"reasons are in {output}/NAME.failed.json. Fix them and run the command again.")
+            raise typer.Exit(EXIT_SWEEP_FAILURES)
+        return
+    from unlearnkit.io import atomic_write_json, atomic_write_text
+
+    record, markdown = attack_one(model)
+    console.print(markdown, markup=False, highlight=False)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output / "attack.json", {"model": model, "plan": _plan_dict(plan), "rows": result.rows,
-                                                    "details": result.details})
+        atomic_write_json(output / "attack.json", record)
         atomic_write_text(output / "attack.md", markdown + "\n")
-        Console(emoji=False).print(f"Wrote {output / 'attack.json'} and {output / 'attack.md'}", markup=False)
+        console.print(f"Wrote {output / 'attack.json'} and {output / 'attack.md'}", markup=False)
+
+
+def _sweep_runs(location: Path, output: Path | None) -> list[Path] | None:
+    """The finished runs of a sweep's output directory (``None`` when ``location`` is none), checked up front."""
+    from unlearnkit.experiments.report import RESULTS_FILE, read_rows
+
+    if not (location / RESULTS_FILE).is_file():
+        return None
+    if output is None:
+        raise UnlearnkitError(f"{location} is a sweep's results; attacking all its runs needs --output DIR (each run's "
+                              "attack goes into DIR/NAME, and DIR/attacks.md holds the table).")
+    runs = [location / str(row["name"]) for row in read_rows(location)
+            if row.get("status") == "done" and (location / str(row["name"]) / "run.json").is_file()]
+    if not runs:
+        raise UnlearnkitError(f"{location} has no finished run to attack yet; run the sweep first.")
+    return runs
 
 
 def _quant_spec(text: str) -> Any:

@@ -1,4 +1,5 @@
-"""Commands for studies over many runs: sweep (a grid of runs, resumable) and report (Table 1, Figures 2-4)."""
+"""Commands for studies over many runs: sweep (a grid of runs, resumable) and report (Table 1, Figures 2-4, or the
+attack table)."""
 
 from __future__ import annotations
 
@@ -61,22 +62,28 @@ def sweep(
 @app.command(epilog="Example: `unlearnkit report runs/sweeps/table1`, or `unlearnkit report runs/sweeps/table1 "
                     "--page docs/results.md --section testbed` to update that section of a Markdown page.")
 def report(
-    results: Annotated[Path, typer.Argument(help="a sweep's output directory (holding results.jsonl)")],
+    results: Annotated[Path, typer.Argument(help="a sweep's output directory (holding results.jsonl), or attack "
+                                                 "records (DIR/*/attack.json or DIR/*.json)")],
     out: Annotated[Path | None, typer.Option(help="where to write the report (default RESULTS/report; with "
                                                    "--page only when given)")] = None,
     page: Annotated[Path | None, typer.Option(help="a Markdown page whose marked section to replace")] = None,
     section: Annotated[str | None, typer.Option(help="the section of --page: between <!-- report:SECTION --> "
                                                      "and <!-- /report:SECTION -->")] = None,
 ) -> None:
-    """Table 1 (Markdown and CSV) and Figures 2-4 (PNG) of a sweep's results, in the paper's shape."""
+    """Table 1 (Markdown and CSV) and Figures 2-4 (PNG) of a sweep's results, in the paper's shape; or, for a
+    directory of attack records (`unlearnkit attack ... --output`), the attack table."""
+    from unlearnkit.experiments.attack_table import holds_attack_records, update_page_with_attacks, write_attack_report
     from unlearnkit.experiments.report import update_page, write_report
 
     if (page is None) != (section is None):
         raise UnlearnkitError("--page and --section go together: pass both to update a page, or neither.")
+    attacks = holds_attack_records(results) and not (results / "results.jsonl").is_file()
+    written: list[Path] = []
     # with --page only the page is written, unless --out asks for the report directory too
-    written = write_report(results, out) if page is None or out is not None else []
+    if page is None or out is not None:
+        written = write_attack_report(results, out) if attacks else write_report(results, out)
     if page is not None and section is not None:
-        update_page(page, section, results)
+        (update_page_with_attacks if attacks else update_page)(page, section, results)
         written.append(page)
     Console(emoji=False).print("Wrote " + ", ".join(str(p) for p in written), markup=False, highlight=False)
 

@@ -1,0 +1,199 @@
+"""Attacks over many runs: attack every finished run of a sweep (resumable), and the attack table that compares
+them — one line per attacked run, with what unlearning removed and how much of it each attack brought back.
+
+An attack record is what ``unlearnkit attack --output`` writes as ``attack.json``: the model, the plan, the
+measured rows (:func:`unlearnkit.attacks.suite.run_attacks`) and, for a run directory, the run's facts (method,
+adapter, retain term, forget set, success). The table reads records from a directory's own ``attack.json``, its
+subdirectories' ``*/attack.json`` (a sweep attacked), or flat ``*.json`` copies (a results page's folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.experiments.figures import method_label, ordered_labels
+from unlearnkit.experiments.report import marked_page, replace_section, section_folder
+from unlearnkit.io import atomic_write_json, atomic_write_text
+
+__all__ = ["ATTACK_FILE", "AttackOutcome", "attack_runs", "read_attack_records", "attack_table_markdown",
+           "holds_attack_records", "write_attack_report", "update_page_with_attacks"]
+
+ATTACK_FILE = "attack.json"
+TABLE_FILE = "attacks.md"
+NO_VALUE = "—"
+Record = dict[str, Any]
+
+
+@dataclass
+class AttackOutcome:
+    """What attacking a sweep's runs did: point names attacked, skipped (already attacked) and failed."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Path], tuple[Record, str]],
+                say: Callable[[str], None] = lambda _: None) -> AttackOutcome:
+    """Attack each run directory with ``attack_one`` (returning the record and its Markdown) into
+    ``output/NAME/``; runs already attacked there are skipped, so the command can be run again until all are
+    done. A failing run is recorded in ``output/NAME.failed.json`` and the others go on. The attack table of
+    everything attacked so far is rewritten into ``output/attacks.md`` after each run."""
+    outcome = AttackOutcome()
+    for number, run_dir in enumerate(run_dirs, 1):
+        target, failure = output / run_dir.name, output / f"{run_dir.name}.failed.json"
+        if (target / ATTACK_FILE).is_file():
+            outcome.skipped.append(run_dir.name)
+            continue
+        say(f"[{number}/{len(run_dirs)}] {run_dir.name}")
+        try:
+            record, markdown = attack_one(run_dir)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # recorded, and the other runs go on
+            outcome.failed[run_dir.name] = message = f"{type(error).__name__}: {error}"
+            atomic_write_json(failure, {"run": str(run_dir), "error": message})
+            say(f"    FAILED: {message}")
+            continue
+        atomic_write_json(target / ATTACK_FILE, record)
+        atomic_write_text(target / "attack.md", markdown + "\n")
+        failure.unlink(missing_ok=True)
+        outcome.ran.append(run_dir.name)
+        atomic_write_text(output / TABLE_FILE, attack_table_markdown(read_attack_records(output)) + "\n")
+    return outcome
+
+
+def read_attack_records(directory: str | Path) -> list[Record]:
+    """The attack records under ``directory`` (see the module docstring), each with its ``name`` (the folder or
+    file it came from)."""
+    root = Path(directory)
+    candidates = ([root / ATTACK_FILE] if (root / ATTACK_FILE).is_file() else
+                  sorted(root.glob(f"*/{ATTACK_FILE}")) or sorted(root.glob("*.json")))
+    records = []
+    for path in candidates:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise UnlearnkitError(f"{path} is not JSON ({error.msg}); attack it again or delete it.") from None
+        if not isinstance(record, dict) or not {"model", "plan", "rows"} <= record.keys():
+            continue  # another JSON file lying beside the records
+        name = path.parent.name if path.name == ATTACK_FILE else path.stem
+        records.append({**record, "name": name})
+    if not records:
+        raise UnlearnkitError(f"{root} holds no attack records ({ATTACK_FILE}); write them with `unlearnkit attack "
+                              f"RUN --output DIR`.")
+    return records
+
+
+def holds_attack_records(directory: str | Path) -> bool:
+    """Whether ``directory`` is one for the attack table rather than a sweep's results."""
+    try:
+        return bool(read_attack_records(directory))
+    except UnlearnkitError:
+        return False
+
+
+def write_attack_report(directory: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the attack table of the records under ``directory`` to ``out_dir/attacks.md`` (default
+    ``DIRECTORY/attacks.md``)."""
+    records = read_attack_records(directory)
+    out = Path(out_dir) if out_dir is not None else Path(directory)
+    return [atomic_write_text(out / TABLE_FILE, attack_table_markdown(records) + "\n")]
+
+
+def update_page_with_attacks(page: Path, section: str, directory: str | Path) -> None:
+    """Put the attack table of the records under ``directory`` between the ``report:SECTION`` markers of
+    ``page``, and copy each record to ``<page dir>/results/SECTION/NAME.json`` so that the section can be
+    regenerated from the repository alone (``unlearnkit report <page dir>/results/SECTION ...``)."""
+    text = marked_page(page, section)
+    records = read_attack_records(directory)
+    folder = section_folder(page, section)
+    for record in records:
+        copy = folder / f"{record['name']}.json"
+        if not copy.exists() or copy.resolve() != (Path(directory) / f"{record['name']}.json").resolve():
+            atomic_write_json(copy, {key: value for key, value in record.items() if key != "name"})
+    replace_section(page, section, attack_table_markdown(records), text)
+
+
+def record_label(record: Record) -> str:
+    """The method as Table 1 names it (LoRA+IHL, NPO+KL, ...), or the attacked model when it was no run."""
+    facts = record.get("run")
+    if not facts:
+        return str(record["model"])
+    label = method_label(str(facts["method"]), str(facts["adapter"]))
+    return f"{label}+KL" if facts.get("retain_kind") == "kl" else label
+
+
+def attack_table_markdown(records: Sequence[Record]) -> str:
+    """The attack table with its caption: per record the forget rows' MA and EL10 before unlearning, after it
+    and after relearning (on the rows the attack never saw), and the recovery fraction of each attack."""
+    quantisations = list(dict.fromkeys(q for r in records for q in r["plan"].get("quantisations", [])))
+    relearned = any(r["plan"].get("relearn_steps", 0) > 0 for r in records)
+    headers = ["Method", "Run", "Success"]
+    if relearned:
+        headers += ["unseen MA (%): before → unlearned → relearned", "unseen EL10 (%): before → unlearned → "
+                    "relearned", "relearning recovery MA / EL10"]
+    headers += [f"{q} recovery MA" for q in quantisations]
+    lines = [_caption(records, quantisations), "", "| " + " | ".join(headers) + " |",
+             "|" + "|".join([":---", ":---", ":---", *("---:" for _ in headers[3:])]) + "|"]
+    order = {label: index for index, label in enumerate(ordered_labels(record_label(r) for r in records))}
+    for record in sorted(records, key=lambda r: (order[record_label(r)], r["name"])):
+        facts = record.get("run") or {}
+        success = NO_VALUE if "success" not in facts else "yes" if facts["success"] else "no"
+        cells = [record_label(record), f"`{record['name']}`", success]
+        if relearned:
+            unseen = [r for r in record["rows"] if r["rows"] != "all"]
+            relearn: Record = next((r for r in unseen if r["attack"].startswith("relearn")), {})
+            states: list[Record] = [next((r for r in unseen if r["attack"] == a), {}) for a in ("before unlearning",
+                                                                                  "none (unlearned)")] + [relearn]
+            cells += [" → ".join(_percent(s.get(key)) for s in states) for key in ("ma", "el")]
+            recovery = relearn.get("recovery", {})
+            cells.append(f"{_fraction(recovery.get('ma'))} / {_fraction(recovery.get('el'))}")
+        for label in quantisations:
+            whole = _attack_row(record, f"quantise {label}")
+            base = _attack_row(record, f"quantise base {label}, adapter kept")
+            text = _fraction(whole.get("recovery", {}).get("ma")) if whole else NO_VALUE
+            if base:
+                text += f" (base only: {_fraction(base.get('recovery', {}).get('ma'))})"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _attack_row(record: Record, attack: str) -> Record:
+    return next((row for row in record["rows"] if row["attack"] == attack), {})
+
+
+def _caption(records: Sequence[Record], quantisations: list[str]) -> str:
+    plans = {json.dumps({k: v for k, v in r["plan"].items() if k != "quantisations"}, sort_keys=True)
+             for r in records}
+    plan = records[0]["plan"]
+    relearn = (f"relearning fine-tunes the unlearned model for {plan['relearn_steps']} steps at lr "
+               f"{plan['relearn_lr']:g} on {100 * plan['relearn_fraction']:.0f} % of the forget rows and is "
+               f"measured on the others ('unseen')" if plan.get("relearn_steps", 0) > 0 else "no relearning")
+    mixed = " (the plans differ between runs: see each attack.json)" if len(plans) > 1 else ""
+    quantised = (f"; quantisation rounds the weights ({', '.join(quantisations)}), of the merged model and, in "
+                 f"brackets, of the base alone under the adapter kept in full precision" if quantisations else "")
+    return (f"**Attacks.** {len(records)} attacked runs: {relearn}{quantised}{mixed}. Recovery is the share of "
+            f"what unlearning removed that came back (0 nothing, 1 everything; negative: the attack removed "
+            f"more); it needs the run's scores before unlearning. Success: the run met its forgetting criterion.")
+
+
+def _percent(value: Any) -> str:
+    return NO_VALUE if not _finite(value) else f"{100 * value:.1f}"
+
+
+def _fraction(value: Any) -> str:
+    if not _finite(value):
+        return NO_VALUE
+    return f"{0.0 if round(value, 2) == 0 else value:.2f}"  # no "-0.00"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
