@@ -121,6 +121,9 @@ def test_attacking_a_sweep_attacks_each_finished_run_once_and_records_the_one_th
 
     with pytest.raises(UnlearnkitError, match="needs --output DIR"):  # a sweep without --output: refused up front
         _sweep_runs(sweep, None)
+    assert _sweep_runs(sweep, tmp_path, "forget-a__*") == [ihl_lora_run]
+    with pytest.raises(UnlearnkitError, match="no finished run named like set9"):
+        _sweep_runs(sweep, tmp_path, "set9")
 
 
 def test_a_bad_quantisation_is_refused_before_any_model_loads(tmp_path):

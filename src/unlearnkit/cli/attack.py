@@ -38,6 +38,8 @@ def attack(
                                             "none")] = "int8-g128-sym,int4-g128-sym,int4-g32-asym",
     output: Annotated[Path | None, typer.Option(help="write attack.json and attack.md here (for a sweep: one "
                                                       "folder per run, runs already attacked there skipped)")] = None,
+    select: Annotated[str | None, typer.Option(help="for a sweep: attack only the runs whose names match this "
+                                                    "pattern, e.g. 'forget-set0__*'")] = None,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -51,7 +53,7 @@ def attack(
         raise UnlearnkitError(f"--relearn-fraction {relearn_fraction} must lie between 0 and 1 (exclusive).")
     if output is not None and output.exists() and not output.is_dir():
         raise UnlearnkitError(f"--output {output} is a file; give a directory.")
-    sweep_runs = _sweep_runs(Path(model).expanduser(), output)
+    sweep_runs = _sweep_runs(Path(model).expanduser(), output, select)
     forget_source, holdout_source = (parse_source(t) if t else None for t in (forget, holdout))
     plan = AttackPlan(relearn_steps=relearn_steps, relearn_lr=relearn_lr, relearn_fraction=relearn_fraction,
                       quantisations=tuple(specs))
@@ -102,19 +104,28 @@ def attack(
         console.print(f"Wrote {output / 'attack.json'} and {output / 'attack.md'}", markup=False)
 
 
-def _sweep_runs(location: Path, output: Path | None) -> list[Path] | None:
-    """The finished runs of a sweep's output directory (``None`` when ``location`` is none), checked up front."""
+def _sweep_runs(location: Path, output: Path | None, select: str | None = None) -> list[Path] | None:
+    """The finished runs of a sweep's output directory whose names match ``select`` (``None`` when ``location``
+    is no sweep's), checked up front."""
+    from fnmatch import fnmatchcase
+
     from unlearnkit.experiments.report import RESULTS_FILE, read_rows
 
     if not (location / RESULTS_FILE).is_file():
+        if select is not None:
+            raise UnlearnkitError(f"--select picks runs of a sweep, and {location} is none (no {RESULTS_FILE}); "
+                                  "drop --select or point at a sweep's output directory.")
         return None
     if output is None:
         raise UnlearnkitError(f"{location} is a sweep's results; attacking all its runs needs --output DIR (each run's "
                               "attack goes into DIR/NAME, and DIR/attacks.md holds the table).")
     runs = [location / str(row["name"]) for row in read_rows(location)
-            if row.get("status") == "done" and (location / str(row["name"]) / "run.json").is_file()]
+            if row.get("status") == "done" and (location / str(row["name"]) / "run.json").is_file()
+            and (select is None or fnmatchcase(str(row["name"]), select))]
     if not runs:
-        raise UnlearnkitError(f"{location} has no finished run to attack yet; run the sweep first.")
+        chosen = "" if select is None else f" named like {select}"
+        raise UnlearnkitError(f"{location} has no finished run{chosen} to attack yet; run the sweep first"
+                              f"{'' if select is None else ' or change --select'}.")
     return runs
 
 
