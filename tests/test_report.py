@@ -15,7 +15,7 @@ import pytest
 from matplotlib.markers import MarkerStyle
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.experiments.figures import figure_compute, figure_modules, figure_rank
+from unlearnkit.experiments.figures import figure_compute, figure_modules, figure_rank, modules_label
 from unlearnkit.experiments.report import (
     method_label,
     read_rows,
@@ -34,6 +34,9 @@ BEFORE = {"set1": {"el10_before": 0.30, "ma_before": 0.77}, "set2": {"el10_befor
 ADAPTER_POINTS = [(4, ["q", "v", "ffn"]), (8, ["q", "v", "ffn"]), (8, ["q", "v"])]
 UNSUCCESSFUL = {("GA", "set1", None, None), ("GA", "set2", None, None), ("LoRA", "set1", 4, "q,v,ffn")}
 FAILED = ("FLoRA+IHL", "set2", 8, "q,v")
+# Table 1 has a row per configuration where a method's runs differ in rank or module set
+VARIANTS = ["r4 Q,V,FFN", "r8 Q,V", "r8 Q,V,FFN"]
+TABLE_LABELS = ["GA", "GD", *(f"{label} {variant}" for label in PAPER_LABELS[2:] for variant in VARIANTS)]
 
 
 def _row(label: str, forget: str, rank: int | None, modules: list[str] | None, rng: random.Random) -> dict[str, Any]:
@@ -89,9 +92,14 @@ def report(tmp_path_factory, rows) -> tuple[Path, list[Path]]:
     return results, write_report(results)
 
 
+def _variant(row) -> str:
+    label = method_label(row["method"], row["adapter"])
+    return label if row["adapter"] == "none" else f"{label} r{row['rank']} {modules_label(row['modules'])}"
+
+
 def _successful(rows, label, field, scale=100.0):
     return [row[field] * scale for row in rows if row["status"] == "done" and row["success"]
-            and method_label(row["method"], row["adapter"]) == label]
+            and _variant(row) == label]
 
 
 def test_method_labels_follow_the_paper():
@@ -104,10 +112,12 @@ def test_method_labels_follow_the_paper():
 def test_table1_has_a_before_row_then_the_methods_in_the_papers_order(rows):
     shuffled = random.Random(1).sample(rows, len(rows))  # the order comes from the paper, not the file
     table = table1_rows(shuffled)
-    assert [entry["method"] for entry in table] == ["Before", *PAPER_LABELS]
+    assert [entry["method"] for entry in table] == ["Before", *TABLE_LABELS]
     assert {entry["model"] for entry in table} == {MODEL}
     by_label = {entry["method"]: entry for entry in table}
-    assert [by_label[label]["success"] for label in PAPER_LABELS] == ["0/2", "2/2", "5/6", "6/6", "6/6", "5/6"]
+    odd = {"GA": "0/2", "LoRA r4 Q,V,FFN": "1/2", "FLoRA+IHL r8 Q,V": "1/2"}  # unsuccessful runs; a failed one
+    assert {label: by_label[label]["success"] for label in TABLE_LABELS} == {
+        label: odd.get(label, "2/2") for label in TABLE_LABELS}
     before = by_label["Before"]
     el10_before = statistics.mean(row["el10_before"] * 100 for row in rows if row["status"] == "done")
     assert 30 < el10_before < 34 and before["el10_pct_mean"] == pytest.approx(el10_before)
@@ -120,10 +130,18 @@ def test_other_methods_follow_the_papers_alphabetically(rows):
     extra = [{**row, "name": f"{row['name']}-{method}", "method": method} for method in ("simnpo", "npo")
              for row in rows if row["adapter"] == "none"]
     labels = [entry["method"] for entry in table1_rows(extra + rows)]
-    assert labels == ["Before", *PAPER_LABELS, "NPO", "SimNPO"]
+    assert labels == ["Before", *TABLE_LABELS, "NPO", "SimNPO"]
 
 
-@pytest.mark.parametrize("label", ["GD", "LoRA", "FLoRA+IHL"])
+def test_a_method_with_one_configuration_keeps_the_papers_name_and_a_rank_sweep_names_only_ranks(rows):
+    one = [row for row in rows if row["adapter"] == "none" or (row["rank"], row["modules"]) == (8, ["q", "v", "ffn"])]
+    assert [entry["method"] for entry in table1_rows(one)] == ["Before", *PAPER_LABELS]
+    ranks = [row for row in rows if row["adapter"] != "none" and row["modules"] == ["q", "v", "ffn"]]
+    assert [entry["method"] for entry in table1_rows(ranks)] == ["Before", *(
+        f"{label} r{rank}" for label in PAPER_LABELS[2:] for rank in (4, 8))]
+
+
+@pytest.mark.parametrize("label", ["GD", "LoRA r8 Q,V", "FLoRA+IHL r8 Q,V,FFN"])
 @pytest.mark.parametrize(("key", "field", "scale", "decimals"), [
     ("el10_pct", "el10", 100.0, 1), ("ma_pct", "ma", 100.0, 1), ("reasoning_acc_pct", "reasoning_acc", 100.0, 1),
     ("dialogue_f1_pct", "dialogue_f1", 100.0, 1), ("pile_ppl", "pile_ppl", 1.0, 1), ("epochs", "epochs", 1.0, 1),
@@ -154,13 +172,14 @@ def test_write_table1_writes_a_captioned_markdown_table_and_a_csv(tmp_path, rows
     text = markdown.read_text(encoding="utf-8")
     assert "mean ± standard deviation" in text and f"{len(rows)} runs" in text and "1 failed" in text
     assert "| Model | Method | Params (%) |" in text and "| Success |" in text
+    assert "a row per configuration (rN: rank N)" in text and "| LoRA r4 Q,V,FFN |" in text
     with table_csv.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         records = list(reader)
     assert reader.fieldnames is not None
     assert reader.fieldnames[:4] == ["model", "method", "runs", "successes"]
     assert {"el10_pct_mean", "el10_pct_std", "el10_pct_count", "pile_ppl_mean"} <= set(reader.fieldnames)
-    assert [r["method"] for r in records] == ["Before", *PAPER_LABELS]
+    assert [r["method"] for r in records] == ["Before", *TABLE_LABELS]
     gd = next(r for r in records if r["method"] == "GD")
     assert float(gd["ma_pct_mean"]) == pytest.approx(statistics.mean(_successful(rows, "GD", "ma")))
     assert gd["runs"] == "2" and gd["successes"] == "2"
@@ -180,7 +199,7 @@ def test_write_report_writes_the_table_valid_pngs_and_a_report_linking_them(repo
     text = (out / "report.md").read_text(encoding="utf-8")
     for stem in ("figure2_compute", "figure3_rank", "figure4_modules"):
         assert f"]({stem}.png)" in text
-    assert "| FLoRA+IHL |" in text and "`FLoRA+IHL-set2-r8-q,v`: CUDA out of memory while training" in text
+    assert "| FLoRA+IHL r8 Q,V |" in text and "`FLoRA+IHL-set2-r8-q,v`: CUDA out of memory while training" in text
     assert "skipped" not in text
     assert not list(out.glob(".*"))  # no temporary files left behind
 

@@ -13,7 +13,7 @@ import io
 import json
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from unlearnkit.experiments.figures import (
     finite_value,
     method_label,
     model_name,
+    modules_label,
     ordered_labels,
     paper_figures,
     row_label,
@@ -108,8 +109,9 @@ def table1_rows(rows: Sequence[Row]) -> list[Row]:
             mean = statistics.fmean(values) if values else None
             before |= _cells(column, mean, None, len(values))
         table.append(before)
-        for label in ordered_labels(row_label(row) for row in runs):
-            group = [row for row in runs if row_label(row) == label]
+        variants = _variant_labels(runs)
+        for label in _ordered_variants(variants.values()):
+            group = [row for row in runs if variants[id(row)] == label]
             won = [row for row in group if row.get("status") == "done" and row.get("success") is True]
             entry: Row = {"model": model, "method": label, "runs": len(group), "successes": len(won),
                           "success": f"{len(won)}/{len(group)}"}
@@ -138,7 +140,11 @@ def table1_markdown(rows: Sequence[Row], table: Sequence[Row] | None = None) -> 
     """Table 1 as a Markdown table preceded by its caption."""
     table = table1_rows(rows) if table is None else table
     headers = ["Model", "Method", *(c.header for c in COLUMNS), "Success"]
-    lines = [_caption(rows), "", "| " + " | ".join(headers) + " |",
+    caption = _caption(rows)
+    if any(" " in str(entry["method"]) for entry in table):
+        caption += (" A method whose runs differ in LoRA rank or adapted modules has a row per configuration (rN: "
+                    "rank N).")
+    lines = [caption, "", "| " + " | ".join(headers) + " |",
              "|" + "|".join([":---", ":---", *("---:" for _ in COLUMNS), "---:"]) + "|"]
     for entry in table:
         cells = [model_name(entry["model"]), entry["method"], *(entry[c.key] for c in COLUMNS), entry["success"]]
@@ -208,6 +214,40 @@ def marked_page(page: Path, section: str) -> str:
     if text.count(start) > 1 or text.count(end) > 1:
         raise UnlearnkitError(f"{page} has the {start} markers more than once; keep one pair.")
     return text
+
+
+def _variant_labels(runs: Sequence[Row]) -> dict[int, str]:
+    """Each run's Table 1 row label: its method (:func:`row_label`), with the LoRA rank and the adapted modules
+    added where the method's runs differ in them (a rank or module sweep), e.g. "FLoRA+IHL r4 Q,V"."""
+    by_method: dict[str, list[Row]] = {}
+    for row in runs:
+        by_method.setdefault(row_label(row), []).append(row)
+    labels = {}
+    for label, group in by_method.items():
+        ranks = {row.get("rank") for row in group}
+        module_sets = {modules_label(row.get("modules")) for row in group}
+        for row in group:
+            parts = [label]
+            if len(ranks) > 1 and row.get("rank") is not None:
+                parts.append(f"r{row['rank']}")
+            if len(module_sets) > 1 and row.get("modules"):
+                parts.append(str(modules_label(row["modules"])))
+            labels[id(row)] = " ".join(parts)
+    return labels
+
+
+def _ordered_variants(labels: Iterable[str]) -> list[str]:
+    """Methods in the paper's order (:func:`ordered_labels`); a method's variants by rank, then module set."""
+    unique = set(labels)
+    methods = ordered_labels(label.split(" ")[0] for label in unique)
+
+    def variant_key(label: str) -> tuple[int, int, int, str]:
+        parts = label.split(" ")[1:]
+        rank = next((int(p[1:]) for p in parts if re.fullmatch(r"r\d+", p)), 0)
+        modules = next((p for p in parts if not re.fullmatch(r"r\d+", p)), "")
+        return (methods.index(label.split(" ")[0]), rank, len(modules.split(",")) if modules else 0, modules)
+
+    return sorted(unique, key=variant_key)
 
 
 def _cells(column: Column, mean: float | None, std: float | None, count: int) -> Row:
