@@ -342,3 +342,19 @@ def test_read_rows_names_the_file_and_line_it_cannot_read(tmp_path, rows):
         read_rows(tmp_path)
     path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps({**rows[0], "epochs": 99}) + "\n", encoding="utf-8")
     assert [row["epochs"] for row in read_rows(tmp_path)] == [99]  # a retried point: the last line wins
+
+
+def test_report_select_keeps_only_the_runs_named_like_the_pattern(tmp_path, rows):
+    quick = [{**row, "dialogue_f1": None, "pile_ppl": None, "reasoning_acc": None} for row in rows]
+    results = write_results(tmp_path / "sweep", quick)
+    written = write_report(results, tmp_path / "out", select="*-set1-*")
+    table = written[0].read_text(encoding="utf-8")
+    set1 = [row for row in quick if row["forget"] == "set1"]
+    assert f"{len(set1)} runs" in table
+    gd = next(line for line in table.splitlines() if line.startswith(f"| {MODEL} | GD |"))
+    assert gd.endswith("| 1/1 |")  # GD's one run on set1, not the two over both sets
+    assert "the runs named like `*-set1-*`" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(UnlearnkitError, match="No run in .* is named like set9; change --select"):
+        write_report(results, tmp_path / "none", select="set9")
+    assert not (tmp_path / "none").exists()
+

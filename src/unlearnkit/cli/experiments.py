@@ -69,6 +69,8 @@ def report(
     page: Annotated[Path | None, typer.Option(help="a Markdown page whose marked section to replace")] = None,
     section: Annotated[str | None, typer.Option(help="the section of --page: between <!-- report:SECTION --> "
                                                      "and <!-- /report:SECTION -->")] = None,
+    select: Annotated[str | None, typer.Option(help="report only the runs whose names match this pattern, e.g. "
+                                                    "'forget-set0__*' (a sweep's results only)")] = None,
 ) -> None:
     """Table 1 (Markdown and CSV) and Figures 2-4 (PNG) of a sweep's results, in the paper's shape; or, for a
     directory of attack records (`unlearnkit attack ... --output`), the attack table."""
@@ -78,12 +80,18 @@ def report(
     if (page is None) != (section is None):
         raise UnlearnkitError("--page and --section go together: pass both to update a page, or neither.")
     attacks = holds_attack_records(results) and not (results / "results.jsonl").is_file()
+    if attacks and select is not None:
+        raise UnlearnkitError("--select picks runs of a sweep's results; for attack records, attack only the runs "
+                              "to show (unlearnkit attack SWEEP --select ...).")
     written: list[Path] = []
     # with --page only the page is written, unless --out asks for the report directory too
     if page is None or out is not None:
-        written = write_attack_report(results, out) if attacks else write_report(results, out)
+        written = write_attack_report(results, out) if attacks else write_report(results, out, select)
     if page is not None and section is not None:
-        (update_page_with_attacks if attacks else update_page)(page, section, results)
+        if attacks:
+            update_page_with_attacks(page, section, results)
+        else:
+            update_page(page, section, results, select)
         written.append(page)
     Console(emoji=False).print("Wrote " + ", ".join(str(p) for p in written), markup=False, highlight=False)
 

@@ -15,6 +15,7 @@ import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -152,26 +153,27 @@ def table1_markdown(rows: Sequence[Row], table: Sequence[Row] | None = None) -> 
     return "\n".join(lines)
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None, select: str | None = None
+                 ) -> list[Path]:
     """Write Table 1 (``table1.md``, ``table1.csv``), Figures 2-4 (PNG) and ``report.md`` showing them all into
     ``out_dir`` (default ``RESULTS_DIR/report``); returns the files written."""
     results = Path(results_dir)
-    rows = _rows_or_fail(results)
+    rows = _rows_or_fail(results, select)
     out = Path(out_dir) if out_dir is not None else results / "report"
     written = write_table1(rows, out)
-    body, figures = _report_body(rows, results, out, link_prefix="")
+    body, figures = _report_body(rows, results, out, link_prefix="", select=select)
     report = atomic_write_text(out / "report.md", f"# Unlearning report: {results.resolve().name}\n\n{body}\n")
     return [*written, *figures, report]
 
 
-def update_page(page: Path, section: str, results_dir: Path) -> None:
+def update_page(page: Path, section: str, results_dir: Path, select: str | None = None) -> None:
     """Replace what stands between ``<!-- report:SECTION -->`` and ``<!-- /report:SECTION -->`` in the Markdown
     ``page`` with the report of ``results_dir`` (Table 1 and Figures 2-4), leaving the rest of the page as it was;
     the figures are written to ``<page dir>/results/SECTION/`` and linked relatively."""
     text = marked_page(page, section)
-    rows = _rows_or_fail(Path(results_dir))
+    rows = _rows_or_fail(Path(results_dir), select)
     figure_dir = section_folder(page, section)
-    body, _ = _report_body(rows, Path(results_dir), figure_dir, link_prefix=f"results/{section}/")
+    body, _ = _report_body(rows, Path(results_dir), figure_dir, link_prefix=f"results/{section}/", select=select)
     # the results themselves beside the figures: the section can be regenerated from the repository alone
     for name in (RESULTS_FILE, "results.csv"):
         source = Path(results_dir) / name
@@ -271,9 +273,12 @@ def _caption(rows: Sequence[Row]) -> str:
             f"over its finished runs.")
 
 
-def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_prefix: str) -> tuple[str, list[Path]]:
+def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_prefix: str,
+                 select: str | None = None) -> tuple[str, list[Path]]:
     """The Markdown shared by report.md and a page section; saves the figures into ``figure_dir``."""
-    parts = [f"Results of the sweep in `{results.resolve().name}` ({RESULTS_FILE}).", "", table1_markdown(rows)]
+    chosen = "" if select is None else f", the runs named like `{select}`"
+    parts = [f"Results of the sweep in `{results.resolve().name}` ({RESULTS_FILE}{chosen}).", "",
+             table1_markdown(rows)]
     written, skipped = [], []
     for made in paper_figures(rows):
         target = figure_dir / f"{made.stem}.png"
@@ -294,8 +299,12 @@ def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_pref
     return "\n".join(parts), written
 
 
-def _rows_or_fail(results: Path) -> list[Row]:
+def _rows_or_fail(results: Path, select: str | None = None) -> list[Row]:
     rows = read_rows(results)
+    if select is not None:
+        rows = [row for row in rows if fnmatchcase(str(row["name"]), select)]
+        if not rows:
+            raise UnlearnkitError(f"No run in {results / RESULTS_FILE} is named like {select}; change --select.")
     if not rows:
         raise UnlearnkitError(f"{results / RESULTS_FILE} holds no runs yet; report once the sweep has finished one.")
     return rows
