@@ -126,11 +126,20 @@ def test_table1_has_a_before_row_then_the_methods_in_the_papers_order(rows):
     assert before["params_pct"] == "—" and before["epochs"] == "—"
 
 
-def test_other_methods_follow_the_papers_alphabetically(rows):
+def test_other_methods_follow_the_papers(rows):
     extra = [{**row, "name": f"{row['name']}-{method}", "method": method} for method in ("simnpo", "npo")
              for row in rows if row["adapter"] == "none"]
     labels = [entry["method"] for entry in table1_rows(extra + rows)]
     assert labels == ["Before", *TABLE_LABELS, "NPO", "SimNPO"]
+
+
+def test_methods_beyond_the_papers_are_grouped_by_adapter_then_objective_kl_after():
+    from unlearnkit.experiments.figures import ordered_labels
+
+    shuffled = ["FLoRA+SimNPO", "Custom", "NPO+KL", "LoRA+GA", "FLoRA+IHL+KL", "SimNPO", "GD", "IHL", "NPO",
+                "FLoRA+GA", "LoRA+NPO", "FLoRA+IHL"]
+    assert ordered_labels(shuffled) == ["GD", "FLoRA+IHL", "IHL", "NPO", "NPO+KL", "SimNPO", "LoRA+GA", "LoRA+NPO",
+                                        "FLoRA+GA", "FLoRA+IHL+KL", "FLoRA+SimNPO", "Custom"]
 
 
 def test_a_method_with_one_configuration_keeps_the_papers_name_and_a_rank_sweep_names_only_ranks(rows):

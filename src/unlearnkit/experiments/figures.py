@@ -67,9 +67,24 @@ def row_label(row: Row) -> str:
 
 
 def ordered_labels(labels: Iterable[str]) -> list[str]:
-    """The paper's order (GA, GD, LoRA, LoRA+IHL, FLoRA, FLoRA+IHL), then any other label alphabetically."""
+    """The paper's order (GA, GD, LoRA, LoRA+IHL, FLoRA, FLoRA+IHL), then the other labels by adapter (none,
+    LoRA, FLoRA) and objective (GA, GD, IHL, NPO, SimNPO), each before its KL-retain variant; unknown ones last,
+    alphabetically."""
     unique = set(labels)
-    return [label for label in PAPER_ORDER if label in unique] + sorted(unique - set(PAPER_ORDER))
+    adapters, objectives = ["", *_ADAPTER_NAMES.values()], list(_OBJECTIVE_NAMES.values())
+
+    def family(label: str) -> tuple[int, int, int, str]:
+        parts = label.split("+")
+        kl = parts[-1] == "KL" and len(parts) > 1
+        parts = parts[:-1] if kl else parts
+        adapter = parts[0] if parts[0] in adapters else ""
+        objective = parts[1] if adapter and len(parts) > 1 else "GD" if adapter else parts[0]
+        known = (len(parts) <= (2 if adapter else 1)) and objective in objectives
+        if not known:
+            return (len(adapters), 0, 0, label)
+        return (adapters.index(adapter), objectives.index(objective), int(kl), label)
+
+    return [label for label in PAPER_ORDER if label in unique] + sorted(unique - set(PAPER_ORDER), key=family)
 
 
 def modules_label(modules: Sequence[str] | None) -> str | None:
