@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from unlearnkit.cli.common import EXIT_SWEEP_FAILURES, DataDir, Quiet, app, parse_source
+from unlearnkit.cli.common import DataDir, Quiet, app, end_of_batch, parse_source
 from unlearnkit.errors import UnlearnkitError
 
 QUANT_PATTERN = re.compile(r"int([2-8])-(?:g(\d+)|channel)-(sym|asym)")
@@ -84,14 +84,10 @@ def attack(
 
         outcome = attack_runs(sweep_runs, output, lambda run: attack_one(str(run)),
                               say=lambda line: console.print(line, markup=False, highlight=False))
-        console.print(f"{len(outcome.ran)} attacked, {len(outcome.skipped)} already attacked, {len(outcome.failed)} "
-                      f"failed; the table is {output / TABLE_FILE}", markup=False, highlight=False)
-        if outcome.failed:
-            from unlearnkit.cli.common import error_line
-
-            error_line(f"{len(outcome.failed)} run(s) could not be attacked ({', '.join(outcome.failed)}); the "
-                       f"reasons are in {output}/NAME.failed.json. Fix them and run the command again.")
-            raise typer.Exit(EXIT_SWEEP_FAILURES)
+        end_of_batch(f"{len(outcome.ran)} attacked, {len(outcome.skipped)} already attacked, {len(outcome.failed)} "
+                     f"failed; the table is {output / TABLE_FILE}", list(outcome.failed),
+                     f"run(s) could not be attacked ({{names}}); the reasons are in {output}/NAME.failed.json. Fix "
+                     "them and run the command again.")
         return
     from unlearnkit.io import atomic_write_json, atomic_write_text
 

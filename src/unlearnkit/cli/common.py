@@ -118,6 +118,15 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def end_of_batch(summary: str, failed: list[str], failure: str) -> None:
+    """Print a batch's one-line ``summary`` (a sweep's points, a sweep's attacks); when some ``failed``, name them
+    on stderr with ``failure`` (where the reasons are, what to do) and exit 5."""
+    Console(emoji=False).print(summary, markup=False, highlight=False)
+    if failed:
+        error_line(f"{len(failed)} {failure.format(names=', '.join(failed))}")
+        raise typer.Exit(EXIT_SWEEP_FAILURES)
+
+
 def error_line(message: str) -> None:
     """One red ``error:`` and the message as plain text (paths and ``[q, v, ffn]`` are not rich markup)."""
     from rich.text import Text

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from unlearnkit.cli.common import EXIT_SWEEP_FAILURES, Quiet, app
+from unlearnkit.cli.common import Quiet, app, end_of_batch
 from unlearnkit.errors import UnlearnkitError
 
 
@@ -49,14 +49,10 @@ def sweep(
 
     outcome = run_sweep(plan, points, quiet=True, say=lambda line: console.print(line, markup=False,
                                                                                   highlight=False))
-    console.print(f"{len(outcome.ran)} run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
-                  f"results in {plan.output / RESULTS_JSONL}", markup=False, highlight=False)
-    if outcome.failed:
-        from unlearnkit.cli.common import error_line
-
-        error_line(f"{len(outcome.failed)} point(s) failed ({', '.join(outcome.failed)}); the reasons are in "
-                   f"{plan.output}/NAME.failed.json and results.jsonl. Fix them and run the sweep again.")
-        raise typer.Exit(EXIT_SWEEP_FAILURES)
+    end_of_batch(f"{len(outcome.ran)} run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
+                 f"results in {plan.output / RESULTS_JSONL}", list(outcome.failed),
+                 f"point(s) failed ({{names}}); the reasons are in {plan.output}/NAME.failed.json and results.jsonl. "
+                 "Fix them and run the sweep again.")
 
 
 @app.command(epilog="Example: `unlearnkit report runs/sweeps/table1`, or `unlearnkit report runs/sweeps/table1 "

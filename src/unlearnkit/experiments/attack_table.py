@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiments.figures import method_label, ordered_labels
 from unlearnkit.experiments.report import marked_page, replace_section, section_folder
+from unlearnkit.experiments.sweep import SweepOutcome
 from unlearnkit.io import atomic_write_json, atomic_write_text
 
-__all__ = ["ATTACK_FILE", "AttackOutcome", "attack_runs", "read_attack_records", "attack_table_markdown",
+__all__ = ["ATTACK_FILE", "attack_runs", "read_attack_records", "attack_table_markdown",
            "holds_attack_records", "write_attack_report", "update_page_with_attacks"]
 
 ATTACK_FILE = "attack.json"
@@ -30,22 +30,13 @@ NO_VALUE = "—"
 Record = dict[str, Any]
 
 
-@dataclass
-class AttackOutcome:
-    """What attacking a sweep's runs did: point names attacked, skipped (already attacked) and failed."""
-
-    ran: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
 def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Path], tuple[Record, str]],
-                say: Callable[[str], None] = lambda _: None) -> AttackOutcome:
+                say: Callable[[str], None] = lambda _: None) -> SweepOutcome:
     """Attack each run directory with ``attack_one`` (returning the record and its Markdown) into
     ``output/NAME/``; runs already attacked there are skipped, so the command can be run again until all are
     done. A failing run is recorded in ``output/NAME.failed.json`` and the others go on. The attack table of
     everything attacked so far is rewritten into ``output/attacks.md`` after each run."""
-    outcome = AttackOutcome()
+    outcome = SweepOutcome()
     for number, run_dir in enumerate(run_dirs, 1):
         target, failure = output / run_dir.name, output / f"{run_dir.name}.failed.json"
         if (target / ATTACK_FILE).is_file():
