@@ -41,7 +41,11 @@ def test_two_requests_in_turn_and_the_first_still_forgotten_after_the_second(mem
     done = run_cli(*arguments)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "requests.json").read_text())
-    assert [len(after["forget_sets"]) for after in summary["after"]] == [1, 2]
+    # every request's set is scored as loaded and after every request, later ones too
+    assert [e["request"] for e in summary["as_loaded"]] == [1, 2]
+    assert [[e["request"] for e in after["forget_sets"]] for after in summary["after"]] == [[1, 2], [1, 2]]
+    assert all(e["ma"] > summary["after"][0]["thresholds"]["ma"] for e in summary["as_loaded"])  # memorised
+    assert summary["kept_as_loaded"].keys() == summary["after"][0]["kept"].keys()
     assert all(after["criterion_met"] for after in summary["after"])
     first_after_second = summary["after"][1]["forget_sets"][0]
     assert first_after_second["ma"] <= summary["after"][1]["thresholds"]["ma"]  # forgetting held
@@ -50,7 +54,12 @@ def test_two_requests_in_turn_and_the_first_still_forgotten_after_the_second(mem
     first = json.loads((out / "request-1" / "metrics.json").read_text())
     assert second["before"]["forget"]["ma"] < 0.9 < first["before"]["forget"]["ma"] or \
         second["before"]["forget"]["ma"] != pytest.approx(first["before"]["forget"]["ma"])
-    assert "request 1: MA / EL10" in (out / "requests.md").read_text()
+    # request 2's set just before its turn, as the summary scored it, is what request 2 started from
+    assert second["before"]["forget"]["ma"] == pytest.approx(summary["after"][0]["forget_sets"][1]["ma"])
+    table = (out / "requests.md").read_text()
+    assert "request 1: MA / EL10" in table and "| as loaded |" in table
+    ahead = summary["after"][0]["forget_sets"][1]
+    assert f"({100 * ahead['ma']:.1f} / " in table  # a set whose turn has not come: in brackets
     # run again: both requests are finished, nothing is retrained, the summary is the same
     rerun = run_cli(*arguments)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -64,3 +73,27 @@ def test_requests_without_saved_models_are_refused_before_any_work():
     with pytest.raises(UnlearnkitError, match="output.save_model: true"):
         load_config(None, ["data.requests=[{source: jang, n: 32, set: 1}]", "output.save_model=false"])
     assert load_config(None, ["data.requests=[{source: jang, n: 32, set: 1}]"]).data.requests[0].set == 1
+
+
+@pytest.mark.parametrize("removed", [True, False])
+def test_the_summary_says_when_earlier_requests_had_already_removed_a_later_set(removed):
+    from unlearnkit.sequential import requests_markdown
+
+    def scores(request, ma, below):
+        return {"request": request, "ma": ma, "el": 0.0, "below_thresholds": below}
+
+    later = scores(2, 0.25 if removed else 0.8, removed)
+    summary = {"requests": ["a", "b"], "as_loaded": [{"request": 1, "ma": 0.9, "el": 0.4},
+                                                     {"request": 2, "ma": 0.88, "el": 0.4}],
+               "kept_as_loaded": {"reasoning_acc": None, "dialogue_f1": None, "pile_ppl": 100.0},
+               "after": [{"request": 1, "criterion_met": True, "forget_sets": [scores(1, 0.2, True), later],
+                          "kept": {"reasoning_acc": None, "dialogue_f1": None, "pile_ppl": 120.0}},
+                         {"request": 2, "criterion_met": True,
+                          "forget_sets": [scores(1, 0.5, False), scores(2, 0.2, True)],
+                          "kept": {"reasoning_acc": None, "dialogue_f1": None, "pile_ppl": 130.0}}]}
+    table = requests_markdown(summary)
+    assert "| as loaded |  | 90.0 / 40.0 | 88.0 / 40.0 | — | — | 100.0 |" in table
+    assert f"| 1 | met | 20.0 / 0.0 | ({100 * later['ma']:.1f} / 0.0) | — | — | 120.0 |" in table
+    assert "| 2 | met | 50.0 / 0.0 * | 20.0 / 0.0 | — | — | 130.0 |" in table  # request 1's forgetting did not hold
+    note = "Request 2's set was already below the thresholds when its turn came (MA 25.0 %; as loaded, 88.0 %)"
+    assert (note in table) is removed

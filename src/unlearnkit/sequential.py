@@ -4,9 +4,9 @@
 (its own criterion and outputs, in ``OUTPUT/request-k/``) that starts from request ``k-1``'s unlearned model,
 adapter merged. Every request is held to the thresholds measured for the first, on the model as loaded:
 held-out text under a model that earlier requests have already changed is no standard (it drifts with
-them). After each, the forget sets of every request so far are scored again, so
-``requests.json`` / ``requests.md`` show whether earlier forgetting holds (MUSE's sequential setting) and what
-the model keeps, request by request. A request already finished (its ``run.json`` is there) is not run again:
+them). Every request's forget set is scored on the model as loaded and after each request, later ones too,
+so ``requests.json`` / ``requests.md`` show whether earlier forgetting holds (MUSE's sequential setting), which
+sets earlier requests had already removed before their turn, and what the model keeps, request by request. A request already finished (its ``run.json`` is there) is not run again:
 the next one starts from the model it wrote, so an interrupted sequence continues where it stopped.
 """
 
@@ -27,6 +27,7 @@ from unlearnkit.outputs import write_run_outputs
 from unlearnkit.progress import Progress
 
 SUMMARY_JSON, SUMMARY_MD = "requests.json", "requests.md"
+KEPT = ("reasoning_acc", "dialogue_f1", "pile_ppl")
 
 
 def request_configs(config: RunConfig) -> list[RunConfig]:
@@ -50,6 +51,14 @@ def run_requests(config: RunConfig, *, quiet: bool = False, progress: Progress |
     summary: dict[str, Any] = {"requests": [c.data.forget.label() for c in configs], "after": []}
     Path(config.output.dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(config.output.dir) / SUMMARY_JSON, summary)  # marks the directory as this sequence's
+
+    def score_every_set(label: str) -> list[dict[str, Any]]:
+        # every request's set, later ones too: unlearning one set may already have removed another
+        return [evaluate_memorization(loaded.model, blocks, config.eval, progress, f"{label} · request {number}")
+                for number, blocks in enumerate(forget_sets, 1)]
+
+    summary["as_loaded"] = [{"request": number, "ma": scores["ma"], "el": scores["el"]}
+                            for number, scores in enumerate(score_every_set("as loaded"), 1)]
     for number, single in enumerate(configs, 1):
         directory = Path(single.output.dir)
         if (directory / "run.json").is_file():
@@ -69,18 +78,16 @@ def run_requests(config: RunConfig, *, quiet: bool = False, progress: Progress |
             write_run_outputs(result)
             metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
             loaded = LoadedModel(result.plain_model().eval(), loaded.tokenizer, loaded.source, loaded.gguf_file)
-        held = [evaluate_memorization(loaded.model, blocks, config.eval, progress, f"after request {number} · "
-                                      f"request {earlier}") for earlier, blocks in enumerate(forget_sets[:number], 1)]
+        thresholds = {"ma": metrics["thresholds"]["ma"], "el": metrics["thresholds"]["el"]}
+        if number == 1:  # what the model as loaded kept: scored by the first request before it unlearned
+            summary["kept_as_loaded"] = _kept(metrics["before"])
         summary["after"].append({
             "request": number, "criterion_met": metrics["criterion_met"], "stop_reason": metrics["stop_reason"],
-            "thresholds": {"ma": metrics["thresholds"]["ma"], "el": metrics["thresholds"]["el"]},
-            "forget_sets": [{"request": earlier, "ma": scores["ma"], "el": scores["el"],
-                             "below_thresholds": bool(scores["ma"] <= metrics["thresholds"]["ma"] and
-                                                      scores["el"] is not None and
-                                                      scores["el"] <= metrics["thresholds"]["el"])}
-                            for earlier, scores in enumerate(held, 1)],
-            "kept": {key: metrics["after"].get("downstream", {}).get(key)
-                     for key in ("reasoning_acc", "dialogue_f1", "pile_ppl")},
+            "thresholds": thresholds,
+            "forget_sets": [{"request": each, "ma": scores["ma"], "el": scores["el"],
+                             "below_thresholds": _below(scores, thresholds)}
+                            for each, scores in enumerate(score_every_set(f"after request {number}"), 1)],
+            "kept": _kept(metrics["after"]),
             "retain_check_loss": (metrics["epochs"][-1].get("retain_check_loss") if metrics["epochs"] else None),
         })
         atomic_write_json(Path(config.output.dir) / SUMMARY_JSON, summary)  # kept up to date as requests finish
@@ -88,25 +95,52 @@ def run_requests(config: RunConfig, *, quiet: bool = False, progress: Progress |
     return summary
 
 
+def _kept(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {key: snapshot.get("downstream", {}).get(key) for key in KEPT}
+
+
+def _below(scores: dict[str, Any], thresholds: dict[str, float]) -> bool:
+    return bool(scores["ma"] <= thresholds["ma"] and scores["el"] is not None and scores["el"] <= thresholds["el"])
+
+
 def requests_markdown(summary: dict[str, Any]) -> str:
-    """A request-by-request table: each earlier forget set's MA / EL10 after each request, and what was kept."""
+    """A request-by-request table: every forget set's MA / EL10 as loaded and after each request (sets whose turn
+    has not come in brackets), and what was kept; then the sets that earlier requests had already removed."""
     count = len(summary["requests"])
     header = ["after request", "criterion", *[f"request {k}: MA / EL10 (%)" for k in range(1, count + 1)],
               "reasoning", "dialogue F1", "Pile PPL"]
-    lines = ["**Sequential deletion requests.** After each request, the forget set of every request so far, "
-             "scored again on the current model (* above that request's thresholds: forgetting did not hold).",
+    lines = ["**Sequential deletion requests.** Every request's forget set scored on the model as loaded and after "
+             "each request (* above the thresholds after its own turn: forgetting did not hold; in brackets: sets "
+             "whose turn has not come yet).",
              "", "| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
+
+    def score(entry: dict[str, Any]) -> str:
+        el = "—" if entry["el"] is None else f"{100 * entry['el']:.1f}"
+        return f"{100 * entry['ma']:.1f} / {el}"
+
+    def kept_cells(kept: dict[str, Any]) -> list[str]:
+        return ["—" if kept.get(key) is None else f"{(100 if key != 'pile_ppl' else 1) * kept[key]:.1f}"
+                for key in KEPT]
+
+    if "as_loaded" in summary:
+        lines.append("| " + " | ".join(["as loaded", "", *(score(e) for e in summary["as_loaded"]),
+                                         *kept_cells(summary.get("kept_as_loaded", {}))]) + " |")
     for after in summary["after"]:
         cells = [str(after["request"]), "met" if after["criterion_met"] else "NOT met"]
-        for k in range(count):
-            if k < len(after["forget_sets"]):
-                entry = after["forget_sets"][k]
-                el = "—" if entry["el"] is None else f"{100 * entry['el']:.1f}"
-                cells.append(f"{100 * entry['ma']:.1f} / {el}{'' if entry['below_thresholds'] else ' *'}")
+        for entry in after["forget_sets"]:
+            if entry["request"] > after["request"]:
+                cells.append(f"({score(entry)})")
             else:
-                cells.append("")
-        kept = after["kept"]
-        cells += ["—" if kept[key] is None else f"{(100 if key != 'pile_ppl' else 1) * kept[key]:.1f}"
-                  for key in ("reasoning_acc", "dialogue_f1", "pile_ppl")]
+                cells.append(score(entry) + ("" if entry["below_thresholds"] else " *"))
+        cells += [""] * (count + 2 - len(cells))
+        cells += kept_cells(after["kept"])
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = []
+    for after, previous in zip(summary["after"][1:], summary["after"], strict=False):
+        ahead = next((e for e in previous["forget_sets"] if e["request"] == after["request"]), None)
+        if ahead is not None and ahead["below_thresholds"]:
+            loaded = summary.get("as_loaded", [])[after["request"] - 1:after["request"]]
+            was = f"; as loaded, {100 * loaded[0]['ma']:.1f} %" if loaded else ""
+            notes.append(f"- Request {after['request']}'s set was already below the thresholds when its turn came "
+                         f"(MA {100 * ahead['ma']:.1f} %{was}): the requests before it removed it too.")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
