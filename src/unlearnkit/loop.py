@@ -127,7 +127,8 @@ def run_unlearning(
         if before["forget"]["el"] is not None and thresholds.forgotten(before["forget"]["ma"],
                                                                        before["forget"]["el"]):
             state.warnings.append("the forget set already meets the forgetting criterion before unlearning: the "
-                                  "model had not memorised it more than unseen text, so there was nothing to forget")
+                                  "model does not reproduce it more than unseen text (it never memorised it, or an "
+                                  "earlier unlearning removed it), so there was nothing to forget")
             progress.warn(state.warnings[-1])
         _add(timings, "eval_before_s", t0)
 
