@@ -6,8 +6,9 @@ adapter merged. Every request is held to the thresholds measured for the first, 
 held-out text under a model that earlier requests have already changed is no standard (it drifts with
 them). Every request's forget set is scored on the model as loaded and after each request, later ones too,
 so ``requests.json`` / ``requests.md`` show whether earlier forgetting holds (MUSE's sequential setting), which
-sets earlier requests had already removed before their turn, and what the model keeps, request by request. A request already finished (its ``run.json`` is there) is not run again:
-the next one starts from the model it wrote, so an interrupted sequence continues where it stopped.
+sets earlier requests had already removed before their turn, and what the model keeps, request by request.
+A request already finished (its ``run.json`` is there) is not run again: the next one starts from the model
+it wrote, so an interrupted sequence continues where it stopped.
 """
 
 from __future__ import annotations
