@@ -30,7 +30,9 @@ def record(method: str, adapter: str, success: bool, ma: tuple[float, float, flo
         {"attack": "before unlearning", "rows": "16 not attacked", "ma": before, "el": 0.4},
         {"attack": "none (unlearned)", "rows": "16 not attacked", "ma": unlearned, "el": 0.0},
         {"attack": "relearn 20 steps (lr 0.001)", "rows": "16 not attacked", "ma": relearned, "el": 0.2,
-         "recovery": {"ma": (relearned - unlearned) / (before - unlearned), "el": 0.5, "extraction": None}}]
+         "recovery": {"ma": (relearned - unlearned) / (before - unlearned), "el": 0.5, "extraction": None}},
+        {"attack": "none (unlearned)", "rows": "held-out (control)", "ma": 0.27, "el": 0.03},
+        {"attack": "relearn 20 steps (lr 0.001)", "rows": "held-out (control)", "ma": 0.3, "el": 0.04}]
     for label in PLAN["quantisations"]:
         rows.append({"attack": f"quantise {label}", "rows": "all", "ma": unlearned,
                      "recovery": {"ma": quant, "el": 0.0, "extraction": None}})
@@ -68,8 +70,9 @@ def test_the_attack_table_orders_methods_like_the_paper_and_computes_each_cell(a
     assert gd[3] == "80.0 → 20.0 → 70.0" and gd[4] == "40.0 → 0.0 → 20.0"
     assert gd[5] == "0.83 / 0.50"  # (0.7 - 0.2) / (0.8 - 0.2)
     assert ga[5] == "0.50 / 0.50" and npo_kl[5] == "0.50 / 0.50"  # (0.6 - 0.3) / (0.9 - 0.3)
+    assert gd[6] == "27.0 → 30.0"  # the control: held-out rows under the unlearned and the relearned model
     # quantisation: the merged model, and in brackets the base alone under its adapter; no "-0.00"
-    assert flora_ihl[6:] == ["0.00 (base only: 0.03)"] * 2 and npo_kl[6:] == ["0.25"] * 2
+    assert flora_ihl[7:] == ["0.00 (base only: 0.03)"] * 2 and npo_kl[7:] == ["0.25"] * 2
     assert "20 steps at lr 0.001 on 50 % of the forget rows" in table and "4 attacked runs" in table
 
 

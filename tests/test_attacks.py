@@ -74,13 +74,18 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     report = json.loads((tmp_path / "attack" / "attack.json").read_text())
     names = [row["attack"] for row in report["rows"]]
     assert names == ["before unlearning", "none (unlearned)", "before unlearning", "none (unlearned)",
-                     "relearn 5 steps (lr 0.001)", "quantise int4-g32-asym",
+                     "relearn 5 steps (lr 0.001)", "none (unlearned)", "relearn 5 steps (lr 0.001)",
+                     "quantise int4-g32-asym",
                      "quantise base int4-g32-asym, adapter kept"]  # groups of 128 do not fit widths of 64: skipped
     metrics = json.loads((ihl_lora_run / "metrics.json").read_text())
     assert report["rows"][0]["ma"] == pytest.approx(metrics["before"]["forget"]["ma"])  # from the run, all rows
     assert report["rows"][1]["ma"] == pytest.approx(metrics["after"]["forget"]["ma"])  # measured again: the same
-    for row in report["rows"][4:]:
+    for row in report["rows"][4:5] + report["rows"][7:]:
         assert set(row["recovery"]) == {"ma", "el", "extraction"} and row["mia_auc"]
+    # the control: held-out rows, never memorised, under the unlearned and the relearned model
+    control = report["rows"][5:7]
+    assert [row["rows"] for row in control] == ["held-out (control)"] * 2
+    assert control[0]["ma"] == pytest.approx(metrics["after"]["validation"]["ma"])
     assert report["details"]["int4-g32-asym"]["max_abs_error"] > 0
     assert "not divisible" in report["details"]["int4-g128-sym"]["skipped"]
     assert "| relearn 5 steps" in (tmp_path / "attack" / "attack.md").read_text()

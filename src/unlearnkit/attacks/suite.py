@@ -22,8 +22,10 @@ from unlearnkit.attacks.relearn import recovery_fraction, relearn, split_forget_
 from unlearnkit.config import EvalConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
-from unlearnkit.evaluation import evaluation_snapshot
+from unlearnkit.evaluation import evaluate_memorization, evaluation_snapshot
 from unlearnkit.progress import Progress
+
+HELD_OUT_ROWS = "held-out (control)"
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,13 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
         with progress.status(f"relearning: {plan.relearn_steps} steps on {len(split.attack_rows)} forget rows"):
             losses = relearn(attacked, split.attack, steps=plan.relearn_steps, lr=plan.relearn_lr,
                              batch_size=plan.relearn_batch_size, seed=plan.seed)
-        add(f"relearn {plan.relearn_steps} steps (lr {plan.relearn_lr:g})", rest,
-            measure(attacked, split.measured, "relearned"), unlearned_rest, original_rest)
+        relearned = f"relearn {plan.relearn_steps} steps (lr {plan.relearn_lr:g})"
+        add(relearned, rest, measure(attacked, split.measured, "relearned"), unlearned_rest, original_rest)
+        # the control: text never memorised; if its MA rises as much, relearning taught style, not the rows
+        for attack, candidate in (("none (unlearned)", model), (relearned, attacked)):
+            scores = evaluate_memorization(candidate, holdout, config, progress, f"held-out rows, {attack}")
+            result.rows.append({"attack": attack, "rows": HELD_OUT_ROWS, "ma": scores["ma"], "el": scores["el"],
+                                "sequences": len(holdout)})
         result.details["relearn"] = {"attack_rows": split.attack_rows, "measured_rows": split.measured_rows,
                                      "losses": losses}
         del attacked

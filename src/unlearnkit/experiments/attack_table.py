@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.attacks.suite import HELD_OUT_ROWS
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiments.figures import method_label, ordered_labels
 from unlearnkit.experiments.report import marked_page, replace_section, section_folder
@@ -129,7 +130,7 @@ def attack_table_markdown(records: Sequence[Record]) -> str:
     headers = ["Method", "Run", "Success"]
     if relearned:
         headers += ["unseen MA (%): before → unlearned → relearned", "unseen EL10 (%): before → unlearned → "
-                    "relearned", "relearning recovery MA / EL10"]
+                    "relearned", "relearning recovery MA / EL10", "held-out MA (%): unlearned → relearned"]
     headers += [f"{q} recovery MA" for q in quantisations]
     lines = [_caption(records, quantisations), "", "| " + " | ".join(headers) + " |",
              "|" + "|".join([":---", ":---", ":---", *("---:" for _ in headers[3:])]) + "|"]
@@ -139,13 +140,17 @@ def attack_table_markdown(records: Sequence[Record]) -> str:
         success = NO_VALUE if "success" not in facts else "yes" if facts["success"] else "no"
         cells = [record_label(record), f"`{record['name']}`", success]
         if relearned:
-            unseen = [r for r in record["rows"] if r["rows"] != "all"]
+            unseen = [r for r in record["rows"] if str(r["rows"]).endswith("not attacked")]
             relearn: Record = next((r for r in unseen if r["attack"].startswith("relearn")), {})
             states: list[Record] = [next((r for r in unseen if r["attack"] == a), {}) for a in ("before unlearning",
                                                                                   "none (unlearned)")] + [relearn]
             cells += [" → ".join(_percent(s.get(key)) for s in states) for key in ("ma", "el")]
             recovery = relearn.get("recovery", {})
             cells.append(f"{_fraction(recovery.get('ma'))} / {_fraction(recovery.get('el'))}")
+            held_out = [r for r in record["rows"] if r["rows"] == HELD_OUT_ROWS]
+            control: list[Record] = [next((r for r in held_out if r["attack"].startswith(a)), {})
+                                     for a in ("none", "relearn")]
+            cells.append(" → ".join(_percent(r.get("ma")) for r in control))
         for label in quantisations:
             whole = _attack_row(record, f"quantise {label}")
             base = _attack_row(record, f"quantise base {label}, adapter kept")
@@ -165,9 +170,12 @@ def _caption(records: Sequence[Record], quantisations: list[str]) -> str:
     plans = {json.dumps({k: v for k, v in r["plan"].items() if k != "quantisations"}, sort_keys=True)
              for r in records}
     plan = records[0]["plan"]
-    relearn = (f"relearning fine-tunes the unlearned model for {plan['relearn_steps']} steps at lr "
-               f"{plan['relearn_lr']:g} on {100 * plan['relearn_fraction']:.0f} % of the forget rows and is "
-               f"measured on the others ('unseen')" if plan.get("relearn_steps", 0) > 0 else "no relearning")
+    relearn = "no relearning"
+    if plan.get("relearn_steps", 0) > 0:
+        relearn = (f"relearning fine-tunes the unlearned model for {plan['relearn_steps']} steps at lr "
+                   f"{plan['relearn_lr']:g} on {100 * plan['relearn_fraction']:.0f} % of the forget rows and is "
+                   f"measured on the others ('unseen'), and on held-out text never memorised, as a control (if that "
+                   f"rises as much, relearning taught the kind of text, not the rows)")
     mixed = " (the plans differ between runs: see each attack.json)" if len(plans) > 1 else ""
     quantised = (f"; quantisation rounds the weights ({', '.join(quantisations)}), of the merged model and, in "
                  f"brackets, of the base alone under the adapter kept in full precision" if quantisations else "")
