@@ -210,8 +210,14 @@ def test_nothing_to_forget_is_said_not_hidden(memorized_model_dir, tmp_path, cap
                      ["train.epochs=1", "eval.ma_threshold=1.0", "eval.el_threshold=1.0", "eval.audit=false"])
     result = run_unlearning(config, quiet=True)
     assert result.state.criterion_met and len(result.state.warnings) == 1
-    assert "nothing to forget" in capsys.readouterr().err  # shown even with quiet=True
+    assert "nothing to forget" in " ".join(capsys.readouterr().err.split())  # shown even with quiet=True
     assert "**Warning:** the forget set already meets the forgetting criterion" in render_report(result)
+    # with early stopping nothing is trained: training could only damage the model
+    assert result.state.epoch == 0 and result.state.history == [] and "nothing was trained" in result.state.stop_reason
+    assert result.after["forget"]["ma"] == pytest.approx(result.before["forget"]["ma"])
+    trained = run_unlearning(config.model_copy(update={"eval": config.eval.model_copy(update={"early_stop": False})},
+                                               deep=True), quiet=True)
+    assert trained.state.epoch == 1  # without early stopping the epochs asked for are run
 
 
 def test_bad_input_writes_nothing(memorized_model_dir, tmp_path):

@@ -130,6 +130,9 @@ def run_unlearning(
                                   "model does not reproduce it more than unseen text (it never memorised it, or an "
                                   "earlier unlearning removed it), so there was nothing to forget")
             progress.warn(state.warnings[-1])
+            if config.eval.early_stop:  # training could only damage the model: stop before the first epoch
+                state.criterion_met = True
+                state.stop_reason = "forgetting criterion already met before unlearning: nothing was trained"
         _add(timings, "eval_before_s", t0)
 
     # --- FLoRA: replace the zero-initialised LoRA factors by Fisher-weighted ones (Section 3.4) --
