@@ -6,8 +6,10 @@ adapters that any PEFT user can load with ``PeftModel.from_pretrained``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -78,10 +80,23 @@ def attach_lora(model: PreTrainedModel, target_modules: list[str], rank: int = 1
     config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha,  # type: ignore[arg-type]
                         lora_dropout=dropout,
                         target_modules=list(target_modules), fan_in_fan_out=conv1d, init_lora_weights=True)
-    with warnings.catch_warnings():
-        # PEFT still asks transformers for the deprecated `is_gradient_checkpointing`; nothing for a user to act on.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quietly():
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """PEFT still asks transformers for the deprecated `is_gradient_checkpointing`: a FutureWarning nothing for a
+    user to act on, silenced around PEFT's wrapping and loading."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def load_adapter(base: PreTrainedModel, directory: str) -> PeftModel:
+    """``PeftModel.from_pretrained(base, directory)``: a saved adapter on its base (``base`` is wrapped)."""
+    with peft_quietly():
+        return PeftModel.from_pretrained(base, directory)
 
 
 def merged_model(peft_model: PeftModel) -> PreTrainedModel:

@@ -78,10 +78,9 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
                         and metrics["collapsed_epoch"] is None)}
     if config.adapter.name != "none" and (directory / "adapter" / "adapter_config.json").is_file():
         def adapted() -> Any:
-            from peft import PeftModel
+            from unlearnkit.adapters.lora import load_adapter
 
-            base = load_configured_model(config.model).model
-            return PeftModel.from_pretrained(base, str(directory / "adapter")).eval()
+            return load_adapter(load_configured_model(config.model).model, str(directory / "adapter")).eval()
 
         target.adapted = adapted
     return target
