@@ -88,14 +88,12 @@ def test_a_record_without_a_run_or_relearning_shows_dashes_and_the_model(tmp_pat
 
 
 def test_the_report_command_writes_the_attack_table_and_a_page_section_that_regenerates(attacked, tmp_path):
-    done = run_cli("report", str(attacked))
-    assert done.returncode == 0, done.stderr
-    assert (attacked / "attacks.md").read_text(encoding="utf-8").startswith("**Attacks.** 4 attacked runs")
     page = tmp_path / "docs" / "results.md"
     page.parent.mkdir()
     page.write_text("# R\n\n<!-- report:attacks -->\nold\n<!-- /report:attacks -->\n\nReading.\n", encoding="utf-8")
-    done = run_cli("report", str(attacked), "--page", str(page), "--section", "attacks")
+    done = run_cli("report", str(attacked), "--page", str(page), "--section", "attacks", "--out", str(tmp_path / "o"))
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "attacks.md").read_text(encoding="utf-8").startswith("**Attacks.** 4 attacked runs")
     text = page.read_text(encoding="utf-8")
     assert "old" not in text and text.endswith("<!-- /report:attacks -->\n\nReading.\n") and "| GD | `gd` |" in text
     copies = page.parent / "results" / "attacks"
