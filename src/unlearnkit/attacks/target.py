@@ -58,7 +58,9 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
     if forget_source is None or holdout_source is None:
         raise UnlearnkitError("The run has no held-out set in its config; pass --holdout SOURCE.")
     length = seq_len or (config.data.seq_len if config else 200)
-    loaded = load_model(str(directory / "model")) if config is not None else load_model(location)
+    # a run directory: its model in the dtype it was trained in
+    loaded = (load_model(str(directory / "model"), dtype=config.model.dtype) if config is not None
+              else load_model(location))
     forget_blocks = load_blocks(forget_source, loaded.tokenizer, data_dir, seq_len=length)
     holdout_blocks = load_blocks(holdout_source, loaded.tokenizer, data_dir, seq_len=length)
     target = AttackTarget(loaded.model.eval(), loaded.tokenizer, forget_blocks, holdout_blocks, run_config=config)
