@@ -49,7 +49,8 @@ def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Pa
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # recorded, and the other runs go on
-            outcome.failed[run_dir.name] = message = f"{type(error).__name__}: {error}"
+            message = str(error) if isinstance(error, UnlearnkitError) else f"{type(error).__name__}: {error}"
+            outcome.failed[run_dir.name] = message
             atomic_write_json(failure, {"run": str(run_dir), "error": message})
             say(f"    FAILED: {message}")
             continue
