@@ -33,9 +33,10 @@ def attack(
     relearn_lr: Annotated[float, typer.Option(min=0.0, help="its learning rate")] = 1e-4,
     relearn_fraction: Annotated[float, typer.Option(help="the share of forget rows it fine-tunes on (the others "
                                                          "are measured)")] = 0.5,
-    quant: Annotated[str, typer.Option(help="weight quantisations, comma-separated: int<bits>-g<group>|channel-"
-                                            "sym|asym, or gguf-Q8_0 / gguf-Q4_0 (llama.cpp's formats); '' for "
-                                            "none")] = "int8-g128-sym,int4-g128-sym,int4-g32-asym",
+    quant: Annotated[str, typer.Option(help="weight quantisations, comma-separated: intB-gG-sym|asym (B bits, "
+                                            "groups of G inputs; e.g. int4-g32-asym), intB-channel-sym|asym, or "
+                                            "gguf-Q8_0 / gguf-Q4_0 (llama.cpp's formats); '' for none")
+                     ] = "int8-g128-sym,int4-g128-sym,int4-g32-asym",
     output: Annotated[Path | None, typer.Option(help="write attack.json and attack.md here (for a sweep: one "
                                                       "folder per run, runs already attacked there skipped)")] = None,
     select: Annotated[str | None, typer.Option(help="for a sweep: attack only the runs whose names match this "
