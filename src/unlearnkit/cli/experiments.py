@@ -59,12 +59,12 @@ def sweep(
                     "--page docs/results.md --section testbed` to update that section of a Markdown page.")
 def report(
     results: Annotated[Path, typer.Argument(help="a sweep's output directory (holding results.jsonl), or attack "
-                                                 "records (DIR/*/attack.json or DIR/*.json)")],
+                                                 "records (`DIR/*/attack.json` or `DIR/*.json`)")],
     out: Annotated[Path | None, typer.Option(help="where to write the report (default RESULTS/report; with "
                                                    "--page only when given)")] = None,
     page: Annotated[Path | None, typer.Option(help="a Markdown page whose marked section to replace")] = None,
-    section: Annotated[str | None, typer.Option(help="the section of --page: between <!-- report:SECTION --> "
-                                                     "and <!-- /report:SECTION -->")] = None,
+    section: Annotated[str | None, typer.Option(help="the section of --page: between `<!-- report:SECTION -->` "
+                                                     "and `<!-- /report:SECTION -->`")] = None,
     select: Annotated[str | None, typer.Option(help="report only the runs whose names match this pattern, e.g. "
                                                     "'forget-set0__*' (a sweep's results only)")] = None,
 ) -> None:
