@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -285,8 +286,11 @@ def _draw(rows: Sequence[Row], x_of: Callable[[Row], float | None], x_label: str
             if panel.log_y:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
-    figure.suptitle(f"{title}: {', '.join(map(model_name, models))}" + (f" ({note})" if note else ""))
-    figure.legend(handles=_legend(labels, colours, with_means), loc="outside right upper", fontsize=8)
+    heading = f"{title}: {', '.join(map(model_name, models))}" + (f"\n({note})" if note else "")
+    # wrapped to the axes' width: a one-panel figure has a title longer than its plot, and the legend to its right
+    width = int(4.0 * len(panels) * 9)
+    figure.suptitle("\n".join(textwrap.fill(line, width) for line in heading.split("\n")), fontsize=11)
+    figure.legend(handles=_legend(labels, colours, with_means), loc="outside right center", fontsize=8)
     return figure
 
 
