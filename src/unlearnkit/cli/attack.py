@@ -104,9 +104,7 @@ def attack(
 def _sweep_runs(location: Path, output: Path | None, select: str | None = None) -> list[Path] | None:
     """The finished runs of a sweep's output directory whose names match ``select`` (``None`` when ``location``
     is no sweep's), checked up front."""
-    from fnmatch import fnmatchcase
-
-    from unlearnkit.experiments.report import RESULTS_FILE, read_rows
+    from unlearnkit.experiments.report import RESULTS_FILE, read_rows, selected
 
     if not (location / RESULTS_FILE).is_file():
         if select is not None:
@@ -116,9 +114,8 @@ def _sweep_runs(location: Path, output: Path | None, select: str | None = None) 
     if output is None:
         raise UnlearnkitError(f"{location} is a sweep's results; attacking all its runs needs --output DIR (each run's "
                               "attack goes into DIR/NAME, and DIR/attacks.md holds the table).")
-    runs = [location / str(row["name"]) for row in read_rows(location)
-            if row.get("status") == "done" and (location / str(row["name"]) / "run.json").is_file()
-            and (select is None or fnmatchcase(str(row["name"]), select))]
+    runs = [location / str(row["name"]) for row in selected(read_rows(location), select)
+            if row.get("status") == "done" and (location / str(row["name"]) / "run.json").is_file()]
     if not runs:
         chosen = "" if select is None else f" named like {select}"
         raise UnlearnkitError(f"{location} has no finished run{chosen} to attack yet; run the sweep first"

@@ -34,7 +34,7 @@ from unlearnkit.experiments.figures import (
 from unlearnkit.io import atomic_write_text
 
 __all__ = ["read_rows", "method_label", "table1_rows", "write_table1", "write_report", "update_page",
-           "replace_section", "section_folder", "marked_page"]
+           "replace_section", "section_folder", "marked_page", "selected"]
 
 Row = dict[str, Any]
 RESULTS_FILE = "results.jsonl"
@@ -299,12 +299,15 @@ def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_pref
     return "\n".join(parts), written
 
 
+def selected(rows: Sequence[Row], select: str | None) -> list[Row]:
+    """The runs whose names match the shell-style pattern ``select`` (all of them for ``None``)."""
+    return [row for row in rows if select is None or fnmatchcase(str(row["name"]), select)]
+
+
 def _rows_or_fail(results: Path, select: str | None = None) -> list[Row]:
-    rows = read_rows(results)
-    if select is not None:
-        rows = [row for row in rows if fnmatchcase(str(row["name"]), select)]
-        if not rows:
-            raise UnlearnkitError(f"No run in {results / RESULTS_FILE} is named like {select}; change --select.")
+    rows = selected(read_rows(results), select)
+    if select is not None and not rows:
+        raise UnlearnkitError(f"No run in {results / RESULTS_FILE} is named like {select}; change --select.")
     if not rows:
         raise UnlearnkitError(f"{results / RESULTS_FILE} holds no runs yet; report once the sweep has finished one.")
     return rows
