@@ -80,6 +80,10 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     metrics = json.loads((ihl_lora_run / "metrics.json").read_text())
     assert report["rows"][0]["ma"] == pytest.approx(metrics["before"]["forget"]["ma"])  # from the run, all rows
     assert report["rows"][1]["ma"] == pytest.approx(metrics["after"]["forget"]["ma"])  # measured again: the same
+    measured = report["details"]["relearn"]["measured_rows"]  # the unlearned model on the rows not attacked
+    for key in ("ma", "el"):
+        assert report["rows"][3][key] == pytest.approx(
+            sum(metrics["after"]["forget"][f"{key}_per_sequence"][i] for i in measured) / len(measured), abs=1e-6)
     for row in report["rows"][4:5] + report["rows"][7:]:
         assert set(row["recovery"]) == {"ma", "el", "extraction"} and row["mia_auc"]
     # the control: held-out rows, never memorised, under the unlearned and the relearned model
@@ -93,6 +97,17 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     assert report["run"] == {"method": "ihl", "adapter": "lora", "retain_kind": "lm", "forget": report["run"]["forget"],
                              "seed": 42, "epochs": metrics["epochs_run"], "criterion_met": metrics["criterion_met"],
                              "success": metrics["criterion_met"]}
+    # run again (as after an interruption): every attacked copy's MA and EL come from the score cache, the same
+    again = run_cli("attack", str(ihl_lora_run), "--relearn-steps", "5", "--relearn-lr", "1e-3",
+                    "--quant", "int4-g32-asym,int4-g128-sym", "--output", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    said = " ".join((again.stdout + again.stderr).split())  # rich wraps long lines
+    for label in ("unlearned · forget", "relearned · forget", "held-out rows, relearn 5 steps (lr 0.001)",
+                  "int4-g32-asym · forget", "base int4-g32-asym · forget"):
+        assert f"{label}: MA and EL10 of these weights and sequences from the score cache" in said
+    rerun = json.loads((tmp_path / "again" / "attack.json").read_text())
+    assert [(row["attack"], row["ma"], row["el"]) for row in rerun["rows"]] == [
+        (row["attack"], row["ma"], row["el"]) for row in report["rows"]]
 
 
 @pytest.mark.integration

@@ -114,8 +114,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 @dataclass(frozen=True)
 class ScoreCache:
     """MA and EL_n of a set under a model that has not changed (the held-out thresholds, the forget set before
-    unlearning), and what it kept (the downstream suite), kept as JSON under ``directory`` by the model's and
-    the set's (or the suite options') fingerprints, so that runs and sweeps on the same model compute them once."""
+    unlearning, an attacked copy of an unlearned model), and what it kept (the downstream suite), kept as JSON
+    under ``directory`` by the model's and the set's (or the suite options') fingerprints, so that runs, sweeps
+    and attacks on the same weights compute them once."""
 
     directory: Path
     model: str  # :func:`model_fingerprint`

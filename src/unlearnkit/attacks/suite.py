@@ -7,6 +7,11 @@ measured on the others (:mod:`unlearnkit.attacks.relearn`); quantisation rounds 
 (:mod:`unlearnkit.attacks.quantize`), of the whole merged model, or of the base only under a LoRA adapter
 kept in full precision. With the scores of the model before unlearning (a run's ``metrics.json``), each
 attacked value also gets its recovery fraction: how much of what unlearning removed came back.
+
+On a real model EL_n of forgotten text is the dearest score (every prefix is decoded afresh), and an attack
+takes several. So with ``eval.cache_scores`` every copy's MA and EL_n are kept in the score cache by the copy's
+weights: an interrupted attack, run again, recomputes only what it had not finished (relearning and rounding
+are deterministic, so the copies come out with the same weights).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from unlearnkit.attacks.relearn import recovery_fraction, relearn, split_forget_
 from unlearnkit.config import EvalConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
-from unlearnkit.evaluation import evaluate_memorization, evaluation_snapshot
+from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot, model_fingerprint
+from unlearnkit.io import cache_root
 from unlearnkit.progress import Progress
 
 HELD_OUT_ROWS = "held-out (control)"
@@ -77,14 +83,30 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
     # the held-out rows' own MA and EL are not what an attack changes: scored once, for the snapshots' layout
     held_out = {"validation": {"name": holdout.name, "sequences": len(holdout)}}
 
-    def measure(candidate: Any, blocks: TokenBlocks, label: str) -> dict[str, Any]:
+    def cache(candidate: Any) -> ScoreCache | None:
+        return ScoreCache(cache_root() / "scores", model_fingerprint(candidate)) if config.cache_scores else None
+
+    def measure(candidate: Any, blocks: TokenBlocks, label: str, forget_scores: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        known = {**held_out, "forget": forget_scores} if forget_scores is not None else held_out
         snapshot = evaluation_snapshot(candidate, RunData(forget=blocks, validation=holdout), config, progress,
-                                       label=label, tokenizer=tokenizer, known=held_out)
-        return summarise(snapshot)
+                                       label=label, tokenizer=tokenizer, known=known, cache=cache(candidate))
+        return {**summarise(snapshot), "forget_scores": snapshot["forget"]}
+
+    def held_out_scores(candidate: Any, label: str) -> dict[str, Any]:
+        memo = cache(candidate)
+        scores = memo.load(holdout, config) if memo is not None else None
+        if scores is not None:
+            progress.note(f"{label}: MA and EL{config.el_n} of these weights and sequences from the score cache")
+        else:
+            scores = evaluate_memorization(candidate, holdout, config, progress, label)
+            if memo is not None:
+                memo.store(holdout, config, scores)
+        return scores
 
     def add(attack: str, rows: str, scores: dict[str, Any], unlearned: dict[str, Any] | None,
             original: dict[str, Any] | None) -> None:
-        row = {"attack": attack, "rows": rows, **scores}
+        row = {"attack": attack, "rows": rows, **{k: v for k, v in scores.items() if k != "forget_scores"}}
         if unlearned is not None and original is not None:
             row["recovery"] = {key: recovery_fraction(original.get(key), unlearned.get(key), scores.get(key))
                                for key in ("ma", "el", "extraction")}
@@ -103,7 +125,9 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
         original_rest = before.on(split.measured_rows) if before is not None else None
         if original_rest is not None:
             result.rows.append({"attack": "before unlearning", "rows": rest, **original_rest})
-        unlearned_rest = measure(model, split.measured, "unlearned, rows not attacked")
+        # the same model's MA and EL of these rows are those of the whole set's, row by row
+        unlearned_rest = measure(model, split.measured, "unlearned, rows not attacked",
+                                 rows_of(unlearned_all["forget_scores"], split.measured_rows, split.measured))
         add("none (unlearned)", rest, unlearned_rest, None, None)
         attacked = copy.deepcopy(model)
         with progress.status(f"relearning: {plan.relearn_steps} steps on {len(split.attack_rows)} forget rows"):
@@ -113,7 +137,7 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
         add(relearned, rest, measure(attacked, split.measured, "relearned"), unlearned_rest, original_rest)
         # the control: text never memorised; if its MA rises as much, relearning taught style, not the rows
         for attack, candidate in (("none (unlearned)", model), (relearned, attacked)):
-            scores = evaluate_memorization(candidate, holdout, config, progress, f"held-out rows, {attack}")
+            scores = held_out_scores(candidate, f"held-out rows, {attack}")
             result.rows.append({"attack": attack, "rows": HELD_OUT_ROWS, "ma": scores["ma"], "el": scores["el"],
                                 "sequences": len(holdout)})
         result.details["relearn"] = {"attack_rows": split.attack_rows, "measured_rows": split.measured_rows,
@@ -137,6 +161,16 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
                 measure(base_quantised, forget, f"base {spec.label}"), unlearned_all, original_all)
             del base_quantised
     return result
+
+
+def rows_of(scores: dict[str, Any], rows: list[int], blocks: TokenBlocks) -> dict[str, Any]:
+    """The MA and EL of ``rows`` from a snapshot's per-sequence scores of the whole set (``blocks``: those rows)."""
+    picked: dict[str, Any] = {"name": blocks.name, "sequences": len(rows)}
+    for key in ("ma", "el"):
+        values = scores.get(f"{key}_per_sequence")
+        picked[f"{key}_per_sequence"] = None if values is None else [values[i] for i in rows]
+        picked[key] = None if values is None else statistics.fmean(values[i] for i in rows)
+    return picked
 
 
 def attack_markdown(result: AttackResult, model: str) -> str:

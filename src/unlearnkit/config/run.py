@@ -219,8 +219,9 @@ class EvalConfig(Section):
                               "before/after snapshots, get the full value. full: every epoch's full EL_n (a "
                               "complete per-epoch curve; EL of half-forgotten text is the dearest score of a run)")
     cache_scores: bool = Field(
-        True, description="keep MA and EL_n measured before unlearning (held-out thresholds, forget set) in "
-                          "$UNLEARNKIT_CACHE/scores by model and data fingerprint, and reuse them in later runs")
+        True, description="keep MA and EL_n measured before unlearning (held-out thresholds, forget set) and by "
+                          "`attack` on every attacked copy in $UNLEARNKIT_CACHE/scores by model and data "
+                          "fingerprint, and reuse them in later runs and in an interrupted attack run again")
     downstream: DownstreamConfig | None = Field(
         None, description="what the model kept, before and after: reasoning, dialogue, perplexity (null: off)")
 
