@@ -296,8 +296,12 @@ def run_unlearning(
     t0 = time.perf_counter()
     # The forget set was just scored after the last epoch (or the epoch restored to); reuse that.
     known = {"forget": last_scores} if last_scores is not None and last_scores["el"] is not None else None
+    # On a real model this evaluation takes most of an hour (EL of the held-out rows, the downstream suite); kept
+    # by these weights, a run interrupted during it and resumed from its last checkpoint does not do it twice.
+    after_cache = (ScoreCache(cache_root() / "scores", model_fingerprint(model))
+                   if config.eval.cache_scores and processes.main else None)
     after = (evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
-                                 known=known, data_dir=data_dir) if processes.main else {})
+                                 known=known, data_dir=data_dir, cache=after_cache) if processes.main else {})
     timings["eval_after_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     return RunResult(config, state, thresholds, before, after, timings, model=model, tokenizer=tokenizer,
