@@ -269,7 +269,7 @@ def test_scores_before_unlearning_are_cached_by_model_and_data(memorized_model_d
     config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 5e-2, ["train.epochs=1"])
     first = run_unlearning(config, quiet=True)
     stored = sorted((tmp_path / "cache" / "scores").glob("*.json"))
-    assert len(stored) == 2  # forget and held-out sets
+    assert len(stored) == 4  # forget and held-out sets, before and after unlearning
     calls: list[str] = []
     measured = evaluation.evaluate_memorization
     def counted(model, blocks, config, progress, label="", **kwargs):
@@ -283,4 +283,24 @@ def test_scores_before_unlearning_are_cached_by_model_and_data(memorized_model_d
     # other weights are other scores: the cache is not used
     other = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 5e-2, ["train.epochs=1", "eval.el_n=5"])
     run_unlearning(other, quiet=True)
-    assert len(calls) == 2 and len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 4
+    assert len(calls) == 2 and len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 8
+
+
+def test_after_el_forget_scores_the_held_out_set_by_ma_alone_after_unlearning(memorized_model_dir, tmp_path,
+                                                                           monkeypatch):
+    from unlearnkit.metrics.memorization import memorization_accuracy
+    from unlearnkit.reports import summary_rows
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
+    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 5e-2,
+                     ["train.epochs=1", "eval.after_el=forget"])
+    result = run_unlearning(config, quiet=True)
+    assert result.before["validation"]["el"] is not None  # the thresholds need it
+    assert result.after["forget"]["el"] is not None and result.after["validation"]["el"] is None
+    held_out = result.data.validation
+    assert result.after["validation"]["ma"] == pytest.approx(float(memorization_accuracy(
+        result.plain_model(), held_out.input_ids, held_out.attention_mask).mean()))
+    assert ("held-out EL10", f"{result.before['validation']['el']:.4f}", "not scored (eval.after_el)") in \
+        summary_rows(result)
+    # an MA-only score never enters the cache, where a later run would take it for a complete one
+    assert len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 3

@@ -115,6 +115,9 @@ def test_a_checkpoint_of_another_configuration_is_refused_not_replaced(memorized
     with pytest.raises(UnlearnkitError, match="another configuration.*--resume.*--restart"):
         run_unlearning(changed, quiet=True, checkpoints=Checkpoints.of(changed))
     assert Checkpoints.of(config).latest() == saved
+    # how the evaluation after unlearning is scored changes nothing that was trained: that checkpoint resumes
+    lighter = config.model_copy(update={"eval": config.eval.model_copy(update={"after_el": "forget"})})
+    assert Checkpoints.of(lighter).resumable(lighter) == saved
     refused = run_cli("run", "--resume", str(tmp_path / "elsewhere"))
     assert refused.returncode == 2 and "no checkpoint" in refused.stderr and "Traceback" not in refused.stderr
 

@@ -57,6 +57,7 @@ def comparable_config(config: RunConfig) -> str:
     """The config as YAML, without what may differ between an interrupted command and its re-run."""
     resolved = yaml.safe_load(config.to_yaml())
     resolved["output"].pop("overwrite", None)
+    resolved["eval"].pop("after_el", None)  # the evaluation after unlearning only, none of what was trained
     return yaml.safe_dump(resolved, sort_keys=True)
 
 

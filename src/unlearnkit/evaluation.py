@@ -33,7 +33,8 @@ from unlearnkit.progress import Progress
 
 
 def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
-                          label: str = "", thresholds: tuple[float, float] | None = None) -> dict[str, Any]:
+                          label: str = "", thresholds: tuple[float, float] | None = None,
+                          with_el: bool = True) -> dict[str, Any]:
     """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``.
 
     With ``thresholds = (τ_MA, τ_EL)`` only what the stopping rule "mean MA ≤ τ_MA and mean EL_n ≤ τ_EL"
@@ -42,12 +43,14 @@ def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, p
     highest MA first, and stops as soon as the running sum over all sequences proves the mean above τ_EL
     (each term is ≥ 0): ``el`` is then ``None`` and ``el_lower_bound`` / ``el_scored`` say how it was
     decided. When the criterion can be met, every sequence is scored and ``el`` is the full value.
+    ``with_el=False`` scores MA alone (``el`` is ``None``).
     """
-    with progress.status(f"{label}: MA and EL{config.el_n} on {len(blocks)} sequences", announce=False):
+    scored = f"MA and EL{config.el_n}" if with_el else "MA"
+    with progress.status(f"{label}: {scored} on {len(blocks)} sequences", announce=False):
         ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size)
         scores: dict[str, Any] = {"name": blocks.name, "sequences": len(blocks), "ma": float(ma.mean()), "el": None,
                                   "ma_per_sequence": [round(float(v), 6) for v in ma], "el_per_sequence": None}
-        if thresholds is not None and float(ma.mean()) > thresholds[0]:
+        if not with_el or (thresholds is not None and float(ma.mean()) > thresholds[0]):
             return scores
         el = _decided_el(model, blocks, ma, config, thresholds[1] if thresholds is not None else None, scores)
     if el is not None:
@@ -158,10 +161,12 @@ class ScoreCache:
 
 def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress: Progress,
                         label: str, tokenizer: Any = None, known: dict[str, Any] | None = None,
-                        data_dir: str | Path | None = None, cache: ScoreCache | None = None) -> dict[str, Any]:
+                        data_dir: str | Path | None = None, cache: ScoreCache | None = None,
+                        el_roles: tuple[str, ...] = ("forget", "validation", "retain")) -> dict[str, Any]:
     """Scores of every set by role (``forget``, ``validation``, ``retain``: what the model should keep), and
     the privacy checks of forget against held-out text; ``known`` supplies scores already measured on this
-    very model, ``cache`` those measured on the same weights before (and keeps the new ones)."""
+    very model, ``cache`` those measured on the same weights before (and keeps the new ones). The roles not in
+    ``el_roles`` get MA alone (``el`` is ``None``)."""
     snapshot: dict[str, Any] = dict(known or {})
     for role in ("forget", "validation", "retain"):
         blocks = getattr(sets, role)
@@ -173,8 +178,10 @@ def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress:
                           "score cache")
             snapshot[role] = cached
             continue
-        snapshot[role] = evaluate_memorization(model, blocks, config, progress, f"{label} · {role}")
-        if cache is not None:
+        with_el = role in el_roles
+        snapshot[role] = evaluate_memorization(model, blocks, config, progress, f"{label} · {role}",
+                                               with_el=with_el)
+        if cache is not None and with_el:  # the cache holds complete scores only
             cache.store(blocks, config, snapshot[role])
     if config.audit and sets.validation is not None:
         with progress.status(f"{label}: extraction attack and membership inference", announce=False):

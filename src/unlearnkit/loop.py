@@ -301,7 +301,9 @@ def run_unlearning(
     after_cache = (ScoreCache(cache_root() / "scores", model_fingerprint(model))
                    if config.eval.cache_scores and processes.main else None)
     after = (evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
-                                 known=known, data_dir=data_dir, cache=after_cache) if processes.main else {})
+                                 known=known, data_dir=data_dir, cache=after_cache,
+                                 el_roles=("forget",) if config.eval.after_el == "forget" else
+                                 ("forget", "validation", "retain")) if processes.main else {})
     timings["eval_after_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
     return RunResult(config, state, thresholds, before, after, timings, model=model, tokenizer=tokenizer,

@@ -45,21 +45,14 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
 
 def summary_rows(result: RunResult) -> list[tuple[str, str, str]]:
     n = result.config.eval.el_n
-    rows = [
-        ("forget MA", f"{result.before['forget']['ma']:.3f}", f"{result.after['forget']['ma']:.3f}"),
-        (f"forget EL{n}", f"{result.before['forget']['el']:.4f}", f"{result.after['forget']['el']:.4f}"),
-    ]
-    if "retain" in result.before:
-        rows += [
-            ("retain MA", f"{result.before['retain']['ma']:.3f}", f"{result.after['retain']['ma']:.3f}"),
-            (f"retain EL{n}", f"{result.before['retain']['el']:.4f}", f"{result.after['retain']['el']:.4f}"),
-        ]
-    if "validation" in result.before:
-        rows += [
-            ("held-out MA", f"{result.before['validation']['ma']:.3f}", f"{result.after['validation']['ma']:.3f}"),
-            (f"held-out EL{n}", f"{result.before['validation']['el']:.4f}",
-             f"{result.after['validation']['el']:.4f}"),
-        ]
+    rows = []
+    for role, name in (("forget", "forget"), ("retain", "retain"), ("validation", "held-out")):
+        if role not in result.before:
+            continue
+        before, after = result.before[role], result.after[role]
+        rows += [(f"{name} MA", f"{before['ma']:.3f}", f"{after['ma']:.3f}"),
+                 (f"{name} EL{n}", f"{before['el']:.4f}",
+                  "not scored (eval.after_el)" if after["el"] is None else f"{after['el']:.4f}")]
     if "privacy" in result.before:
         b, a = result.before["privacy"], result.after["privacy"]
         if "extraction_forget" in b:

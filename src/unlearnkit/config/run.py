@@ -218,6 +218,11 @@ class EvalConfig(Section):
                               "threshold (every term is >= 0); the epoch that meets the criterion, and the "
                               "before/after snapshots, get the full value. full: every epoch's full EL_n (a "
                               "complete per-epoch curve; EL of half-forgotten text is the dearest score of a run)")
+    after_el: Literal["all", "forget"] = Field(
+        "all", description="which sets get EL_n after unlearning. all: forget, held-out and retain sets; forget: "
+                           "the forget set only, the others MA only (EL_n of text the unlearned model no longer "
+                           "predicts decodes every prefix afresh: on a real model each set costs as much as the "
+                           "forget set's, and the held-out EL_n after unlearning is no column of the paper)")
     cache_scores: bool = Field(
         True, description="keep MA and EL_n measured before unlearning (held-out thresholds, forget set) and by "
                           "`attack` on every attacked copy in $UNLEARNKIT_CACHE/scores by model and data "

@@ -97,9 +97,8 @@ def demo_rows(result: DemoResult) -> list[tuple[str, ...]]:
     holdout = first.before.get("validation")
     if holdout is not None:
         rows.append((f"never seen ({holdout['sequences']}): MA / EL{n}", f"{holdout['ma']:.3f} / {holdout['el']:.3f}",
-                     *per_run(lambda r: (f"{r.result.after['validation']['ma']:.3f} / "
-                                         f"{r.result.after['validation']['el']:.3f}")
-                              if "validation" in r.result.after else "—")))
+                     *per_run(lambda r: _ma_el(r.result.after["validation"]) if "validation" in r.result.after
+                              else "—")))
     rows += [
         ("general-text perplexity", f"{result.before.perplexity:.2f}",
          *per_run(lambda r: f"{r.measured.perplexity:.2f}")),
@@ -244,3 +243,8 @@ def write_demo_outputs(result: DemoResult) -> None:
     plot_demo(result, out / "demo.png")
     atomic_write_text(out / "demo.md", render_demo_markdown(result))
     atomic_write_json(out / "demo.json", demo_document(result))
+
+
+def _ma_el(scores: dict[str, Any]) -> str:
+    el = "—" if scores["el"] is None else f"{scores['el']:.3f}"  # None: not scored (eval.after_el)
+    return f"{scores['ma']:.3f} / {el}"
