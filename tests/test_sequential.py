@@ -36,10 +36,13 @@ def test_two_requests_in_turn_and_the_first_still_forgotten_after_the_second(mem
                 "train.lr=0.1", "eval.audit=false", "eval.bootstrap=50", "train.epochs=6",
                 f"data.forget={{source: file, path: {files[0]}, per_document: true}}",
                 f"data.requests=[{{source: file, path: {files[1]}, per_document: true}}]"]
-    arguments = ["run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "-q",
+    arguments = ["run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"),
                  *[part for setting in settings for part in ("--set", setting)]]
     done = run_cli(*arguments)
     assert done.returncode == 0, done.stderr[-3000:]
+    # each request's run finds its set scored on its starting weights by the summary, and does not score it again
+    said = " ".join((done.stdout + done.stderr).split())
+    assert said.count("before · forget: MA and EL10 of these weights and sequences from the score cache") == 2
     summary = json.loads((out / "requests.json").read_text())
     # every request's set is scored as loaded and after every request, later ones too
     assert [e["request"] for e in summary["as_loaded"]] == [1, 2]

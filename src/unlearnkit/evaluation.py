@@ -21,7 +21,7 @@ import torch
 from unlearnkit.config import DownstreamConfig, EvalConfig, resolve_suite
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
-from unlearnkit.io import atomic_write_json
+from unlearnkit.io import atomic_write_json, cache_root
 from unlearnkit.metrics.memorization import (
     extraction_likelihood,
     extraction_likelihood_reference,
@@ -124,6 +124,11 @@ class ScoreCache:
     directory: Path
     model: str  # :func:`model_fingerprint`
 
+    @classmethod
+    def of(cls, model: torch.nn.Module, config: EvalConfig) -> ScoreCache | None:
+        """The cache of these weights in ``$UNLEARNKIT_CACHE/scores``; ``None`` when ``eval.cache_scores`` is off."""
+        return cls(cache_root() / "scores", model_fingerprint(model)) if config.cache_scores else None
+
     def _path(self, blocks: TokenBlocks, config: EvalConfig) -> Path:
         from unlearnkit.data.sources import dataset_fingerprint
 
@@ -159,6 +164,20 @@ class ScoreCache:
             atomic_write_json(self._downstream_path(options), scores)
 
 
+def cached_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress, label: str,
+                        cache: ScoreCache | None, with_el: bool = True) -> dict[str, Any]:
+    """:func:`evaluate_memorization` of ``blocks``, taken from ``cache`` when these weights scored them before,
+    and kept there otherwise (complete scores only: an MA-only score would pass for a complete one later)."""
+    cached = cache.load(blocks, config) if cache is not None else None
+    if cached is not None:
+        progress.note(f"{label}: MA and EL{config.el_n} of these weights and sequences from the score cache")
+        return cached
+    scores = evaluate_memorization(model, blocks, config, progress, label, with_el=with_el)
+    if cache is not None and with_el:
+        cache.store(blocks, config, scores)
+    return scores
+
+
 def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress: Progress,
                         label: str, tokenizer: Any = None, known: dict[str, Any] | None = None,
                         data_dir: str | Path | None = None, cache: ScoreCache | None = None,
@@ -172,17 +191,8 @@ def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress:
         blocks = getattr(sets, role)
         if blocks is None or role in snapshot:
             continue
-        cached = cache.load(blocks, config) if cache is not None else None
-        if cached is not None:
-            progress.note(f"{label} · {role}: MA and EL{config.el_n} of these weights and sequences from the "
-                          "score cache")
-            snapshot[role] = cached
-            continue
-        with_el = role in el_roles
-        snapshot[role] = evaluate_memorization(model, blocks, config, progress, f"{label} · {role}",
-                                               with_el=with_el)
-        if cache is not None and with_el:  # the cache holds complete scores only
-            cache.store(blocks, config, snapshot[role])
+        snapshot[role] = cached_memorization(model, blocks, config, progress, f"{label} · {role}", cache,
+                                             with_el=role in el_roles)
     if config.audit and sets.validation is not None:
         with progress.status(f"{label}: extraction attack and membership inference", announce=False):
             snapshot["privacy"] = privacy_checks(model, sets.forget, sets.validation, config, tokenizer)

@@ -29,9 +29,8 @@ from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot, model_fingerprint
+from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot
 from unlearnkit.flops import FlopTally
-from unlearnkit.io import cache_root
 from unlearnkit.metrics.perplexity import perplexity, sequence_logprobs
 from unlearnkit.metrics.thresholds import Thresholds
 from unlearnkit.modeling import (
@@ -87,8 +86,7 @@ def run_unlearning(
     target_modules = (resolve_target_modules(model, config.adapter.modules)
                       if config.adapter.name != "none" else [])
     # Scores of the model as loaded (thresholds, the forget set before) are the same in every run on it.
-    scores_cache = (ScoreCache(cache_root() / "scores", model_fingerprint(model))
-                    if config.eval.cache_scores and not saved and processes.main else None)
+    scores_cache = ScoreCache.of(model, config.eval) if not saved and processes.main else None
     model.to(accelerator.device)
     # What NPO and the KL retain term compare with: the model before unlearning. NPO needs only the forget rows'
     # sequence log-probabilities under it (computed once); the KL term its distribution on every retain batch.
@@ -298,8 +296,7 @@ def run_unlearning(
     known = {"forget": last_scores} if last_scores is not None and last_scores["el"] is not None else None
     # On a real model this evaluation takes most of an hour (EL of the held-out rows, the downstream suite); kept
     # by these weights, a run interrupted during it and resumed from its last checkpoint does not do it twice.
-    after_cache = (ScoreCache(cache_root() / "scores", model_fingerprint(model))
-                   if config.eval.cache_scores and processes.main else None)
+    after_cache = ScoreCache.of(model, config.eval) if processes.main else None
     after = (evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
                                  known=known, data_dir=data_dir, cache=after_cache,
                                  el_roles=("forget",) if config.eval.after_el == "forget" else

@@ -20,7 +20,7 @@ from typing import Any
 from unlearnkit.config import RunConfig
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.sources import load_blocks
-from unlearnkit.evaluation import evaluate_memorization
+from unlearnkit.evaluation import ScoreCache, cached_memorization
 from unlearnkit.io import atomic_write_json, atomic_write_text
 from unlearnkit.loop import run_unlearning
 from unlearnkit.modeling import LoadedModel, load_configured_model, load_model
@@ -54,9 +54,11 @@ def run_requests(config: RunConfig, *, quiet: bool = False, progress: Progress |
     atomic_write_json(Path(config.output.dir) / SUMMARY_JSON, summary)  # marks the directory as this sequence's
 
     def score_every_set(label: str) -> list[dict[str, Any]]:
-        # every request's set, later ones too: unlearning one set may already have removed another
-        return [evaluate_memorization(loaded.model, blocks, config.eval, progress, f"{label} · request {number}")
-                for number, blocks in enumerate(forget_sets, 1)]
+        # every request's set, later ones too: unlearning one set may already have removed another. Through the
+        # score cache, since each request's run scores its own set on the same weights before and after.
+        cache = ScoreCache.of(loaded.model, config.eval)
+        return [cached_memorization(loaded.model, blocks, config.eval, progress, f"{label} · request {number}",
+                                    cache) for number, blocks in enumerate(forget_sets, 1)]
 
     summary["as_loaded"] = [{"request": number, "ma": scores["ma"], "el": scores["el"]}
                             for number, scores in enumerate(score_every_set("as loaded"), 1)]

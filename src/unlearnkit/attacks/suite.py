@@ -27,8 +27,7 @@ from unlearnkit.attacks.relearn import recovery_fraction, relearn, split_forget_
 from unlearnkit.config import EvalConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
-from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot, model_fingerprint
-from unlearnkit.io import cache_root
+from unlearnkit.evaluation import ScoreCache, cached_memorization, evaluation_snapshot
 from unlearnkit.progress import Progress
 
 HELD_OUT_ROWS = "held-out (control)"
@@ -83,26 +82,13 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
     # the held-out rows' own MA and EL are not what an attack changes: scored once, for the snapshots' layout
     held_out = {"validation": {"name": holdout.name, "sequences": len(holdout)}}
 
-    def cache(candidate: Any) -> ScoreCache | None:
-        return ScoreCache(cache_root() / "scores", model_fingerprint(candidate)) if config.cache_scores else None
-
     def measure(candidate: Any, blocks: TokenBlocks, label: str, forget_scores: dict[str, Any] | None = None
                 ) -> dict[str, Any]:
         known = {**held_out, "forget": forget_scores} if forget_scores is not None else held_out
         snapshot = evaluation_snapshot(candidate, RunData(forget=blocks, validation=holdout), config, progress,
-                                       label=label, tokenizer=tokenizer, known=known, cache=cache(candidate))
+                                       label=label, tokenizer=tokenizer, known=known,
+                                       cache=ScoreCache.of(candidate, config))
         return {**summarise(snapshot), "forget_scores": snapshot["forget"]}
-
-    def held_out_scores(candidate: Any, label: str) -> dict[str, Any]:
-        memo = cache(candidate)
-        scores = memo.load(holdout, config) if memo is not None else None
-        if scores is not None:
-            progress.note(f"{label}: MA and EL{config.el_n} of these weights and sequences from the score cache")
-        else:
-            scores = evaluate_memorization(candidate, holdout, config, progress, label)
-            if memo is not None:
-                memo.store(holdout, config, scores)
-        return scores
 
     def add(attack: str, rows: str, scores: dict[str, Any], unlearned: dict[str, Any] | None,
             original: dict[str, Any] | None) -> None:
@@ -137,7 +123,8 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
         add(relearned, rest, measure(attacked, split.measured, "relearned"), unlearned_rest, original_rest)
         # the control: text never memorised; if its MA rises as much, relearning taught style, not the rows
         for attack, candidate in (("none (unlearned)", model), (relearned, attacked)):
-            scores = held_out_scores(candidate, f"held-out rows, {attack}")
+            scores = cached_memorization(candidate, holdout, config, progress, f"held-out rows, {attack}",
+                                         ScoreCache.of(candidate, config))
             result.rows.append({"attack": attack, "rows": HELD_OUT_ROWS, "ma": scores["ma"], "el": scores["el"],
                                 "sequences": len(holdout)})
         result.details["relearn"] = {"attack_rows": split.attack_rows, "measured_rows": split.measured_rows,
