@@ -265,7 +265,8 @@ def _cells(column: Column, mean: float | None, std: float | None, count: int) ->
 def _caption(rows: Sequence[Row]) -> str:
     finished = len(done_rows(rows))
     failed = len(rows) - finished
-    return (f"**Table 1.** {len(rows)} run{'' if len(rows) == 1 else 's'} ({finished} finished, {failed} failed with an error). Each cell is the "
+    runs = "1 run" if len(rows) == 1 else f"{len(rows)} runs"
+    return (f"**Table 1.** {runs} ({finished} finished, {failed} failed with an error). Each cell is the "
             f"mean ± standard deviation (n−1) over the method's successful runs, the k of Success k/n (n counts "
             f"every run of the method); one successful run shows its value alone, and {NO_VALUE} marks no "
             f"successful run or an unmeasured metric. EL10, MA, reasoning accuracy and dialogue F1 are "
