@@ -298,6 +298,17 @@ def test_figure_rank_draws_the_rank_sweep_with_mean_lines(rows):
     assert figure_rank([row for row in rows if row.get("rank") != 4]) is None
 
 
+def test_a_mean_line_breaks_where_every_run_of_the_method_failed(rows):
+    failed_at_4 = [{**row, "success": False} if row.get("adapter") == "flora" and row.get("method") == "gd"
+                   and row.get("rank") == 4 else row for row in rows]
+    ax = figure_rank(failed_at_4).axes[0]
+    mean = next(line for line in ax.lines if line.get_label() == "FLoRA: mean of successful runs")
+    at_rank_8 = [r["reasoning_acc"] * 100 for r in rows if r["method"] == "gd" and r["adapter"] == "flora"
+                 and r["rank"] == 8 and r.get("modules") == ["q", "v", "ffn"] and r.get("success")]
+    ys = np.asarray(mean.get_ydata(), dtype=float)
+    assert np.isnan(ys[0]) and ys[1] == pytest.approx(statistics.mean(at_rank_8))
+
+
 def test_figure_modules_orders_the_module_sets_like_the_paper(rows):
     figure = figure_modules(rows)
     assert figure is not None

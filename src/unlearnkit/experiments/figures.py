@@ -307,8 +307,9 @@ def _draw_method(ax: Axes, runs: list[Row], x_of: Callable[[Row], float | None],
         ax.scatter([place(x) for x, _ in lost], [y for _, y in lost], marker="x", color=colour, zorder=3,
                    label=f"{label}: not successful")
     if with_means and won:
-        xs = sorted({x for x, _ in won})
-        means = [statistics.fmean(y for x, y in won if x == at) for at in xs]
+        # a gap where this method's runs all failed: a line across it would claim a mean that does not exist
+        xs = sorted({x for x, _, _ in points})
+        means = [statistics.fmean(ys) if (ys := [y for x, y in won if x == at]) else math.nan for at in xs]
         ax.plot([place(x) for x in xs], means, "-", color=colour, linewidth=1.5,
                 label=f"{label}: mean of successful runs")
 
