@@ -9,6 +9,7 @@ weights must equal the reference's bit for bit (CPU) and its per-epoch history t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from conftest import REPO, cli_env, memorised_run_config, memorised_run_overrides, run_cli
 from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.io import claim_holder, claimed
 from unlearnkit.loop import run_unlearning
 from unlearnkit.outputs import write_run_outputs
 
@@ -72,6 +74,7 @@ def test_a_killed_and_interrupted_run_resumes_bit_identical(memorized_model_dir,
     command = ["run", str(CONFIG), "--quiet", *_overrides(memorized_model_dir, out)]
     killed = _start(*command)
     _wait_for_epoch(checkpoints, 1, killed)
+    assert claim_holder(out)["pid"] == killed.pid  # while it runs, no other run writes there
     time.sleep(0.15)  # into the next epoch (or its checkpoint): any moment must do
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
@@ -118,6 +121,11 @@ def test_a_checkpoint_of_another_configuration_is_refused_not_replaced(memorized
     # how the evaluation after unlearning is scored changes nothing that was trained: that checkpoint resumes
     lighter = config.model_copy(update={"eval": config.eval.model_copy(update={"after_el": "forget"})})
     assert Checkpoints.of(lighter).resumable(lighter) == saved
+    # while another process writes the directory, neither resuming nor --restart touches its checkpoint
+    with claimed(out):
+        busy = run_cli("run", str(CONFIG), "--restart", *_overrides(memorized_model_dir, out))
+    assert busy.returncode == 2 and f"being written by process {os.getpid()}" in busy.stderr, busy.stderr
+    assert Checkpoints.of(config).latest() == saved and not out.exists()
     refused = run_cli("run", "--resume", str(tmp_path / "elsewhere"))
     assert refused.returncode == 2 and "no checkpoint" in refused.stderr and "Traceback" not in refused.stderr
 

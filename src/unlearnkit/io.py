@@ -4,19 +4,24 @@ A file is written under a temporary name beside its target and renamed into plac
 assembled in a hidden staging directory beside its target and renamed into place. Either way a
 crash, a full disk or Ctrl-C leaves the target as it was. Everything here creates ordinary files
 (permissions from the umask), never the 0600/0700 of ``mkstemp``/``mkdtemp``. A symbolic link is swapped
-the same way (:func:`atomic_symlink`).
+the same way (:func:`atomic_symlink`). One process at a time writes a directory: :func:`claimed` holds it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from unlearnkit.errors import UnlearnkitError
 
 
 def cache_root() -> Path:
@@ -150,3 +155,80 @@ def atomic_symlink(link: str | os.PathLike[str], target: str) -> None:
         os.replace(temp, link)
     finally:
         temp.unlink(missing_ok=True)
+
+
+class ClaimedElsewhere(UnlearnkitError):
+    """Another live process holds the claim on a directory; ``holder`` says which (host, pid, since)."""
+
+    def __init__(self, directory: Path, claim: Path, holder: dict[str, Any]) -> None:
+        self.directory, self.claim, self.holder = directory, claim, holder
+        self.holder_text = describe_holder(holder)
+        super().__init__(f"{directory} is being written by {self.holder_text}; wait for it to finish, or write "
+                         "to another directory.")
+
+
+@contextmanager
+def claimed(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the claim on ``directory`` for the block, so that no other process writes it meanwhile.
+
+    The claim is ``.NAME.claim`` beside the directory, locked with ``flock``: the kernel releases the lock
+    when its process ends, however it ends, so a killed run never leaves a claim behind that blocks the
+    next one. The file records who holds it, for the message of :class:`ClaimedElsewhere`, raised at once
+    when another live process holds the claim. It is removed when the block ends.
+    """
+    final = Path(directory).expanduser().resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.parent / f".{final.name}.claim"
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _claim_holder(descriptor)
+            os.close(descriptor)
+            raise ClaimedElsewhere(final, path, holder) from None
+        try:  # the holder before us may have removed the file after we opened it: then lock the new one
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    try:
+        since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since}).encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: whoever locks the old file next sees it is gone
+        os.close(descriptor)
+
+
+def claim_holder(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Who holds the claim on ``directory`` (host, pid, since; ``{}`` if unknown), or None when no process does."""
+    final = Path(directory).expanduser().resolve()
+    try:
+        descriptor = os.open(final.parent / f".{final.name}.claim", os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _claim_holder(descriptor)
+    finally:
+        os.close(descriptor)
+    return None
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """A claim's holder in words: "process PID on HOST since TIME"."""
+    if not holder:
+        return "another process"
+    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+
+
+def _claim_holder(descriptor: int) -> dict[str, Any]:
+    try:
+        holder = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}

@@ -6,15 +6,18 @@ The directory is assembled in a hidden staging directory and moved into place on
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from unlearnkit.checkpoints import Checkpoints
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.io import atomic_write_json, atomic_write_text, remove_stale_staging, staged_directory
+from unlearnkit.io import atomic_write_json, atomic_write_text, claimed, remove_stale_staging, staged_directory
 from unlearnkit.reports import metrics_document, package_versions, render_report
 from unlearnkit.results import RunResult
 
@@ -32,6 +35,17 @@ def check_output_dir(config: RunConfig) -> Path:
     continuing = bool(config.data.requests) and (directory / "requests.json").is_file()
     return check_output_path(config.output.dir, run_inputs(config), overwrite=config.output.overwrite or continuing,
                              option="output.dir")
+
+
+@contextmanager
+def claim_output_dir(config: RunConfig) -> Iterator[None]:
+    """Hold the run's output directory (its checkpoints and outputs) against every other process for the block
+    (:func:`unlearnkit.io.claimed`); raises :class:`unlearnkit.io.ClaimedElsewhere` when another run holds it.
+    Of the processes of one distributed run (``RANK``, set by ``accelerate launch`` and ``torchrun``) only the
+    first claims, as only it writes."""
+    first = os.environ.get("RANK", "0") == "0"
+    with claimed(config.output.dir) if first else nullcontext():
+        yield
 
 
 def check_output_path(path: str | Path, inputs: list[Path], *, overwrite: bool, option: str) -> Path:

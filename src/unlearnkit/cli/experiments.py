@@ -35,9 +35,13 @@ def sweep(
                   f"{len(points)}.", markup=False, highlight=False)
     if dry_run:
         from unlearnkit.experiments.sweep import failure_file
+        from unlearnkit.io import claim_holder, describe_holder
 
         for point in points:
+            holder = claim_holder(plan.output / point.name)
             state = ("done" if (plan.output / point.name / "run.json").is_file() else
+                     f"running: {describe_holder(holder)}"
+                     if holder is not None else
                      "failed before" if failure_file(plan, point).is_file() else "to run")
             console.print(f"  {point.name}  [{state}]", markup=False, highlight=False)
         return
@@ -49,7 +53,9 @@ def sweep(
 
     outcome = run_sweep(plan, points, quiet=True, say=lambda line: console.print(line, markup=False,
                                                                                   highlight=False))
-    end_of_batch(f"{len(outcome.ran)} run, {len(outcome.skipped)} already done, {len(outcome.failed)} failed; "
+    elsewhere = f", {len(outcome.elsewhere)} running elsewhere" if outcome.elsewhere else ""
+    end_of_batch(f"{len(outcome.ran)} run, {len(outcome.skipped)} already done{elsewhere}, "
+                 f"{len(outcome.failed)} failed; "
                  f"results in {plan.output / RESULTS_JSONL}", list(outcome.failed),
                  f"point(s) failed ({{names}}); the reasons are in {plan.output}/NAME.failed.json and results.jsonl. "
                  "Fix them and run the sweep again.")

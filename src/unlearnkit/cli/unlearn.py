@@ -38,7 +38,7 @@ def run(
     """Unlearn the forget set of CONFIG and write the model, adapter, metrics and report."""
     from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
     from unlearnkit.config import load_config
-    from unlearnkit.outputs import write_run_outputs
+    from unlearnkit.outputs import claim_output_dir
     from unlearnkit.preflight import check_run
 
     if resume is not None:
@@ -53,6 +53,14 @@ def run(
         overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
         cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
     output_dir = check_run(cfg)  # every problem, before any expensive work
+    with claim_output_dir(cfg):  # a second run into the same directory is refused while this one writes it
+        _unlearn(cfg, output_dir, restart=restart, quiet=quiet)
+
+
+def _unlearn(cfg: Any, output_dir: Path, *, restart: bool, quiet: bool) -> None:
+    from unlearnkit.checkpoints import Checkpoints
+    from unlearnkit.outputs import write_run_outputs
+
     checkpoints = Checkpoints.of(cfg) if cfg.output.checkpoint else None
     if restart and checkpoints is not None:
         checkpoints.discard()

@@ -5,7 +5,9 @@ from its checkpoint (:mod:`unlearnkit.checkpoints`); one that failed is tried ag
 recorded in ``NAME.failed.json`` beside the points, and the sweep goes on. After every point the results of
 all points on disk are collected again into ``results.jsonl`` and ``results.csv`` (one row per point, the
 columns of :mod:`unlearnkit.experiments.report`), so several invocations (``--shard i/k``: other processes
-or machines on the same directory) add up, and the report can be made at any time.
+or machines on the same directory) add up, and the report can be made at any time. A point is claimed while it
+runs (:func:`unlearnkit.outputs.claim_output_dir`), so invocations that overlap pass by the points another one
+holds instead of writing them twice.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import yaml
 from unlearnkit.config import build_config
 from unlearnkit.config.sweep import Sweep, SweepPoint
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.io import atomic_write_json, atomic_write_text
+from unlearnkit.io import ClaimedElsewhere, atomic_write_json, atomic_write_text
 
 RESULTS_JSONL, RESULTS_CSV = "results.jsonl", "results.csv"
 CSV_COLUMNS = ("name", "status", "model", "method", "adapter", "rank", "modules", "forget", "seed", "lr", "success",
@@ -39,6 +41,7 @@ class SweepOutcome:
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)  # held by another invocation while this one passed by
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -53,7 +56,7 @@ def run_sweep(sweep: Sweep, points: list[SweepPoint], *, quiet: bool = True,
     from unlearnkit.config import load_config
     from unlearnkit.loop import run_unlearning
     from unlearnkit.modeling import load_configured_model
-    from unlearnkit.outputs import check_output_dir, write_run_outputs
+    from unlearnkit.outputs import check_output_dir, claim_output_dir, write_run_outputs
 
     outcome = SweepOutcome()
     held: dict[str, Any] = {}  # the last model loaded, reused by the next point on it (each run copies it)
@@ -65,16 +68,24 @@ def run_sweep(sweep: Sweep, points: list[SweepPoint], *, quiet: bool = True,
         started = time.perf_counter()
         try:
             config = load_config(point.config, point.overrides)
-            check_output_dir(config)
-            key = config.model.model_dump_json()
-            if key not in held:
-                held.clear()
-                held[key] = load_configured_model(config.model)
-            result = run_unlearning(config, loaded=held[key], quiet=quiet, checkpoints=Checkpoints.of(config))
-            write_run_outputs(result)
+            with claim_output_dir(config):
+                if (sweep.output / point.name / "run.json").is_file():  # finished by another process meanwhile
+                    outcome.skipped.append(point.name)
+                    say("    already done")
+                    continue
+                check_output_dir(config)
+                key = config.model.model_dump_json()
+                if key not in held:
+                    held.clear()
+                    held[key] = load_configured_model(config.model)
+                result = run_unlearning(config, loaded=held[key], quiet=quiet, checkpoints=Checkpoints.of(config))
+                write_run_outputs(result)
             failure_file(sweep, point).unlink(missing_ok=True)
             outcome.ran.append(point.name)
             say(f"    {result.state.stop_reason} ({time.perf_counter() - started:.0f} s)")
+        except ClaimedElsewhere as elsewhere:  # another invocation is running this point: go on to the next
+            outcome.elsewhere.append(point.name)
+            say(f"    running elsewhere ({elsewhere.holder_text})")
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # recorded, and the sweep goes on
