@@ -66,9 +66,6 @@ def check_output_path(path: str | Path, inputs: list[Path], *, overwrite: bool, 
             raise UnlearnkitError(f"The output directory {directory} is not a previous unlearnkit output (it has "
                                   f"no run.json), so it will not be replaced; choose another {option}.")
     _check_creatable(directory, option)
-    for stale in remove_stale_staging(directory):
-        warnings.warn(f"Removed {stale}, left behind by an earlier run that was killed while writing.",
-                      stacklevel=2)
     return directory
 
 
@@ -115,6 +112,11 @@ def write_run_outputs(result: RunResult) -> Path:
 
     config = result.config
     final = check_output_dir(config)
+    # only under the directory's claim (claim_output_dir): on a shared filesystem a staging directory whose
+    # process is not alive here may belong to a live process on another machine
+    for stale in remove_stale_staging(final):
+        warnings.warn(f"Removed {stale}, left behind by an earlier run that was killed while writing.",
+                      stacklevel=2)
     adapter = config.adapter.name
     if adapter != "none" and result.merged:
         raise ValueError("the adapter was already merged into the model; write the outputs before plain_model()")

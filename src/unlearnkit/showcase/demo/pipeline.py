@@ -29,7 +29,7 @@ from rich.console import Console
 from unlearnkit.config import RunConfig, build_config
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.evaluation import evaluate_memorization
-from unlearnkit.io import atomic_write_text
+from unlearnkit.io import atomic_write_text, claimed
 from unlearnkit.loop import run_unlearning
 from unlearnkit.metrics.perplexity import general_text, general_text_blocks, perplexity
 from unlearnkit.modeling import LoadedModel, load_model, train_byte_bpe_tokenizer
@@ -179,13 +179,17 @@ def run_demo(output_dir: Path, settings: DemoSettings | None = None, *, compare:
     """Steps 1-3 (see the module docstring); writes demo.md, demo.png and demo.json next to the run's report."""
     settings = settings or DemoSettings()
     settings.check()
+    output_dir = Path(output_dir).expanduser()
+    # refused before the (minutes of) memorising: a file, a folder of the user's, an uncreatable path
+    check_output_path(output_dir, [cache_root().resolve()], overwrite=True, option="--output")
     threads = torch.get_num_threads()
     if settings.tiny:
         # A tiny model's matrices are too small to share between threads: one thread is several times
         # faster, above all on a busy machine.
         torch.set_num_threads(1)
     try:
-        return _run_demo(output_dir, settings, compare, quiet, console)
+        with claimed(output_dir):  # a second demo into the same directory is refused while this one writes it
+            return _run_demo(output_dir, settings, compare, quiet, console)
     finally:
         torch.set_num_threads(threads)
 
@@ -194,9 +198,6 @@ def _run_demo(output_dir: Path, settings: DemoSettings, compare: bool, quiet: bo
               console: Console | None) -> DemoResult:
     console = console or Console(emoji=False, quiet=quiet)
     progress = Progress(console=console, quiet=quiet)
-    output_dir = Path(output_dir).expanduser()
-    # refused before the (minutes of) memorising: a file, a folder of the user's, an uncreatable path
-    check_output_path(output_dir, [cache_root().resolve()], overwrite=True, option="--output")
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
