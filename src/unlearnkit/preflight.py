@@ -25,7 +25,7 @@ def check_run(config: RunConfig) -> Path:
     """The run's output directory when nothing is wrong; else one :class:`UnlearnkitError` listing every
     problem (one sentence and line each)."""
     from unlearnkit.data.catalog import resolve_data_dir
-    from unlearnkit.data.sources import check_user_file
+    from unlearnkit.data.files import check_user_file
     from unlearnkit.outputs import check_output_dir
 
     problems: list[str] = []

@@ -58,7 +58,8 @@ def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_
     if el_n + 1 > seq_len:
         raise UnlearnkitError(f"EL{el_n} needs sequences of at least {el_n + 1} tokens but --seq-len is {seq_len}; "
                               "lower --n or raise --seq-len.")
-    from unlearnkit.data.sources import check_user_file, load_blocks, resolve_data_dir
+    from unlearnkit.data.files import check_user_file
+    from unlearnkit.data.sources import load_blocks, resolve_data_dir
     from unlearnkit.modeling import load_model
 
     specs = [parse_source(text) for text in sources]  # bad input fails before the model loads

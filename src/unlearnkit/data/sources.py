@@ -21,11 +21,8 @@ Every source gives ``ids`` naming each block in its source (TDEC row, CSV ``doc_
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +36,7 @@ import torch
 from unlearnkit.config.sources import SourceConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import TDEC_OFFICIAL_MD5, ensure_file, resolve_data_dir
+from unlearnkit.data.files import read_csv, read_jsonl, read_text, user_path
 from unlearnkit.errors import UnlearnkitError, unknown_name
 
 if TYPE_CHECKING:
@@ -158,7 +156,7 @@ def _load_tdec_source(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
 
 def _jang_blocks(spec: SourceConfig, ctx: _Context, relative: str) -> TokenBlocks:
     path = ensure_file(ctx.data_dir, relative)
-    records = _read_csv(path, "doc_id")
+    records = read_csv(path, "doc_id")
     table = load_tdec(ctx.data_dir, "train")
     try:
         doc_ids = [int(record["doc_id"]) for record in records]
@@ -194,7 +192,7 @@ def load_documents(name: str, data_dir: str | Path, limit: int | None = None) ->
     """The non-empty documents of :data:`DOCUMENT_SETS` ``name`` in file order (the first ``limit``)."""
     if name not in DOCUMENT_SETS:
         raise unknown_name("document set", name, DOCUMENT_SETS)
-    docs = [record["text"] for record in _read_csv(ensure_file(data_dir, DOCUMENT_SETS[name]), "text")]
+    docs = [record["text"] for record in read_csv(ensure_file(data_dir, DOCUMENT_SETS[name]), "text")]
     docs = [doc for doc in docs if doc]
     return docs if limit is None else docs[:limit]
 
@@ -210,18 +208,18 @@ def _load_jang_csv_text(name: str) -> Callable[[SourceConfig, _Context], TokenBl
 def _load_wikitext2(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
     path = ensure_file(ctx.data_dir, f"text/wikitext-2/{spec.split or 'valid'}.txt")
     # The whole split is one document, as in the usual WikiText-2 perplexity evaluation.
-    return _text_blocks([_read_text(path)], spec, ctx, str(path))
+    return _text_blocks([read_text(path)], spec, ctx, str(path))
 
 
 def _load_file(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
-    path = _user_path(str(spec.path), ctx.data_dir)
+    path = user_path(str(spec.path), ctx.data_dir)
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        docs = [_read_text(path)]
+        docs = [read_text(path)]
     elif suffix == ".jsonl":
-        docs = _read_jsonl(path, spec.text_field)
+        docs = read_jsonl(path, spec.text_field)
     else:
-        docs = [record[spec.text_field] for record in _read_csv(path, spec.text_field)]
+        docs = [record[spec.text_field] for record in read_csv(path, spec.text_field)]
     if spec.per_document:
         return _document_blocks(docs, spec, ctx, str(path))
     return _text_blocks(docs, spec, ctx, str(path))
@@ -244,81 +242,6 @@ def _document_blocks(docs: Sequence[str], spec: SourceConfig, ctx: _Context, whe
         [encoded[i] for i in chosen], spec.label(), pad_id=ctx.pad_id, ids=[f"doc{i}" for i in chosen],
         seq_len=length,
     )
-
-
-def _user_path(path: str, data_dir: Path) -> Path:
-    """A user path as given (relative to the working directory), else relative to the data dir."""
-    candidate = Path(path).expanduser()
-    if candidate.is_file():
-        return candidate
-    if not candidate.is_absolute() and (data_dir / candidate).is_file():
-        return data_dir / candidate
-    if candidate.is_dir():
-        raise UnlearnkitError(f"The data path {candidate} is a directory; give the path of a .txt, .jsonl or .csv "
-                              "file in it.")
-    raise UnlearnkitError(f"The data file {candidate} does not exist; check the path in the source's 'path'.")
-
-
-def check_user_file(path: str, data_dir: str | Path) -> Path:
-    """The file a ``file`` source reads, refused before any work when it is missing, a directory, unreadable
-    or empty."""
-    found = _user_path(path, Path(data_dir))
-    if not os.access(found, os.R_OK):
-        raise UnlearnkitError(f"The data file {found} cannot be read (no permission); make it readable or copy it.")
-    if found.stat().st_size == 0:
-        raise UnlearnkitError(f"The data file {found} is empty; give a file with text in it.")
-    return found
-
-
-def _read_text(path: Path) -> str:
-    try:
-        # utf-8-sig: files saved by some Windows editors start with a byte-order mark.
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UnlearnkitError(
-            f"{path} is not valid UTF-8 (byte {exc.start}); re-save it as UTF-8 text."
-        ) from exc
-
-
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    docs = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UnlearnkitError(
-                f"{path} line {number} is not valid JSON ({exc.msg}); fix that line."
-            ) from exc
-        if not isinstance(record, dict):
-            raise UnlearnkitError(f"{path} line {number} is not a JSON object; write one object per line.")
-        if field not in record:
-            available = ", ".join(sorted(record)) or "none"
-            raise UnlearnkitError(
-                f"{path} line {number} has no field '{field}' (fields: {available}); "
-                "set text_field to one of them."
-            )
-        if not isinstance(record[field], str):
-            raise UnlearnkitError(
-                f"{path} line {number}: field '{field}' is not a string; store the text as a string."
-            )
-        docs.append(record[field])
-    return docs
-
-
-def _read_csv(path: Path, column: str) -> list[dict[str, str]]:
-    # Pile and WikiText rows can exceed the csv module's default 128 KiB field limit.
-    csv.field_size_limit(2**31 - 1)
-    text = _read_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    fields = reader.fieldnames or []
-    if column not in fields:
-        available = ", ".join(f for f in fields if f) or "none"
-        raise UnlearnkitError(
-            f"{path} has no column '{column}' (columns: {available}); set text_field to one of them."
-        )
-    return list(reader)
 
 
 def _text_blocks(docs: Sequence[str], spec: SourceConfig, ctx: _Context, where: str) -> TokenBlocks:
@@ -392,7 +315,7 @@ LOADERS: dict[str, Callable[[SourceConfig, _Context], TokenBlocks]] = {
 
 
 __all__ = [
-    "DOCUMENT_SETS", "LOADERS", "check_user_file", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer",
+    "DOCUMENT_SETS", "LOADERS", "dataset_fingerprint", "ensure_file", "is_gpt2_tokenizer",
     "load_blocks", "load_documents", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir",
 ]
 
