@@ -180,7 +180,8 @@ def _caption(records: Sequence[Record], quantisations: list[str]) -> str:
     mixed = " (the plans differ between runs: see each attack.json)" if len(plans) > 1 else ""
     quantised = (f"; quantisation rounds the weights ({', '.join(quantisations)}), of the merged model and, in "
                  f"brackets, of the base alone under the adapter kept in full precision" if quantisations else "")
-    return (f"**Attacks.** {len(records)} attacked runs: {relearn}{quantised}{mixed}. Recovery is the share of "
+    runs = f"{len(records)} attacked run" + ("s" if len(records) != 1 else "")
+    return (f"**Attacks.** {runs}: {relearn}{quantised}{mixed}. Recovery is the share of "
             f"what unlearning removed that came back (0 nothing, 1 everything; negative: the attack removed "
             f"more); it needs the run's scores before unlearning. Success: the run met its forgetting criterion.")
 
