@@ -63,3 +63,19 @@ def test_a_sweep_passes_by_the_points_another_invocation_is_running(tmp_path, mo
     assert outcome.elsewhere == ["lr-0.05", "lr-0.1"] and not outcome.ran and not outcome.failed
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["results.csv", "results.jsonl"]
     assert (tmp_path / "sweep" / "results.jsonl").read_text() == ""
+
+
+def test_attacking_a_sweep_passes_by_the_runs_another_invocation_is_attacking(tmp_path):
+    from unlearnkit.experiments.attack_table import attack_runs
+
+    runs, output, attacked = [tmp_path / "sweep" / "a", tmp_path / "sweep" / "b"], tmp_path / "attacks", []
+
+    def attack_one(run):
+        attacked.append(run.name)
+        return {"model": str(run), "plan": {}, "rows": []}, f"attacked {run.name}"
+
+    with claimed(output / "a"):
+        outcome = attack_runs(runs, output, attack_one)
+    assert attacked == ["b"] and outcome.elsewhere == ["a"] and outcome.ran == ["b"]
+    assert (output / "b" / "attack.json").is_file() and not (output / "a").exists()
+    assert attack_runs(runs, output, attack_one).ran == ["a"] and attacked == ["b", "a"]  # released: attacked now

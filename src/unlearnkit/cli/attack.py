@@ -85,8 +85,9 @@ def attack(
 
         outcome = attack_runs(sweep_runs, output, lambda run: attack_one(str(run)),
                               say=lambda line: console.print(line, markup=False, highlight=False))
-        end_of_batch(f"{len(outcome.ran)} attacked, {len(outcome.skipped)} already attacked, {len(outcome.failed)} "
-                     f"failed; the table is {output / TABLE_FILE}", list(outcome.failed),
+        elsewhere = f", {len(outcome.elsewhere)} being attacked elsewhere" if outcome.elsewhere else ""
+        end_of_batch(f"{len(outcome.ran)} attacked, {len(outcome.skipped)} already attacked{elsewhere}, "
+                     f"{len(outcome.failed)} failed; the table is {output / TABLE_FILE}", list(outcome.failed),
                      f"run(s) could not be attacked ({{names}}); the reasons are in {output}/NAME.failed.json. Fix "
                      "them and run the command again.")
         return

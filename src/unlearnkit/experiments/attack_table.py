@@ -20,7 +20,7 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiments.figures import method_label, ordered_labels
 from unlearnkit.experiments.report import marked_page, replace_section, section_folder
 from unlearnkit.experiments.sweep import SweepOutcome
-from unlearnkit.io import atomic_write_json, atomic_write_text
+from unlearnkit.io import ClaimedElsewhere, atomic_write_json, atomic_write_text, claimed
 
 __all__ = ["ATTACK_FILE", "attack_runs", "read_attack_records", "attack_table_markdown",
            "holds_attack_records", "write_attack_report", "update_page_with_attacks"]
@@ -35,7 +35,8 @@ def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Pa
                 say: Callable[[str], None] = lambda _: None) -> SweepOutcome:
     """Attack each run directory with ``attack_one`` (returning the record and its Markdown) into
     ``output/NAME/``; runs already attacked there are skipped, so the command can be run again until all are
-    done. A failing run is recorded in ``output/NAME.failed.json`` and the others go on. The attack table of
+    done; a run another invocation is attacking is passed by (its claim, :func:`unlearnkit.io.claimed`). A
+    failing run is recorded in ``output/NAME.failed.json`` and the others go on. The attack table of
     everything attacked so far is rewritten into ``output/attacks.md`` after each run."""
     outcome = SweepOutcome()
     for number, run_dir in enumerate(run_dirs, 1):
@@ -45,7 +46,17 @@ def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Pa
             continue
         say(f"[{number}/{len(run_dirs)}] {run_dir.name}")
         try:
-            record, markdown = attack_one(run_dir)
+            with claimed(target):  # another invocation attacking this run: pass it by
+                if (target / ATTACK_FILE).is_file():  # attacked by another invocation meanwhile
+                    outcome.skipped.append(run_dir.name)
+                    continue
+                record, markdown = attack_one(run_dir)
+                atomic_write_json(target / ATTACK_FILE, record)
+                atomic_write_text(target / "attack.md", markdown + "\n")
+        except ClaimedElsewhere as elsewhere:
+            outcome.elsewhere.append(run_dir.name)
+            say(f"    running elsewhere ({elsewhere.holder_text})")
+            continue
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # recorded, and the other runs go on
@@ -54,8 +65,6 @@ def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Pa
             atomic_write_json(failure, {"run": str(run_dir), "error": message})
             say(f"    FAILED: {message}")
             continue
-        atomic_write_json(target / ATTACK_FILE, record)
-        atomic_write_text(target / "attack.md", markdown + "\n")
         failure.unlink(missing_ok=True)
         outcome.ran.append(run_dir.name)
         atomic_write_text(output / TABLE_FILE, attack_table_markdown(read_attack_records(output)) + "\n")
