@@ -61,7 +61,7 @@ def _row(label: str, forget: str, rank: int | None, modules: list[str] | None, r
         "dialogue_f1": rng.uniform(0.02, 0.10), "dialogue_f1_before": 0.094,
         "pile_ppl": rng.uniform(18, 600), "pile_ppl_before": 17.8,
         "flops": {"train": 1e14, "flora_init": 0.0, "criterion": 1e13, "total": rng.uniform(1e13, 1e16)},
-        "tokens": {"train": 6400}, "seconds": {"total": 12.5}, "output_dir": f"runs/{name}",
+        "tokens": {"train": 6400}, "seconds": {"total": 12.5}, "output_dir": f"runs/sweeps/table1/{name}",
     }
 
 
@@ -337,11 +337,13 @@ def test_update_page_replaces_only_its_section(tmp_path, rows):
         assert "old table" not in text and text.count("| GD |") == 1
     assert "](results/tdec/figure2_compute.png)" in text
     assert (page.parent / "results" / "tdec" / "figure2_compute.png").read_bytes().startswith(b"\x89PNG")
+    # named after the folder the sweep wrote its runs into, wherever its results.jsonl is read from
+    assert "Results of the sweep in `table1` (results.jsonl)." in text
     # the results travel with the page: regenerating the section from the copy gives the same section
     copied = page.parent / "results" / "tdec"
     assert (copied / "results.jsonl").read_text() == (results / "results.jsonl").read_text()
     update_page(page, "tdec", copied)
-    assert page.read_text(encoding="utf-8").replace("`tdec`", "`sweep`") == text
+    assert page.read_text(encoding="utf-8") == text
 
 
 def test_update_page_without_markers_says_to_add_them(tmp_path, report):

@@ -162,7 +162,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, sel
     out = Path(out_dir) if out_dir is not None else results / "report"
     written = write_table1(rows, out)
     body, figures = _report_body(rows, results, out, link_prefix="", select=select)
-    report = atomic_write_text(out / "report.md", f"# Unlearning report: {results.resolve().name}\n\n{body}\n")
+    report = atomic_write_text(out / "report.md", f"# Unlearning report: {sweep_name(rows, results)}\n\n{body}\n")
     return [*written, *figures, report]
 
 
@@ -262,6 +262,13 @@ def _cells(column: Column, mean: float | None, std: float | None, count: int) ->
     return {column.key: text, f"{column.key}_mean": mean, f"{column.key}_std": std, f"{column.key}_count": count}
 
 
+def sweep_name(rows: Sequence[Row], results: Path) -> str:
+    """The folder the sweep wrote its runs into, read from the runs' own output directories, so that a copy of
+    its results (a page's ``results/SECTION/``) reports under the sweep's name; else ``results``' own name."""
+    parents = {Path(str(row["output_dir"])).parent.name for row in rows if row.get("output_dir")}
+    return parents.pop() if len(parents) == 1 and "" not in parents else results.resolve().name
+
+
 def _caption(rows: Sequence[Row]) -> str:
     finished = len(done_rows(rows))
     failed = len(rows) - finished
@@ -278,7 +285,7 @@ def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_pref
                  select: str | None = None) -> tuple[str, list[Path]]:
     """The Markdown shared by report.md and a page section; saves the figures into ``figure_dir``."""
     chosen = "" if select is None else f", the runs named like `{select}`"
-    parts = [f"Results of the sweep in `{results.resolve().name}` ({RESULTS_FILE}{chosen}).", "",
+    parts = [f"Results of the sweep in `{sweep_name(rows, results)}` ({RESULTS_FILE}{chosen}).", "",
              table1_markdown(rows)]
     written, skipped = [], []
     for made in paper_figures(rows):
