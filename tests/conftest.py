@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +155,33 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
-    """``args`` (a module run with -m, or a script) under torchrun on CPU, one thread per process."""
+def torchrun_command(*args: str, processes: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``args`` (a module run with -m, or a script) under torchrun on CPU,
+    one thread per process."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                f"--master_port={free_port()}", *args]
-    env = {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    return command, {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
+    """``args`` under torchrun (:func:`torchrun_command`), to the end."""
+    command, env = torchrun_command(*args, processes=processes)
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def wait_for_checkpoint(output_dir: Path, epoch: int, process: subprocess.Popen[str]) -> int:
+    """Block until the run writing ``output_dir`` has a checkpoint at or after ``epoch`` (or its process ended,
+    an error); return the checkpoint's epoch."""
+    from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
+
+    checkpoints = Checkpoints(checkpoint_dir(output_dir))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        saved = checkpoints.latest()
+        if saved is not None and saved.epoch >= epoch:
+            return saved.epoch
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint after epoch {epoch}: {process.communicate()}")
 
 
 def accelerate_launch(config: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:

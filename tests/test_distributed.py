@@ -2,22 +2,35 @@
 
 The same run on 2 processes with ``train.batch_size`` rows each must match 1 process with twice the rows per
 step (the same effective batch): same stopping epoch, same scores, the same adapter within float tolerance;
-the Fisher of FLoRA split over the processes must equal the single-process one; one process writes.
+the Fisher of FLoRA split over the processes must equal the single-process one; one process writes; a
+killed 2-process run resumes from its checkpoint as if never interrupted.
 FSDP and mixed precision: tests/test_fsdp.py.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DISTRIBUTED_CONFIG, assert_same_run, distributed_settings, torchrun
+from conftest import (
+    DISTRIBUTED_CONFIG,
+    assert_same_run,
+    distributed_settings,
+    run_cli,
+    torchrun,
+    torchrun_command,
+    wait_for_checkpoint,
+)
 from distributed_fisher import fisher_inputs
 from unlearnkit.adapters.fisher import empirical_fisher
+from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
 from unlearnkit.parallel import SINGLE, Processes
 
 pytestmark = pytest.mark.integration
@@ -84,3 +97,45 @@ def test_two_processes_train_as_one_with_the_same_effective_batch_and_one_writes
     assert double.stdout.count("Outputs in") == 1
 
 
+
+
+@pytest.mark.slow  # three runs on 2 processes (about a minute): `make test-slow`
+def test_a_killed_two_process_run_resumes_on_two_processes_as_if_never_interrupted(memorized_model_dir, tmp_path):
+    # 1 row per process and step, 2 steps an epoch, 3 steps an update: each process's partial gradients cross
+    # the epoch ends, and LoRA dropout draws from each process's own RNG
+    def command(out: Path) -> list[str]:
+        return ["-m", "unlearnkit.cli", "run", str(CONFIG), "--quiet", *distributed_settings(
+            memorized_model_dir, out, 4, 1, 2, ("train.epochs=6", "train.grad_accum=3", "adapter.dropout=0.1",
+                                                "eval.early_stop=false"))]
+
+    reference = torchrun(*command(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out = tmp_path / "run"
+    launch, env = torchrun_command(*command(out))
+    killed = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_checkpoint(out, 1, killed)
+    time.sleep(0.1)  # into the next epoch (or its checkpoint): any moment must do
+    # torchrun and both processes (each in a session of its own), at once, as a scheduler's kill would
+    for process in [*psutil.Process(killed.pid).children(recursive=True), psutil.Process(killed.pid)]:
+        process.kill()
+    killed.communicate()
+    checkpoints = Checkpoints(checkpoint_dir(out))
+    saved = checkpoints.latest()
+    assert not out.exists() and saved is not None and (saved.directory / "loop-1.safetensors").is_file()
+
+    # on one process each step would take other rows: refused before any work, the checkpoint kept
+    alone = run_cli(*command(out)[2:])  # the same command without torchrun
+    assert alone.returncode == 2, alone.stderr
+    assert "of this run on 2 processes and this one has 1 process" in " ".join(alone.stderr.split())
+    assert checkpoints.latest() == saved
+
+    resumed = torchrun(*command(out))
+    assert resumed.returncode == 0, resumed.stderr[:3000]
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (out, tmp_path / "reference"))
+    assert ours["resumed_after_epochs"] == [saved.epoch] and saved.epoch >= 1
+    assert ([{k: v for k, v in r.items() if k != "elapsed_s"} for r in ours["epochs"]]
+            == [{k: v for k, v in r.items() if k != "elapsed_s"} for r in theirs["epochs"]])
+    mine, uninterrupted = (load_file(d / "adapter/adapter_model.safetensors") for d in (out, tmp_path / "reference"))
+    assert mine.keys() == uninterrupted.keys() and all(torch.equal(mine[k], uninterrupted[k]) for k in mine)
+    assert not checkpoint_dir(out).exists()

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, cli_env, memorised_run_config, memorised_run_overrides, run_cli
+from conftest import REPO, cli_env, memorised_run_config, memorised_run_overrides, run_cli, wait_for_checkpoint
 from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import claim_holder, claimed
@@ -47,17 +47,6 @@ def _start(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=cli_env())
 
 
-def _wait_for_epoch(checkpoints: Checkpoints, epoch: int, process: subprocess.Popen[str]) -> int:
-    """Block until a checkpoint at or after ``epoch`` exists (or the process ended); return its epoch."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        saved = checkpoints.latest()
-        if saved is not None and saved.epoch >= epoch:
-            return saved.epoch
-        time.sleep(0.02)
-    raise AssertionError(f"no checkpoint after epoch {epoch}: {process.communicate()}")
-
-
 def _history(metrics: dict) -> list[dict]:
     return [{k: v for k, v in record.items() if k != "elapsed_s"} for record in metrics["epochs"]]
 
@@ -73,7 +62,7 @@ def test_a_killed_and_interrupted_run_resumes_bit_identical(memorized_model_dir,
     checkpoints = Checkpoints(checkpoint_dir(out))
     command = ["run", str(CONFIG), "--quiet", *_overrides(memorized_model_dir, out)]
     killed = _start(*command)
-    _wait_for_epoch(checkpoints, 1, killed)
+    wait_for_checkpoint(out, 1, killed)
     assert claim_holder(out)["pid"] == killed.pid  # while it runs, no other run writes there
     time.sleep(0.15)  # into the next epoch (or its checkpoint): any moment must do
     killed.send_signal(signal.SIGKILL)
@@ -83,7 +72,7 @@ def test_a_killed_and_interrupted_run_resumes_bit_identical(memorized_model_dir,
     # The same command again continues from the checkpoint; Ctrl-C saves nothing new but says how to resume.
     # (9 epochs: on a loaded machine the poll below may see epoch 3 late, and the run must still be going.)
     again = _start(*command)
-    saved_epoch = _wait_for_epoch(checkpoints, 3, again)
+    saved_epoch = wait_for_checkpoint(out, 3, again)
     again.send_signal(signal.SIGINT)
     _, stderr = again.communicate(timeout=120)
     assert again.returncode == 130, stderr

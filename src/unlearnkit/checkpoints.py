@@ -10,6 +10,7 @@ what the next epoch needs and nothing more:
   scheduler state, every RNG state and accelerate's gradient-accumulation step;
 * ``loop.safetensors``: the loop's batch-order generator, gradients part-way through an accumulation,
   and FLoRA's initial factors, from which the residual base ``W − B₀A₀`` is re-derived bit for bit;
+  on several processes (DDP) ``loop-K.safetensors`` holds process K's own partial gradients;
 * ``state.json``: the run's state (epoch, history, warnings), the snapshot before unlearning, the
   thresholds and the other numbers the loop carries from epoch to epoch; ``config.yaml``: the config.
 
@@ -17,12 +18,19 @@ Resuming loads the model as a fresh run does and then replaces every piece of st
 so the resumed run continues with the same weights, batches and random numbers as an uninterrupted
 run: on a CPU the final weights are bit-identical. :func:`unlearnkit.outputs.write_run_outputs`
 removes the checkpoint once the outputs are in place.
+
+On several processes every process writes its part (accelerate's RNG state of each process, the main one
+the weights and optimiser, each its gradients) into the main process's staging directory, and the main one
+names it once all are done. A checkpoint resumes only on as many processes as saved it: each process takes
+``train.batch_size`` rows a step, so another count would train another run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +48,22 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: finding and ch
     import torch
 
     from unlearnkit.metrics.thresholds import Thresholds
+    from unlearnkit.parallel import Processes
 
 LATEST = "latest.json"
 LOOP_TENSORS = "loop.safetensors"
 # accelerate's file names for the first model's weights (SAFE_MODEL_NAME) and the RNG states
 MODEL_WEIGHTS = "model.safetensors"
+
+
+def loop_tensors_file(process: int) -> str:
+    """The loop's tensors of process ``process``: the main one's (all of them) or another's gradients."""
+    return LOOP_TENSORS if process == 0 else f"loop-{process}.safetensors"
+
+
+def launched_processes() -> int:
+    """How many processes this run was launched on (``WORLD_SIZE``, set by ``accelerate launch`` and ``torchrun``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -82,10 +101,16 @@ class Saved:
         values["ma_ci"], values["el_ci"] = tuple(values["ma_ci"]), tuple(values["el_ci"])
         return Thresholds(**values)
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    @property
+    def processes(self) -> int:
+        """How many processes saved it (checkpoints from before that was recorded: one)."""
+        return int(self.payload.get("processes", 1))
+
+    def tensors(self, process: int = 0) -> dict[str, torch.Tensor]:
+        """The loop's tensors that process ``process`` saved (:func:`loop_tensors_file`)."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.directory / LOOP_TENSORS))
+        return load_file(str(self.directory / loop_tensors_file(process)))
 
 
 class Checkpoints:
@@ -126,12 +151,14 @@ class Checkpoints:
                                   "run its config instead.")
         return build_config(yaml.safe_load((saved.directory / "config.yaml").read_text(encoding="utf-8")))
 
-    def resumable(self, config: RunConfig) -> Saved | None:
-        """The latest checkpoint when it was written by a run of ``config``; ``None`` when there is none.
+    def resumable(self, config: RunConfig, processes: int | None = None) -> Saved | None:
+        """The latest checkpoint when it was written by a run of ``config`` on ``processes`` processes (default:
+        as many as this one was launched on); ``None`` when there is none.
 
         A checkpoint of another configuration is refused rather than silently replaced: it may hold hours
         of training.
         """
+        processes = launched_processes() if processes is None else processes
         saved = self.latest()
         if saved is None:
             return None
@@ -141,37 +168,55 @@ class Checkpoints:
                 f"{self.directory} holds a checkpoint (after epoch {saved.epoch}) of a run with another "
                 f"configuration; resume it with `unlearnkit run --resume {config.output.dir}`, or pass --restart "
                 "to discard it and start afresh.")
+        if saved.processes != processes:
+            raise UnlearnkitError(
+                f"{self.directory} holds a checkpoint (after epoch {saved.epoch}) of this run on "
+                f"{_count(saved.processes)} and this one has {_count(processes)}; each process takes "
+                f"train.batch_size rows a step, so resume it on {_count(saved.processes)}, or pass --restart to "
+                "discard it and start afresh.")
         return saved
 
     def save(self, epoch: int, config: RunConfig, accelerator: Any, payload: dict[str, Any],
-             tensors: dict[str, torch.Tensor]) -> Saved:
-        """Save the state after ``epoch`` and make it the latest checkpoint; older ones are removed after."""
+             tensors: dict[str, torch.Tensor], processes: Processes | None = None) -> Saved:
+        """Save the state after ``epoch`` and make it the latest checkpoint; older ones are removed after.
+        On several processes every one of them calls this together, with its own ``tensors``."""
         from safetensors.torch import save_file
 
+        from unlearnkit.parallel import SINGLE
+
+        processes = processes or SINGLE
         name = f"epoch-{epoch}"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(self.directory / name)
+        payload = {**payload, "processes": processes.count}
+        if processes.main:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            remove_stale_staging(self.directory / name)
         handle = accelerator.register_save_state_pre_hook(_keep_trainable_weights)
         try:
-            with staged_directory(self.directory / name, replace=True) as staging:
-                accelerator.save_state(str(staging))
+            with (staged_directory(self.directory / name, replace=True) if processes.main
+                  else contextlib.nullcontext(None)) as main_staging:
+                staging = Path(processes.on_main(lambda: str(main_staging)))
+                accelerator.save_state(str(staging))  # the main process's weights and optimiser, each one's RNG
                 save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-                          str(staging / LOOP_TENSORS))
-                atomic_write_json(staging / "state.json", payload)
-                atomic_write_text(staging / "config.yaml", config.to_yaml())
+                          str(staging / loop_tensors_file(processes.index)))
+                if processes.main:
+                    atomic_write_json(staging / "state.json", payload)
+                    atomic_write_text(staging / "config.yaml", config.to_yaml())
+                processes.wait()  # every process's part is written before the main one names the directory
         finally:
             handle.remove()
-        atomic_write_json(self.directory / LATEST, {"epoch": epoch, "directory": name})
-        for older in self.directory.glob("epoch-*"):
-            if older.name != name:
-                shutil.rmtree(older, ignore_errors=True)
+        if processes.main:
+            atomic_write_json(self.directory / LATEST, {"epoch": epoch, "directory": name})
+            for older in self.directory.glob("epoch-*"):
+                if older.name != name:
+                    shutil.rmtree(older, ignore_errors=True)
         return Saved(self.directory / name, epoch, payload)
 
     def restore(self, saved: Saved, accelerator: Any, model: torch.nn.Module) -> None:
         """Load the trainable weights, optimiser, scheduler, RNG states and accumulation step of ``saved``."""
         from safetensors import safe_open
 
-        expected = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+        # accelerate saves and loads the model it wrapped (DDP's keys would carry "module.")
+        expected = sorted(n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad)
         with safe_open(str(saved.directory / MODEL_WEIGHTS), framework="pt") as stored:
             found = sorted(stored.keys())
         if found != expected:
@@ -197,6 +242,10 @@ def _keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[st
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         for key in [k for k in state if k not in trainable]:
             del state[key]
+
+
+def _count(processes: int) -> str:
+    return "1 process" if processes == 1 else f"{processes} processes"
 
 
 def _read_pointer(pointer: Path) -> Any:

@@ -40,7 +40,7 @@ from unlearnkit.modeling import (
     resolve_target_modules,
 )
 from unlearnkit.objectives import Method, get_method, unlearning_loss
-from unlearnkit.parallel import Processes, WholeModel, refuse_sharded_weights
+from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_sharded_weights
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.training import OptimisationStep
@@ -65,10 +65,10 @@ def run_unlearning(
     processes = Processes.of(accelerator)
     console = (console or Console(emoji=False, quiet=quiet)) if processes.main else Console(emoji=False, quiet=True)
     progress = Progress(console=console, quiet=quiet or not processes.main)
-    if checkpoints is not None and processes.count > 1:
-        progress.note("Checkpoints are not saved on several processes yet; an interrupted run starts afresh.")
+    if checkpoints is not None and not checkpoints_supported(accelerator):
+        progress.note("Checkpoints are not saved under FSDP or DeepSpeed yet; an interrupted run starts afresh.")
         checkpoints = None
-    saved = checkpoints.resumable(config) if checkpoints is not None else None
+    saved = checkpoints.resumable(config, processes.count) if checkpoints is not None else None
     timings: dict[str, float] = dict(saved.payload["timings"]) if saved else {}
     started = time.perf_counter() - (saved.payload["elapsed_s"] if saved else 0.0)
 
@@ -176,9 +176,8 @@ def run_unlearning(
     if saved:
         assert checkpoints is not None
         checkpoints.restore(saved, accelerator, model)
-        loop_tensors = saved.tensors()
-        generator.set_state(loop_tensors["generator"])
-        _restore_grads(named_trainable, _prefixed(loop_tensors, "grad/"))
+        generator.set_state(saved.tensors()["generator"])  # the main process's: the same on every process
+        _restore_grads(named_trainable, _prefixed(saved.tensors(processes.index), "grad/"))
         check_before, last_scores = saved.payload["check_before"], saved.payload["last_scores"]
     else:
         evaluated = whole.of(model)
@@ -190,13 +189,14 @@ def run_unlearning(
     def save_checkpoint() -> None:
         if checkpoints is None:
             return
-        tensors = {"generator": generator.get_state(),
-                   **{f"grad/{n}": p.grad for n, p in named_trainable.items() if p.grad is not None},
-                   **{f"flora/{k}": v for k, v in flora_initial.items()}}
+        # every process's own gradients part-way through an accumulation; what all share, from the main one
+        tensors = {f"grad/{n}": p.grad for n, p in named_trainable.items() if p.grad is not None}
+        if processes.main:
+            tensors.update({"generator": generator.get_state(), **{f"flora/{k}": v for k, v in flora_initial.items()}})
         checkpoints.save(state.epoch, config, accelerator, state_payload(
             state, thresholds, before=before, adapter_summary=adapter_summary, check_before=check_before,
             last_scores=last_scores, timings=timings, elapsed_s=time.perf_counter() - started,
-            data_fingerprints=fingerprints), tensors)
+            data_fingerprints=fingerprints), tensors, processes)
 
     if not saved:
         save_checkpoint()

@@ -68,6 +68,11 @@ class Processes:
         summed = self.sum({k: torch.tensor([v], dtype=torch.float64, device=device) for k, v in values.items()})
         return {k: float(v.item()) / self.count for k, v in summed.items()}
 
+    def wait(self) -> None:
+        """Wait until every process has come here (a barrier); nothing to wait for on one process."""
+        if self.count > 1:
+            self.accelerator.wait_for_everyone()
+
     def on_main(self, compute: Callable[[], T]) -> T:
         """``compute()`` run on the main process only, and its value on every process."""
         if self.count == 1:
@@ -95,6 +100,14 @@ def refuse_sharded_weights(accelerator: Any) -> None:
                               "main process with the whole model; launch with FSDP (configs/accelerate/fsdp.yaml), "
                               "which shards the weights too, or DeepSpeed ZeRO-2 (configs/accelerate/"
                               "deepspeed-zero2.yaml).")
+
+
+def checkpoints_supported(accelerator: Any) -> bool:
+    """Whether a run saves checkpoints under this launch: on one process and under DDP, where every process
+    holds the whole trainable state; not yet under FSDP or DeepSpeed, whose states are sharded."""
+    from accelerate.utils import DistributedType
+
+    return not shards_weights(accelerator) and accelerator.distributed_type != DistributedType.DEEPSPEED
 
 
 def shards_weights(accelerator: Any) -> bool:

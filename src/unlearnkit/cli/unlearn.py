@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,12 +81,8 @@ def _unlearn(cfg: Any, output_dir: Path, *, restart: bool, quiet: bool) -> None:
     try:
         result = run_unlearning(cfg, console=console, quiet=quiet, checkpoints=checkpoints)
     except KeyboardInterrupt:
-        saved = checkpoints.latest() if checkpoints is not None else None
-        if saved is None:
-            error_line("Interrupted before the first checkpoint; nothing was saved, run the command again.")
-        else:
-            done = f"after epoch {saved.epoch}" if saved.epoch else "after set-up, before the first epoch"
-            error_line(f"Interrupted; the run is saved {done}. Resume it with: unlearnkit run --resume {output_dir}")
+        if os.environ.get("RANK", "0") == "0":  # of a distributed run's processes, the first one says it
+            _say_interrupted(checkpoints, output_dir)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if result.main_process:  # on several processes (accelerate launch, torchrun) the main one writes and says
         with Progress(console=console, quiet=quiet).status("Writing outputs"):
@@ -106,6 +103,15 @@ def _unlearn(cfg: Any, output_dir: Path, *, restart: bool, quiet: bool) -> None:
         PartialState().wait_for_everyone()
     if code != EXIT_OK:
         raise typer.Exit(code)  # the same code on every process
+
+
+def _say_interrupted(checkpoints: Any, output_dir: Path) -> None:
+    saved = checkpoints.latest() if checkpoints is not None else None
+    if saved is None:
+        error_line("Interrupted before the first checkpoint; nothing was saved, run the command again.")
+    else:
+        done = f"after epoch {saved.epoch}" if saved.epoch else "after set-up, before the first epoch"
+        error_line(f"Interrupted; the run is saved {done}. Resume it with: unlearnkit run --resume {output_dir}")
 
 
 def _run_requests(cfg: Any, quiet: bool) -> None:
