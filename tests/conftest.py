@@ -184,12 +184,39 @@ def wait_for_checkpoint(output_dir: Path, epoch: int, process: subprocess.Popen[
     raise AssertionError(f"no checkpoint after epoch {epoch}: {process.communicate()}")
 
 
-def accelerate_launch(config: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
-    """``accelerate launch --config_file CONFIG`` of tests/distributed_fsdp.py on CPU, one thread per process."""
+def accelerate_launch_command(config: Path, *args: str, processes: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of ``accelerate launch --config_file CONFIG ARGS`` on CPU, one thread per
+    process."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                f"--num_processes={processes}", f"--main_process_port={free_port()}", *args]
-    env = {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    return command, {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+
+
+def accelerate_launch(config: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch`` (:func:`accelerate_launch_command`; of tests/distributed_fsdp.py, say), to the end."""
+    command, env = accelerate_launch_command(config, *args, processes=processes)
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def kill_after_checkpoint(command: list[str], env: dict[str, str], output_dir: Path, epoch: int = 1) -> None:
+    """Launch ``command`` (a run writing ``output_dir``, on one or several processes) and kill it with every
+    process it started (workers run in sessions of their own), at once, as a scheduler would, soon after its
+    checkpoint after ``epoch``."""
+    import psutil
+
+    launched = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_checkpoint(output_dir, epoch, launched)
+    time.sleep(0.1)  # into the next epoch (or its checkpoint): any moment must do
+    for process in [*psutil.Process(launched.pid).children(recursive=True), psutil.Process(launched.pid)]:
+        process.kill()
+    launched.communicate()
+
+
+def same_history(ours: Path, theirs: Path) -> bool:
+    """Whether two runs' per-epoch records (all but the wall time) are equal."""
+    records = [[{k: v for k, v in r.items() if k != "elapsed_s"} for r in json.loads((d / "metrics.json").read_text())
+                ["epochs"]] for d in (ours, theirs)]
+    return records[0] == records[1]
 
 
 def distributed_settings(model_dir: Path, out: Path, forget_rows: int, batch: int, retain_batch: int,

@@ -2,7 +2,8 @@
 
 FSDP shards every weight, so the main process evaluates and writes a whole copy the shards are gathered
 into (:class:`unlearnkit.parallel.WholeModel`); the run must match one process with the same effective
-batch, and a run wrecked under FSDP must be restored on every shard. A separate file from
+batch (with its checkpoints saved: saving must not change the training), a run wrecked under FSDP must be
+restored on every shard, and a killed one resumed from its sharded state as if never interrupted. A separate file from
 tests/test_distributed.py so that the two share the test workers.
 """
 
@@ -21,10 +22,14 @@ from conftest import (
     DISTRIBUTED_CONFIG,
     REPO,
     accelerate_launch,
+    accelerate_launch_command,
     assert_same_run,
     cli_env,
     distributed_settings,
+    kill_after_checkpoint,
+    same_history,
 )
+from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +84,29 @@ def test_accelerates_bf16_mixed_precision_trains_fp32_adapters_under_autocast(me
         assert mine["loss"] != fp32["loss"] and mine["loss"] == pytest.approx(fp32["loss"], rel=1e-2)
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     assert {str(value.dtype) for value in adapter.values()} == {"torch.float32"}  # the trained weights stay fp32
+
+
+@pytest.mark.slow  # two runs under FSDP (about a minute): `make test-slow`
+def test_a_killed_fsdp_run_resumes_from_its_sharded_state_as_if_never_interrupted(memorized_model_dir, tmp_path):
+    # each process's shard of the partial gradients crosses the epoch ends (2 steps an epoch, 3 an update)
+    def command(out: Path) -> tuple[list[str], dict[str, str]]:
+        return accelerate_launch_command(FSDP_CONFIG, "--mixed_precision=no", str(TESTS / "distributed_fsdp.py"),
+                                         "run", str(CONFIG), "--quiet", *distributed_settings(
+                                             memorized_model_dir, out, 4, 1, 2,
+                                             ("train.epochs=6", "train.grad_accum=3", "eval.early_stop=false")))
+
+    launch, env = command(tmp_path / "reference")
+    reference = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "run"
+    kill_after_checkpoint(*command(out), out)
+    saved = Checkpoints(checkpoint_dir(out)).latest()
+    assert not out.exists() and saved is not None and (saved.directory / "loop-1.safetensors").is_file()
+
+    launch, env = command(out)
+    resumed = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[:3000]
+    assert json.loads((out / "metrics.json").read_text())["resumed_after_epochs"] == [saved.epoch]
+    assert same_history(out, tmp_path / "reference")
+    mine, uninterrupted = (load_file(d / "adapter/adapter_model.safetensors") for d in (out, tmp_path / "reference"))
+    assert mine.keys() == uninterrupted.keys() and all(torch.equal(mine[k], uninterrupted[k]) for k in mine)

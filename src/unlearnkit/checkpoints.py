@@ -10,7 +10,7 @@ what the next epoch needs and nothing more:
   scheduler state, every RNG state and accelerate's gradient-accumulation step;
 * ``loop.safetensors``: the loop's batch-order generator, gradients part-way through an accumulation,
   and FLoRA's initial factors, from which the residual base ``W − B₀A₀`` is re-derived bit for bit;
-  on several processes (DDP) ``loop-K.safetensors`` holds process K's own partial gradients;
+  on several processes ``loop-K.safetensors`` holds process K's own partial gradients (under FSDP its shard);
 * ``state.json``: the run's state (epoch, history, warnings), the snapshot before unlearning, the
   thresholds and the other numbers the loop carries from epoch to epoch; ``config.yaml``: the config.
 
@@ -217,8 +217,11 @@ class Checkpoints:
 
         # accelerate saves and loads the model it wrapped (DDP's keys would carry "module.")
         expected = sorted(n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad)
-        with safe_open(str(saved.directory / MODEL_WEIGHTS), framework="pt") as stored:
-            found = sorted(stored.keys())
+        weights = saved.directory / MODEL_WEIGHTS
+        found = expected  # under FSDP accelerate saves every weight in its own format, and loads it strictly
+        if weights.is_file():
+            with safe_open(str(weights), framework="pt") as stored:
+                found = sorted(stored.keys())
         if found != expected:
             raise UnlearnkitError(f"The checkpoint in {saved.directory} holds other trainable weights than this run "
                                   "has (the model or adapter changed); pass --restart to start afresh.")
@@ -238,6 +241,8 @@ def _keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[st
                             output_dir: str) -> None:
     # accelerate saves each model's whole state dict; only the trainable weights change during a run
     # (the frozen ones are re-loaded from the model, and FLoRA's residual base re-derived).
+    if not weights:  # FSDP: accelerate saves the sharded models itself, every weight
+        return
     for model, state in zip(models, weights, strict=True):
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         for key in [k for k in state if k not in trainable]:

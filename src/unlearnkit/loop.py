@@ -40,7 +40,15 @@ from unlearnkit.modeling import (
     resolve_target_modules,
 )
 from unlearnkit.objectives import Method, get_method, unlearning_loss
-from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_sharded_weights
+from unlearnkit.parallel import (
+    Processes,
+    WholeModel,
+    checkpoints_supported,
+    keep_sharded_gradients,
+    like_sharded,
+    local_part,
+    refuse_sharded_weights,
+)
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.training import OptimisationStep
@@ -62,11 +70,12 @@ def run_unlearning(
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
     # On several processes (accelerate launch, torchrun) only the main one logs, evaluates and writes.
     refuse_sharded_weights(accelerator)
+    keep_sharded_gradients(accelerator)
     processes = Processes.of(accelerator)
     console = (console or Console(emoji=False, quiet=quiet)) if processes.main else Console(emoji=False, quiet=True)
     progress = Progress(console=console, quiet=quiet or not processes.main)
     if checkpoints is not None and not checkpoints_supported(accelerator):
-        progress.note("Checkpoints are not saved under FSDP or DeepSpeed yet; an interrupted run starts afresh.")
+        progress.note("Checkpoints are not saved under DeepSpeed yet; an interrupted run starts afresh.")
         checkpoints = None
     saved = checkpoints.resumable(config, processes.count) if checkpoints is not None else None
     timings: dict[str, float] = dict(saved.payload["timings"]) if saved else {}
@@ -189,8 +198,12 @@ def run_unlearning(
     def save_checkpoint() -> None:
         if checkpoints is None:
             return
+        if whole.sharded and not step.optimizer.state:
+            # Under FSDP torch builds the optimiser's state dict by taking a zero-lr step when there is no state
+            # yet; that step would count in every later Adam update. So the first checkpoint follows the first update.
+            return
         # every process's own gradients part-way through an accumulation; what all share, from the main one
-        tensors = {f"grad/{n}": p.grad for n, p in named_trainable.items() if p.grad is not None}
+        tensors = {f"grad/{n}": local_part(p.grad) for n, p in named_trainable.items() if p.grad is not None}
         if processes.main:
             tensors.update({"generator": generator.get_state(), **{f"flora/{k}": v for k, v in flora_initial.items()}})
         checkpoints.save(state.epoch, config, accelerator, state_payload(
@@ -407,7 +420,7 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 def _restore_grads(params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor]) -> None:
     # Gradients part-way through an accumulation (train.grad_accum > 1) carry over an epoch's end.
     for name, param in params.items():
-        param.grad = grads[name].to(param.device) if name in grads else None
+        param.grad = like_sharded(grads[name], param) if name in grads else None
 
 
 def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
