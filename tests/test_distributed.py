@@ -29,6 +29,7 @@ from conftest import (
 from distributed_fisher import fisher_inputs
 from unlearnkit.adapters.fisher import empirical_fisher
 from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
+from unlearnkit.io import claimed
 from unlearnkit.parallel import SINGLE, Processes
 
 pytestmark = pytest.mark.integration
@@ -128,3 +129,17 @@ def test_a_killed_two_process_run_resumes_on_two_processes_as_if_never_interrupt
     mine, uninterrupted = (load_file(d / "adapter/adapter_model.safetensors") for d in (out, tmp_path / "reference"))
     assert mine.keys() == uninterrupted.keys() and all(torch.equal(mine[k], uninterrupted[k]) for k in mine)
     assert not checkpoint_dir(out).exists()
+
+
+@pytest.mark.slow  # one launch on 2 processes: `make test-slow`
+def test_restart_on_two_processes_leaves_the_checkpoint_of_a_run_still_writing_it(memorized_model_dir, tmp_path):
+    # the first process is refused by the claim; the second, which holds no claim, must not remove anything
+    out = tmp_path / "run"
+    checkpoint = checkpoint_dir(out)
+    checkpoint.mkdir()
+    (checkpoint / "latest.json").write_text('{"epoch": 3, "directory": "epoch-3"}')
+    with claimed(out):
+        launched = torchrun("-m", "unlearnkit.cli", "run", str(CONFIG), "--quiet", "--restart",
+                            *distributed_settings(memorized_model_dir, out, 4, 2, 2))
+    assert launched.returncode != 0 and "is being written by" in " ".join(launched.stderr.split())
+    assert (checkpoint / "latest.json").read_text() == '{"epoch": 3, "directory": "epoch-3"}'

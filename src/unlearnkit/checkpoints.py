@@ -66,6 +66,12 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_first() -> bool:
+    """Whether this is the first (or only) process of its launch (``RANK``): the one that claims the output
+    directory, and the only one that removes or checks a checkpoint before the processes have met."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def checkpoint_dir(output_dir: str | Path) -> Path:
     """Where the run writing ``output_dir`` keeps its checkpoint: ``.NAME.checkpoint`` beside it."""
     output = Path(output_dir).expanduser().resolve()

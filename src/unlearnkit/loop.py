@@ -77,7 +77,9 @@ def run_unlearning(
     if checkpoints is not None and not checkpoints_supported(accelerator):
         progress.note("Checkpoints are not saved under DeepSpeed yet; an interrupted run starts afresh.")
         checkpoints = None
-    saved = checkpoints.resumable(config, processes.count) if checkpoints is not None else None
+    # read by the main process, which holds the claim and has removed a checkpoint --restart discards
+    saved = (processes.on_main(lambda: checkpoints.resumable(config, processes.count)) if checkpoints is not None
+             else None)
     timings: dict[str, float] = dict(saved.payload["timings"]) if saved else {}
     started = time.perf_counter() - (saved.payload["elapsed_s"] if saved else 0.0)
 

@@ -6,7 +6,6 @@ The directory is assembled in a hidden staging directory and moved into place on
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import warnings
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from unlearnkit.checkpoints import Checkpoints
+from unlearnkit.checkpoints import Checkpoints, launched_first
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write_json, atomic_write_text, claimed, remove_stale_staging, staged_directory
@@ -43,8 +42,7 @@ def claim_output_dir(config: RunConfig) -> Iterator[None]:
     (:func:`unlearnkit.io.claimed`); raises :class:`unlearnkit.io.ClaimedElsewhere` when another run holds it.
     Of the processes of one distributed run (``RANK``, set by ``accelerate launch`` and ``torchrun``) only the
     first claims, as only it writes."""
-    first = os.environ.get("RANK", "0") == "0"
-    with claimed(config.output.dir) if first else nullcontext():
+    with claimed(config.output.dir) if launched_first() else nullcontext():
         yield
 
 

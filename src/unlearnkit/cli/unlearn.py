@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,13 +58,15 @@ def run(
 
 
 def _unlearn(cfg: Any, output_dir: Path, *, restart: bool, quiet: bool) -> None:
-    from unlearnkit.checkpoints import Checkpoints
+    from unlearnkit.checkpoints import Checkpoints, launched_first
     from unlearnkit.outputs import write_run_outputs
 
     checkpoints = Checkpoints.of(cfg) if cfg.output.checkpoint else None
-    if restart and checkpoints is not None:
-        checkpoints.discard()
-    if checkpoints is not None:
+    # Of a distributed run's processes only the first, which holds the claim, touches the checkpoint before the
+    # run starts: another launch's second process must not remove the checkpoint of a run still writing it.
+    if checkpoints is not None and launched_first():
+        if restart:
+            checkpoints.discard()
         checkpoints.resumable(cfg)  # a checkpoint of another configuration is refused here, before any work
     from unlearnkit.loop import run_unlearning
     from unlearnkit.progress import Progress
@@ -81,7 +82,7 @@ def _unlearn(cfg: Any, output_dir: Path, *, restart: bool, quiet: bool) -> None:
     try:
         result = run_unlearning(cfg, console=console, quiet=quiet, checkpoints=checkpoints)
     except KeyboardInterrupt:
-        if os.environ.get("RANK", "0") == "0":  # of a distributed run's processes, the first one says it
+        if launched_first():  # of a distributed run's processes, the first one says it
             _say_interrupted(checkpoints, output_dir)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if result.main_process:  # on several processes (accelerate launch, torchrun) the main one writes and says
