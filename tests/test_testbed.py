@@ -31,6 +31,7 @@ def tiny_testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # builds the testbed (~45 s): `make test-slow`; benchmarks/paper_mini.py builds it too
 def test_tiny_testbed_memorizes_its_pool_and_not_held_out_text(tiny_testbed: Path) -> None:
     manifest = read_manifest(tiny_testbed)
     assert (tiny_testbed / "model" / "config.json").is_file()
@@ -48,6 +49,7 @@ def test_tiny_testbed_memorizes_its_pool_and_not_held_out_text(tiny_testbed: Pat
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the testbed build above
 def test_forget_sets_are_disjoint_pool_slices(tiny_testbed: Path) -> None:
     manifest = read_manifest(tiny_testbed)
     sets = forget_set_sources(manifest, 3)
@@ -59,6 +61,7 @@ def test_forget_sets_are_disjoint_pool_slices(tiny_testbed: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the testbed build above
 def test_print_path_reuses_the_cache(tiny_testbed: Path) -> None:
     result = CliRunner().invoke(app, ["testbed", "build", "--size", "tiny", "--print-path", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -109,12 +109,6 @@ def eval_(
 ) -> None:
     """What a model knows: reasoning accuracy (lm-eval), dialogue F1 and perplexity, as in the paper's Table 1."""
     from unlearnkit.config import DownstreamConfig
-    from unlearnkit.data.catalog import resolve_data_dir
-    from unlearnkit.evaluation import downstream_scores
-    from unlearnkit.io import atomic_write_json, atomic_write_text
-    from unlearnkit.modeling import load_model
-    from unlearnkit.progress import Progress
-    from unlearnkit.reports import kept_table, render_kept_markdown
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
@@ -124,6 +118,13 @@ def eval_(
                               "--overwrite.")
     if output is not None and output.exists() and not output.is_dir():
         raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
+    from unlearnkit.data.catalog import resolve_data_dir  # torch and the model: only for valid input
+    from unlearnkit.evaluation import downstream_scores
+    from unlearnkit.io import atomic_write_json, atomic_write_text
+    from unlearnkit.modeling import load_model
+    from unlearnkit.progress import Progress
+    from unlearnkit.reports import kept_table, render_kept_markdown
+
     run_model = Path(model).expanduser() / "model"
     location = str(run_model) if (run_model / "config.json").is_file() else model
     progress = Progress(quiet=quiet)

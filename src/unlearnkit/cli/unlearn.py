@@ -137,14 +137,7 @@ def fisher(
     quiet: Quiet = False,
 ) -> None:
     """Compute the forget and retain empirical Fisher (Eq. 2) of the target weights and save them for reuse."""
-    from rich.table import Table
-
-    from unlearnkit.adapters.flora import compute_fishers, fisher_retain_sample, relative_importance, row_weights
     from unlearnkit.config import load_config
-    from unlearnkit.data.run_sets import load_run_data
-    from unlearnkit.io import staged_directory
-    from unlearnkit.modeling import load_configured_model, resolve_target_modules
-    from unlearnkit.progress import Progress
 
     cfg = load_config(config, list(set_ or []))
     if out.exists() and not out.is_dir():
@@ -153,6 +146,13 @@ def fisher(
         raise UnlearnkitError(f"The Fisher directory {out} is not empty; choose another --out or delete it.")
     if cfg.data.retain is None:
         raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
+    from rich.table import Table  # torch and the model: only for valid input
+
+    from unlearnkit.adapters.flora import compute_fishers, fisher_retain_sample, relative_importance, row_weights
+    from unlearnkit.data.run_sets import load_run_data
+    from unlearnkit.io import staged_directory
+    from unlearnkit.modeling import load_configured_model, resolve_target_modules
+    from unlearnkit.progress import Progress
     # The Fisher pass is FLoRA's first step: load the data a FLoRA run loads.
     cfg.adapter.name = "flora"
     progress = Progress(quiet=quiet)
