@@ -132,7 +132,7 @@ def like_sharded(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     if sharded is None or not isinstance(param, sharded.DTensor):
         return local.to(param.device)
     return sharded.DTensor.from_local(local.to(param.to_local().device), param.device_mesh, param.placements,
-                              shape=param.shape, stride=param.stride())
+                                      shape=param.shape, stride=param.stride())
 
 
 def shards_weights(accelerator: Any) -> bool:
