@@ -45,6 +45,28 @@ def test_a_grid_expands_into_every_combination_named_from_its_values(tmp_path):
     # shards never overlap and together are the whole sweep
     shards = [sweep.shard(i, 3) for i in range(3)]
     assert sorted(p.name for s in shards for p in s) == sorted(names)
+    # --select deals out only the points named like the pattern, in the sweep's order
+    assert [p.name for p in sweep.shard(0, 1, "method-ihl-fast__*")] == names[2:]
+    assert [p.name for s in (sweep.shard(i, 2, "*rank-8*") for i in range(2)) for p in s] == [names[1], names[3]]
+
+
+def test_a_sweep_runs_only_the_selected_points_and_a_pattern_matching_none_is_refused(tmp_path, monkeypatch,
+                                                                                     capsys):
+    from unlearnkit import cli
+
+    file = _write(tmp_path / "grid.yaml", {"base": str(BASE), "output": str(tmp_path / "out"),
+                                           "grid": {"train.lr": [0.05, 0.1, 0.2]}})
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "sweep", str(file), "--select", "*-0.[12]", "--dry-run"])
+    with pytest.raises(SystemExit) as listed:
+        cli.main()
+    out = capsys.readouterr().out
+    assert listed.value.code == 0 and "runs 2 of those named like *-0.[12]" in " ".join(out.split())
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("  ")] == ["lr-0.1", "lr-0.2"]
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "sweep", str(file), "--select", "lr-9*"])
+    with pytest.raises(SystemExit) as refused:
+        cli.main()
+    assert refused.value.code == 2 and "No point of" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(("sweep", "message"), [

@@ -19,6 +19,9 @@ def sweep(
     file: Annotated[Path, typer.Argument(help="sweep YAML: a base config and a grid (see configs/*/sweeps/)")],
     shard: Annotated[str, typer.Option(help="run only shard I of K (I from 0): every K-th point, from the I-th")
                      ] = "0/1",
+    select: Annotated[str | None, typer.Option(help="run only the points whose names match this pattern, e.g. "
+                                                    "'forget-set1__*' (shell-style; see the names with --dry-run)")
+                      ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the points and their state; run nothing")
                        ] = False,
     quiet: Quiet = False,
@@ -29,10 +32,11 @@ def sweep(
 
     index, count = _shard(shard)
     plan = load_sweep(file)
-    points = plan.shard(index, count)
+    points = plan.shard(index, count, select)
     console = Console(emoji=False, quiet=quiet and not dry_run)
+    chosen = "" if select is None else f" of those named like {select}"
     console.print(f"{plan.path}: {len(plan.points)} points into {plan.output}; this shard ({index}/{count}) runs "
-                  f"{len(points)}.", markup=False, highlight=False)
+                  f"{len(points)}{chosen}.", markup=False, highlight=False)
     if dry_run:
         from unlearnkit.experiments.sweep import failure_file
         from unlearnkit.io import claim_holder, describe_holder

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,14 @@ class Sweep:
     output: Path
     points: list[SweepPoint]
 
-    def shard(self, index: int, count: int) -> list[SweepPoint]:
-        """The points shard ``index`` of ``count`` runs: every ``count``-th one, so shards never overlap."""
-        return self.points[index::count]
+    def shard(self, index: int, count: int, select: str | None = None) -> list[SweepPoint]:
+        """The points shard ``index`` of ``count`` runs: every ``count``-th one, so shards never overlap; with
+        ``select``, only the points named like that shell-style pattern are dealt out."""
+        chosen = [point for point in self.points if select is None or fnmatchcase(point.name, select)]
+        if select is not None and not chosen:
+            raise UnlearnkitError(f"No point of {self.path} is named like {select}; change --select (see the "
+                                  "names with --dry-run).")
+        return chosen[index::count]
 
 
 def load_sweep(path: str | Path) -> Sweep:
