@@ -64,7 +64,7 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
                               max_position_embeddings=2048, window_size=256)
         return GPTNeoForCausalLM(config), config.vocab_size
     if name == "smollm2":
-        from unlearnkit.modeling import smollm2_gguf_path
+        from unlearnkit.model_names import smollm2_gguf_path
 
         path = smollm2_gguf_path()
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)

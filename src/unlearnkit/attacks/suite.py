@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from unlearnkit.attacks import HELD_OUT_ROWS
 from unlearnkit.attacks.quantize import QuantSpec, quantize_base_only, quantize_model
 from unlearnkit.attacks.relearn import recovery_fraction, relearn, split_forget_rows
 from unlearnkit.config import EvalConfig
@@ -29,8 +30,6 @@ from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
 from unlearnkit.evaluation import ScoreCache, cached_memorization, evaluation_snapshot
 from unlearnkit.progress import Progress
-
-HELD_OUT_ROWS = "held-out (control)"
 
 
 @dataclass(frozen=True)

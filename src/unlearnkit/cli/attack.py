@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from unlearnkit.cli.common import DataDir, Quiet, app, end_of_batch, parse_source
+from unlearnkit.cli.common import DataDir, Quiet, app, check_model_name, end_of_batch, parse_source
 from unlearnkit.errors import UnlearnkitError
 
 QUANT_PATTERN = re.compile(r"int([2-8])-(?:g(\d+)|channel)-(sym|asym)")
@@ -47,15 +47,19 @@ def attack(
     """Attack an unlearned model (relearning on part of the forget set, weight quantisation) and measure MA,
     EL10, the extraction attack and membership inference after each, with how much of what unlearning removed
     came back."""
-    from unlearnkit.attacks.suite import AttackPlan
-
-    specs = [_quant_spec(text) for text in quant.split(",") if text.strip()]
+    quant_fields = [_quant_fields(text) for text in quant.split(",") if text.strip()]
     if not 0.0 < relearn_fraction < 1.0:
         raise UnlearnkitError(f"--relearn-fraction {relearn_fraction} must lie between 0 and 1 (exclusive).")
     if output is not None and output.exists() and not output.is_dir():
         raise UnlearnkitError(f"--output {output} is a file; give a directory.")
     sweep_runs = _sweep_runs(Path(model).expanduser(), output, select)
+    if sweep_runs is None:
+        check_model_name(model)
     forget_source, holdout_source = (parse_source(t) if t else None for t in (forget, holdout))
+    from unlearnkit.attacks.quantize import QuantSpec  # torch: only once the input has been checked
+    from unlearnkit.attacks.suite import AttackPlan
+
+    specs = [QuantSpec(**fields) for fields in quant_fields]
     plan = AttackPlan(relearn_steps=relearn_steps, relearn_lr=relearn_lr, relearn_fraction=relearn_fraction,
                       quantisations=tuple(specs))
     from unlearnkit.data.catalog import resolve_data_dir
@@ -124,18 +128,17 @@ def _sweep_runs(location: Path, output: Path | None, select: str | None = None) 
     return runs
 
 
-def _quant_spec(text: str) -> Any:
-    from unlearnkit.attacks.quantize import QuantSpec
-
+def _quant_fields(text: str) -> dict[str, Any]:
+    """One --quant item as QuantSpec's fields (read without importing torch)."""
     gguf = GGUF_PATTERN.fullmatch(text.strip())
     if gguf is not None:
-        return QuantSpec(8 if gguf.group(1) == "Q8_0" else 4, gguf=gguf.group(1))
+        return {"bits": 8 if gguf.group(1) == "Q8_0" else 4, "gguf": gguf.group(1)}
     match = QUANT_PATTERN.fullmatch(text.strip())
-    if match is None:
+    if match is None or match.group(2) is not None and int(match.group(2)) == 0:
         raise UnlearnkitError(f'--quant "{text}" is not int<bits>-g<group>-sym|asym, int<bits>-channel-sym|asym or '
-                              "gguf-Q8_0|gguf-Q4_0; write e.g. int4-g32-asym.")
+                              "gguf-Q8_0|gguf-Q4_0 (bits 2-8, group over 0); write e.g. int4-g32-asym.")
     bits, group, kind = match.groups()
-    return QuantSpec(int(bits), int(group) if group else None, kind == "sym")
+    return {"bits": int(bits), "group_size": int(group) if group else None, "symmetric": kind == "sym"}
 
 
 def _plan_dict(plan: Any) -> dict[str, Any]:

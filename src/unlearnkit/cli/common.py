@@ -58,11 +58,12 @@ def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_
     if el_n + 1 > seq_len:
         raise UnlearnkitError(f"EL{el_n} needs sequences of at least {el_n + 1} tokens but --seq-len is {seq_len}; "
                               "lower --n or raise --seq-len.")
+    check_model_name(model)
+    specs = [parse_source(text) for text in sources]  # bad input fails before the model loads
     from unlearnkit.data.files import check_user_file
     from unlearnkit.data.sources import load_blocks, resolve_data_dir
     from unlearnkit.modeling import load_model
 
-    specs = [parse_source(text) for text in sources]  # bad input fails before the model loads
     directory = resolve_data_dir(data_dir)
     for spec in specs:
         if spec.source == "file" and spec.path:
@@ -70,6 +71,15 @@ def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_
     with progress.status(f"Loading {model}"):
         loaded = load_model(model)
     return loaded, [load_blocks(spec, loaded.tokenizer, directory, seq_len=seq_len) for spec in specs]
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a local model path that holds no model (a run directory is fine), before torch is imported."""
+    from unlearnkit.model_names import locate_model
+
+    directory = Path(name).expanduser()
+    if not ((directory / "run.json").is_file() or (directory / "model" / "config.json").is_file()):
+        locate_model(name, None)
 
 
 def parse_source(text: str) -> Any:

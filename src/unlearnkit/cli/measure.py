@@ -17,6 +17,7 @@ from unlearnkit.cli.common import (
     SeqLen,
     app,
     check_json_out,
+    check_model_name,
     model_and_sources,
     validated,
 )
@@ -37,13 +38,14 @@ def memorization(
     from rich.table import Table
 
     from unlearnkit.config import EvalConfig
-    from unlearnkit.evaluation import evaluate_memorization
     from unlearnkit.io import atomic_write_json
     from unlearnkit.progress import Progress
 
     check_json_out(json_out)
     progress = Progress(quiet=quiet)
     loaded, (blocks,) = model_and_sources(model, [data], data_dir, seq_len, progress, n)
+    from unlearnkit.evaluation import evaluate_memorization  # torch: only once the input has been checked
+
     scores = evaluate_memorization(loaded.model, blocks, EvalConfig(el_n=n), progress, label="scoring")
     table = Table(title=f"{model} on {blocks.name} ({len(blocks)} sequences × {blocks.seq_len} tokens)")
     table.add_column("metric")
@@ -69,16 +71,17 @@ def audit(
 ) -> None:
     """Privacy audit of any model: MA, EL_n, the TDEC extraction attack and membership-inference AUCs."""
     from unlearnkit.config import EvalConfig
-    from unlearnkit.data.run_sets import RunData
-    from unlearnkit.evaluation import evaluation_snapshot
     from unlearnkit.io import atomic_write_json
     from unlearnkit.progress import Progress
-    from unlearnkit.reports import audit_table
 
     check_json_out(json_out)
     progress = Progress(quiet=quiet)
     loaded, (forget_blocks, holdout_blocks) = model_and_sources(model, [forget, holdout], data_dir, seq_len,
                                                                  progress, n)
+    from unlearnkit.data.run_sets import RunData  # torch: only once the input has been checked
+    from unlearnkit.evaluation import evaluation_snapshot
+    from unlearnkit.reports import audit_table
+
     sets = RunData(forget=forget_blocks, validation=holdout_blocks)
     with progress.status(f"Auditing {len(forget_blocks)} forget and {len(holdout_blocks)} held-out sequences"):
         snapshot = evaluation_snapshot(loaded.model, sets, EvalConfig(el_n=n), progress, "audit",
@@ -118,6 +121,7 @@ def eval_(
                               "--overwrite.")
     if output is not None and output.exists() and not output.is_dir():
         raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
+    check_model_name(model)
     from unlearnkit.data.catalog import resolve_data_dir  # torch and the model: only for valid input
     from unlearnkit.evaluation import downstream_scores
     from unlearnkit.io import atomic_write_json, atomic_write_text

@@ -217,6 +217,10 @@ testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
 app.add_typer(testbed_app, name="testbed")
 
 
+# the testbeds' names, checked before torch is imported (tests/test_commands.py holds them to the builders')
+TESTBED_SIZES = ("tiny", "small", "smollm2", "smollm2-sets")
+
+
 @testbed_app.command("build", epilog="Example: `unlearnkit run configs/testbed/flora-ihl.yaml --set "
                                      "model.name=$(unlearnkit testbed build --size small --print-path)`")
 def testbed_build(
@@ -233,11 +237,11 @@ def testbed_build(
     quiet: Quiet = False,
 ) -> None:
     """Train (or reuse from the cache) a model that has memorised TDEC rows, and print where it is."""
+    if size not in TESTBED_SIZES:
+        raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join(TESTBED_SIZES)}.')
     from unlearnkit.progress import Progress
-    from unlearnkit.showcase.testbed import SIZES, SMOLLM2_SIZES, build_smollm2, build_testbed, read_manifest
+    from unlearnkit.showcase.testbed import SMOLLM2_SIZES, build_smollm2, build_testbed, read_manifest
 
-    if size not in (*SIZES, *SMOLLM2_SIZES):
-        raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join((*SIZES, *SMOLLM2_SIZES))}.')
     progress = Progress(console=Console(emoji=False, stderr=print_path, quiet=quiet), quiet=quiet)
     if size in SMOLLM2_SIZES:
         directory = build_smollm2(data_dir=data_dir, quiet=quiet, progress=progress, force=force,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from unlearnkit.attacks.suite import HELD_OUT_ROWS
+from unlearnkit.attacks import HELD_OUT_ROWS
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiments.figures import method_label, ordered_labels
 from unlearnkit.experiments.report import marked_page, replace_section, section_folder
