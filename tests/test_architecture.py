@@ -17,7 +17,7 @@ ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 LAYERS = [
     {"errors", "io", "progress", "config"},
     {"data"},
-    {"modeling", "parallel", "flops"},
+    {"model_names", "modeling", "parallel", "flops"},
     {"objectives"},
     {"adapters"},
     {"metrics"},
