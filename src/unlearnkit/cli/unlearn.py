@@ -217,7 +217,7 @@ testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
 app.add_typer(testbed_app, name="testbed")
 
 
-# the testbeds' names, checked before torch is imported (tests/test_commands.py holds them to the builders')
+# the testbeds' names, checked before torch is imported (tests/test_refusals.py holds them to the builders')
 TESTBED_SIZES = ("tiny", "small", "smollm2", "smollm2-sets")
 
 
