@@ -3,7 +3,8 @@
 Each case runs the real entry point (:func:`unlearnkit.cli.main`) in this process; the working directory is
 a fresh folder whose contents are compared before and after, so that any file a refused command writes
 (an output, a cache, a half-written model) fails the test. Refusals that need no model take well under a
-second here; the subprocess test in test_config checks that config errors import no torch.
+second here; the subprocess tests in test_config and test_refusals check that config errors, model paths
+that hold no model and other input checked up front import no torch.
 """
 
 from __future__ import annotations

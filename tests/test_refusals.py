@@ -1,5 +1,6 @@
 """Bad input to a command is one sentence naming the fix, exit 2 — before any expensive work: torch (several
-seconds to import) is not even loaded for it."""
+seconds to import) is not even loaded for it. Each case runs in a fresh interpreter, which is what tells whether torch
+was imported; test_bad_input.py covers the refusals themselves in-process, many more of them."""
 
 from __future__ import annotations
 
@@ -32,15 +33,20 @@ def _refused(tmp_path, *args: str) -> tuple[int, bool, str]:
     (("eval", "./missing"), "The model path ./missing is not a directory"),
     (("memorization", "missing.gguf", "--data", "jang,n=4"), "The GGUF file missing.gguf does not exist"),
     (("audit", ".", "--forget", "jang,n=4", "--holdout", "tdec,n=4"), "is not a Hugging Face model"),
+    (("memorization", "run", "--data", "jang,n=4"), "it holds a run's outputs: use its model/ folder"),
     (("testbed", "build", "--size", "huge"), 'Unknown testbed size "huge"; choose one of: tiny, small'),
     (("sweep", str(REPO / "configs" / "smollm2" / "sweeps" / "table1.yaml"), "--select", "set9*"),
      "is named like set9*; change --select"),
 ])
 def test_bad_input_is_refused_in_one_sentence_before_torch_is_imported(tmp_path, args, message):
+    if args[1] == "run":  # a run's output directory where a model is wanted
+        (tmp_path / "run" / "model").mkdir(parents=True)
+        (tmp_path / "run" / "run.json").write_text("{}")
+    before = sorted(tmp_path.rglob("*"))
     code, torch_loaded, stderr = _refused(tmp_path, *args)
     assert message in stderr
     assert (code, torch_loaded) == (2, False)
-    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_the_testbed_sizes_the_command_accepts_are_the_ones_that_can_be_built():

@@ -58,7 +58,9 @@ def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_
     if el_n + 1 > seq_len:
         raise UnlearnkitError(f"EL{el_n} needs sequences of at least {el_n + 1} tokens but --seq-len is {seq_len}; "
                               "lower --n or raise --seq-len.")
-    check_model_name(model)
+    from unlearnkit.model_names import locate_model
+
+    locate_model(model, None)  # these commands load a model, not a run directory: refused before torch
     specs = [parse_source(text) for text in sources]  # bad input fails before the model loads
     from unlearnkit.data.files import check_user_file
     from unlearnkit.data.sources import load_blocks, resolve_data_dir
