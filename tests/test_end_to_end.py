@@ -33,7 +33,9 @@ _cli = run_cli
 pytestmark = pytest.mark.integration
 
 
-CASES = [("ga", "none", 3e-3), ("gd", "none", 3e-3), ("ihl", "none", 3e-3),
+# IHL's push on a token is bounded (its gradient in probability is at most 1), so with full fine-tuning at
+# GA's 3e-3 a few stubborn tokens can hold MA one token (of 124) above the threshold for many epochs.
+CASES = [("ga", "none", 3e-3), ("gd", "none", 3e-3), ("ihl", "none", 1e-2),
          ("ga", "lora", 1e-1), ("gd", "lora", 1e-1), ("ihl", "lora", 1e-1), ("ihl", "flora", 1e-1)]
 
 
