@@ -280,6 +280,30 @@ def test_figure_compute_leaves_out_unmeasured_panels_and_returns_none_without_an
     assert figure_compute(nothing) is None
 
 
+@pytest.mark.parametrize("low", [4.2e11, 5.8e13, 2e9])
+def test_figure_compute_labels_a_narrow_compute_range_with_short_labels_that_do_not_overlap(rows, low):
+    """Real sweeps span half a decade of FLOPs or less; every labelled tick must be readable."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = random.Random(3)
+    narrow = [{**row, "flops": {**row.get("flops", {}), "total": low * rng.uniform(1.0, 3.2)}} for row in rows]
+    figure = figure_compute(narrow)
+    assert figure is not None
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis) if ax.get_yscale() == "log" else (ax.xaxis,):
+            labels = [tick.label1 for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]
+                      if tick.label1.get_visible() and tick.label1.get_text()
+                      and axis.get_view_interval()[0] <= tick.get_loc() <= axis.get_view_interval()[1]]
+            texts = [label.get_text() for label in labels]
+            assert len(texts) >= 2 and all(len(text) <= 5 and "times" not in text for text in texts), texts
+            boxes = sorted((label.get_window_extent(renderer) for label in labels),
+                           key=lambda box: box.x0 if axis is ax.xaxis else box.y0)
+            for first, second in zip(boxes, boxes[1:]):
+                assert (first.x1 <= second.x0) if axis is ax.xaxis else (first.y1 <= second.y0), texts
+
+
 def test_figure_rank_draws_the_rank_sweep_with_mean_lines(rows):
     figure = figure_rank(rows)
     assert figure is not None

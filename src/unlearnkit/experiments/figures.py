@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib import ticker
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -231,6 +233,25 @@ def _flops(row: Row) -> float | None:
 
 def _log_x(ax: Axes) -> None:
     ax.set_xscale("log")
+    _short_log_labels(ax.xaxis)
+
+
+class _ShortLogFormatter(ticker.LogFormatter):
+    """Log-axis labels as short plain numbers (40, 6e13): matplotlib's default, 6×10¹³ on every minor tick
+    of a range under a decade, runs the labels into each other. A 9 is left unlabelled: it sits against the
+    next decade's label."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        if round(x / 10 ** math.floor(math.log10(x) + 1e-9)) == 9:
+            return ""
+        return f"{x:g}" if 1e-3 <= x < 1e4 else f"{x:.0e}".replace("e+", "e")
+
+
+def _short_log_labels(axis: Axis) -> None:
+    """Label a log axis with short numbers, the minor ticks only while they have room (a subset of them
+    between a tenth and a whole decade; all of them only under a tenth)."""
+    axis.set_major_formatter(_ShortLogFormatter())
+    axis.set_minor_formatter(_ShortLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.6)))
 
 
 def _adapter_runs(rows: Sequence[Row]) -> list[Row]:
@@ -285,6 +306,7 @@ def _draw(rows: Sequence[Row], x_of: Callable[[Row], float | None], x_label: str
             configure_x(ax)
             if panel.log_y:
                 ax.set_yscale("log")
+                _short_log_labels(ax.yaxis)
             ax.grid(alpha=0.3)
     heading = f"{title}: {', '.join(map(model_name, models))}" + (f"\n({note})" if note else "")
     # wrapped to the axes' width: a one-panel figure has a title longer than its plot, and the legend to its right
