@@ -4,6 +4,7 @@ the splicing of the report into a hand-written page."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import statistics
@@ -300,7 +301,7 @@ def test_figure_compute_labels_a_narrow_compute_range_with_short_labels_that_do_
             assert len(texts) >= 2 and all(len(text) <= 5 and "times" not in text for text in texts), texts
             boxes = sorted((label.get_window_extent(renderer) for label in labels),
                            key=lambda box: box.x0 if axis is ax.xaxis else box.y0)
-            for first, second in zip(boxes, boxes[1:]):
+            for first, second in itertools.pairwise(boxes):
                 assert (first.x1 <= second.x0) if axis is ax.xaxis else (first.y1 <= second.y0), texts
 
 
