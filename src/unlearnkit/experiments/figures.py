@@ -248,8 +248,8 @@ class _ShortLogFormatter(ticker.LogFormatter):
 
 
 def _short_log_labels(axis: Axis) -> None:
-    """Label a log axis with short numbers, the minor ticks only while they have room (a subset of them
-    between a tenth and a whole decade; all of them only under a tenth)."""
+    """Label a log axis with short numbers, the minor ticks only while they have room: none over a decade,
+    a subset (2, 3, 4, 6) over 0.6 of one, all of them (9 aside) below that."""
     axis.set_major_formatter(_ShortLogFormatter())
     axis.set_minor_formatter(_ShortLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.6)))
 
