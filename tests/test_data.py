@@ -285,6 +285,12 @@ _PIN_NOTED = {
     "tdec/train_preprefix.npy", "tdec/train_prefix.npy", "tdec/train_suffix.npy",
     "tasks/arc_challenge.jsonl", "tasks/arc_easy.jsonl", "tasks/winogrande.jsonl", "tasks/lambada_openai.jsonl",
     "tasks/pubmed_qa_labeled.jsonl", "tasks/hellaswag_val_full.txt.bz2",
+    # TOFU: converted from their origin, no URL serves the bytes (no urls at all)
+    *(f"tofu/{name}" for name in (
+        "full.jsonl", "forget01.jsonl", "forget05.jsonl", "forget10.jsonl", "holdout01.jsonl", "holdout05.jsonl",
+        "holdout10.jsonl", "retain90.jsonl", "retain95.jsonl", "retain99.jsonl", "forget01_perturbed.jsonl",
+        "forget05_perturbed.jsonl", "forget10_perturbed.jsonl", "retain_perturbed.jsonl", "real_authors.jsonl",
+        "real_authors_perturbed.jsonl", "world_facts.jsonl", "world_facts_perturbed.jsonl", "idontknow.txt")),
 }
 _GITHUB_REF = re.compile(
     r"https://(?:raw\.githubusercontent\.com/[^/]+/[^/]+/|github\.com/[^/]+/[^/]+/(?:raw|blob)/)([^/]+)/"
@@ -304,7 +310,21 @@ def test_catalogue_urls_pin_full_commit_ids():
             github_urls += 1
             if path not in noted:
                 assert re.fullmatch(r"[0-9a-f]{40}", match.group(1)), f"{path}: {url} does not pin a full commit id"
-    assert github_urls >= len(CATALOG) - 3  # everything but the three GPT-2 wheel members comes from GitHub
+    downloadable = [entry for entry in CATALOG.values() if entry.urls]
+    assert github_urls >= len(downloadable) - 3  # everything but the three GPT-2 wheel members comes from GitHub
+    assert all(entry.path.startswith("tofu/") and "not downloadable" in (entry.pin_note or "")
+               for entry in CATALOG.values() if not entry.urls)
+
+
+def test_a_missing_file_no_url_serves_is_named_with_where_to_put_it(tmp_path):
+    with pytest.raises(UnlearnkitError, match=r"tofu/forget10.jsonl is missing and cannot be downloaded as these "
+                                              r"bytes \(not downloadable.*locuslab/TOFU.*\); put it there"):
+        ensure_file(tmp_path / "data", "tofu/forget10.jsonl")
+    assert not (tmp_path / "data").exists()
+    record = {"path": "tofu/x.jsonl", "sha256": "0" * 64, "size": 1, "urls": []}
+    with pytest.raises(ValueError, match="without urls needs a pin_note"):
+        catalog._entry(record)
+    assert catalog._entry({**record, "pin_note": "why"}).urls == ()
 
 
 def test_catalogue_json_loads_through_importlib_resources():

