@@ -21,7 +21,7 @@ LAYERS = [
     {"objectives"},
     {"adapters"},
     {"metrics"},
-    {"training"},
+    {"training", "steps"},
     {"evaluation"},
     {"results"},
     {"checkpoints"},

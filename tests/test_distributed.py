@@ -17,7 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import (
+    DATA,
     DISTRIBUTED_CONFIG,
+    MEMORISED_SEQ_LEN,
     assert_same_run,
     distributed_settings,
     kill_after_checkpoint,
@@ -98,10 +100,53 @@ def test_two_processes_train_as_one_with_the_same_effective_batch_and_one_writes
 
 
 
+STEP_RUNS = [f"{method}-{adapter}" for method in ("ga", "gd", "ihl", "npo") for adapter in ("lora", "none")]
+
+
+def test_a_step_is_the_same_on_two_processes_with_accumulation_and_in_one_batch_on_rows_of_unequal_length(
+        memorized_model_dir, tmp_path):
+    # per-document rows of unequal length, 6 of them: a step of 4 rows, then a short one of 2 (one row each on
+    # 2 processes); each micro-step's loss is divided by the whole step's tokens (rows for NPO)
+    from distributed_steps import steps_config, trained_weights, write_records
+    from unlearnkit.loop import run_unlearning
+
+    records = write_records(tmp_path / "records.jsonl")
+    done = torchrun(str(TESTS / "distributed_steps.py"), str(memorized_model_dir), str(records), str(tmp_path),
+                    *STEP_RUNS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lengths = {int(n) for n in load_blocks_lengths(memorized_model_dir, records)}
+    assert len(lengths) >= 4, lengths  # the rows really are of unequal length
+    differences = {}
+    for run in STEP_RUNS:
+        method, adapter = run.split("-")
+        two = load_file(tmp_path / f"{run}.safetensors")
+        for batch, grad_accum in ((4, 1), (2, 2)):
+            one = trained_weights(run_unlearning(steps_config(memorized_model_dir, records, tmp_path / "one", method,
+                                                              adapter, batch, grad_accum), quiet=True))
+            assert one.keys() == two.keys()
+            # relative to each weight's scale: an element near 0 has no meaningful relative error of its own
+            worst = max(float((two[n] - w).abs().max() / w.abs().max()) for n, w in one.items())
+            differences[f"{run}, 1 process x {batch} rows x accumulation {grad_accum}"] = worst
+    print("\n".join(f"{name}: {value:.1e}" for name, value in differences.items()))
+    assert max(differences.values()) <= 1e-5, differences
+
+
+def load_blocks_lengths(model_dir: Path, records: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    from unlearnkit.config import SourceConfig
+    from unlearnkit.data.sources import load_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    blocks = load_blocks(SourceConfig(source="file", path=str(records), per_document=True), tokenizer, DATA,
+                         seq_len=MEMORISED_SEQ_LEN)
+    return blocks.attention_mask.sum(dim=1).tolist()
+
+
 @pytest.mark.slow  # three runs on 2 processes (about a minute): `make test-slow`
 def test_a_killed_two_process_run_resumes_on_two_processes_as_if_never_interrupted(memorized_model_dir, tmp_path):
-    # 1 row per process and step, 2 steps an epoch, 3 steps an update: each process's partial gradients cross
-    # the epoch ends, and LoRA dropout draws from each process's own RNG
+    # 1 row per process and micro-step, 2 micro-steps an epoch, 3 an update: every update is cut short at the
+    # epoch's end, and LoRA dropout draws from each process's own RNG
     def command(out: Path) -> list[str]:
         return ["-m", "unlearnkit.cli", "run", str(CONFIG), "--quiet", *distributed_settings(
             memorized_model_dir, out, 4, 1, 2, ("train.epochs=6", "train.grad_accum=3", "adapter.dropout=0.1",
@@ -114,7 +159,7 @@ def test_a_killed_two_process_run_resumes_on_two_processes_as_if_never_interrupt
     kill_after_checkpoint(*torchrun_command(*command(out)), out)  # torchrun and both processes
     checkpoints = Checkpoints(checkpoint_dir(out))
     saved = checkpoints.latest()
-    assert not out.exists() and saved is not None and (saved.directory / "loop-1.safetensors").is_file()
+    assert not out.exists() and saved is not None and (saved.directory / "loop.safetensors").is_file()
 
     # on one process each step would take other rows: refused before any work, the checkpoint kept
     alone = run_cli(*command(out)[2:])  # the same command without torchrun

@@ -88,7 +88,7 @@ def test_accelerates_bf16_mixed_precision_trains_fp32_adapters_under_autocast(me
 
 @pytest.mark.slow  # two runs under FSDP (about a minute): `make test-slow`
 def test_a_killed_fsdp_run_resumes_from_its_sharded_state_as_if_never_interrupted(memorized_model_dir, tmp_path):
-    # each process's shard of the partial gradients crosses the epoch ends (2 steps an epoch, 3 an update)
+    # every update is cut short at the epoch's end (2 micro-steps an epoch, 3 an update)
     def command(out: Path) -> tuple[list[str], dict[str, str]]:
         return accelerate_launch_command(FSDP_CONFIG, "--mixed_precision=no", str(TESTS / "distributed_fsdp.py"),
                                          "run", str(CONFIG), "--quiet", *distributed_settings(
@@ -101,7 +101,7 @@ def test_a_killed_fsdp_run_resumes_from_its_sharded_state_as_if_never_interrupte
     out = tmp_path / "run"
     kill_after_checkpoint(*command(out), out)
     saved = Checkpoints(checkpoint_dir(out)).latest()
-    assert not out.exists() and saved is not None and (saved.directory / "loop-1.safetensors").is_file()
+    assert not out.exists() and saved is not None and (saved.directory / "loop.safetensors").is_file()
 
     launch, env = command(out)
     resumed = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)

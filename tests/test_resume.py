@@ -31,7 +31,8 @@ pytestmark = pytest.mark.integration
 
 CONFIG = REPO / "configs" / "paper" / "gpt-neo-125m-flora-ihl.yaml"
 # FLoRA (its residual base is re-derived on resume), LoRA dropout (the global RNG), a retain batch per step
-# (the loop's generator) and gradient accumulation across epoch ends (4 steps per epoch, 3 per update).
+# (the loop's generator) and gradient accumulation with a short last update per epoch (4 micro-steps per epoch, 3
+# per update).
 RESUME_SETTINGS = ["method.name=ihl", "adapter.name=flora", "train.lr=3e-2", "adapter.dropout=0.1",
                    "train.batch_size=1", "train.grad_accum=3", "train.epochs=9", "eval.early_stop=false",
                    "output.fail_if_not_forgotten=false", "eval.audit=false", "eval.bootstrap=50"]

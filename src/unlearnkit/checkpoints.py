@@ -7,10 +7,10 @@ directories: ``runs/.x.checkpoint/``. After set-up and after every epoch the loo
 what the next epoch needs and nothing more:
 
 * accelerate's ``save_state``: the trainable weights (a pre-hook drops the frozen ones), optimiser and
-  scheduler state, every RNG state and accelerate's gradient-accumulation step;
-* ``loop.safetensors``: the loop's batch-order generator, gradients part-way through an accumulation,
-  and FLoRA's initial factors, from which the residual base ``W − B₀A₀`` is re-derived bit for bit;
-  on several processes ``loop-K.safetensors`` holds process K's own partial gradients (under FSDP its shard);
+  scheduler state and every RNG state;
+* ``loop.safetensors``: the loop's batch-order generator and FLoRA's initial factors, from which the
+  residual base ``W − B₀A₀`` is re-derived bit for bit (no gradients: an optimisation step never crosses
+  an epoch's end, :mod:`unlearnkit.steps`);
 * ``state.json``: the run's state (epoch, history, warnings), the snapshot before unlearning, the
   thresholds and the other numbers the loop carries from epoch to epoch; ``config.yaml``: the config.
 
@@ -20,7 +20,7 @@ run: on a CPU the final weights are bit-identical. :func:`unlearnkit.outputs.wri
 removes the checkpoint once the outputs are in place.
 
 On several processes every process writes its part (accelerate's RNG state of each process, the main one
-the weights and optimiser, each its gradients) into the main process's staging directory, and the main one
+the weights, optimiser and the loop's tensors) into the main process's staging directory, and the main one
 names it once all are done. A checkpoint resumes only on as many processes as saved it: each process takes
 ``train.batch_size`` rows a step, so another count would train another run.
 """
@@ -54,11 +54,6 @@ LATEST = "latest.json"
 LOOP_TENSORS = "loop.safetensors"
 # accelerate's file names for the first model's weights (SAFE_MODEL_NAME) and the RNG states
 MODEL_WEIGHTS = "model.safetensors"
-
-
-def loop_tensors_file(process: int) -> str:
-    """The loop's tensors of process ``process``: the main one's (all of them) or another's gradients."""
-    return LOOP_TENSORS if process == 0 else f"loop-{process}.safetensors"
 
 
 def launched_processes() -> int:
@@ -112,11 +107,11 @@ class Saved:
         """How many processes saved it (checkpoints from before that was recorded: one)."""
         return int(self.payload.get("processes", 1))
 
-    def tensors(self, process: int = 0) -> dict[str, torch.Tensor]:
-        """The loop's tensors that process ``process`` saved (:func:`loop_tensors_file`)."""
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The loop's tensors (``loop.safetensors``), which the main process saved."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.directory / loop_tensors_file(process)))
+        return load_file(str(self.directory / LOOP_TENSORS))
 
 
 class Checkpoints:
@@ -185,7 +180,7 @@ class Checkpoints:
     def save(self, epoch: int, config: RunConfig, accelerator: Any, payload: dict[str, Any],
              tensors: dict[str, torch.Tensor], processes: Processes | None = None) -> Saved:
         """Save the state after ``epoch`` and make it the latest checkpoint; older ones are removed after.
-        On several processes every one of them calls this together, with its own ``tensors``."""
+        On several processes every one of them calls this together; the main one's ``tensors`` are saved."""
         from safetensors.torch import save_file
 
         from unlearnkit.parallel import SINGLE
@@ -202,9 +197,9 @@ class Checkpoints:
                   else contextlib.nullcontext(None)) as main_staging:
                 staging = Path(processes.on_main(lambda: str(main_staging)))
                 accelerator.save_state(str(staging))  # the main process's weights and optimiser, each one's RNG
-                save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-                          str(staging / loop_tensors_file(processes.index)))
                 if processes.main:
+                    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                              str(staging / LOOP_TENSORS))
                     atomic_write_json(staging / "state.json", payload)
                     atomic_write_text(staging / "config.yaml", config.to_yaml())
                 processes.wait()  # every process's part is written before the main one names the directory
@@ -218,7 +213,7 @@ class Checkpoints:
         return Saved(self.directory / name, epoch, payload)
 
     def restore(self, saved: Saved, accelerator: Any, model: torch.nn.Module) -> None:
-        """Load the trainable weights, optimiser, scheduler, RNG states and accumulation step of ``saved``."""
+        """Load the trainable weights, optimiser, scheduler and RNG states of ``saved``."""
         from safetensors import safe_open
 
         # accelerate saves and loads the model it wrapped (DDP's keys would carry "module.")

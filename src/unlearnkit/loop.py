@@ -40,17 +40,10 @@ from unlearnkit.modeling import (
     resolve_target_modules,
 )
 from unlearnkit.objectives import Method, get_method, unlearning_loss
-from unlearnkit.parallel import (
-    Processes,
-    WholeModel,
-    checkpoints_supported,
-    keep_sharded_gradients,
-    like_sharded,
-    local_part,
-    refuse_sharded_weights,
-)
+from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_sharded_weights
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
+from unlearnkit.steps import MicroStep, epoch_micro_steps, micro_steps_in_epoch
 from unlearnkit.training import OptimisationStep
 
 
@@ -67,10 +60,12 @@ def run_unlearning(
     :mod:`unlearnkit.checkpoints`).
     """
     set_seed(config.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator())
+    # the schedule counts optimiser updates, however many processes there are (accelerate's default would step it
+    # once per process and update)
+    accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator(),
+                              step_scheduler_with_optimizer=False)
     # On several processes (accelerate launch, torchrun) only the main one logs, evaluates and writes.
     refuse_sharded_weights(accelerator)
-    keep_sharded_gradients(accelerator)
     processes = Processes.of(accelerator)
     console = (console or Console(emoji=False, quiet=quiet)) if processes.main else Console(emoji=False, quiet=True)
     progress = Progress(console=console, quiet=quiet or not processes.main)
@@ -171,16 +166,16 @@ def run_unlearning(
     whole = WholeModel(accelerator, model, processes)  # what the main process evaluates (FSDP: a gathered copy)
     model = step.prepare(accelerator, model)
     # FSDP replaces the parameters by shards of them: the trainable ones are those of the prepared model
-    named_trainable = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    trainable = list(named_trainable.values())
+    trainable = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
 
     # --- the loop ---------------------------------------------------------------------------
     generator = torch.Generator().manual_seed(config.seed)
-    # train.batch_size forget rows per process and step: a step takes batch_size x processes rows of the
-    # shuffled order and each process its share (parallel.Processes.share), as retain rows.
-    rows_per_step = config.train.batch_size * processes.count
-    steps_per_epoch = math.ceil(len(data.forget) / rows_per_step)
-    retain_batch_size = config.train.retain_batch_size or config.train.batch_size
+    # train.batch_size forget rows per process and micro-step, train.grad_accum micro-steps an optimisation step;
+    # each micro-step's loss is normalised by the whole step's items (unlearnkit.steps)
+    retain_for_training = data.retain if method.uses_retain else None
+    steps_per_epoch = micro_steps_in_epoch(len(data.forget), batch_size=config.train.batch_size,
+                                           grad_accum=config.train.grad_accum, processes=processes,
+                                           with_retain=retain_for_training is not None)
     # A fixed sample of text the model must keep: its LM loss rising far above its value before unlearning
     # means the model is being wrecked (GA at a large lr keeps a finite, ever more negative loss).
     check_blocks = _collapse_check_blocks(data)
@@ -188,7 +183,6 @@ def run_unlearning(
         assert checkpoints is not None
         checkpoints.restore(saved, accelerator, model)
         generator.set_state(saved.tensors()["generator"])  # the main process's: the same on every process
-        _restore_grads(named_trainable, _prefixed(saved.tensors(processes.index), "grad/"))
         check_before, last_scores = saved.payload["check_before"], saved.payload["last_scores"]
     else:
         evaluated = whole.of(model)
@@ -204,10 +198,8 @@ def run_unlearning(
             # Under FSDP torch builds the optimiser's state dict by taking a zero-lr step when there is no state
             # yet; that step would count in every later Adam update. So the first checkpoint follows the first update.
             return
-        # every process's own gradients part-way through an accumulation; what all share, from the main one
-        tensors = {f"grad/{n}": local_part(p.grad) for n, p in named_trainable.items() if p.grad is not None}
-        if processes.main:
-            tensors.update({"generator": generator.get_state(), **{f"flora/{k}": v for k, v in flora_initial.items()}})
+        # an optimisation step never crosses an epoch's end: no gradients are pending here
+        tensors = {"generator": generator.get_state(), **{f"flora/{k}": v for k, v in flora_initial.items()}}
         checkpoints.save(state.epoch, config, accelerator, state_payload(
             state, thresholds, before=before, adapter_summary=adapter_summary, check_before=check_before,
             last_scores=last_scores, timings=timings, elapsed_s=time.perf_counter() - started,
@@ -221,43 +213,41 @@ def run_unlearning(
             break
         state.epoch = epoch
         model.train()
-        epoch_losses: list[dict[str, float]] = []
+        epoch_losses: list[dict[str, float]] = []  # each optimisation step's mean losses
+        step_losses: dict[str, float] = {}
         order = torch.randperm(len(data.forget), generator=generator)
-        for start in progress.track(range(0, len(order), rows_per_step), total=steps_per_epoch,
+        micro_steps = epoch_micro_steps(
+            order, data.forget, retain_for_training, batch_size=config.train.batch_size,
+            retain_batch_size=config.train.retain_batch_size or config.train.batch_size,
+            grad_accum=config.train.grad_accum, processes=processes, unit=method.unit, generator=generator)
+        for micro in progress.track(micro_steps, total=steps_per_epoch,
                                     description=f"epoch {epoch}/{config.train.epochs}", unit="step"):
-            step_rows = order[start:start + rows_per_step]
-            forget_rows = processes.share(step_rows)
-            forget = data.forget.subset(forget_rows)
-            retain = None
-            if method.uses_retain and data.retain is not None:
-                # The retain set is sampled with replacement: it is usually much larger than the
-                # forget set, and each step needs a fresh batch of general text.
-                rows = torch.randint(len(data.retain), (retain_batch_size * processes.count,), generator=generator)
-                retain = data.retain.subset(processes.share(rows))
-            # accelerate averages gradients over processes; weighting each process's forget term by its share of
-            # the step's rows makes that the gradient of the whole step's batch (exact for rows of equal length;
-            # each process has as many retain rows). One process: weight 1.
-            share = len(forget) * processes.count / len(step_rows)
-            if len(forget) == 0:  # fewer rows left than processes: run one row with weight 0 to take part
-                forget_rows = step_rows[:1]
-                forget = data.forget.subset(forget_rows)
+            forget = data.forget.subset(micro.forget_rows) if micro.forget_rows is not None else None
+            retain = (retain_for_training.subset(micro.retain_rows)
+                      if retain_for_training is not None and micro.retain_rows is not None else None)
             # the first step is counted (forward, backward, all processes alike); the others are scaled from it
-            counted = (tally.count_sample("train", forget.num_tokens + (retain.num_tokens if retain else 0))
+            counted = (tally.count_sample("train", (forget.num_tokens if forget else 0) +
+                                          (retain.num_tokens if retain else 0))
                        if "train" not in tally.sample else contextlib.nullcontext())
-            with accelerator.accumulate(model), counted:
-                loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device, share,
-                                         reference_logprob[forget_rows] if reference_logprob is not None else None,
-                                         reference_model)
+            with step.micro_step(model, update=micro.update), counted:
+                loss, parts = _step_loss(model, method, forget, retain, config, accelerator.device, micro,
+                                         reference_logprob[micro.forget_rows] if reference_logprob is not None
+                                         and micro.forget_rows is not None else None, reference_model)
                 # every process must take the NaN guard's decision together: one skipping the backward pass
                 # alone would leave the others waiting in the gradient all-reduce
-                if not processes.all_finite(loss) or not step(loss):
+                if not processes.all_finite(loss) or not step(loss, update=micro.update):
                     state.diverged_epoch = epoch
                     break
             state.step += 1
-            state.tokens_seen += int(data.forget.subset(step_rows).num_tokens) + (
+            state.tokens_seen += int(data.forget.subset(micro.step_rows).num_tokens) + (
                 retain.num_tokens * processes.count if retain is not None else 0)
             tally.scale("train", state.tokens_seen)
-            epoch_losses.append(parts)
+            # accelerate divides each micro-step's loss by grad_accum: their sum is the step's mean loss
+            for key, value in parts.items():
+                step_losses[key] = step_losses.get(key, 0.0) + value / config.train.grad_accum
+            if micro.update:
+                epoch_losses.append(step_losses)
+                step_losses = {}
         if state.diverged_epoch is not None:
             _restore(trainable, last_good)
             state.stop_reason = (f"the loss became NaN or infinite in epoch {epoch}; the model was restored "
@@ -333,11 +323,14 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values))
 
 
-def _step_loss(model: Any, method: Method, forget: TokenBlocks, retain: TokenBlocks | None, config: RunConfig,
-               device: torch.device, forget_weight: float = 1.0, reference_logprob: torch.Tensor | None = None,
+def _step_loss(model: Any, method: Method, forget: TokenBlocks | None, retain: TokenBlocks | None,
+               config: RunConfig, device: torch.device, micro: MicroStep, reference_logprob: torch.Tensor | None = None,
                reference_model: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
-    forget_logits = model(input_ids=forget.input_ids.to(device),
-                          attention_mask=forget.attention_mask.to(device)).logits
+    forget_logits = forget_labels = None
+    if forget is not None:
+        forget_logits = model(input_ids=forget.input_ids.to(device),
+                              attention_mask=forget.attention_mask.to(device)).logits
+        forget_labels = forget.labels().to(device)
     retain_logits = retain_labels = retain_reference = None
     if retain is not None:
         inputs = {"input_ids": retain.input_ids.to(device), "attention_mask": retain.attention_mask.to(device)}
@@ -346,9 +339,10 @@ def _step_loss(model: Any, method: Method, forget: TokenBlocks, retain: TokenBlo
         if reference_model is not None:
             with torch.no_grad():
                 retain_reference = reference_model(**inputs).logits
-    return unlearning_loss(method, forget_logits, forget.labels().to(device), retain_logits, retain_labels,
-                           config.method.retain_weight, forget_weight, reference_logprob=reference_logprob,
-                           retain_reference_logits=retain_reference)
+    return unlearning_loss(method, forget_logits, forget_labels, retain_logits, retain_labels,
+                           config.method.retain_weight, micro.forget_weight, reference_logprob=reference_logprob,
+                           retain_reference_logits=retain_reference, forget_normaliser=micro.forget_normaliser,
+                           retain_normaliser=micro.retain_normaliser)
 
 
 def _epoch_scores(model: Any, forget: TokenBlocks, check_blocks: TokenBlocks | None, config: RunConfig,
@@ -417,12 +411,6 @@ def _add(timings: dict[str, float], key: str, since: float) -> None:
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _restore_grads(params: dict[str, torch.nn.Parameter], grads: dict[str, torch.Tensor]) -> None:
-    # Gradients part-way through an accumulation (train.grad_accum > 1) carry over an epoch's end.
-    for name, param in params.items():
-        param.grad = like_sharded(grads[name], param) if name in grads else None
 
 
 def _snapshot(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:

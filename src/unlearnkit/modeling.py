@@ -18,7 +18,8 @@ from torch import nn
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.model_names import locate_model
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
 MODULE_GROUP_NAMES = ("q", "k", "v", "o", "ffn")
 
 _LLAMA_LIKE = {

@@ -2,7 +2,11 @@
 
 Every loss takes ``logits: Tensor[B, T, V]`` and ``labels: LongTensor[B, T]`` (the input ids,
 with ``-100`` where a position must be ignored) and does the causal shift itself: the logits
-at position ``t`` predict the label at ``t + 1``. Each returns the mean over unmasked tokens.
+at position ``t`` predict the label at ``t + 1``. Each returns a mean over its *items*: the unmasked
+tokens (LM, GA, IHL, KL: token means, as in Jang et al. and the paper's Eq. 5) or the rows (NPO, SimNPO:
+sequence-level objectives, as their authors define them). ``normaliser`` replaces the batch's own count of
+items: the loop passes the count of the whole optimisation step (every process and accumulation
+micro-step, :mod:`unlearnkit.steps`), so that a step's gradient does not depend on how its rows were split.
 
 :func:`token_nll` is the one shifted next-token NLL of the package: the LM loss here, the Fisher
 pass, perplexity and membership inference all use it.
@@ -56,18 +60,22 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "none
     return nll.view(batch, length)[:, :-1] if reduction == "none" else nll
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, L_LM (Section 3.1): mean of ``-log p(x_t | x_<t)`` over unmasked tokens."""
-    return token_nll(logits, labels, reduction="mean")
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
+    """Next-token cross-entropy, L_LM (Section 3.1): mean of ``-log p(x_t | x_<t)`` over unmasked tokens
+    (their sum divided by ``normaliser`` when given)."""
+    if normaliser is None:
+        return token_nll(logits, labels, reduction="mean")
+    return token_nll(logits, labels, reduction="sum") / normaliser
 
 
-def gradient_ascent_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def gradient_ascent_loss(logits: torch.Tensor, labels: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
     """Gradient ascent, L_GA (Section 3.1): the negated LM loss, minimised to *raise* the LM loss."""
-    return -lm_loss(logits, labels)
+    return -lm_loss(logits, labels, normaliser)
 
 
-def inverted_hinge_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Inverted Hinge Loss, L_IHL (Section 3.3): mean over tokens of ``max(0, 1 + p(x_t) - max_{v≠x_t} p(v))``.
+def inverted_hinge_loss(logits: torch.Tensor, labels: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
+    """Inverted Hinge Loss, L_IHL (Section 3.3): mean over tokens of ``max(0, 1 + p(x_t) - max_{v≠x_t} p(v))``
+    (their sum divided by ``normaliser`` when given).
 
     Probabilities come from one log-softmax normaliser (logsumexp) evaluated only at the two
     logits that matter: the true token's and the best other token's (a top-2 over the
@@ -77,19 +85,21 @@ def inverted_hinge_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     logits, targets, mask = _shift(logits, labels)
     if not bool(mask.any()):
         return logits.sum() * 0.0
-    loss: torch.Tensor = _InvertedHinge.apply(logits, targets, mask)
+    loss: torch.Tensor = _InvertedHinge.apply(logits, targets, mask, normaliser)
     return loss
 
 
 class _InvertedHinge(torch.autograd.Function):
-    """Mean IHL over the masked rows of ``logits [N, V]`` with the gradient of Appendix A:
+    """Mean IHL over the masked rows of ``logits [N, V]`` (or their sum over ``normaliser``) with the gradient of
+    Appendix A:
 
     ∂/∂z [p_t − p_o] = p_t (e_t − softmax(z)) − p_o (e_o − softmax(z)) on tokens where the hinge is active
     (``o`` the best other token), 0 elsewhere.
     """
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                normaliser: float | None) -> torch.Tensor:
         # Every position is computed (masked ones too, then weighted 0): selecting the unmasked rows first
         # would copy the N×V logits.
         safe_targets = targets.clamp(min=0)
@@ -103,21 +113,21 @@ class _InvertedHinge(torch.autograd.Function):
         p_true = torch.exp(true_logit - log_normaliser)
         p_other = torch.exp(other_logit - log_normaliser)
         hinge = 1.0 + p_true - p_other
-        weights = mask.to(hinge.dtype) / mask.sum()
+        weights = mask.to(hinge.dtype) / (mask.sum() if normaliser is None else normaliser)
         # d loss / d hinge per token: its weight where the hinge is active (max(0, ·) passes it), else 0
         coefficient = weights * (hinge > 0).to(hinge.dtype)
         ctx.save_for_backward(logits, log_normaliser, p_true, p_other, safe_targets, other_index, coefficient)
         return (hinge.clamp(min=0.0) * weights).sum()
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         logits, log_normaliser, p_true, p_other, targets, other_index, coefficient = ctx.saved_tensors
         scale = grad_output * coefficient
         grad = torch.exp(logits - log_normaliser[:, None])  # the softmax, the one full-size tensor
         grad.mul_((scale * (p_other - p_true))[:, None])
         grad.scatter_add_(1, targets[:, None], (scale * p_true)[:, None])
         grad.scatter_add_(1, other_index[:, None], (-scale * p_other)[:, None])
-        return grad, None, None
+        return grad, None, None, None
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,8 +140,22 @@ def predicted_tokens(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
 
 
+#: What each objective's mean is over: ``"tokens"`` (the predicted tokens, :func:`predicted_tokens`) or ``"rows"``.
+TOKENS, ROWS = "tokens", "rows"
+
+
+def count_items(labels: torch.Tensor, unit: str) -> int:
+    """How many items of ``unit`` (:data:`TOKENS` or :data:`ROWS`) the rows ``labels`` hold: what a mean over
+    them divides by."""
+    return int(predicted_tokens(labels).sum()) if unit == TOKENS else int(labels.shape[0])
+
+
+def _row_mean(values: torch.Tensor, normaliser: float | None) -> torch.Tensor:
+    return values.mean() if normaliser is None else values.sum() / normaliser
+
+
 def npo_loss(logits: torch.Tensor, labels: torch.Tensor, reference_logprob: torch.Tensor | None,
-             beta: float = 0.1) -> torch.Tensor:
+             beta: float = 0.1, normaliser: float | None = None) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al., 2024): ``-(2/β) mean log σ(-β (log π_θ(y|x) - log
     π_ref(y|x)))`` over the forget rows, with sequence log-probabilities (:func:`sequence_logprob`) and
     ``reference_logprob`` those of the model before unlearning. Equal models give ``(2/β) log 2``."""
@@ -139,36 +163,43 @@ def npo_loss(logits: torch.Tensor, labels: torch.Tensor, reference_logprob: torc
         raise ValueError("NPO needs the forget rows' log-probabilities under the model before unlearning")
     current = sequence_logprob(logits, labels)
     ratio = current - reference_logprob.to(current.device, current.dtype)
-    return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
+    return -(2.0 / beta) * _row_mean(F.logsigmoid(-beta * ratio), normaliser)
 
 
 def simnpo_loss(logits: torch.Tensor, labels: torch.Tensor, reference_logprob: torch.Tensor | None = None,
-                beta: float = 2.5, gamma: float = 0.0) -> torch.Tensor:
+                beta: float = 2.5, gamma: float = 0.0, normaliser: float | None = None) -> torch.Tensor:
     """SimNPO (Fan et al., 2024): ``-(2/β) mean log σ(-(β/|y|) log π_θ(y|x) - γ)``: NPO without a reference
     model, the sequence log-probability divided by its length."""
     average = sequence_logprob(logits, labels) / predicted_tokens(labels).clamp(min=1)
-    return -(2.0 / beta) * F.logsigmoid(-beta * average - gamma).mean()
+    return -(2.0 / beta) * _row_mean(F.logsigmoid(-beta * average - gamma), normaliser)
 
 
-def kl_from_reference(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``KL(p_ref ‖ p_θ)`` of the next-token distributions, mean over the unmasked positions: the retain term
-    that keeps the model's distribution where it was (``method.retain_kind: kl``); 0 for an unchanged model."""
+def kl_from_reference(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor,
+                      normaliser: float | None = None) -> torch.Tensor:
+    """``KL(p_ref ‖ p_θ)`` of the next-token distributions, mean over the unmasked positions (their sum over
+    ``normaliser`` when given): the retain term that keeps the model's distribution where it was
+    (``method.retain_kind: kl``); 0 for an unchanged model."""
     log_p, _, mask = _shift(logits, labels)
     log_ref, _, _ = _shift(reference_logits, labels)
     log_p, log_ref = F.log_softmax(log_p, dim=-1), F.log_softmax(log_ref.detach(), dim=-1)
     per_position = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(dim=-1)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+    return (per_position * mask).sum() / (mask.sum().clamp(min=1) if normaliser is None else normaliser)
 
 
 #: The forget-set objective of each method the config layer names: ``(logits, labels, reference_logprob,
-#: **options)``; ``reference_logprob`` is ``None`` except for methods that need it (NPO).
+#: **options, normaliser=None)``; ``reference_logprob`` is ``None`` except for methods that need it (NPO).
 FORGET_OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
-    "ga": lambda logits, labels, reference_logprob=None: gradient_ascent_loss(logits, labels),
-    "gd": lambda logits, labels, reference_logprob=None: gradient_ascent_loss(logits, labels),
-    "ihl": lambda logits, labels, reference_logprob=None: inverted_hinge_loss(logits, labels),
+    "ga": lambda logits, labels, reference_logprob=None, normaliser=None: gradient_ascent_loss(logits, labels,
+                                                                                               normaliser),
+    "gd": lambda logits, labels, reference_logprob=None, normaliser=None: gradient_ascent_loss(logits, labels,
+                                                                                               normaliser),
+    "ihl": lambda logits, labels, reference_logprob=None, normaliser=None: inverted_hinge_loss(logits, labels,
+                                                                                               normaliser),
     "npo": npo_loss,
     "simnpo": simnpo_loss,
 }
+#: What each forget objective's mean is over (the retain terms, LM loss and KL, are token means).
+FORGET_UNITS = {"ga": TOKENS, "gd": TOKENS, "ihl": TOKENS, "npo": ROWS, "simnpo": ROWS}
 
 
 @dataclass(frozen=True)
@@ -181,10 +212,11 @@ class Method:
     description: str
     needs_reference: bool = False
     options: dict[str, float] = field(default_factory=dict)
+    unit: str = TOKENS  # what the forget objective's mean is over (:data:`FORGET_UNITS`)
 
     def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor,
-                    reference_logprob: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forget_objective(logits, labels, reference_logprob, **self.options)
+                    reference_logprob: torch.Tensor | None = None, normaliser: float | None = None) -> torch.Tensor:
+        return self.forget_objective(logits, labels, reference_logprob, **self.options, normaliser=normaliser)
 
 
 def get_method(name: str, options: dict[str, float] | None = None) -> Method:
@@ -194,13 +226,13 @@ def get_method(name: str, options: dict[str, float] | None = None) -> Method:
     spec = METHODS[name]
     defaults = {k: v for k, v in (("beta", spec.beta), ("gamma", spec.gamma)) if v is not None}
     return Method(spec.name, FORGET_OBJECTIVES[name], spec.uses_retain, spec.description, spec.needs_reference,
-                  {**defaults, **(options or {})})
+                  {**defaults, **(options or {})}, FORGET_UNITS[name])
 
 
 def unlearning_loss(
     method: Method,
-    forget_logits: torch.Tensor,
-    forget_labels: torch.Tensor,
+    forget_logits: torch.Tensor | None,
+    forget_labels: torch.Tensor | None,
     retain_logits: torch.Tensor | None = None,
     retain_labels: torch.Tensor | None = None,
     retain_weight: float = 1.0,
@@ -208,23 +240,32 @@ def unlearning_loss(
     *,
     reference_logprob: torch.Tensor | None = None,
     retain_reference_logits: torch.Tensor | None = None,
+    forget_normaliser: float | None = None,
+    retain_normaliser: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The total loss of one step (Eq. 5 for IHL) and its parts for logging. ``forget_weight`` scales the
-    forget term: on several processes, a process's share of the step's forget rows (see the loop).
-    ``reference_logprob``: the forget rows' sequence log-probabilities before unlearning (NPO);
-    ``retain_reference_logits``: the retain batch's logits before unlearning, which make the retain term the
-    KL divergence from them instead of the LM loss."""
-    forget_loss = method.forget_loss(forget_logits, forget_labels, reference_logprob)
-    if forget_weight != 1.0:
-        forget_loss = forget_loss * forget_weight
-    parts = {"forget_loss": float(forget_loss.detach())}
-    total = forget_loss
+    forget term (0: a row a process runs only to take part in a step that left it none, see
+    :mod:`unlearnkit.steps`). ``reference_logprob``: the forget rows' sequence log-probabilities before
+    unlearning (NPO); ``retain_reference_logits``: the retain batch's logits before unlearning, which make the
+    retain term the KL divergence from them instead of the LM loss. The normalisers replace each term's own
+    count of items (module docstring). Without forget rows (``None``: a retain-only pass) the forget term is 0."""
+    parts = {"forget_loss": 0.0}
+    total: torch.Tensor | None = None
+    if forget_logits is not None and forget_labels is not None:
+        forget_loss = method.forget_loss(forget_logits, forget_labels, reference_logprob, forget_normaliser)
+        if forget_weight != 1.0:
+            forget_loss = forget_loss * forget_weight
+        parts["forget_loss"] = float(forget_loss.detach())
+        total = forget_loss
     if method.uses_retain:
         if retain_logits is None or retain_labels is None:
             raise ValueError(f"method {method.name} needs a retain batch")
-        retain_loss = (lm_loss(retain_logits, retain_labels) if retain_reference_logits is None else
-                       kl_from_reference(retain_logits, retain_reference_logits, retain_labels))
+        retain_loss = (lm_loss(retain_logits, retain_labels, retain_normaliser) if retain_reference_logits is None
+                       else kl_from_reference(retain_logits, retain_reference_logits, retain_labels,
+                                              retain_normaliser))
         parts["retain_loss"] = float(retain_loss.detach())
-        total = total + retain_weight * retain_loss
+        total = retain_weight * retain_loss if total is None else total + retain_weight * retain_loss
+    if total is None:
+        raise ValueError("a step needs forget rows, or retain rows for a method with a retain term")
     parts["loss"] = float(total.detach())
     return total, parts

@@ -11,7 +11,6 @@ process, so a single-process run does exactly what it did before.
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -109,30 +108,6 @@ def checkpoints_supported(accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 
     return bool(accelerator.distributed_type != DistributedType.DEEPSPEED)
-
-
-def keep_sharded_gradients(accelerator: Any) -> None:
-    """Under FSDP, have every step of a gradient accumulation reduce-scatter its gradients into each process's
-    shard of them. Otherwise FSDP2 keeps the steps between updates unsharded, outside the parameters: a whole
-    model's gradients more on each GPU, and what a checkpoint taken part-way through an accumulation would miss."""
-    if shards_weights(accelerator):
-        accelerator.gradient_state.plugin_kwargs["sync_each_batch"] = True
-
-
-def local_part(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's part of ``tensor``: its shard of a sharded (FSDP) tensor, else the tensor itself."""
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) else tensor
-
-
-def like_sharded(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """``local`` (this process's part, from :func:`local_part`) as a tensor sharded like ``param``."""
-    # a sharded tensor exists only once FSDP has imported its module (a slow import a single process skips)
-    sharded = sys.modules.get("torch.distributed.tensor")
-    if sharded is None or not isinstance(param, sharded.DTensor):
-        return local.to(param.device)
-    return sharded.DTensor.from_local(local.to(param.to_local().device), param.device_mesh, param.placements,
-                                      shape=param.shape, stride=param.stride())
 
 
 def shards_weights(accelerator: Any) -> bool:

@@ -1,13 +1,14 @@
 """The one optimisation step: AdamW, linear warm-up, gradient clipping and the non-finite guard.
 
 Unlearning, memorising a demo model and training a testbed all update weights through
-:class:`OptimisationStep`, with or without an ``accelerate.Accelerator`` (which adds gradient
-accumulation and device placement).
+:class:`OptimisationStep`, with or without an ``accelerate.Accelerator`` (which adds device placement,
+several processes and gradient accumulation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -23,8 +24,9 @@ class OptimisationStep:
     """Call it with a loss to take one step; it returns ``False`` (and changes nothing) for a NaN/inf loss.
 
     ``warmup_steps`` counts optimiser updates, i.e. after gradient accumulation. ``max_grad_norm=None``
-    turns clipping off. With an ``accelerator``, call :meth:`prepare` once and then step inside
-    ``accelerator.accumulate(model)``.
+    turns clipping off. With an ``accelerator``, call :meth:`prepare` once and take each micro-step of an
+    accumulation inside :meth:`micro_step`; the caller says which micro-step ends an optimisation step
+    (``update``), so a step can end early (at an epoch's end) and normalise its loss itself.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float = 0.0,
@@ -50,16 +52,38 @@ class OptimisationStep:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def __call__(self, loss: torch.Tensor) -> bool:
+    @contextlib.contextmanager
+    def micro_step(self, model: Any, *, update: bool) -> Iterator[None]:
+        """Around one micro-step's forward and backward pass: across processes the gradients are reduced only
+        on the one that ends the optimisation step (``update``); the others only accumulate (DDP's no_sync).
+        Under FSDP every micro-step reduce-scatters into each process's shard (FSDP2 would otherwise keep the
+        unsynchronised gradients unsharded beside the parameters: a whole model's more per GPU); DeepSpeed
+        accumulates by itself, told by ``sync_gradients`` where a step ends."""
+        if self.accelerator is None:
+            yield
+            return
+        from accelerate.utils import DistributedType
+
+        self.accelerator.sync_gradients = update
+        accumulates_itself = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        with contextlib.nullcontext() if update or accumulates_itself else self.accelerator.no_sync(model):
+            yield
+
+    def __call__(self, loss: torch.Tensor, *, update: bool = True) -> bool:
+        """Back-propagate ``loss``; when it ends an optimisation step (``update``), clip the gradients and update
+        the weights. A NaN or infinite loss changes nothing and returns ``False``."""
         if not bool(torch.isfinite(loss)):
             return False
         if self.accelerator is not None:
             self.accelerator.backward(loss)
-            if self.max_grad_norm is not None and self.accelerator.sync_gradients:
-                self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
         else:
             loss.backward()
-            if self.max_grad_norm is not None:
+        if not update:
+            return True
+        if self.max_grad_norm is not None:
+            if self.accelerator is not None:
+                self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
+            else:
                 torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()

@@ -57,7 +57,8 @@ class ModelConfig(Section):
     revision: str | None = None
     gguf_file: str | None = Field(None, description="GGUF file inside a directory named by `name`")
     tokenizer: str | None = Field(None, description="tokenizer location when it differs from the model's")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # float64: slow, for comparisons that must not depend on a CPU's float32 rounding (tests, exact studies)
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     trust_remote_code: bool = False
 
 

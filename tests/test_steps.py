@@ -1,0 +1,128 @@
+"""A step's gradient is that of its whole effective batch, however its rows are split into processes and
+accumulation micro-steps (unlearnkit.steps): checked against the gradient of the objective's plain mean over
+the step's rows, on rows of unequal length. End to end on 2 processes: tests/test_distributed.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_gpt_neo
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.objectives import get_method, unlearning_loss
+from unlearnkit.parallel import Processes
+from unlearnkit.steps import epoch_micro_steps, micro_steps_in_epoch
+
+FORGET_LENGTHS = [5, 17, 9, 30, 12, 3, 22]  # one record per line: rows of unequal length (7: the last step is short)
+RETAIN_LENGTHS = [31, 8, 19, 4, 27, 13, 25, 10, 16, 6]
+SEQ_LEN = 32
+
+
+def _blocks(lengths: list[int], seed: int, name: str) -> TokenBlocks:
+    generator = torch.Generator().manual_seed(seed)
+    return TokenBlocks.from_lists([torch.randint(0, 95, (n,), generator=generator).tolist() for n in lengths],
+                                  name, seq_len=SEQ_LEN)
+
+
+def _logits(model: torch.nn.Module, blocks: TokenBlocks) -> torch.Tensor:
+    return model(input_ids=blocks.input_ids, attention_mask=blocks.attention_mask).logits
+
+
+def _gradient(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+
+def _split_gradients(model, method, forget, retain, reference, *, batch, accum, processes):
+    """Each optimisation step's gradient as the loop computes it: every process's micro-steps, each loss
+    divided by ``accum`` (accelerate) and the processes' gradients averaged (DDP); and each step's rows."""
+    steps: list[torch.Tensor] = []
+    rows: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    for index in range(processes):
+        order = torch.arange(len(forget))
+        plan = epoch_micro_steps(order, forget, retain if method.uses_retain else None, batch_size=batch,
+                                 retain_batch_size=batch, grad_accum=accum,
+                                 processes=Processes(index, processes), unit=method.unit,
+                                 generator=torch.Generator().manual_seed(0))
+        step = 0
+        for micro in plan:
+            if index == 0 and step == len(rows):
+                rows.append(([], []))
+            if index == 0:
+                rows[step][0].append(micro.step_rows)
+            part = forget.subset(micro.forget_rows) if micro.forget_rows is not None else None
+            mine = retain.subset(micro.retain_rows) if micro.retain_rows is not None else None
+            if mine is not None:
+                rows[step][1].append(micro.retain_rows)
+            loss, _ = unlearning_loss(method, _logits(model, part) if part else None, part.labels() if part else None,
+                                      _logits(model, mine) if mine else None, mine.labels() if mine else None, 1.0,
+                                      micro.forget_weight, forget_normaliser=micro.forget_normaliser,
+                                      reference_logprob=reference[micro.forget_rows] if part else None,
+                                      retain_normaliser=micro.retain_normaliser)
+            (loss / accum / processes).backward()
+            if micro.update:
+                if index == 0:
+                    steps.append(_gradient(model))
+                else:
+                    steps[step] += _gradient(model)
+                model.zero_grad(set_to_none=True)
+                step += 1
+    return steps, [(torch.cat(f), torch.cat(r) if r else None) for f, r in rows]
+
+
+@pytest.mark.parametrize("method_name", ["ga", "gd", "ihl", "npo", "simnpo"])
+def test_a_step_gradient_is_the_effective_batch_mean_however_its_rows_are_split(method_name):
+    # float64: the comparison holds to 1e-9 on any CPU's kernels
+    model = tiny_gpt_neo(layers=2).double().train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    method = get_method(method_name)
+    forget, retain = _blocks(FORGET_LENGTHS, 1, "forget"), _blocks(RETAIN_LENGTHS, 2, "retain")
+    reference = -40.0 - torch.arange(len(forget), dtype=torch.float64)  # NPO's log-probabilities before
+    splits = {  # (rows per process and micro-step, micro-steps per step, processes)
+        "one batch": (7, 1, 1), "2 x accumulation 2": (2, 2, 1), "3 per step": (3, 1, 1),
+        "1 on each of 2 processes x accumulation 2": (1, 2, 2), "2 on each of 2 processes": (2, 1, 2),
+        "1 x accumulation 3 on 2 processes": (1, 3, 2),
+    }
+    for name, (batch, accum, processes) in splits.items():
+        steps, rows = _split_gradients(model, method, forget, retain, reference, batch=batch, accum=accum,
+                                       processes=processes)
+        effective = batch * accum * processes
+        assert [len(f) for f, _ in rows] == [min(effective, 7 - start) for start in range(0, 7, effective)], name
+        for gradient, (forget_rows, retain_rows) in zip(steps, rows, strict=True):
+            # the independent computation: the objective's own mean over the step's rows, one pass
+            part = forget.subset(forget_rows)
+            loss = method.forget_loss(_logits(model, part), part.labels(), reference[forget_rows])
+            if method.uses_retain:
+                kept = retain.subset(retain_rows)
+                assert len(kept) == batch * accum * processes  # a short step keeps its full retain batch
+                loss = loss + torch.nn.functional.cross_entropy(
+                    _logits(model, kept)[:, :-1].reshape(-1, 96), kept.labels()[:, 1:].reshape(-1), ignore_index=-100)
+            loss.backward()
+            expected = _gradient(model)
+            model.zero_grad(set_to_none=True)
+            torch.testing.assert_close(gradient, expected, rtol=1e-9, atol=1e-12, msg=f"{method_name}, {name}")
+
+
+def test_a_short_last_step_is_the_mean_of_its_own_rows_and_keeps_its_full_retain_batch():
+    forget, retain = _blocks(FORGET_LENGTHS, 1, "forget"), _blocks(RETAIN_LENGTHS, 2, "retain")
+    plan = list(epoch_micro_steps(torch.arange(5), forget, retain, batch_size=2, retain_batch_size=3, grad_accum=2,
+                                  processes=Processes(0, 1), generator=torch.Generator().manual_seed(5)))
+    assert [m.step_rows.tolist() for m in plan] == [[0, 1], [2, 3], [4], []]
+    assert [m.forget_rows.tolist() if m.forget_rows is not None else None for m in plan] == [[0, 1], [2, 3], [4],
+                                                                                              None]
+    assert [m.update for m in plan] == [False, True, False, True]
+    tokens = [n - 1 for n in FORGET_LENGTHS]  # predicted tokens: all but each row's first
+    assert [m.forget_normaliser for m in plan] == [sum(tokens[:4]) / 2] * 2 + [tokens[4] / 2] * 2
+    # one draw of 3 x 2 retain rows per step, from the loop's generator, dealt out 3 a pass
+    generator = torch.Generator().manual_seed(5)
+    draws = [torch.randint(len(retain), (6,), generator=generator) for _ in range(2)]
+    assert all(torch.equal(m.retain_rows, draws[i // 2][3 * (i % 2):3 * (i % 2) + 3]) for i, m in enumerate(plan))
+    assert micro_steps_in_epoch(5, batch_size=2, grad_accum=2, processes=Processes(), with_retain=True) == len(plan)
+    # on 2 processes a pass of one row leaves the second process a row of weight 0
+    second = list(epoch_micro_steps(torch.arange(3), forget, None, batch_size=1, retain_batch_size=1, grad_accum=1,
+                                    processes=Processes(1, 2), generator=torch.Generator()))
+    assert [(m.forget_rows.tolist(), m.forget_weight, m.retain_rows) for m in second] == [([1], 1.0, None),
+                                                                                         ([2], 0.0, None)]
+    assert micro_steps_in_epoch(3, batch_size=1, grad_accum=1, processes=Processes(1, 2),
+                                with_retain=False) == len(second)
