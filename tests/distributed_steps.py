@@ -39,7 +39,7 @@ def steps_config(model_dir: Path, forget_file: Path, out: Path, method: str, ada
                  grad_accum: int, dtype: str = "float64"):
     """Two epochs of ``method`` with ``adapter`` on the records, ``batch`` forget and retain rows per process and
     micro-step. In float64 by default: float32's rounding, which differs with how rows are batched, is amplified
-    by Adam (up to 2e-4 of a weight's scale after four updates here), and would hide what the split changes."""
+    by Adam for weights whose gradients are near 0, and would hide what the split changes."""
     from unlearnkit.config import load_config
 
     return load_config(DISTRIBUTED_CONFIG, [
