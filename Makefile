@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SHARED_DATA := $(abspath ../shared/data)
 export UNLEARNKIT_DATA ?= $(if $(wildcard $(SHARED_DATA)/README.md),$(SHARED_DATA),$(HOME)/.cache/unlearnkit/data)
 
-.PHONY: setup demo test test-slow test-fast lint bench bench-full clean
+.PHONY: setup demo test test-portable test-slow test-fast lint bench bench-full clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,17 @@ demo: setup
 # tests are listed at the end.
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The suite as other CPUs compute it: torch's portable kernels and MKL's AVX2 ones instead of this machine's own
+# (a test must not hold only by one CPU's float rounding), then torch's AVX2 kernels with 2 threads per process
+# (reductions split and summed in another order) on one worker; each in a shuffled order (its seed is printed:
+# `--random-order-seed=N` repeats it).
+PORTABLE_ORDER = --random-order-bucket=module --random-order-seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+test-portable: setup
+	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 \
+		$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PORTABLE_ORDER)
+	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 UNLEARNKIT_TEST_THREADS=2 \
+		$(BIN)/python -m pytest -q $(PORTABLE_ORDER)
 
 # The tests kept out of `make test` to keep it under 6 minutes (marked `slow`: more multi-process cases and
 # resuming them, the full lm-eval task index, more end-to-end variants, building the tiny testbed, loading

@@ -19,9 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Tiny models gain nothing from a second thread, and OpenMP threads that spin while another
-# process holds the other core make them up to 100x slower.
-torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# process holds the other core make them up to 100x slower. `make test-portable` runs the suite once with 2
+# threads (UNLEARNKIT_TEST_THREADS=2, one worker), where reductions are split and summed in another order.
+THREADS = os.environ.get("UNLEARNKIT_TEST_THREADS", "1")
+torch.set_num_threads(int(THREADS))
+os.environ.setdefault("OMP_NUM_THREADS", THREADS)
 
 
 def tiny_gpt_neo(vocab_size: int = 96, seed: int = 0, layers: int = 2, hidden: int = 32):
@@ -134,14 +136,27 @@ def memorised_run_overrides(model_dir: Path, out: Path) -> list[str]:
     ]
 
 
+def assert_no_near_ties(model: torch.nn.Module, ids: torch.Tensor, margin: float = 1e-4) -> None:
+    """Two computations of the same logits that differ only by float rounding (a merged adapter against the
+    unmerged one, another CPU's kernels: about 1e-6) agree on whether each next token of ``ids`` is the argmax
+    when no position's true-token logit is within ``margin`` of the best other one: then MA can be compared
+    exactly."""
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1].float()
+    true = logits.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    others = logits.scatter(-1, ids[:, 1:, None], float("-inf")).amax(dim=-1)
+    closest = float((true - others).abs().min())
+    assert closest > margin, f"a near-tie ({closest:.1e}): an exact comparison of MA could flip on another CPU"
+
+
 def run_cli(*args: str, **popen: Any) -> subprocess.CompletedProcess[str]:
-    """``unlearnkit ARGS`` in a fresh process (one thread, the offline data pack)."""
+    """``unlearnkit ARGS`` in a fresh process (the tests' threads, the offline data pack)."""
     return subprocess.run([sys.executable, "-m", "unlearnkit.cli", *args], capture_output=True, text=True,
                           timeout=600, env=cli_env(), **popen)
 
 
 def cli_env() -> dict[str, str]:
-    return {**os.environ, "UNLEARNKIT_DATA": str(DATA), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "UNLEARNKIT_DATA": str(DATA), "OMP_NUM_THREADS": THREADS}
 
 
 # --- several processes (tests/test_distributed.py, tests/test_fsdp.py) --------------------------------
@@ -157,7 +172,7 @@ def free_port() -> int:
 
 def torchrun_command(*args: str, processes: int = 2) -> tuple[list[str], dict[str, str]]:
     """The command and environment that run ``args`` (a module run with -m, or a script) under torchrun on CPU,
-    one thread per process."""
+    the tests' threads per process."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                f"--master_port={free_port()}", *args]
     return command, {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
@@ -185,8 +200,8 @@ def wait_for_checkpoint(output_dir: Path, epoch: int, process: subprocess.Popen[
 
 
 def accelerate_launch_command(config: Path, *args: str, processes: int = 2) -> tuple[list[str], dict[str, str]]:
-    """The command and environment of ``accelerate launch --config_file CONFIG ARGS`` on CPU, one thread per
-    process."""
+    """The command and environment of ``accelerate launch --config_file CONFIG ARGS`` on CPU, the tests'
+    threads per process."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                f"--num_processes={processes}", f"--main_process_port={free_port()}", *args]
     return command, {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}

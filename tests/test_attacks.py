@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import memorised_run_overrides, run_cli
+from conftest import assert_no_near_ties, memorised_run_overrides, run_cli
 from unlearnkit.attacks.relearn import recovery_fraction, relearn, split_forget_rows
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
@@ -48,9 +48,13 @@ def test_relearning_brings_back_the_rows_it_fine_tunes_on(memorized_model_dir, t
     attacked = copy.deepcopy(unlearned)
     losses = relearn(attacked, split.attack, steps=20, lr=1e-3, batch_size=2)
     assert losses[-1] < losses[0]
-    assert ma(unlearned, split.attack) <= result.thresholds.ma < ma(attacked, split.attack)
-    assert ma(attacked, split.measured) >= ma(unlearned, split.measured)  # never less on the rows it did not see
-    # the unlearned model itself is untouched
+    # the criterion bounds the whole forget set's MA (not each half's); relearning brings the attacked rows back
+    # with a margin of a quarter of their tokens (measured: 0.5-0.7 more). What it does to the rows it did not
+    # see is what the attack measures, not a property to assert.
+    assert_no_near_ties(unlearned, result.data.forget.input_ids)  # merged here, unmerged in the loop
+    assert ma(unlearned, result.data.forget) <= result.thresholds.ma
+    assert ma(attacked, split.attack) >= ma(unlearned, split.attack) + 0.25
+    # the unlearned model itself is untouched (the loop scored the unmerged model: no near-tie, as checked above)
     assert float(memorization_accuracy(unlearned, result.data.forget.input_ids).mean()) == pytest.approx(
         result.after["forget"]["ma"])
 

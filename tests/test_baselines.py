@@ -148,4 +148,4 @@ def test_the_new_baselines_unlearn_the_memorised_rows(memorized_model_dir, tmp_p
     result = run_unlearning(memorised_run_config(memorized_model_dir, tmp_path / "run", method, "lora", 1e-1,
                                                  ["eval.audit=false"]), quiet=True)
     assert result.state.criterion_met, result.state.history
-    assert result.after["forget"]["ma"] < result.thresholds.ma < result.before["forget"]["ma"]
+    assert result.after["forget"]["ma"] <= result.thresholds.ma < result.before["forget"]["ma"]

@@ -85,7 +85,9 @@ def test_audit_command_and_run_report_privacy(memorized_model_dir, tmp_path):
     # a memorised forget set against unseen text: the loss attack separates them perfectly
     assert report["privacy"]["mia_auc"]["loss"] == 1.0
     forget, holdout = report["privacy"]["extraction_forget"], report["privacy"]["extraction_validation"]
-    assert forget["exact_match_rate"] >= 0.5 and holdout["exact_match_rate"] == 0.0
+    # memorisation stops at MA 0.95, so which rows are reproduced whole depends on the training trajectory
+    # (measured: 3 of 4); at least one is, and none of the held-out ones
+    assert forget["exact_match_rate"] >= 0.25 and holdout["exact_match_rate"] == 0.0
     assert forget["mean_matched_tokens"] > holdout["mean_matched_tokens"]
     assert report["forget"]["ma"] >= 0.95 and len(report["ids"]["forget"]) == 4
 

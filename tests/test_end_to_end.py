@@ -17,7 +17,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import MEMORISED_SEQ_LEN, memorised_run_config, run_cli
+from conftest import MEMORISED_SEQ_LEN, assert_no_near_ties, memorised_run_config, run_cli
 from unlearnkit.config import load_config
 from unlearnkit.data.sources import load_blocks
 from unlearnkit.errors import UnlearnkitError
@@ -81,6 +81,7 @@ def test_each_method_unlearns_and_outputs_reload(memorized_model_dir, tmp_path, 
         torch.testing.assert_close(result.plain_model().eval()(ids).logits, merged_logits, rtol=0, atol=0)
         from unlearnkit.metrics.memorization import memorization_accuracy
 
+        assert_no_near_ties(merged, ids)  # merged and unmerged logits differ by rounding: the same argmaxes
         assert float(memorization_accuracy(merged, ids).mean()) == pytest.approx(after["ma"])
         if adapter != "none":
             base = AutoModelForCausalLM.from_pretrained(memorized_model_dir).eval()
@@ -109,12 +110,15 @@ def test_warmup_raises_the_learning_rate_linearly_over_updates(memorized_model_d
 def test_deciding_the_criterion_early_stops_at_the_same_epoch_with_the_same_metrics(memorized_model_dir, tmp_path):
     runs = {}
     for scoring in ("full", "decide"):
+        # thresholds given: with the held-out ones (MA 4.5 tokens of 124, EL10 0) the stop epoch sat on a plateau
+        # 1.5-2.5 tokens above the MA threshold for five epochs, and came anywhere from epoch 6 to never
         config = _config(memorized_model_dir, tmp_path / f"run-{scoring}", "ihl", "lora", 5e-2,
-                         [f"eval.per_epoch_el={scoring}"])
+                         [f"eval.per_epoch_el={scoring}", "eval.ma_threshold=0.2", "eval.el_threshold=0.05"])
         runs[scoring] = run_unlearning(config, quiet=True)
     full, decided = runs["full"], runs["decide"]
     assert decided.state.history[-1]["epoch"] == full.state.history[-1]["epoch"]
     assert decided.state.criterion_met and full.state.criterion_met
+    assert full.state.history[-1]["epoch"] <= 8, "the criterion should be met with epochs to spare"
     skipped = 0
     for eager, lazy in zip(full.state.history, decided.state.history, strict=True):
         assert lazy["forget_ma"] == eager["forget_ma"]

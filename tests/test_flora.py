@@ -293,8 +293,14 @@ def test_auto_svd_is_exact_on_small_layers_and_randomized_and_close_on_large_one
     randomized = flora_factors(large, row, 8, "randomized")
     assert all(torch.equal(x, y) for x, y in zip(auto, randomized, strict=True))
     exact = flora_factors(large, row, 8, "exact")
+    weights = (row / row.max()).double()
 
     def objective(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(((row / row.max())[:, None] * (large - b @ a)).square().sum())
+        return float((weights[:, None] * (large.double() - b.double() @ a.double())).square().sum())
 
-    assert objective(*exact) <= objective(*auto) <= 1.01 * objective(*exact)
+    # Eckart-Young in float64: the best rank-8 error of the row-weighted matrix is its tail of squared singular
+    # values. The exact SVD reaches it up to float32 rounding of the factors; the randomized one within 1 %.
+    # (Which of the two is lower is rounding noise: they are one float32 ulp apart.)
+    optimum = float(torch.linalg.svdvals(weights[:, None] * large.double())[8:].square().sum())
+    assert objective(*exact) <= optimum * (1 + 1e-6)
+    assert objective(*auto) <= 1.01 * optimum
