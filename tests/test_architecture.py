@@ -15,7 +15,7 @@ ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 # The stages in data-flow order (docs/architecture.md): a module may import its own stage and the ones above.
 LAYERS = [
-    {"errors", "io", "progress", "config"},
+    {"errors", "io", "ownership", "progress", "config"},
     {"data"},
     {"model_names", "modeling", "parallel", "flops"},
     {"objectives"},

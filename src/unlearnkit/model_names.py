@@ -4,6 +4,8 @@ without importing torch, so that a wrong path is refused before any expensive wo
 from __future__ import annotations
 
 import importlib.util
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from unlearnkit.errors import UnlearnkitError
@@ -11,7 +13,7 @@ from unlearnkit.errors import UnlearnkitError
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["SMOLLM2_ALIAS", "SMOLLM2_GGUF", "locate_model", "smollm2_gguf_path"]
+__all__ = ["SMOLLM2_ALIAS", "SMOLLM2_GGUF", "ModelShape", "locate_model", "model_shape", "smollm2_gguf_path"]
 
 
 def smollm2_gguf_path() -> Path:
@@ -44,3 +46,39 @@ def locate_model(name: str, gguf_file: str | None) -> tuple[str, str | None, boo
     if name.startswith((".", "/", "~")) or path.exists():
         raise UnlearnkitError(f"The model path {name} is not a directory or a .gguf file; check model.name.")
     return name, gguf_file, False
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's ``config.json`` says of its size: enough to check a run's sizes without loading it."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    context: int | None  # the longest sequence its positions allow (None: not bounded, e.g. rotary without a limit)
+
+
+# The names architectures give these fields (GPT-2: n_embd, n_layer, n_head, n_positions; GPT-Neo: num_layers).
+_FIELDS = {"vocab": ("vocab_size",), "hidden": ("hidden_size", "n_embd", "d_model"),
+           "layers": ("num_hidden_layers", "n_layer", "num_layers"), "heads": ("num_attention_heads", "n_head"),
+           "context": ("max_position_embeddings", "n_positions", "n_ctx")}
+
+
+def model_shape(name: str) -> ModelShape | None:
+    """The shape of a local Hugging Face model directory (or a run directory's model/) from its ``config.json``,
+    read without torch; ``None`` for a hub id, a GGUF file or a config that does not say."""
+    directory = Path(name).expanduser()
+    for candidate in (directory / "config.json", directory / "model" / "config.json"):
+        if candidate.is_file():
+            try:
+                config = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            values = {key: next((config[f] for f in fields if isinstance(config.get(f), int)), None)
+                      for key, fields in _FIELDS.items()}
+            vocab, hidden, layers, heads = (values[key] for key in ("vocab", "hidden", "layers", "heads"))
+            if vocab is None or hidden is None or layers is None or heads is None:
+                return None
+            return ModelShape(vocab, hidden, layers, heads, values["context"])
+    return None

@@ -17,6 +17,7 @@ from unlearnkit.checkpoints import Checkpoints, launched_first
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write_json, atomic_write_text, claimed, remove_stale_staging, staged_directory
+from unlearnkit.ownership import check_replaceable, mark_directory
 from unlearnkit.reports import metrics_document, package_versions, render_report
 from unlearnkit.results import RunResult
 
@@ -25,9 +26,10 @@ def check_output_dir(config: RunConfig) -> Path:
     """The run's output directory, refused before any expensive work when the run may not write it there.
 
     Refused: a path that is a file or cannot be created (tried: a hidden directory is made and removed in
-    the nearest existing folder); a directory that is or contains one of the run's inputs (model, tokenizer,
-    data directory, data files, Fisher cache); a non-empty directory without ``output.overwrite``; and, even
-    with it, a non-empty directory that is not a previous unlearnkit output (which has a ``run.json``).
+    the nearest existing folder); a directory that is, holds or lies inside one of the run's inputs (model,
+    tokenizer, data directory, data files, Fisher cache, the config file); a non-empty directory without
+    ``output.overwrite``; and, even with it, a directory holding anything unlearnkit did not write
+    (:func:`unlearnkit.ownership.check_replaceable`).
     """
     directory = Path(config.output.dir).expanduser().resolve()
     # a sequence of deletion requests (unlearnkit.sequential) continues in its own directory where it stopped
@@ -49,20 +51,7 @@ def claim_output_dir(config: RunConfig) -> Iterator[None]:
 def check_output_path(path: str | Path, inputs: list[Path], *, overwrite: bool, option: str) -> Path:
     """:func:`check_output_dir` for any command writing a directory of outputs (``option`` names where the
     user sets it): the resolved directory, or one sentence saying why it may not be written."""
-    directory = Path(path).expanduser().resolve()
-    if directory.exists() and not directory.is_dir():
-        raise UnlearnkitError(f"The output path {directory} is a file; choose a directory with {option}.")
-    for input_path in inputs:
-        if input_path == directory or directory in input_path.parents:
-            raise UnlearnkitError(f"The output directory {directory} holds an input of this run ({input_path}); "
-                                  f"choose an {option} outside it.")
-    if directory.is_dir() and any(directory.iterdir()):
-        if not overwrite:
-            raise UnlearnkitError(
-                f"The output directory {directory} is not empty; choose another {option} or pass --overwrite.")
-        if not (directory / "run.json").is_file() and not (directory / "requests.json").is_file():
-            raise UnlearnkitError(f"The output directory {directory} is not a previous unlearnkit output (it has "
-                                  f"no run.json), so it will not be replaced; choose another {option}.")
+    directory = check_replaceable(path, inputs, overwrite=overwrite, option=option)
     _check_creatable(directory, option)
     return directory
 
@@ -73,6 +62,8 @@ def run_inputs(config: RunConfig) -> list[Path]:
 
     data_dir = resolve_data_dir(config.data.dir)
     candidates = [Path(config.model.name).expanduser(), data_dir]
+    if config.source_file is not None:
+        candidates.append(Path(config.source_file))
     if config.model.tokenizer:
         candidates.append(Path(config.model.tokenizer).expanduser())
     for spec in (config.data.forget, config.data.retain, config.data.validation):
@@ -142,5 +133,6 @@ def write_run_outputs(result: RunResult) -> Path:
         })
         atomic_write_json(staging / "metrics.json", metrics_document(result))
         atomic_write_text(staging / "report.md", render_report(result))
+        mark_directory(staging, "run")
     Checkpoints.of(config).discard()  # the run is complete: nothing is left to resume
     return final

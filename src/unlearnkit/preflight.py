@@ -10,6 +10,7 @@ still refused by the loop, before training.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -48,11 +49,53 @@ def check_run(config: RunConfig) -> Path:
             not Path(fisher_path).expanduser().is_dir():
         problems.append(f"adapter.flora.fisher_path {fisher_path} is a file; give a directory for forget.safetensors "
                         "and retain.safetensors (`unlearnkit fisher --out DIR` writes one).")
-    attempt(lambda: _check_adapter_fits(config))
     output_dir = attempt(lambda: check_output_dir(config))
+    attempt(lambda: check_sizes(config))
+    if not problems:  # the weightless skeleton imports torch (seconds): only once the cheap checks have passed
+        attempt(lambda: _check_adapter_fits(config))
     if problems or output_dir is None:
         raise UnlearnkitError("\n".join(dict.fromkeys(problems)))
     return output_dir
+
+
+def check_sizes(config: RunConfig, memory_bytes: int | None = None) -> None:
+    """``data.seq_len`` against the model's context, and the activations of one micro-step against the machine's
+    memory (``memory_bytes``, default: this machine's), from the model's ``config.json`` (no torch, no weights).
+
+    The estimate is a floor of what a training step holds for its backward pass, per token: the logits in fp32
+    three times (logits, log-softmax, their gradient) and, per layer, 18 hidden-size vectors and the attention
+    scores of every head (in ``model.dtype``). A micro-step takes ``train.batch_size`` forget rows and
+    ``train.retain_batch_size`` retain rows; the retain rows are drawn with replacement, so their number is not
+    bounded by the retain set, and a typo there is refused here rather than found by the out-of-memory killer.
+    """
+    from unlearnkit.model_names import model_shape
+
+    shape = model_shape(config.model.name)
+    if shape is None:
+        return
+    seq_len = config.data.seq_len
+    if shape.context is not None and seq_len > shape.context:
+        raise UnlearnkitError(f"data.seq_len {seq_len} is longer than the model's context ({shape.context} "
+                              f"positions); lower data.seq_len to at most {shape.context}.")
+    width = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}[config.model.dtype]
+    per_token = 3 * 4 * shape.vocab + shape.layers * width * (18 * shape.hidden + shape.heads * seq_len)
+    retain_rows = (config.train.retain_batch_size or config.train.batch_size) if config.needs_retain() else 0
+    rows = config.train.batch_size + retain_rows
+    needed = rows * seq_len * per_token
+    available = memory_bytes if memory_bytes is not None else _machine_memory()
+    if available and needed > available:
+        raise UnlearnkitError(
+            f"train.batch_size {config.train.batch_size} and train.retain_batch_size {retain_rows} need about "
+            f"{needed / 2**30:,.0f} GiB of activations for one step ({rows} rows of {seq_len} tokens), more than "
+            f"this machine's {available / 2**30:,.0f} GiB of memory; lower them (train.grad_accum keeps the "
+            "effective batch).")
+
+
+def _machine_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _check_adapter_fits(config: RunConfig) -> None:

@@ -44,12 +44,20 @@ def validated(build: Any, what: str) -> Any:
                               ) from None
 
 
-def check_json_out(path: Path | None) -> None:
-    """Refuse a --json path that cannot take a file, before the work whose results it would hold."""
-    if path is not None and path.is_dir():
-        raise UnlearnkitError(f"--json {path} is a directory; give a file name, e.g. {path / 'scores.json'}.")
-    if path is not None and path.parent.exists() and not path.parent.is_dir():
-        raise UnlearnkitError(f"--json {path} cannot be written: {path.parent} is a file; choose another path.")
+def check_json_out(path: Path | None, model: str, sources: list[str], data_dir: str | None) -> None:
+    """Refuse a --json path that cannot take a file or may not be written (an input of the command, a file
+    unlearnkit did not write: :func:`unlearnkit.ownership.check_output_file`), before the work whose results it
+    would hold."""
+    if path is None:
+        return
+    from unlearnkit.data.catalog import resolve_data_dir
+    from unlearnkit.io import cache_root
+    from unlearnkit.ownership import check_output_file
+
+    inputs = [Path(model).expanduser(), resolve_data_dir(data_dir), cache_root()]
+    inputs += [Path(text).expanduser() for text in sources if Path(text).expanduser().exists()]
+    inputs += [Path(text.split("path=", 1)[1].split(",")[0]).expanduser() for text in sources if "path=" in text]
+    check_output_file(path, [p for p in inputs if p.exists()], option="--json")
 
 
 def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_len: int,
@@ -58,9 +66,13 @@ def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_
     if el_n + 1 > seq_len:
         raise UnlearnkitError(f"EL{el_n} needs sequences of at least {el_n + 1} tokens but --seq-len is {seq_len}; "
                               "lower --n or raise --seq-len.")
-    from unlearnkit.model_names import locate_model
+    from unlearnkit.model_names import locate_model, model_shape
 
     locate_model(model, None)  # these commands load a model, not a run directory: refused before torch
+    shape = model_shape(model)
+    if shape is not None and shape.context is not None and seq_len > shape.context:
+        raise UnlearnkitError(f"--seq-len {seq_len} is longer than the model's context ({shape.context} positions); "
+                              f"lower --seq-len to at most {shape.context}.")
     specs = [parse_source(text) for text in sources]  # bad input fails before the model loads
     from unlearnkit.data.files import check_user_file
     from unlearnkit.data.sources import load_blocks, resolve_data_dir

@@ -22,6 +22,7 @@ from unlearnkit.cli.common import (
     validated,
 )
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.ownership import MARKDOWN_MARK, marked
 
 
 @app.command(epilog="Example: `unlearnkit memorization smollm2 --data tdec,split=val,n=8 --seq-len 64`")
@@ -41,7 +42,7 @@ def memorization(
     from unlearnkit.io import atomic_write_json
     from unlearnkit.progress import Progress
 
-    check_json_out(json_out)
+    check_json_out(json_out, model, [data], data_dir)
     progress = Progress(quiet=quiet)
     loaded, (blocks,) = model_and_sources(model, [data], data_dir, seq_len, progress, n)
     from unlearnkit.evaluation import evaluate_memorization  # torch: only once the input has been checked
@@ -54,7 +55,7 @@ def memorization(
     table.add_row(f"EL{n}", f"{scores['el']:.4f}")
     Console(emoji=False).print(table)
     if json_out is not None:
-        atomic_write_json(json_out, {"model": model, "data": data, "n": n, **scores})
+        atomic_write_json(json_out, marked({"model": model, "data": data, "n": n, **scores}))
 
 
 @app.command(epilog="Example: `unlearnkit audit runs/ihl/model --forget jang,n=32,set=0 "
@@ -74,7 +75,7 @@ def audit(
     from unlearnkit.io import atomic_write_json
     from unlearnkit.progress import Progress
 
-    check_json_out(json_out)
+    check_json_out(json_out, model, [forget, holdout], data_dir)
     progress = Progress(quiet=quiet)
     loaded, (forget_blocks, holdout_blocks) = model_and_sources(model, [forget, holdout], data_dir, seq_len,
                                                                  progress, n)
@@ -88,9 +89,9 @@ def audit(
                                        tokenizer=loaded.tokenizer)
     Console(emoji=False).print(audit_table(snapshot, n))
     if json_out is not None:
-        atomic_write_json(json_out, {"model": model, "sources": {"forget": forget, "validation": holdout}, "n": n,
-                                     "ids": {"forget": forget_blocks.ids, "validation": holdout_blocks.ids},
-                                     **snapshot})
+        atomic_write_json(json_out, marked({"model": model, "sources": {"forget": forget, "validation": holdout},
+                                            "n": n, "ids": {"forget": forget_blocks.ids,
+                                                            "validation": holdout_blocks.ids}, **snapshot}))
 
 
 @app.command("eval", epilog="Example: `unlearnkit eval smollm2 --suite paper --limit 100 --output runs/eval-smollm2`; "
@@ -116,11 +117,18 @@ def eval_(
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
                          "The evaluation option")
+    if output is not None and output.exists() and not output.is_dir():
+        raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
     if output is not None and not overwrite and any((output / f).exists() for f in ("eval.json", "eval.md")):
         raise UnlearnkitError(f"{output} already holds eval.json or eval.md; choose another --output or pass "
                               "--overwrite.")
-    if output is not None and output.exists() and not output.is_dir():
-        raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
+    if output is not None:
+        from unlearnkit.data.catalog import resolve_data_dir
+        from unlearnkit.ownership import check_output_file
+
+        inputs = [p for p in (Path(model).expanduser(), resolve_data_dir(data_dir)) if p.exists()]
+        for name in ("eval.json", "eval.md"):
+            check_output_file(output / name, inputs, option="--output")
     check_model_name(model)
     from unlearnkit.data.catalog import resolve_data_dir  # torch and the model: only for valid input
     from unlearnkit.evaluation import downstream_scores
@@ -137,8 +145,8 @@ def eval_(
     snapshot = downstream_scores(loaded.model, loaded.tokenizer, options, resolve_data_dir(data_dir), progress)
     Console(emoji=False).print(kept_table(snapshot, f"What {model} kept"))
     if output is not None:
-        atomic_write_json(output / "eval.json", {"model": model, "loaded_from": location, **snapshot})
-        atomic_write_text(output / "eval.md", render_kept_markdown(model, snapshot))
+        atomic_write_json(output / "eval.json", marked({"model": model, "loaded_from": location, **snapshot}))
+        atomic_write_text(output / "eval.md", f"{MARKDOWN_MARK}\n{render_kept_markdown(model, snapshot)}")
         Console(emoji=False).print(f"Wrote {output / 'eval.json'} and {output / 'eval.md'}")
 
 

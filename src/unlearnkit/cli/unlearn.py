@@ -138,12 +138,11 @@ def fisher(
 ) -> None:
     """Compute the forget and retain empirical Fisher (Eq. 2) of the target weights and save them for reuse."""
     from unlearnkit.config import load_config
+    from unlearnkit.outputs import run_inputs
+    from unlearnkit.ownership import check_replaceable
 
     cfg = load_config(config, list(set_ or []))
-    if out.exists() and not out.is_dir():
-        raise UnlearnkitError(f"The Fisher path {out} is a file; choose a directory with --out.")
-    if out.exists() and any(out.iterdir()):
-        raise UnlearnkitError(f"The Fisher directory {out} is not empty; choose another --out or delete it.")
+    check_replaceable(out, run_inputs(cfg), overwrite=False, option="--out")
     if cfg.data.retain is None:
         raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
     from rich.table import Table  # torch and the model: only for valid input
@@ -152,6 +151,7 @@ def fisher(
     from unlearnkit.data.run_sets import load_run_data
     from unlearnkit.io import staged_directory
     from unlearnkit.modeling import load_configured_model, resolve_target_modules
+    from unlearnkit.ownership import mark_directory
     from unlearnkit.progress import Progress
     # The Fisher pass is FLoRA's first step: load the data a FLoRA run loads.
     cfg.adapter.name = "flora"
@@ -168,6 +168,7 @@ def fisher(
         results = dict(zip(("forget", "retain"), compute_fishers(
             loaded.model, targets, data.forget, retain, options.model_copy(update={"fisher_path": str(staging)})),
             strict=True))
+        mark_directory(staging, "fisher")
     forget_f, retain_f = results["forget"].normalised(), results["retain"].normalised()
     table = Table(title=f"Empirical Fisher ({options.estimator}) of {len(forget_f)} target weights")
     for column in ("weight", "shape", "mean F_forget", "mean F_retain", "row weight min / max"):

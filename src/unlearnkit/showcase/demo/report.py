@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from unlearnkit.io import atomic_write, atomic_write_json, atomic_write_text
+from unlearnkit.ownership import mark_directory
 from unlearnkit.results import RunResult
 from unlearnkit.showcase.demo.settings import DemoSettings
 from unlearnkit.showcase.leaks import LeakReport
@@ -243,6 +244,7 @@ def write_demo_outputs(result: DemoResult) -> None:
     plot_demo(result, out / "demo.png")
     atomic_write_text(out / "demo.md", render_demo_markdown(result))
     atomic_write_json(out / "demo.json", demo_document(result))
+    mark_directory(out, "demo")  # the run's outputs and these: all the demo wrote (a next demo may replace them)
 
 
 def _ma_el(scores: dict[str, Any]) -> str:
