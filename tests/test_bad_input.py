@@ -55,9 +55,32 @@ CASES = [
     ("output under a file", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=file.txt/run"],
      ["cannot be created", "file.txt is a file"]),
     ("output is the model", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=MODEL", "--overwrite"],
-     ["holds an input of this run"]),
+     ["output.dir", "is an input of this command"]),
     ("overwrite a user's folder", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=full", "--overwrite"],
-     ["not a previous unlearnkit output"]),
+     ["holds files unlearnkit did not write (notes.txt)"]),
+    # issue 27's four ways to lose files or memory: a folder with a run.json of its own, the run's own config in its
+    # output directory, --json over an input, a batch that does not fit
+    ("overwrite a folder with its own run.json", ["run", PAPER, "MODEL", *SMALL, "--set", "output.dir=proj",
+                                                  "--overwrite"], ["holds files unlearnkit did not write (run.json, "
+                                                                   "src)"]),
+    ("overwrite the run's own config", ["run", "prev/my.yaml", "MODEL", *SMALL, "--set", "output.dir=prev",
+                                        "--overwrite"], ["holds an input of this command", "my.yaml"]),
+    ("memorization json over its data", ["memorization", "MODEL", "--data", "rows.jsonl", "--json", "rows.jsonl"],
+     ["--json", "rows.jsonl is an input of this command"]),
+    ("memorization json into the model", ["memorization", "MODEL", "--data", "rows.jsonl", "--json",
+                                          "MODEL/model.safetensors"], ["is inside an input of this command"]),
+    ("audit json over a user's file", ["audit", "MODEL", "--forget", "jang,n=4", "--holdout", "tdec,split=val,n=4",
+                                       "--json", "file.txt"], ["file.txt exists and unlearnkit did not write it"]),
+    ("batch that does not fit", ["run", PAPER, "MODEL", *SMALL, "--set", "train.batch_size=100000"],
+     ["train.batch_size 100000", "GiB of activations", "GiB of memory"]),
+    ("seq_len beyond the context", ["run", PAPER, "MODEL", *SMALL, "--set", "data.seq_len=300"],
+     ["data.seq_len 300 is longer than the model's context (256 positions)"]),
+    ("memorization seq-len beyond the context", ["memorization", "MODEL", "--data", "jang,n=4", "--seq-len", "300"],
+     ["--seq-len 300 is longer than the model's context"]),
+    ("fisher out is the model", ["fisher", PAPER, "--out", "MODEL", "--set", "model.name=MODEL"],
+     ["is an input of this command"]),
+    ("demo over a folder with its own run.json", ["demo", "--tiny", "--output", "proj"],
+     ["holds files unlearnkit did not write"]),
     ("rank beyond the layers", ["run", PAPER, "MODEL", *SMALL, "--set", "adapter.rank=1000"],
      ["LoRA rank 1000 is too large"]),
     ("unknown target module", ["run", PAPER, "MODEL", *SMALL, "--set", "adapter.modules=[nosuch]"],
@@ -68,7 +91,7 @@ CASES = [
     ("resume with a config", ["run", PAPER, "--resume", "elsewhere"], ["--resume OUTPUT_DIR alone"]),
     ("memorization n 0", ["memorization", "MODEL", "--data", "jang,n=4", "--n", "0"], ["'--n'", "--help"]),
     ("memorization json folder", ["memorization", "MODEL", "--data", "jang,n=4", "--json", "sub"],
-     ["--json sub is a directory"]),
+     ["--json", "sub is a directory"]),
     ("memorization unknown source", ["memorization", "MODEL", "--data", "nosuch,n=4"],
      ['Unknown data source "nosuch"']),
     ("memorization not key=value", ["memorization", "MODEL", "--data", "jang,n"], ['"n" is not key=value']),
@@ -86,14 +109,14 @@ CASES = [
     ("audit without forget", ["audit", "MODEL", "--holdout", "tdec,split=val,n=4"], ["Missing option '--forget'"]),
     ("fisher out is a file", ["fisher", PAPER, "--out", "file.txt"], ["file.txt is a file"]),
     ("fisher without out", ["fisher", PAPER], ["Missing option '--out'"]),
-    ("fisher out not empty", ["fisher", PAPER, "--out", "full"], ["full is not empty"]),
+    ("fisher out not empty", ["fisher", PAPER, "--out", "full"], ["full is not empty; choose another --out."]),
     ("fisher without retain", ["fisher", PAPER, "--out", "f", "--set", "data.retain=null", "--set", "method.name=ga"],
      ["needs a retain set"]),
     ("demo forget all", ["demo", "--tiny", "--customers", "4", "--forget", "8", "--output", "d"], ["--forget"]),
     ("demo output is a file", ["demo", "--tiny", "--output", "file.txt"], ["file.txt is a file"]),
     ("demo no customers", ["demo", "--tiny", "--customers", "-1", "--output", "d"], ["--customers must be at least"]),
     ("demo lr 0", ["demo", "--tiny", "--lr", "0", "--output", "d"], ["--lr must be a positive learning rate"]),
-    ("demo over a user's folder", ["demo", "--tiny", "--output", "full"], ["not a previous unlearnkit output"]),
+    ("demo over a user's folder", ["demo", "--tiny", "--output", "full"], ["holds files unlearnkit did not write"]),
 ]
 
 
@@ -108,6 +131,12 @@ def workdir(tmp_path_factory) -> Path:
     (folder / "sub").mkdir()
     (folder / "full").mkdir()
     (folder / "full" / "notes.txt").write_text("the user's")
+    (folder / "proj" / "src").mkdir(parents=True)  # a project of the user's that has a run.json of its own
+    (folder / "proj" / "run.json").write_text('{"name": "app"}')
+    (folder / "proj" / "src" / "main.py").write_text("print('hello')\n")
+    (folder / "prev").mkdir()  # a config kept in the output directory it names
+    (folder / "prev" / "my.yaml").write_text(Path(PAPER).read_text())
+    (folder / "rows.jsonl").write_text('{"text": "one record"}\n{"text": "another record, longer"}\n')
     return folder
 
 

@@ -233,17 +233,20 @@ def test_bad_input_writes_nothing(memorized_model_dir, tmp_path):
     with pytest.raises(UnlearnkitError, match="not empty.*--overwrite"):
         check_output_dir(_config(memorized_model_dir, out, "ihl", "lora", 1e-2))
     # --overwrite replaces only a previous unlearnkit output, never a folder of the user's or an input
-    with pytest.raises(UnlearnkitError, match="not a previous unlearnkit output"):
+    with pytest.raises(UnlearnkitError, match=r"holds files unlearnkit did not write \(keep.txt\)"):
         check_output_dir(_config(memorized_model_dir, out, "ihl", "lora", 1e-2, ["output.overwrite=true"]))
     for target in (memorized_model_dir, memorized_model_dir.parent):
-        with pytest.raises(UnlearnkitError, match="holds an input of this run"):
+        with pytest.raises(UnlearnkitError, match="an input of this command"):
             check_output_dir(_config(memorized_model_dir, target, "ihl", "lora", 1e-2, ["output.overwrite=true"]))
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(UnlearnkitError, match="cannot be created: .*a-file is a file"):
         check_output_dir(_config(memorized_model_dir, tmp_path / "a-file" / "run", "ihl", "lora", 1e-2))
     previous = tmp_path / "previous"
     (previous / "model").mkdir(parents=True)
-    (previous / "run.json").write_text("{}")
+    (previous / "run.json").write_text("{}")  # a run.json is not enough: its content names unlearnkit
+    with pytest.raises(UnlearnkitError, match=r"did not write \(model, run.json\)"):
+        check_output_dir(_config(memorized_model_dir, previous, "ihl", "lora", 1e-2, ["output.overwrite=true"]))
+    (previous / "run.json").write_text('{"versions": {"unlearnkit": "0.1.0"}}')  # written before the marker
     assert check_output_dir(_config(memorized_model_dir, previous, "ihl", "lora", 1e-2,
                                     ["output.overwrite=true"])) == previous.resolve()
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

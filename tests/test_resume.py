@@ -44,8 +44,11 @@ def _overrides(model_dir: Path, out: Path) -> list[str]:
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
+    # Ctrl-C as in a terminal: a suite started in the background of a shell without job control (`make test &` in a
+    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt for it
     return subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env())
+                            stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _history(metrics: dict) -> list[dict]:

@@ -59,9 +59,11 @@ class ModelShape:
     context: int | None  # the longest sequence its positions allow (None: not bounded, e.g. rotary without a limit)
 
 
-# The names architectures give these fields (GPT-2: n_embd, n_layer, n_head, n_positions; GPT-Neo: num_layers).
+# The names architectures give these fields (GPT-2: n_embd, n_layer, n_head, n_positions; GPT-Neo: num_layers,
+# num_heads).
 _FIELDS = {"vocab": ("vocab_size",), "hidden": ("hidden_size", "n_embd", "d_model"),
-           "layers": ("num_hidden_layers", "n_layer", "num_layers"), "heads": ("num_attention_heads", "n_head"),
+           "layers": ("num_hidden_layers", "n_layer", "num_layers"),
+           "heads": ("num_attention_heads", "num_heads", "n_head"),
            "context": ("max_position_embeddings", "n_positions", "n_ctx")}
 
 

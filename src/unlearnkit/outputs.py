@@ -22,19 +22,21 @@ from unlearnkit.reports import metrics_document, package_versions, render_report
 from unlearnkit.results import RunResult
 
 
-def check_output_dir(config: RunConfig) -> Path:
+def check_output_dir(config: RunConfig, config_file: str | Path | None = None) -> Path:
     """The run's output directory, refused before any expensive work when the run may not write it there.
 
     Refused: a path that is a file or cannot be created (tried: a hidden directory is made and removed in
     the nearest existing folder); a directory that is, holds or lies inside one of the run's inputs (model,
-    tokenizer, data directory, data files, Fisher cache, the config file); a non-empty directory without
+    tokenizer, data directory, data files, Fisher cache, the ``config_file`` it was read from); a non-empty
+    directory without
     ``output.overwrite``; and, even with it, a directory holding anything unlearnkit did not write
     (:func:`unlearnkit.ownership.check_replaceable`).
     """
     directory = Path(config.output.dir).expanduser().resolve()
     # a sequence of deletion requests (unlearnkit.sequential) continues in its own directory where it stopped
     continuing = bool(config.data.requests) and (directory / "requests.json").is_file()
-    return check_output_path(config.output.dir, run_inputs(config), overwrite=config.output.overwrite or continuing,
+    inputs = run_inputs(config) + ([Path(config_file).resolve()] if config_file is not None else [])
+    return check_output_path(config.output.dir, inputs, overwrite=config.output.overwrite or continuing,
                              option="output.dir")
 
 
@@ -62,8 +64,6 @@ def run_inputs(config: RunConfig) -> list[Path]:
 
     data_dir = resolve_data_dir(config.data.dir)
     candidates = [Path(config.model.name).expanduser(), data_dir]
-    if config.source_file is not None:
-        candidates.append(Path(config.source_file))
     if config.model.tokenizer:
         candidates.append(Path(config.model.tokenizer).expanduser())
     for spec in (config.data.forget, config.data.retain, config.data.validation):

@@ -67,18 +67,18 @@ def foreign_entries(directory: str | os.PathLike[str]) -> list[str]:
 
 
 def check_replaceable(directory: str | os.PathLike[str], inputs: Iterable[Path], *, overwrite: bool,
-                      option: str) -> Path:
+                      option: str, overwrite_flag: str | None = "--overwrite") -> Path:
     """The resolved ``directory`` a command is about to write (replacing it with ``overwrite``), or one sentence
-    saying why it may not: it is a file, holds or is an input, is not empty without ``overwrite``, or holds
-    anything unlearnkit did not write."""
+    saying why it may not: it is a file, holds or is an input, is not empty without ``overwrite`` (the command's
+    ``overwrite_flag`` says so; ``None``: it has none), or holds anything unlearnkit did not write."""
     target = Path(directory).expanduser().resolve()
     if target.exists() and not target.is_dir():
         raise UnlearnkitError(f"The output path {target} is a file; choose a directory with {option}.")
     _refuse_inputs(target, inputs, option, holds=True)
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
-            raise UnlearnkitError(f"The output directory {target} is not empty; choose another {option} or pass "
-                                  "--overwrite.")
+            raise UnlearnkitError(f"The output directory {target} is not empty; choose another {option}"
+                                  f"{f' or pass {overwrite_flag}' if overwrite_flag else ''}.")
         foreign = foreign_entries(target)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

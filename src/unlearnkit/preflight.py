@@ -22,9 +22,9 @@ from unlearnkit.errors import UnlearnkitError
 T = TypeVar("T")
 
 
-def check_run(config: RunConfig) -> Path:
+def check_run(config: RunConfig, config_file: str | Path | None = None) -> Path:
     """The run's output directory when nothing is wrong; else one :class:`UnlearnkitError` listing every
-    problem (one sentence and line each)."""
+    problem (one sentence and line each). ``config_file``: the YAML the config was read from, an input too."""
     from unlearnkit.data.catalog import resolve_data_dir
     from unlearnkit.data.files import check_user_file
     from unlearnkit.outputs import check_output_dir
@@ -49,7 +49,7 @@ def check_run(config: RunConfig) -> Path:
             not Path(fisher_path).expanduser().is_dir():
         problems.append(f"adapter.flora.fisher_path {fisher_path} is a file; give a directory for forget.safetensors "
                         "and retain.safetensors (`unlearnkit fisher --out DIR` writes one).")
-    output_dir = attempt(lambda: check_output_dir(config))
+    output_dir = attempt(lambda: check_output_dir(config, config_file))
     attempt(lambda: check_sizes(config))
     if not problems:  # the weightless skeleton imports torch (seconds): only once the cheap checks have passed
         attempt(lambda: _check_adapter_fits(config))

@@ -52,7 +52,7 @@ def run(
     else:
         overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
         cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
-    output_dir = check_run(cfg)  # every problem, before any expensive work
+    output_dir = check_run(cfg, config)  # every problem, before any expensive work
     with claim_output_dir(cfg):  # a second run into the same directory is refused while this one writes it
         _unlearn(cfg, output_dir, restart=restart, quiet=quiet)
 
@@ -142,7 +142,7 @@ def fisher(
     from unlearnkit.ownership import check_replaceable
 
     cfg = load_config(config, list(set_ or []))
-    check_replaceable(out, run_inputs(cfg), overwrite=False, option="--out")
+    check_replaceable(out, run_inputs(cfg), overwrite=False, option="--out", overwrite_flag=None)
     if cfg.data.retain is None:
         raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
     from rich.table import Table  # torch and the model: only for valid input

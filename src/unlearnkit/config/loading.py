@@ -117,7 +117,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(loaded, dict):
             raise UnlearnkitError(f"The config file {path} must hold a mapping of sections; see configs/paper/.")
         raw = loaded or {}
-    config = build_config(apply_overrides(raw, overrides or []))
-    if path is not None:
-        config._source_file = str(Path(path).resolve())
-    return config
+    return build_config(apply_overrides(raw, overrides or []))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unlearnkit.config.sources import SourceConfig
 from unlearnkit.config.suites import SUITES
@@ -253,12 +253,6 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
-    # the YAML file it was read from (load_config): an input no output may replace; not part of the config itself
-    _source_file: str | None = PrivateAttr(default=None)
-
-    @property
-    def source_file(self) -> str | None:
-        return self._source_file
 
     @model_validator(mode="after")
     def _resolve(self) -> RunConfig:
