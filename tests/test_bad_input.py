@@ -36,6 +36,8 @@ CASES = [
     ("broken YAML", ["run", "broken.yaml"], ["not valid UTF-8 YAML"]),
     ("config not a mapping", ["run", "list.yaml"], ["must hold a mapping"]),
     ("mistyped key", ["run", PAPER, "--set", "train.lrr=1"], ['"train.lrr" does not exist', 'Did you mean "lr"']),
+    ("key given twice", ["run", "twice.yaml"], ['the key "lr" is given twice at line 3']),
+    ("eval without a task", ["eval", "MODEL", "--tasks", ","], ["--tasks ',' names no task"]),
     ("not a number", ["run", PAPER, "--set", "train.lr=abc"], ["train.lr", "valid number"]),
     ("unknown method", ["run", PAPER, "--set", "method.name=foo"], ['Unknown method "foo"']),
     ("unknown adapter", ["run", PAPER, "--set", "adapter.name=foo"], ['Unknown adapter "foo"']),
@@ -136,6 +138,7 @@ def workdir(tmp_path_factory) -> Path:
     (folder / "proj" / "src" / "main.py").write_text("print('hello')\n")
     (folder / "prev").mkdir()  # a config kept in the output directory it names
     (folder / "prev" / "my.yaml").write_text(Path(PAPER).read_text())
+    (folder / "twice.yaml").write_text("train:\n  lr: 1.0e-3\n  lr: 1.0e-4\n")
     (folder / "rows.jsonl").write_text('{"text": "one record"}\n{"text": "another record, longer"}\n')
     return folder
 
@@ -199,3 +202,52 @@ def test_a_file_that_cannot_be_read_is_refused(workdir, memorized_model_dir, mon
     finally:
         secret.chmod(0o644)
         secret.unlink()
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_nothing_half_written(workdir, memorized_model_dir, monkeypatch,
+                                                                      capsys):
+    import errno
+
+    from unlearnkit import io as unlearnkit_io
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(unlearnkit_io, "atomic_write_json", full)
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "memorization", str(memorized_model_dir), "--data", "jang,n=4",
+                                      "--seq-len", str(MEMORISED_SEQ_LEN), "--json", "scores.json", "-q"])
+    before = _tree(workdir)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    message = capsys.readouterr().err.strip()
+    assert done.value.code == 6 and message.startswith("error: The file system refused: No space left on device")
+    assert "scores.json" in message and "Traceback" not in message and _tree(workdir) == before
+
+
+def test_ctrl_c_on_a_sweep_says_how_to_continue(monkeypatch, capsys):
+    from unlearnkit.experiments import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    file = REPO / "configs" / "testbed" / "sweeps" / "table1.yaml"
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "sweep", str(file), "--select", "forget-set0__*", "-q"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    message = " ".join(capsys.readouterr().err.split())
+    assert done.value.code == 130 and f"Continue with the same command: unlearnkit sweep {file}" in message
+
+
+def test_quiet_silences_the_libraries_too():
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    from unlearnkit.progress import Progress
+
+    Progress(quiet=True)
+    assert logging.getLogger("kernels").getEffectiveLevel() >= logging.ERROR
+    assert transformers_logging.get_verbosity() >= transformers_logging.ERROR
+    assert not transformers_logging.is_progress_bar_enabled()

@@ -90,6 +90,15 @@ def test_audit_command_and_run_report_privacy(memorized_model_dir, tmp_path):
     assert forget["exact_match_rate"] >= 0.25 and holdout["exact_match_rate"] == 0.0
     assert forget["mean_matched_tokens"] > holdout["mean_matched_tokens"]
     assert report["forget"]["ma"] >= 0.95 and len(report["ids"]["forget"]) == 4
+    assert report["written_by"] == "unlearnkit" and report["warnings"] == []
+
+    # held-out text that is the forget set itself: an AUC of 0.5 would say nothing, and the audit says so
+    same = _cli("audit", str(memorized_model_dir), "--forget", "jang,n=4,set=0", "--holdout", "jang,n=4,set=0",
+                "--seq-len", str(SEQ_LEN), "--quiet", "--json", str(tmp_path / "audit.json"))
+    assert same.returncode == 0, same.stderr
+    assert "warning: 4 of the 4 held-out sequences are also forget sequences" in " ".join(same.stderr.split())
+    again = json.loads((tmp_path / "audit.json").read_text())  # its own earlier file: replaced
+    assert again["privacy"]["mia_auc"]["loss"] == 0.5 and again["warnings"][0].startswith("4 of the 4")
 
 
 def test_eval_command_prints_and_writes_what_the_model_kept(memorized_model_dir, tmp_path):

@@ -25,6 +25,7 @@ from unlearnkit.experiments.report import (
     write_report,
     write_table1,
 )
+from unlearnkit.ownership import MARKER, mark_directory
 
 MODEL = "gpt-neo-125m"
 PAPER_LABELS = ["GA", "GD", "LoRA", "LoRA+IHL", "FLoRA", "FLoRA+IHL"]
@@ -211,7 +212,7 @@ def test_write_report_writes_the_table_valid_pngs_and_a_report_linking_them(repo
         assert f"]({stem}.png)" in text
     assert "| FLoRA+IHL r8 Q,V |" in text and "`FLoRA+IHL-set2-r8-q,v`: CUDA out of memory while training" in text
     assert "skipped" not in text
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert [p.name for p in out.glob(".*")] == [MARKER]  # no temporary files left behind, only the marker
 
 
 def test_report_says_which_figures_were_skipped_and_why(tmp_path, rows):
@@ -220,6 +221,7 @@ def test_report_says_which_figures_were_skipped_and_why(tmp_path, rows):
     stale = tmp_path / "out" / "figure3_rank.png"
     stale.parent.mkdir()
     stale.write_bytes(b"from an earlier report")
+    mark_directory(stale.parent, "report")  # as that report left it
     written = write_report(tmp_path, tmp_path / "out")
     assert {path.name for path in written} == {"figure2_compute.png", "report.md", "table1.csv", "table1.md"}
     assert not stale.exists()
@@ -405,3 +407,15 @@ def test_report_select_keeps_only_the_runs_named_like_the_pattern(tmp_path, rows
         write_report(results, tmp_path / "none", select="set9")
     assert not (tmp_path / "none").exists()
 
+
+
+def test_a_report_folder_of_the_users_is_not_written_over(tmp_path, rows):
+    write_results(tmp_path, rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("# my own report\n")
+    with pytest.raises(UnlearnkitError, match=r"did not write \(report.md\)"):
+        write_report(tmp_path, out)
+    assert (out / "report.md").read_text() == "# my own report\n"
+    write_report(tmp_path, tmp_path / "ours")
+    write_report(tmp_path, tmp_path / "ours")  # its own report: replaced

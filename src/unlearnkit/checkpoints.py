@@ -140,8 +140,9 @@ class Checkpoints:
                 now = _read_pointer(pointer)
                 if now is not None and now != latest:
                     continue
-                raise UnlearnkitError(f"The checkpoint in {self.directory} cannot be read ({error}); pass "
-                                      "--restart to start the run afresh.") from None
+                raise UnlearnkitError(f"The checkpoint in {self.directory} cannot be read ({error}); start the run "
+                                      "afresh with its config and --restart (unlearnkit run CONFIG --restart)."
+                                      ) from None
         return None
 
     def saved_config(self) -> RunConfig:
@@ -173,8 +174,8 @@ class Checkpoints:
             raise UnlearnkitError(
                 f"{self.directory} holds a checkpoint (after epoch {saved.epoch}) of this run on "
                 f"{_count(saved.processes)} and this one has {_count(processes)}; each process takes "
-                f"train.batch_size rows a step, so resume it on {_count(saved.processes)}, or pass --restart to "
-                "discard it and start afresh.")
+                f"train.batch_size rows a step, so resume it on {_count(saved.processes)}, or start afresh with the "
+                "config and --restart (unlearnkit run CONFIG --restart), which discards it.")
         return saved
 
     def save(self, epoch: int, config: RunConfig, accelerator: Any, payload: dict[str, Any],
@@ -225,7 +226,8 @@ class Checkpoints:
                 found = sorted(stored.keys())
         if found != expected:
             raise UnlearnkitError(f"The checkpoint in {saved.directory} holds other trainable weights than this run "
-                                  "has (the model or adapter changed); pass --restart to start afresh.")
+                                  "has (the model or adapter changed); start afresh with the config and --restart "
+                                  "(unlearnkit run CONFIG --restart).")
         accelerator.load_state(str(saved.directory), strict=False)
 
     def discard(self) -> None:

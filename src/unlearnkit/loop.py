@@ -88,7 +88,7 @@ def run_unlearning(
     fingerprints = data.fingerprints()  # hashed once: checked on resume, stored in every checkpoint
     if saved and saved.payload["data_fingerprints"] != fingerprints:
         raise UnlearnkitError(f"The data of the checkpoint in {saved.directory} differ from this run's (a data file "
-                              "changed); pass --restart to start afresh.")
+                              "changed); start afresh with the config and --restart (unlearnkit run CONFIG --restart).")
     target_modules = (resolve_target_modules(model, config.adapter.modules)
                       if config.adapter.name != "none" else [])
     # Scores of the model as loaded (thresholds, the forget set before) are the same in every run on it.

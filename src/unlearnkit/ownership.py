@@ -31,6 +31,8 @@ MARKDOWN_MARK = "<!-- written by unlearnkit -->"
 # What a run directory held before the marker existed (outputs.write_run_outputs), and a sequence of requests'
 LEGACY_RUN_ENTRIES = {"adapter", "model", "config.yaml", "run.json", "metrics.json", "report.md"}
 LEGACY_REQUESTS_ENTRIES = {"requests.json", "requests.md"}
+LEGACY_REPORT_ENTRIES = {"table1.md", "table1.csv", "report.md", "figure2_compute.png", "figure3_rank.png",
+                         "figure4_modules.png"}
 
 
 def marked(data: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +140,14 @@ def _marker_files(root: Path) -> dict[str, list[int]] | None:
 
 def _legacy_entries(root: Path) -> set[str]:
     """What a directory written before the marker may hold and still be unlearnkit's: a run's outputs when its
-    ``run.json`` is a run's (it names unlearnkit's version), a sequence of requests' files and run directories."""
+    ``run.json`` is a run's (it names unlearnkit's version), a sequence of requests' files and run directories, a
+    sweep report's tables and figures beside its ``report.md``."""
     allowed: set[str] = set()
     if _legacy_run(root):
         allowed |= LEGACY_RUN_ENTRIES
+    report = root / "report.md"
+    if report.is_file() and report.read_text(encoding="utf-8", errors="replace").startswith("# Unlearning report"):
+        allowed |= LEGACY_REPORT_ENTRIES
     if (root / "requests.json").is_file():
         allowed |= LEGACY_REQUESTS_ENTRIES | {p.name for p in root.glob("request-*") if _legacy_run(p)}
     return allowed

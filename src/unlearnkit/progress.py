@@ -18,7 +18,7 @@ class Progress:
         self.console = console or Console(emoji=False, quiet=quiet)
         self.quiet = quiet
         if quiet:
-            _silence_library_progress()
+            silence_library_progress()
 
     def _bar(self) -> RichProgress:
         return RichProgress(
@@ -72,13 +72,17 @@ class Progress:
         self.console.print(" · ".join(parts))
 
 
-def _silence_library_progress() -> None:
-    """Quiet means quiet: transformers' and the hub's own progress bars (loading, converting, writing) too."""
+def silence_library_progress() -> None:
+    """Quiet means quiet: transformers' and the hub's own progress bars (loading, converting, writing) and their
+    warnings (the kernels package's offline "publisher trust" notes) too."""
+    import logging
     import os
 
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as transformers_logging
     except ImportError:  # pragma: no cover - transformers is a dependency
         return
     transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()

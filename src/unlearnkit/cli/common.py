@@ -20,6 +20,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # the loss became NaN/inf, or the model collapsed: restored to the last good epoch
 EXIT_NOT_FORGOTTEN = 4  # the forgetting criterion was not met within the epoch budget
 EXIT_SWEEP_FAILURES = 5  # a sweep ran, but some of its points failed (recorded in its results)
+EXIT_ENVIRONMENT = 6  # the file system refused: a full disk, a path it cannot write, a name too long
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); `run` saved a checkpoint to resume from
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")]
@@ -132,6 +133,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         error_line("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as error:  # the file system refused (atomic writes leave nothing half-written behind)
+        where = f" ({error.filename})" if error.filename else ""
+        error_line(f"The file system refused: {error.strerror or error}{where}; free space, fix the permissions or "
+                   "choose another path, then run the command again (a run continues from its last checkpoint).")
+        sys.exit(EXIT_ENVIRONMENT)
     except Exception as error:
         # Usage errors come from the click that typer bundles, whose classes are not click's own.
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):

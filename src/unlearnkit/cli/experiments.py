@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from unlearnkit.cli.common import Quiet, app, end_of_batch
+from unlearnkit.cli.common import EXIT_INTERRUPTED, Quiet, app, end_of_batch, error_line
 from unlearnkit.errors import UnlearnkitError
 
 
@@ -55,8 +55,17 @@ def sweep(
         load_config(point.config, point.overrides)
     from unlearnkit.experiments.sweep import RESULTS_JSONL, run_sweep
 
-    outcome = run_sweep(plan, points, quiet=True, say=lambda line: console.print(line, markup=False,
-                                                                                  highlight=False))
+    if quiet:
+        from unlearnkit.progress import silence_library_progress
+
+        silence_library_progress()
+    try:
+        outcome = run_sweep(plan, points, quiet=True, say=lambda line: console.print(line, markup=False,
+                                                                                      highlight=False))
+    except KeyboardInterrupt:
+        error_line(f"Interrupted; finished points are kept and the running one is saved at its last checkpoint. "
+                   f"Continue with the same command: unlearnkit sweep {file}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     elsewhere = f", {len(outcome.elsewhere)} running elsewhere" if outcome.elsewhere else ""
     end_of_batch(f"{len(outcome.ran)} run, {len(outcome.skipped)} already done{elsewhere}, "
                  f"{len(outcome.failed)} failed; "

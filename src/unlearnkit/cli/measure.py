@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,7 @@ from unlearnkit.cli.common import (
     app,
     check_json_out,
     check_model_name,
+    err,
     model_and_sources,
     validated,
 )
@@ -83,6 +84,12 @@ def audit(
     from unlearnkit.evaluation import evaluation_snapshot
     from unlearnkit.reports import audit_table
 
+    shared = _shared_rows(forget_blocks, holdout_blocks)
+    warnings = [f"{shared} of the {len(holdout_blocks)} held-out sequences are also forget sequences: there the "
+                "membership tests compare the set with itself, so an AUC near 0.5 says nothing about forgetting; "
+                "choose held-out text the model never saw."] if shared else []
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     sets = RunData(forget=forget_blocks, validation=holdout_blocks)
     with progress.status(f"Auditing {len(forget_blocks)} forget and {len(holdout_blocks)} held-out sequences"):
         snapshot = evaluation_snapshot(loaded.model, sets, EvalConfig(el_n=n), progress, "audit",
@@ -91,7 +98,17 @@ def audit(
     if json_out is not None:
         atomic_write_json(json_out, marked({"model": model, "sources": {"forget": forget, "validation": holdout},
                                             "n": n, "ids": {"forget": forget_blocks.ids,
-                                                            "validation": holdout_blocks.ids}, **snapshot}))
+                                                            "validation": holdout_blocks.ids}, "warnings": warnings,
+                                            **snapshot}))
+
+
+def _shared_rows(forget: Any, holdout: Any) -> int:
+    """How many held-out rows are also forget rows (the same tokens)."""
+    def rows(blocks: Any) -> list[tuple[int, ...]]:
+        return [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(blocks.input_ids, blocks.attention_mask,
+                                                                        strict=True)]
+    forgotten = set(rows(forget))
+    return sum(row in forgotten for row in rows(holdout))
 
 
 @app.command("eval", epilog="Example: `unlearnkit eval smollm2 --suite paper --limit 100 --output runs/eval-smollm2`; "
@@ -114,7 +131,10 @@ def eval_(
     """What a model knows: reasoning accuracy (lm-eval), dialogue F1 and perplexity, as in the paper's Table 1."""
     from unlearnkit.config import DownstreamConfig
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    if names is not None and not names:
+        raise UnlearnkitError(f"--tasks {tasks!r} names no task; give comma-separated names, e.g. --tasks "
+                              "arc_easy,piqa,pile (or leave it out for the whole --suite).")
     options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
                          "The evaluation option")
     if output is not None and output.exists() and not output.is_dir():

@@ -13,6 +13,26 @@ from unlearnkit.config.run import RunConfig
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently, so a
+    repeated `lr:` would quietly replace the first)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f'the key "{key}" is given twice',
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document as configs are read: safely, a key given twice in one mapping being an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``train.lr=2e-4`` → (["train", "lr"], 0.0002); the value is read as YAML."""
     if "=" not in text:
@@ -106,7 +126,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise UnlearnkitError(f"The config file {path} does not exist; pass the path of a YAML file.")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = read_yaml(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise UnlearnkitError(
                 f"The config file {path} is not valid UTF-8 YAML ({_where(error)}); fix its syntax."

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from unlearnkit.config.loading import read_yaml
 from unlearnkit.errors import UnlearnkitError
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -89,7 +90,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UnlearnkitError(f"The sweep file {path} does not exist; pass the path of a sweep YAML file "
                               "(see configs/testbed/sweeps/).")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"))
         sweep = SweepConfig.model_validate(raw if raw is not None else {})
     except yaml.YAMLError as error:
         raise UnlearnkitError(f"The sweep file {path} is not valid YAML ({str(error).splitlines()[0]}); fix its "

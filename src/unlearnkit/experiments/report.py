@@ -32,6 +32,7 @@ from unlearnkit.experiments.figures import (
     save_figure,
 )
 from unlearnkit.io import atomic_write_text
+from unlearnkit.ownership import check_replaceable, mark_directory
 
 __all__ = ["read_rows", "method_label", "table1_rows", "write_table1", "write_report", "update_page",
            "replace_section", "section_folder", "marked_page", "selected"]
@@ -160,9 +161,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, sel
     results = Path(results_dir)
     rows = _rows_or_fail(results, select)
     out = Path(out_dir) if out_dir is not None else results / "report"
+    # a folder of the user's, or a report they edited, is refused; the results are never written over
+    check_replaceable(out, [results / RESULTS_FILE, results / "results.csv"], overwrite=True, option="--out")
     written = write_table1(rows, out)
     body, figures = _report_body(rows, results, out, link_prefix="", select=select)
     report = atomic_write_text(out / "report.md", f"# Unlearning report: {sweep_name(rows, results)}\n\n{body}\n")
+    mark_directory(out, "report")
     return [*written, *figures, report]
 
 
