@@ -4,24 +4,69 @@ was imported; test_bad_input.py covers the refusals themselves in-process, many 
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import DATA, REPO
 
 
 def _refused(tmp_path, *args: str) -> tuple[int, bool, str]:
     """(exit code, whether torch was imported, stderr) of the command line ``args`` run in a fresh interpreter."""
-    probe = ("import sys\nfrom unlearnkit.cli import main\n"
+    code, torch_loaded, message, _ = _timed_refusal(tmp_path, *args)
+    return code, torch_loaded, message
+
+
+def _timed_refusal(tmp_path, *args: str) -> tuple[int, bool, str, float]:
+    """:func:`_refused` and the seconds from importing the command line to its exit."""
+    probe = ("import sys, time\nstarted = time.perf_counter()\nfrom unlearnkit.cli import main\n"
              f"sys.argv = ['unlearnkit', *{list(args)!r}]\n"
              "try:\n    main()\nexcept SystemExit as done:\n"
-             "    print('EXIT', done.code, 'torch' in sys.modules, file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+             "    print('EXIT', done.code, 'torch' in sys.modules, time.perf_counter() - started, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "UNLEARNKIT_DATA": str(DATA)})
     *message, last = done.stderr.strip().splitlines()
-    _, code, torch_loaded = last.split()
-    return int(code), torch_loaded == "True", " ".join(" ".join(message).split())
+    _, code, torch_loaded, seconds = last.split()
+    return int(code), torch_loaded == "True", " ".join(" ".join(message).split()), float(seconds)
+
+
+# A model directory as the checks before torch see it: its config.json (GPT-Neo's field names), no weights.
+SHAPE_ONLY = {"model_type": "gpt_neo", "vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
+              "max_position_embeddings": 256}
+PAPER = str(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("run", PAPER, "--set", "train.batch_size=100000"), "GiB of activations for one step"),
+    (("run", PAPER, "--set", "data.seq_len=300"), "longer than the model's context (256 positions)"),
+    (("run", PAPER, "--set", "data.forget={source: file, path: blank.jsonl, per_document: true}"),
+     "blank.jsonl has no text"),
+    (("run", PAPER, "--set", "data.forget={source: file, path: bad.csv}"), "has no column 'text'"),
+    (("run", PAPER, "--set", "output.dir=proj", "--overwrite"), "holds files unlearnkit did not write (run.json)"),
+    (("memorization", "model", "--data", "rows.jsonl", "--json", "rows.jsonl"), "is an input of this command"),
+    (("memorization", "model", "--data", "rows.jsonl", "--seq-len", "300"), "longer than the model's context"),
+])
+def test_what_issue_27_found_is_refused_within_a_second_and_a_half_without_torch(tmp_path, args, message):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(SHAPE_ONLY))
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "rows.jsonl").write_text('{"text": "one record"}\n')
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "run.json").write_text('{"name": "app"}')
+    if args[0] == "run":
+        args = (*args, "--set", f"model.name={tmp_path / 'model'}", "--set", "data.seq_len=32")
+        if "data.seq_len=300" in args:
+            args = args[:-2]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    code, torch_loaded, stderr, seconds = _timed_refusal(tmp_path, *args)
+    assert message in stderr and "Traceback" not in stderr, stderr
+    assert (code, torch_loaded) == (2, False)
+    assert seconds < 1.5, seconds
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written or touched
 
 
 @pytest.mark.parametrize(("args", "message"), [

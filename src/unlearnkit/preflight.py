@@ -43,7 +43,7 @@ def check_run(config: RunConfig, config_file: str | Path | None = None) -> Path:
              config.data.validation if config.needs_validation() else None]
     for spec in specs:
         if spec is not None and spec.source == "file" and spec.path:
-            attempt(partial(check_user_file, str(spec.path), data_dir))
+            attempt(partial(check_user_file, str(spec.path), data_dir, spec.text_field))
     fisher_path = config.adapter.flora.fisher_path
     if config.adapter.name == "flora" and fisher_path and Path(fisher_path).expanduser().exists() and \
             not Path(fisher_path).expanduser().is_dir():

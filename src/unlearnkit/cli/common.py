@@ -82,7 +82,7 @@ def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_
     directory = resolve_data_dir(data_dir)
     for spec in specs:
         if spec.source == "file" and spec.path:
-            check_user_file(spec.path, directory)
+            check_user_file(spec.path, directory, spec.text_field)
     with progress.status(f"Loading {model}"):
         loaded = load_model(model)
     return loaded, [load_blocks(spec, loaded.tokenizer, directory, seq_len=seq_len) for spec in specs]

@@ -1,26 +1,26 @@
-"""Data: files in a data directory (catalogue, download, checksums), source loaders, and token blocks."""
+"""Data: files in a data directory (catalogue, download, checksums), source loaders, and token blocks.
 
-from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.data.catalog import (
-    CATALOG,
-    ENV_VAR,
-    TDEC_OFFICIAL_MD5,
-    CatalogEntry,
-    ensure_file,
-    resolve_data_dir,
-    verify_file,
-)
-from unlearnkit.data.sources import (
-    LOADERS,
-    dataset_fingerprint,
-    is_gpt2_tokenizer,
-    load_blocks,
-    load_gpt2_tokenizer,
-    load_tdec,
-)
+The names below are loaded on first use: the catalogue and the reading of user files need no torch, so a command
+that only checks its input (a data directory, a file's content) refuses bad input before torch is imported.
+"""
 
-__all__ = [
-    "CATALOG", "ENV_VAR", "LOADERS", "TDEC_OFFICIAL_MD5", "CatalogEntry", "TokenBlocks", "dataset_fingerprint",
-    "ensure_file", "is_gpt2_tokenizer", "load_blocks", "load_gpt2_tokenizer", "load_tdec", "resolve_data_dir",
-    "verify_file",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULE_OF = {
+    "TokenBlocks": "blocks",
+    "CATALOG": "catalog", "ENV_VAR": "catalog", "TDEC_OFFICIAL_MD5": "catalog", "CatalogEntry": "catalog",
+    "ensure_file": "catalog", "resolve_data_dir": "catalog", "verify_file": "catalog",
+    "LOADERS": "sources", "dataset_fingerprint": "sources", "is_gpt2_tokenizer": "sources", "load_blocks": "sources",
+    "load_gpt2_tokenizer": "sources", "load_tdec": "sources",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'unlearnkit.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"unlearnkit.data.{_MODULE_OF[name]}"), name)

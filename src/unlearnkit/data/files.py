@@ -24,15 +24,33 @@ def user_path(path: str, data_dir: Path) -> Path:
     raise UnlearnkitError(f"The data file {candidate} does not exist; check the path in the source's 'path'.")
 
 
-def check_user_file(path: str, data_dir: str | Path) -> Path:
-    """The file a ``file`` source reads, refused before any work when it is missing, a directory, unreadable
-    or empty."""
+def check_user_file(path: str, data_dir: str | Path, text_field: str = "text") -> Path:
+    """The file a ``file`` source reads, refused before any work (no torch, no weights) when it is missing, a
+    directory, unreadable, empty, or its content is not what its suffix says (not UTF-8, a line that is not a
+    JSON object, a CSV without the text column, no text at all)."""
     found = user_path(path, Path(data_dir))
     if not os.access(found, os.R_OK):
         raise UnlearnkitError(f"The data file {found} cannot be read (no permission); make it readable or copy it.")
     if found.stat().st_size == 0:
         raise UnlearnkitError(f"The data file {found} is empty; give a file with text in it.")
+    read_documents(found, text_field)
     return found
+
+
+def read_documents(path: Path, text_field: str = "text") -> list[str]:
+    """The texts of a user file: a ``.txt`` is one document, a ``.jsonl`` one per line (its ``text_field``), a
+    ``.csv`` one per row (its ``text_field`` column); a file without any text is refused."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        docs = [read_text(path)]
+    elif suffix == ".jsonl":
+        docs = read_jsonl(path, text_field)
+    else:
+        docs = [record[text_field] for record in read_csv(path, text_field)]
+    if not any(doc.strip() for doc in docs):
+        raise UnlearnkitError(f"The data file {path} has no text (only blank lines or empty fields); give a file "
+                              "with text in it.")
+    return docs
 
 
 def read_text(path: Path) -> str:

@@ -36,7 +36,7 @@ import torch
 from unlearnkit.config.sources import SourceConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import TDEC_OFFICIAL_MD5, ensure_file, resolve_data_dir
-from unlearnkit.data.files import read_csv, read_jsonl, read_text, user_path
+from unlearnkit.data.files import read_csv, read_documents, read_text, user_path
 from unlearnkit.errors import UnlearnkitError, unknown_name
 
 if TYPE_CHECKING:
@@ -213,13 +213,7 @@ def _load_wikitext2(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
 
 def _load_file(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
     path = user_path(str(spec.path), ctx.data_dir)
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        docs = [read_text(path)]
-    elif suffix == ".jsonl":
-        docs = read_jsonl(path, spec.text_field)
-    else:
-        docs = [record[spec.text_field] for record in read_csv(path, spec.text_field)]
+    docs = read_documents(path, spec.text_field)
     if spec.per_document:
         return _document_blocks(docs, spec, ctx, str(path))
     return _text_blocks(docs, spec, ctx, str(path))
