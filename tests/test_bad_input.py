@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,13 @@ CASES = [
                                           "MODEL/model.safetensors"], ["is inside an input of this command"]),
     ("audit json over a user's file", ["audit", "MODEL", "--forget", "jang,n=4", "--holdout", "tdec,split=val,n=4",
                                        "--json", "file.txt"], ["file.txt exists and unlearnkit did not write it"]),
+    ("truncated weights", ["memorization", "truncated", "--data", "jang,n=4", "--seq-len", "32"],
+     ["The weights in truncated cannot be read", "truncated or corrupt"]),
+    ("data directory is a file", ["memorization", "MODEL", "--data", "jang,n=4", "--data-dir", "file.txt"],
+     ["file.txt is a file; point --data-dir"]),
+    ("binary results", ["report", "binary"], ["results.jsonl is not a sweep's results (byte 0 is not UTF-8"]),
+    ("a name too long", ["memorization", "MODEL", "--data", "jang,n=4", "--json", "a" * 300 + ".json"],
+     ["--json names a file or folder of 305 bytes"]),
     ("batch that does not fit", ["run", PAPER, "MODEL", *SMALL, "--set", "train.batch_size=100000"],
      ["train.batch_size 100000", "GiB of activations", "GiB of memory"]),
     ("seq_len beyond the context", ["run", PAPER, "MODEL", *SMALL, "--set", "data.seq_len=300"],
@@ -123,8 +131,13 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory, memorized_model_dir) -> Path:
     folder = tmp_path_factory.mktemp("bad-input")
+    shutil.copytree(memorized_model_dir, folder / "truncated")  # a model whose weights file was cut short
+    weights = folder / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (folder / "binary").mkdir()
+    (folder / "binary" / "results.jsonl").write_bytes(bytes(range(200, 256)) * 8)
     (folder / "empty.yaml").write_text("")
     (folder / "broken.yaml").write_text("a: [\n")
     (folder / "list.yaml").write_text("- 1\n")

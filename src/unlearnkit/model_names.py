@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def locate_model(name: str, gguf_file: str | None) -> tuple[str, str | None, boo
             hint = " (it holds a run's outputs: use its model/ folder)" if (path / "model").is_dir() else ""
             raise UnlearnkitError(f"The folder {path} is not a Hugging Face model (it has no config.json){hint}; "
                                   "point model.name at the folder save_pretrained wrote, or at a .gguf file.")
+        unreadable = [f.name for f in sorted(path.iterdir()) if f.is_file() and not os.access(f, os.R_OK)]
+        if unreadable:  # transformers would report them as missing
+            raise UnlearnkitError(f"The model files {', '.join(unreadable)} in {path} cannot be read (no permission); "
+                                  "make them readable.")
         return str(path), gguf_file, True
     if name.startswith((".", "/", "~")) or path.exists():
         raise UnlearnkitError(f"The model path {name} is not a directory or a .gguf file; check model.name.")

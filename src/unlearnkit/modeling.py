@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from unlearnkit.errors import UnlearnkitError
@@ -157,7 +158,10 @@ def load_model(
         if gguf:
             model_kwargs["quantization_config"] = _dequantizing_gguf_config()
         model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
+        if isinstance(error, SafetensorError):
+            raise UnlearnkitError(f"The weights in {location} cannot be read ({_first_line(error)}): the file is "
+                                  "truncated or corrupt; save or copy the model again.") from error
         if local:
             raise UnlearnkitError(f"Could not load the model in {location}: {_first_line(error)}.") from error
         raise UnlearnkitError(

@@ -74,6 +74,7 @@ def check_replaceable(directory: str | os.PathLike[str], inputs: Iterable[Path],
     saying why it may not: it is a file, holds or is an input, is not empty without ``overwrite`` (the command's
     ``overwrite_flag`` says so; ``None``: it has none), or holds anything unlearnkit did not write."""
     target = Path(directory).expanduser().resolve()
+    _refuse_long_names(target, option)
     if target.exists() and not target.is_dir():
         raise UnlearnkitError(f"The output path {target} is a file; choose a directory with {option}.")
     _refuse_inputs(target, inputs, option, holds=True)
@@ -94,6 +95,7 @@ def check_output_file(path: str | os.PathLike[str], inputs: Iterable[Path], *, o
     not: a directory, an input or inside one, in a folder that is a file, or an existing file unlearnkit did not
     write."""
     target = Path(path).expanduser().resolve()
+    _refuse_long_names(target, option)
     if target.is_dir():
         raise UnlearnkitError(f"{option} {target} is a directory; give a file name, e.g. {target / 'scores.json'}.")
     _refuse_inputs(target, inputs, option, holds=False)
@@ -109,6 +111,13 @@ def check_output_file(path: str | os.PathLike[str], inputs: Iterable[Path], *, o
         raise UnlearnkitError(f"{option} {target} cannot be written: {existing} is not writable; choose another "
                               "path.")
     return target
+
+
+def _refuse_long_names(target: Path, option: str) -> None:
+    longest = max(target.parts, key=len)
+    if len(longest.encode()) > 255:  # the limit of every common file system
+        raise UnlearnkitError(f"{option} names a file or folder of {len(longest.encode())} bytes, longer than a file "
+                              "system allows (255); choose a shorter name.")
 
 
 def _refuse_inputs(target: Path, inputs: Iterable[Path], option: str, *, holds: bool) -> None:

@@ -154,7 +154,11 @@ def resolve_data_dir(explicit: str | Path | None = None) -> Path:
         chosen = Path(os.environ[ENV_VAR])
     else:
         chosen = DEFAULT_DATA_DIR
-    return chosen.expanduser().resolve()
+    resolved = chosen.expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise UnlearnkitError(f"The data directory {resolved} is a file; point --data-dir, data.dir or {ENV_VAR} at "
+                              "a directory.")
+    return resolved
 
 
 def file_sha256(path: Path) -> str:

@@ -76,7 +76,12 @@ def read_rows(results_dir: str | Path) -> list[Row]:
         raise UnlearnkitError(f"There is no {path}; point the report at a sweep's results directory, the one "
                               f"holding {RESULTS_FILE}.")
     rows: dict[str, Row] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UnlearnkitError(f"{path} is not a sweep's results (byte {error.start} is not UTF-8 text); point the "
+                              "report at the directory `unlearnkit sweep` wrote.") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
