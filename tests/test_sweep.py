@@ -69,6 +69,22 @@ def test_a_sweep_runs_only_the_selected_points_and_a_pattern_matching_none_is_re
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
+def test_every_bad_point_of_a_grid_is_named_with_its_axis_values_before_any_run(tmp_path, monkeypatch, capsys):
+    from unlearnkit import cli
+
+    file = _write(tmp_path / "grid.yaml", {"base": str(BASE), "output": str(tmp_path / "out"),
+                                           "grid": {"train.lr": [1e-3, "abc"], "adapter.rank": [4, -1]}})
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "sweep", str(file)])
+    with pytest.raises(SystemExit) as refused:
+        cli.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2 and len(lines) == 2, lines
+    rank, lr = (next(line for line in lines if key in line) for key in ("adapter.rank", "train.lr"))
+    assert "adapter.rank must be at least 1" in rank and "points lr-0.001__rank--1, lr-abc__rank--1" in rank
+    assert "train.lr" in lr and "points lr-abc__rank-4, lr-abc__rank--1" in lr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("sweep", "message"), [
     ({"grid": {}}, "at least one axis"),
     ({"grid": {"adapter.rank": []}}, "has no values"),

@@ -51,8 +51,15 @@ def sweep(
         return
     from unlearnkit.config import load_config
 
-    for point in points:  # every point's config is read and checked before the first one trains
-        load_config(point.config, point.overrides)
+    problems: dict[str, list[str]] = {}  # every point's config is read and checked before the first one trains
+    for point in points:
+        try:
+            load_config(point.config, point.overrides)
+        except UnlearnkitError as error:
+            for line in str(error).splitlines():
+                problems.setdefault(line.rstrip("."), []).append(point.name)
+    if problems:
+        raise UnlearnkitError("\n".join(f"{message} (in {_points(names)})." for message, names in problems.items()))
     from unlearnkit.experiments.sweep import RESULTS_JSONL, run_sweep
 
     if quiet:
@@ -109,6 +116,12 @@ def report(
             update_page(page, section, results, select)
         written.append(page)
     Console(emoji=False).print("Wrote " + ", ".join(str(p) for p in written), markup=False, highlight=False)
+
+
+def _points(names: list[str]) -> str:
+    """Points named in a sentence: each one's name holds its value of every axis."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"point {shown}" if len(names) == 1 else f"points {shown}"
 
 
 def _shard(text: str) -> tuple[int, int]:
