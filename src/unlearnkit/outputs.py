@@ -6,8 +6,6 @@ The directory is assembled in a hidden staging directory and moved into place on
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -15,7 +13,6 @@ from pathlib import Path
 
 from unlearnkit.checkpoints import Checkpoints, launched_first
 from unlearnkit.config import RunConfig
-from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write_json, atomic_write_text, claimed, remove_stale_staging, staged_directory
 from unlearnkit.ownership import check_replaceable, mark_directory
 from unlearnkit.reports import metrics_document, package_versions, render_report
@@ -53,9 +50,7 @@ def claim_output_dir(config: RunConfig) -> Iterator[None]:
 def check_output_path(path: str | Path, inputs: list[Path], *, overwrite: bool, option: str) -> Path:
     """:func:`check_output_dir` for any command writing a directory of outputs (``option`` names where the
     user sets it): the resolved directory, or one sentence saying why it may not be written."""
-    directory = check_replaceable(path, inputs, overwrite=overwrite, option=option)
-    _check_creatable(directory, option)
-    return directory
+    return check_replaceable(path, inputs, overwrite=overwrite, option=option)
 
 
 def run_inputs(config: RunConfig) -> list[Path]:
@@ -73,20 +68,6 @@ def run_inputs(config: RunConfig) -> list[Path]:
     if config.adapter.flora.fisher_path:
         candidates.append(Path(config.adapter.flora.fisher_path).expanduser())
     return [path.resolve() for path in candidates if path.exists()]
-
-
-def _check_creatable(directory: Path, option: str) -> None:
-    existing = directory
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UnlearnkitError(f"The output directory {directory} cannot be created: {existing} is a file; choose "
-                              f"another {option}.")
-    try:
-        shutil.rmtree(tempfile.mkdtemp(dir=existing, prefix=".unlearnkit-write-test-"))
-    except OSError as error:
-        raise UnlearnkitError(f"The output directory {directory} cannot be created in {existing} "
-                              f"({error.strerror or error}); choose a writable {option}.") from None
 
 
 def write_run_outputs(result: RunResult) -> Path:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -87,7 +89,24 @@ def check_replaceable(directory: str | os.PathLike[str], inputs: Iterable[Path],
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise UnlearnkitError(f"The output directory {target} holds files unlearnkit did not write ({shown}), so "
                                   f"it will not be replaced; choose another {option} or move them out.")
+    check_creatable(target, option)
     return target
+
+
+def check_creatable(directory: Path, option: str) -> None:
+    """Refuse a directory that cannot be created or written where it is named (tried: a hidden directory is made
+    and removed in the nearest existing folder), before the work whose outputs it would hold."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnlearnkitError(f"The output directory {directory} cannot be created: {existing} is a file; choose "
+                              f"another {option}.")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(dir=existing, prefix=".unlearnkit-write-test-"))
+    except OSError as error:
+        raise UnlearnkitError(f"The output directory {directory} cannot be created in {existing} "
+                              f"({error.strerror or error}); choose a writable {option}.") from None
 
 
 def check_output_file(path: str | os.PathLike[str], inputs: Iterable[Path], *, option: str) -> Path:

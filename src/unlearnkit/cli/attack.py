@@ -52,6 +52,10 @@ def attack(
         raise UnlearnkitError(f"--relearn-fraction {relearn_fraction} must lie between 0 and 1 (exclusive).")
     if output is not None and output.exists() and not output.is_dir():
         raise UnlearnkitError(f"--output {output} is a file; give a directory.")
+    if output is not None:
+        from unlearnkit.ownership import check_creatable
+
+        check_creatable(output.expanduser().resolve(), "--output")
     sweep_runs = _sweep_runs(Path(model).expanduser(), output, select)
     if sweep_runs is None:
         check_model_name(model)
