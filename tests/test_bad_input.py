@@ -10,6 +10,7 @@ that hold no model and other input checked up front import no torch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import shutil
@@ -156,8 +157,11 @@ def workdir(tmp_path_factory, memorized_model_dir) -> Path:
     return folder
 
 
-def _tree(folder: Path) -> dict[str, tuple[int, float]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime) for p in sorted(folder.rglob("*"))}
+def _tree(folder: Path) -> dict[str, tuple[int, float, str]]:
+    """Every file and folder below ``folder``: size, modification time and, for a file, its sha256."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime,
+                                         hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
+            for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize(("name", "arguments", "expected"), CASES, ids=[case[0] for case in CASES])
