@@ -75,6 +75,8 @@ CASES = [
                                           "MODEL/model.safetensors"], ["is inside an input of this command"]),
     ("audit json over a user's file", ["audit", "MODEL", "--forget", "jang,n=4", "--holdout", "tdec,split=val,n=4",
                                        "--json", "file.txt"], ["file.txt exists and unlearnkit did not write it"]),
+    ("attack over a user's attack.md", ["attack", "MODEL", "--forget", "jang,n=4", "--holdout", "tdec,split=val,n=4",
+                                        "--output", "atk"], ["attack.md exists and unlearnkit did not write it"]),
     ("truncated weights", ["memorization", "truncated", "--data", "jang,n=4", "--seq-len", "32"],
      ["The weights in truncated cannot be read", "truncated or corrupt"]),
     ("data directory is a file", ["memorization", "MODEL", "--data", "jang,n=4", "--data-dir", "file.txt"],
@@ -137,6 +139,8 @@ def workdir(tmp_path_factory, memorized_model_dir) -> Path:
     shutil.copytree(memorized_model_dir, folder / "truncated")  # a model whose weights file was cut short
     weights = folder / "truncated" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (folder / "atk").mkdir()
+    (folder / "atk" / "attack.md").write_text("# my notes on the attack\n")
     (folder / "binary").mkdir()
     (folder / "binary" / "results.jsonl").write_bytes(bytes(range(200, 256)) * 8)
     (folder / "empty.yaml").write_text("")

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -94,19 +92,17 @@ def check_replaceable(directory: str | os.PathLike[str], inputs: Iterable[Path],
 
 
 def check_creatable(directory: Path, option: str) -> None:
-    """Refuse a directory that cannot be created or written where it is named (tried: a hidden directory is made
-    and removed in the nearest existing folder), before the work whose outputs it would hold."""
+    """Refuse a directory that cannot be created or written where it is named (the nearest existing folder must
+    be writable; nothing is made there to find out), before the work whose outputs it would hold."""
     existing = directory
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise UnlearnkitError(f"The output directory {directory} cannot be created: {existing} is a file; choose "
                               f"another {option}.")
-    try:
-        shutil.rmtree(tempfile.mkdtemp(dir=existing, prefix=".unlearnkit-write-test-"))
-    except OSError as error:
-        raise UnlearnkitError(f"The output directory {directory} cannot be created in {existing} "
-                              f"({error.strerror or error}); choose a writable {option}.") from None
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UnlearnkitError(f"The output directory {directory} cannot be created in {existing} (it is not "
+                              f"writable); choose a writable {option}.")
 
 
 def check_output_file(path: str | os.PathLike[str], inputs: Iterable[Path], *, option: str) -> Path:

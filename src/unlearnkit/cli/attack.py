@@ -53,9 +53,12 @@ def attack(
     if output is not None and output.exists() and not output.is_dir():
         raise UnlearnkitError(f"--output {output} is a file; give a directory.")
     if output is not None:
-        from unlearnkit.ownership import check_creatable
+        from unlearnkit.ownership import check_creatable, check_output_file
 
         check_creatable(output.expanduser().resolve(), "--output")
+        inputs = [p for p in (Path(model).expanduser(),) if p.exists()]
+        for name in ("attack.json", "attack.md"):  # a user's files of these names are refused, not replaced
+            check_output_file(output / name, inputs, option="--output")
     sweep_runs = _sweep_runs(Path(model).expanduser(), output, select)
     if sweep_runs is None:
         check_model_name(model)
@@ -100,13 +103,14 @@ def attack(
                      "them and run the command again.")
         return
     from unlearnkit.io import atomic_write_json, atomic_write_text
+    from unlearnkit.ownership import MARKDOWN_MARK, marked
 
     record, markdown = attack_one(model)
     console.print(markdown, markup=False, highlight=False)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output / "attack.json", record)
-        atomic_write_text(output / "attack.md", markdown + "\n")
+        atomic_write_json(output / "attack.json", marked(record))
+        atomic_write_text(output / "attack.md", f"{MARKDOWN_MARK}\n{markdown}\n")
         console.print(f"Wrote {output / 'attack.json'} and {output / 'attack.md'}", markup=False)
 
 
