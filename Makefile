@@ -31,13 +31,15 @@ test: setup
 
 # The suite as other CPUs compute it: torch's portable kernels and MKL's AVX2 ones instead of this machine's own
 # (a test must not hold only by one CPU's float rounding), then torch's AVX2 kernels with 2 threads per process
-# (reductions split and summed in another order) on one worker; each in a shuffled order (its seed is printed:
-# `--random-order-seed=N` repeats it).
-PORTABLE_ORDER = --random-order-bucket=module --random-order-seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+# (reductions split and summed in another order) on one worker; each in a shuffled order (its seed is printed;
+# `make test-portable SEED=N` repeats it).
+PICK_SEED = seed=$(if $(SEED),$(SEED),$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')); \
+	echo "test order: --random-order-seed=$$seed (make test-portable SEED=$$seed repeats it)"
+PORTABLE_ORDER = --random-order-bucket=module --random-order-seed=$$seed
 test-portable: setup
-	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 \
+	$(PICK_SEED); ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 \
 		$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PORTABLE_ORDER)
-	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 UNLEARNKIT_TEST_THREADS=2 \
+	$(PICK_SEED); ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 UNLEARNKIT_TEST_THREADS=2 \
 		$(BIN)/python -m pytest -q $(PORTABLE_ORDER)
 
 # The tests kept out of `make test` to keep it under 6 minutes (marked `slow`: more multi-process cases and
