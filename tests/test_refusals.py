@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from conftest import DATA, REPO
 
@@ -48,10 +50,15 @@ PAPER = str(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml")
     (("run", PAPER, "--set", "output.dir=proj", "--overwrite"), "holds files unlearnkit did not write (run.json)"),
     (("memorization", "model", "--data", "rows.jsonl", "--json", "rows.jsonl"), "is an input of this command"),
     (("memorization", "model", "--data", "rows.jsonl", "--seq-len", "300"), "longer than the model's context"),
+    (("run", PAPER, "--set", "adapter.rank=100"), "LoRA rank 100 is too large for layer"),
+    (("run", PAPER, "--set", "adapter.modules=[nosuch]"), '"nosuch" matches no linear module'),
 ])
 def test_what_issue_27_found_is_refused_within_a_second_and_a_half_without_torch(tmp_path, args, message):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps(SHAPE_ONLY))
+    save_file({f"transformer.h.0.{name}.weight": np.zeros(shape, dtype=np.float32) for name, shape in (
+        ("attn.attention.q_proj", (64, 64)), ("attn.attention.v_proj", (64, 64)), ("mlp.c_fc", (256, 64)),
+        ("mlp.c_proj", (64, 256)))}, str(tmp_path / "model" / "model.safetensors"))
     (tmp_path / "blank.jsonl").write_text("\n\n")
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     (tmp_path / "rows.jsonl").write_text('{"text": "one record"}\n')
@@ -113,3 +120,18 @@ def test_a_model_path_is_located_without_torch_and_a_run_directory_passes(tmp_pa
     assert locate_model("EleutherAI/gpt-neo-125m", None) == ("EleutherAI/gpt-neo-125m", None, False)  # the hub
     with pytest.raises(UnlearnkitError, match="it holds a run's outputs: use its model/ folder"):
         locate_model(str(tmp_path / "run"), None)
+
+
+def test_the_targets_read_from_stored_weights_are_the_loaded_models(memorized_model_dir):
+    from unlearnkit.config import ModelConfig
+    from unlearnkit.modeling import model_skeleton, resolve_target_modules
+    from unlearnkit.targets import select_targets, stored_linear_layers
+
+    layers = stored_linear_layers(memorized_model_dir)
+    skeleton = model_skeleton(ModelConfig(name=str(memorized_model_dir)))
+    stored = [name for name in layers if not name.endswith("lm_head")]
+    for modules in (["q", "v", "ffn"], ["k", "o"], ["c_fc"]):
+        assert select_targets(stored, modules, "gpt_neo") == resolve_target_modules(skeleton, modules)
+    q = resolve_target_modules(skeleton, ["q"])[0]
+    module = skeleton.get_submodule(q)
+    assert layers[q] == (module.out_features, module.in_features)

@@ -8,7 +8,6 @@ configs can say "Q, V and FFN" as the paper does, whatever the model calls them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,50 +17,10 @@ from torch import nn
 
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.model_names import locate_model
+from unlearnkit.targets import select_targets
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
-MODULE_GROUP_NAMES = ("q", "k", "v", "o", "ffn")
-
-_LLAMA_LIKE = {
-    "q": r"self_attn\.q_proj",
-    "k": r"self_attn\.k_proj",
-    "v": r"self_attn\.v_proj",
-    "o": r"self_attn\.o_proj",
-    "ffn": r"mlp\.(gate_proj|up_proj|down_proj)",
-}
-# Patterns are matched against the end of full module names. Fused projections (GPT-2's
-# c_attn, Phi-3's qkv_proj, GPT-NeoX's query_key_value) serve q, k and v at once: targeting
-# any of them adapts all three, which the resolved module list makes visible.
-MODULE_GROUPS: dict[str, dict[str, str]] = {
-    "gpt_neo": {
-        "q": r"attn\.attention\.q_proj",
-        "k": r"attn\.attention\.k_proj",
-        "v": r"attn\.attention\.v_proj",
-        "o": r"attn\.attention\.out_proj",
-        "ffn": r"mlp\.(c_fc|c_proj)",
-    },
-    "gpt2": {"q": r"attn\.c_attn", "k": r"attn\.c_attn", "v": r"attn\.c_attn", "o": r"attn\.c_proj",
-             "ffn": r"mlp\.(c_fc|c_proj)"},
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "phi": {"q": r"self_attn\.q_proj", "k": r"self_attn\.k_proj", "v": r"self_attn\.v_proj",
-            "o": r"self_attn\.dense", "ffn": r"mlp\.(fc1|fc2)"},
-    "phi3": {"q": r"self_attn\.qkv_proj", "k": r"self_attn\.qkv_proj", "v": r"self_attn\.qkv_proj",
-             "o": r"self_attn\.o_proj", "ffn": r"mlp\.(gate_up_proj|down_proj)"},
-    "opt": {"q": r"self_attn\.q_proj", "k": r"self_attn\.k_proj", "v": r"self_attn\.v_proj",
-            "o": r"self_attn\.out_proj", "ffn": r"layers\.\d+\.(fc1|fc2)"},
-    "gpt_neox": {"q": r"attention\.query_key_value", "k": r"attention\.query_key_value",
-                 "v": r"attention\.query_key_value", "o": r"attention\.dense",
-                 "ffn": r"mlp\.(dense_h_to_4h|dense_4h_to_h)"},
-}
-
-
 def linear_module_names(model: nn.Module) -> list[str]:
     """Names of the modules an adapter can target (``nn.Linear`` and GPT-2-style ``Conv1D``)."""
     names = []
@@ -71,53 +30,19 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return names
 
 
-def matches_target(module_name: str, wanted: str) -> bool:
-    """PEFT's ``target_modules`` rule, the one matcher of the package: ``wanted`` is the full module name or
-    a suffix of it after a dot (``q_proj`` matches ``transformer.h.0.attn.attention.q_proj``)."""
-    return module_name == wanted or module_name.endswith("." + wanted)
-
-
 def example_module_suffixes(model: nn.Module, count: int = 6) -> list[str]:
     """A few distinct last components of the model's linear modules, for error messages."""
     names = {name.rsplit(".", 1)[-1] for name in linear_module_names(model)}
     return sorted(names - {"lm_head", "base_layer", "default"})[:count]
 
 
-def _suffixes(names: list[str]) -> list[str]:
-    """Distinct module names with layer indices folded, for readable error messages."""
-    return sorted({re.sub(r"\.\d+\.", ".N.", name) for name in names})
-
-
 def resolve_target_modules(model: nn.Module, modules: list[str]) -> list[str]:
-    """Full names of the modules named by ``modules``: group names (q, k, v, o, ffn) or name suffixes.
-
-    The output layer (``lm_head``) is never targeted through a group.
+    """Full names of the modules named by ``modules``: group names (q, k, v, o, ffn) or name suffixes
+    (:func:`unlearnkit.targets.select_targets`). The output layer (``lm_head``) is never targeted through a group.
     """
-    if not modules:
-        raise UnlearnkitError("adapter.modules is empty; name at least one module group, e.g. [q, v, ffn].")
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     candidates = [n for n in linear_module_names(model) if not n.endswith("lm_head")]
-    groups = MODULE_GROUPS.get(model_type)
-    selected: list[str] = []
-    for entry in modules:
-        if entry in MODULE_GROUP_NAMES:
-            if groups is None:
-                raise UnlearnkitError(
-                    f'Module groups are not defined for model type "{model_type}"; name its modules directly '
-                    f"in adapter.modules, choosing from: {', '.join(_suffixes(candidates))}."
-                )
-            pattern = re.compile(rf"(^|\.){groups[entry]}$")
-            matched = [n for n in candidates if pattern.search(n)]
-        else:
-            matched = [n for n in candidates if matches_target(n, entry)]
-        if not matched:
-            valid = ", ".join(MODULE_GROUP_NAMES) if groups else "(no groups for this model type)"
-            raise UnlearnkitError(
-                f'adapter.modules entry "{entry}" matches no linear module of this {model_type or "model"}; '
-                f"use a group ({valid}) or a module name from: {', '.join(_suffixes(candidates))}."
-            )
-        selected.extend(m for m in matched if m not in selected)
-    return selected
+    return select_targets(candidates, modules, model_type)
 
 
 @dataclass

@@ -51,6 +51,7 @@ def check_run(config: RunConfig, config_file: str | Path | None = None) -> Path:
                         "and retain.safetensors (`unlearnkit fisher --out DIR` writes one).")
     output_dir = attempt(lambda: check_output_dir(config, config_file))
     attempt(lambda: check_sizes(config))
+    attempt(lambda: _check_adapter_fits_stored(config))
     if not problems:  # the weightless skeleton imports torch (seconds): only once the cheap checks have passed
         attempt(lambda: _check_adapter_fits(config))
     if problems or output_dir is None:
@@ -96,6 +97,27 @@ def _machine_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def _check_adapter_fits_stored(config: RunConfig) -> None:
+    """Target modules and rank against a local model's stored weights (their safetensors headers, no torch); the
+    skeleton check that follows is the authoritative one, this one makes its refusals fast."""
+    if config.adapter.name == "none":
+        return
+    import json
+
+    from unlearnkit.targets import check_rank_fits, select_targets, stored_linear_layers
+
+    layers = stored_linear_layers(config.model.name)
+    config_file = Path(config.model.name).expanduser() / "config.json"
+    if layers is None or not config_file.is_file():
+        return
+    try:
+        model_type = str(json.loads(config_file.read_text(encoding="utf-8")).get("model_type", ""))
+    except (OSError, ValueError):
+        return
+    candidates = [name for name in layers if not name.endswith("lm_head")]
+    check_rank_fits(layers, select_targets(candidates, config.adapter.modules, model_type), config.adapter.rank)
 
 
 def _check_adapter_fits(config: RunConfig) -> None:

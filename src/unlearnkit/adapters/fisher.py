@@ -44,9 +44,10 @@ from safetensors.torch import save_file
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write
-from unlearnkit.modeling import example_module_suffixes, matches_target
+from unlearnkit.modeling import example_module_suffixes
 from unlearnkit.objectives import IGNORE_INDEX, token_nll
 from unlearnkit.parallel import SINGLE, Processes
+from unlearnkit.targets import matches_target
 
 Estimator = Literal["per_batch", "per_sequence"]
 ESTIMATORS: tuple[str, ...] = ("per_batch", "per_sequence")

@@ -18,7 +18,8 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.modeling import example_module_suffixes, matches_target
+from unlearnkit.modeling import example_module_suffixes
+from unlearnkit.targets import matches_target
 
 
 def lora_target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, tuple[int, int]]:
