@@ -103,9 +103,9 @@ def check_rank_fits(shapes: dict[str, tuple[int, int]], targets: list[str], rank
 
 
 def stored_linear_layers(directory: str | Path) -> dict[str, tuple[int, int]] | None:
-    """The 2-D weights of a local model directory's safetensors files, by module name, read from the files'
-    headers (a few kilobytes each; no torch, no weights): what an adapter could target. ``None`` when the
-    directory holds no safetensors files (a GGUF file, a hub id, ``.bin`` weights)."""
+    """The 2-D weights of a local model directory's safetensors files (embedding tables left out), by module name,
+    read from the files' headers (a few kilobytes each; no torch, no weights): what an adapter could target.
+    ``None`` when the directory holds no safetensors files (a GGUF file, a hub id, ``.bin`` weights)."""
     root = Path(directory).expanduser()
     files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
     if not files:
@@ -120,6 +120,13 @@ def stored_linear_layers(directory: str | Path) -> dict[str, tuple[int, int]] | 
             return None  # the real load says what is wrong with the file
         for tensor, info in header.items():
             shape = info.get("shape") if isinstance(info, dict) else None
-            if tensor.endswith(".weight") and isinstance(shape, list) and len(shape) == 2:
-                layers[tensor.removesuffix(".weight")] = (int(shape[0]), int(shape[1]))
+            module = tensor.removesuffix(".weight")
+            if tensor.endswith(".weight") and isinstance(shape, list) and len(shape) == 2 and not _embedding(module):
+                layers[module] = (int(shape[0]), int(shape[1]))
     return layers
+
+
+def _embedding(module: str) -> bool:
+    """Token and position tables are 2-D weights too, but no linear layer (GPT-2's wte/wpe, embed_tokens, ...)."""
+    last = module.rsplit(".", 1)[-1]
+    return last in {"wte", "wpe"} or "embed" in last
