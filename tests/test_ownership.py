@@ -91,3 +91,27 @@ def test_a_file_is_replaced_only_when_unlearnkit_wrote_it(tmp_path):
     page.write_text("# my notes\n")
     with pytest.raises(UnlearnkitError, match="did not write it"):
         check_output_file(page, [], option="--output")
+
+
+def test_an_unwritable_place_is_refused_before_the_work(tmp_path, monkeypatch):
+    # as root every folder is writable, so the refusal is shown with access() saying no, as it does for a user
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else
+                        real_access(path, mode))
+    with pytest.raises(UnlearnkitError, match="is not writable; choose another path"):
+        check_output_file(tmp_path / "scores.json", [], option="--json")
+    with pytest.raises(UnlearnkitError, match=r"cannot be created in .* \(it is not writable\); choose a writable"):
+        check_replaceable(tmp_path / "fisher", [], overwrite=False, option="--out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_files_that_cannot_be_read_are_named_not_reported_missing(tmp_path, monkeypatch):
+    from unlearnkit.model_names import locate_model
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).endswith(".safetensors") else
+                        real_access(path, mode))
+    with pytest.raises(UnlearnkitError, match="model files model.safetensors in .* cannot be read"):
+        locate_model(str(tmp_path), None)

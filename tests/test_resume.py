@@ -148,3 +148,12 @@ def test_reading_the_latest_checkpoint_while_a_run_moves_on_is_not_an_error(tmp_
     pointer.write_text(json.dumps({"epoch": 2, "directory": "epoch-2"}))  # a pointer that stays broken
     with pytest.raises(UnlearnkitError, match="cannot be read.*--restart"):
         Checkpoints(directory).latest()
+
+
+def test_a_broken_checkpoint_names_the_command_that_starts_afresh(tmp_path):
+    checkpoints = Checkpoints(tmp_path / ".run.checkpoint")
+    checkpoints.directory.mkdir()
+    (checkpoints.directory / "latest.json").write_text('{"epoch": 3, "directory": "epoch-3"}')  # epoch-3 is gone
+    with pytest.raises(UnlearnkitError, match=r"cannot be read .* start the run afresh with its config and "
+                                              r"--restart \(unlearnkit run CONFIG --restart\)"):
+        checkpoints.latest()
