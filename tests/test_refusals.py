@@ -135,3 +135,12 @@ def test_the_targets_read_from_stored_weights_are_the_loaded_models(memorized_mo
     q = resolve_target_modules(skeleton, ["q"])[0]
     module = skeleton.get_submodule(q)
     assert layers[q] == (module.out_features, module.in_features)
+
+
+def test_the_shape_of_smollm2_is_read_from_its_gguf_header_without_torch():
+    probe = ("import sys\nfrom unlearnkit.model_names import model_shape\nprint(model_shape('smollm2'), "
+             "'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    # the facts of ../shared/data/models.md: 30 layers, hidden 576, 9 heads, vocabulary 49152
+    assert done.stdout.strip() == ("ModelShape(vocab=49152, hidden=576, layers=30, heads=9, context=8192) False"), \
+        done.stderr[-2000:]

@@ -72,9 +72,16 @@ _FIELDS = {"vocab": ("vocab_size",), "hidden": ("hidden_size", "n_embd", "d_mode
            "context": ("max_position_embeddings", "n_positions", "n_ctx")}
 
 
-def model_shape(name: str) -> ModelShape | None:
-    """The shape of a local Hugging Face model directory (or a run directory's model/) from its ``config.json``,
-    read without torch; ``None`` for a hub id, a GGUF file or a config that does not say."""
+def model_shape(name: str, gguf_file: str | None = None) -> ModelShape | None:
+    """The shape of a local model from its ``config.json`` (a Hugging Face directory, or a run directory's model/)
+    or its GGUF header (``smollm2``, a ``.gguf`` file), read without torch; ``None`` for a hub id or a model that
+    does not say."""
+    if name == SMOLLM2_ALIAS or name.endswith(".gguf") or gguf_file:
+        try:
+            folder, file, _ = locate_model(name, gguf_file)
+        except UnlearnkitError:
+            return None
+        return _gguf_shape(Path(folder) / str(file))
     directory = Path(name).expanduser()
     for candidate in (directory / "config.json", directory / "model" / "config.json"):
         if candidate.is_file():
@@ -89,3 +96,31 @@ def model_shape(name: str) -> ModelShape | None:
                 return None
             return ModelShape(vocab, hidden, layers, heads, values["context"])
     return None
+
+
+def _gguf_shape(path: Path) -> ModelShape | None:
+    """What a GGUF file's metadata says of the model's size (``ARCH.embedding_length``, ``ARCH.block_count``, ...)."""
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(path)).fields
+    except (ImportError, OSError, ValueError):
+        return None
+
+    def number(key: str) -> int | None:
+        field = fields.get(key)
+        if field is None or not field.data or (field.types and field.types[0].name == "STRING"):
+            return None
+        return int(field.parts[field.data[0]][0])
+
+    architecture = fields.get("general.architecture")
+    if architecture is None or not architecture.data:
+        return None
+    arch = bytes(architecture.parts[architecture.data[0]]).decode()
+    tokens = fields.get("tokenizer.ggml.tokens")
+    vocab = number(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
+    hidden, layers, heads = (number(f"{arch}.{key}") for key in ("embedding_length", "block_count",
+                                                                    "attention.head_count"))
+    if vocab is None or hidden is None or layers is None or heads is None:
+        return None
+    return ModelShape(vocab, hidden, layers, heads, number(f"{arch}.context_length"))

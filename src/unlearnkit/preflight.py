@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.model_names import SMOLLM2_ALIAS, locate_model
 
 T = TypeVar("T")
 
@@ -49,10 +50,16 @@ def check_run(config: RunConfig, config_file: str | Path | None = None) -> Path:
             not Path(fisher_path).expanduser().is_dir():
         problems.append(f"adapter.flora.fisher_path {fisher_path} is a file; give a directory for forget.safetensors "
                         "and retain.safetensors (`unlearnkit fisher --out DIR` writes one).")
+    attempt(lambda: locate_model(config.model.name, config.model.gguf_file))  # a path that holds no model
     output_dir = attempt(lambda: check_output_dir(config, config_file))
-    attempt(lambda: check_sizes(config))
+    gguf = config.model.name == SMOLLM2_ALIAS or config.model.name.endswith(".gguf") or bool(config.model.gguf_file)
+    if not gguf:
+        attempt(lambda: check_sizes(config))
     attempt(lambda: _check_adapter_fits_stored(config))
-    if not problems:  # the weightless skeleton imports torch (seconds): only once the cheap checks have passed
+    # what takes seconds (a GGUF header, torch for the weightless skeleton): only once the cheap checks have passed
+    if not problems and gguf:
+        attempt(lambda: check_sizes(config))
+    if not problems:
         attempt(lambda: _check_adapter_fits(config))
     if problems or output_dir is None:
         raise UnlearnkitError("\n".join(dict.fromkeys(problems)))
@@ -71,7 +78,7 @@ def check_sizes(config: RunConfig, memory_bytes: int | None = None) -> None:
     """
     from unlearnkit.model_names import model_shape
 
-    shape = model_shape(config.model.name)
+    shape = model_shape(config.model.name, config.model.gguf_file)
     if shape is None:
         return
     seq_len = config.data.seq_len
