@@ -128,6 +128,21 @@ def check_output_file(path: str | os.PathLike[str], inputs: Iterable[Path], *, o
     return target
 
 
+def check_output_files(directory: str | os.PathLike[str], names: Iterable[str], inputs: Iterable[Path], *,
+                       option: str) -> Path:
+    """The resolved ``directory`` a command writes the files ``names`` into (``eval.json``/``eval.md``, ...), or
+    one sentence why it may not: a file, not creatable, or holding one of them that unlearnkit did not write."""
+    target = Path(directory).expanduser().resolve()
+    _refuse_long_names(target, option)
+    if target.exists() and not target.is_dir():
+        raise UnlearnkitError(f"The output path {target} is a file; choose a directory with {option}.")
+    check_creatable(target, option)
+    inputs = [Path(p) for p in inputs if Path(p).exists()]
+    for name in names:
+        check_output_file(target / name, inputs, option=option)
+    return target
+
+
 def _refuse_long_names(target: Path, option: str) -> None:
     longest = max(target.parts, key=len)
     if len(longest.encode()) > 255:  # the limit of every common file system

@@ -50,15 +50,10 @@ def attack(
     quant_fields = [_quant_fields(text) for text in quant.split(",") if text.strip()]
     if not 0.0 < relearn_fraction < 1.0:
         raise UnlearnkitError(f"--relearn-fraction {relearn_fraction} must lie between 0 and 1 (exclusive).")
-    if output is not None and output.exists() and not output.is_dir():
-        raise UnlearnkitError(f"--output {output} is a file; give a directory.")
-    if output is not None:
-        from unlearnkit.ownership import check_creatable, check_output_file
+    if output is not None:  # a user's files of these names are refused, not replaced
+        from unlearnkit.ownership import check_output_files
 
-        check_creatable(output.expanduser().resolve(), "--output")
-        inputs = [p for p in (Path(model).expanduser(),) if p.exists()]
-        for name in ("attack.json", "attack.md"):  # a user's files of these names are refused, not replaced
-            check_output_file(output / name, inputs, option="--output")
+        check_output_files(output, ("attack.json", "attack.md"), [Path(model).expanduser()], option="--output")
     sweep_runs = _sweep_runs(Path(model).expanduser(), output, select)
     if sweep_runs is None:
         check_model_name(model)

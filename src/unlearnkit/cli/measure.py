@@ -137,18 +137,15 @@ def eval_(
                               "arc_easy,piqa,pile (or leave it out for the whole --suite).")
     options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
                          "The evaluation option")
-    if output is not None and output.exists() and not output.is_dir():
-        raise UnlearnkitError(f"The output path {output} is a file; choose a directory with --output.")
-    if output is not None and not overwrite and any((output / f).exists() for f in ("eval.json", "eval.md")):
-        raise UnlearnkitError(f"{output} already holds eval.json or eval.md; choose another --output or pass "
-                              "--overwrite.")
     if output is not None:
         from unlearnkit.data.catalog import resolve_data_dir
-        from unlearnkit.ownership import check_output_file
+        from unlearnkit.ownership import check_output_files
 
-        inputs = [p for p in (Path(model).expanduser(), resolve_data_dir(data_dir)) if p.exists()]
-        for name in ("eval.json", "eval.md"):
-            check_output_file(output / name, inputs, option="--output")
+        check_output_files(output, ("eval.json", "eval.md"), [Path(model).expanduser(), resolve_data_dir(data_dir)],
+                           option="--output")
+        if not overwrite and any((output / f).exists() for f in ("eval.json", "eval.md")):
+            raise UnlearnkitError(f"{output} already holds eval.json or eval.md; choose another --output or pass "
+                                  "--overwrite.")
     check_model_name(model)
     from unlearnkit.data.catalog import resolve_data_dir  # torch and the model: only for valid input
     from unlearnkit.evaluation import downstream_scores
