@@ -17,7 +17,7 @@ ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 LAYERS = [
     {"errors", "io", "ownership", "progress", "config"},
     {"data"},
-    {"model_names", "targets", "modeling", "parallel", "flops"},
+    {"model_names", "gguf_header", "targets", "modeling", "parallel", "flops"},
     {"objectives"},
     {"adapters"},
     {"metrics"},

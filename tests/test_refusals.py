@@ -84,6 +84,7 @@ def test_what_issue_27_found_is_refused_within_a_second_and_a_half_without_torch
      "write e.g. int4-g32-asym"),
     (("eval", "./missing"), "The model path ./missing is not a directory"),
     (("memorization", "missing.gguf", "--data", "jang,n=4"), "The GGUF file missing.gguf does not exist"),
+    (("memorization", "smollm2", "--data", "jang,n=4", "--seq-len", "9000"), "longer than the model's context (8192"),
     (("audit", ".", "--forget", "jang,n=4", "--holdout", "tdec,n=4"), "is not a Hugging Face model"),
     (("memorization", "run", "--data", "jang,n=4"), "it holds a run's outputs: use its model/ folder"),
     (("testbed", "build", "--size", "huge"), 'Unknown testbed size "huge"; choose one of: tiny, small'),
@@ -144,3 +145,70 @@ def test_the_shape_of_smollm2_is_read_from_its_gguf_header_without_torch():
     # the facts of ../shared/data/models.md: 30 layers, hidden 576, 9 heads, vocabulary 49152
     assert done.stdout.strip() == ("ModelShape(vocab=49152, hidden=576, layers=30, heads=9, context=8192) False"), \
         done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("adapter.rank=700", "LoRA rank 700 is too large for layer model.layers.0.self_attn.q_proj of shape [576, 576]"),
+    ("adapter.modules=[q, mlp.nosuch]", '"mlp.nosuch" matches no linear module of this llama'),
+    ("data.seq_len=9000", "longer than the model's context (8192 positions)"),
+])
+def test_a_gguf_model_s_targets_and_sizes_are_refused_from_its_header_without_torch(tmp_path, setting, message):
+    config = REPO / "configs" / "paper" / "gpt-neo-125m-flora-ihl.yaml"
+    code, torch_loaded, stderr, seconds = _timed_refusal(
+        tmp_path, "run", str(config), "--set", "model.name=smollm2", "--set", setting)
+    assert message in stderr and "Traceback" not in stderr, stderr
+    assert (code, torch_loaded) == (2, False)
+    assert seconds < 1.5, seconds
+
+
+def test_the_gguf_header_reads_what_gguf_and_transformers_read():
+    """The header reader against the ``gguf`` package's own reader (every scalar, array length and tensor shape),
+    and its layer names and shapes against the module tree transformers builds from the same file."""
+    from accelerate import init_empty_weights
+    from gguf import GGUFReader
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from unlearnkit.gguf_header import read_gguf_header
+    from unlearnkit.model_names import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    header = read_gguf_header(path)
+    reference = GGUFReader(str(path))
+    assert header is not None
+    assert {t.name: tuple(int(d) for d in t.shape) for t in reference.tensors} == header.tensors
+    for key, field in reference.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        if field.types[0].name == "ARRAY":
+            assert header.array_lengths[key] == len(field.data), key
+        elif field.types[0].name == "STRING":
+            assert header.metadata[key] == bytes(field.parts[field.data[0]]).decode(), key
+        else:
+            assert header.metadata[key] == pytest.approx(field.parts[field.data[0]][0]), key
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config)
+    linear = {name: (m.out_features, m.in_features) for name, m in skeleton.named_modules()
+              if isinstance(m, nn.Linear) and not name.endswith("lm_head")}
+    assert header.linear_layers() == linear
+
+
+def test_a_hub_model_in_the_local_cache_has_its_sizes_checked_before_torch(tmp_path, monkeypatch):
+    """A hub id whose config.json the Hugging Face cache holds (the layout huggingface_hub writes) is sized from
+    it, with no network and no torch; one not downloaded yet is left to the load."""
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(SHAPE_ONLY))
+    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, torch_loaded, stderr, seconds = _timed_refusal(
+        tmp_path, "run", PAPER, "--set", "model.name=org/tiny", "--set", "train.batch_size=100000")
+    assert "GiB of activations for one step" in stderr and "Traceback" not in stderr, stderr
+    assert (code, torch_loaded, seconds < 1.5) == (2, False, True), (stderr, seconds)
+
+    from unlearnkit.model_names import model_shape
+
+    assert model_shape("org/not-downloaded") is None

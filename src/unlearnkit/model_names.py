@@ -72,10 +72,10 @@ _FIELDS = {"vocab": ("vocab_size",), "hidden": ("hidden_size", "n_embd", "d_mode
            "context": ("max_position_embeddings", "n_positions", "n_ctx")}
 
 
-def model_shape(name: str, gguf_file: str | None = None) -> ModelShape | None:
-    """The shape of a local model from its ``config.json`` (a Hugging Face directory, or a run directory's model/)
-    or its GGUF header (``smollm2``, a ``.gguf`` file), read without torch; ``None`` for a hub id or a model that
-    does not say."""
+def model_shape(name: str, gguf_file: str | None = None, revision: str | None = None) -> ModelShape | None:
+    """The shape of a model from its ``config.json`` (a Hugging Face directory, a run directory's model/, or a hub
+    model already in the local Hugging Face cache) or its GGUF header (``smollm2``, a ``.gguf`` file), read without
+    torch or network; ``None`` for a model that does not say or a hub model not downloaded yet."""
     if name == SMOLLM2_ALIAS or name.endswith(".gguf") or gguf_file:
         try:
             folder, file, _ = locate_model(name, gguf_file)
@@ -83,7 +83,11 @@ def model_shape(name: str, gguf_file: str | None = None) -> ModelShape | None:
             return None
         return _gguf_shape(Path(folder) / str(file))
     directory = Path(name).expanduser()
-    for candidate in (directory / "config.json", directory / "model" / "config.json"):
+    candidates = [directory / "config.json", directory / "model" / "config.json"]
+    if not directory.exists() and name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        cached = _cached_hub_config(name, revision)
+        candidates += [cached] if cached is not None else []
+    for candidate in candidates:
         if candidate.is_file():
             try:
                 config = json.loads(candidate.read_text(encoding="utf-8"))
@@ -98,29 +102,29 @@ def model_shape(name: str, gguf_file: str | None = None) -> ModelShape | None:
     return None
 
 
+def _cached_hub_config(repo_id: str, revision: str | None) -> Path | None:
+    """Where the local Hugging Face cache holds a hub model's ``config.json``; ``None`` when it has not been
+    downloaded (the checks of its sizes then wait for the load, which fetches it)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
 def _gguf_shape(path: Path) -> ModelShape | None:
     """What a GGUF file's metadata says of the model's size (``ARCH.embedding_length``, ``ARCH.block_count``, ...)."""
-    try:
-        from gguf import GGUFReader
+    from unlearnkit.gguf_header import read_gguf_header
 
-        fields = GGUFReader(str(path)).fields
-    except (ImportError, OSError, ValueError):
+    header = read_gguf_header(path)
+    if header is None or not header.architecture:
         return None
-
-    def number(key: str) -> int | None:
-        field = fields.get(key)
-        if field is None or not field.data or (field.types and field.types[0].name == "STRING"):
-            return None
-        return int(field.parts[field.data[0]][0])
-
-    architecture = fields.get("general.architecture")
-    if architecture is None or not architecture.data:
-        return None
-    arch = bytes(architecture.parts[architecture.data[0]]).decode()
-    tokens = fields.get("tokenizer.ggml.tokens")
-    vocab = number(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
-    hidden, layers, heads = (number(f"{arch}.{key}") for key in ("embedding_length", "block_count",
-                                                                    "attention.head_count"))
+    arch = header.architecture
+    vocab = header.number(f"{arch}.vocab_size") or header.array_lengths.get("tokenizer.ggml.tokens")
+    hidden, layers, heads = (header.number(f"{arch}.{key}") for key in ("embedding_length", "block_count",
+                                                                         "attention.head_count"))
     if vocab is None or hidden is None or layers is None or heads is None:
         return None
-    return ModelShape(vocab, hidden, layers, heads, number(f"{arch}.context_length"))
+    return ModelShape(vocab, hidden, layers, heads, header.number(f"{arch}.context_length"))

@@ -2,8 +2,10 @@
 
 ``unlearnkit run`` calls :func:`check_run` after reading the config and before loading a single weight:
 the output directory (:func:`unlearnkit.outputs.check_output_dir`), the files of ``file`` sources
-(exist, readable, not empty), the Fisher cache path, and the target modules and LoRA rank against the
-model's layer shapes, read from a weightless skeleton of the model. What can only be known from the
+(exist, readable, not empty), the Fisher cache path, the sizes of a step against the model's context and the
+machine's memory, and the target modules and LoRA rank against the model's layer shapes — first from the stored
+files' headers (``config.json``, safetensors, GGUF; no torch), then, once those pass, from a weightless skeleton
+of the model (torch; seconds) for what the headers cannot say. What can only be known from the
 weights or the tokenised text (an empty text after tokenisation, sequences shorter than EL's n + 1) is
 still refused by the loop, before training.
 """
@@ -52,13 +54,9 @@ def check_run(config: RunConfig, config_file: str | Path | None = None) -> Path:
                         "and retain.safetensors (`unlearnkit fisher --out DIR` writes one).")
     attempt(lambda: locate_model(config.model.name, config.model.gguf_file))  # a path that holds no model
     output_dir = attempt(lambda: check_output_dir(config, config_file))
-    gguf = config.model.name == SMOLLM2_ALIAS or config.model.name.endswith(".gguf") or bool(config.model.gguf_file)
-    if not gguf:
-        attempt(lambda: check_sizes(config))
+    attempt(lambda: check_sizes(config))
     attempt(lambda: _check_adapter_fits_stored(config))
-    # what takes seconds (a GGUF header, torch for the weightless skeleton): only once the cheap checks have passed
-    if not problems and gguf:
-        attempt(lambda: check_sizes(config))
+    # torch for the weightless skeleton takes seconds: only once the cheap checks have passed
     if not problems:
         attempt(lambda: _check_adapter_fits(config))
     if problems or output_dir is None:
@@ -78,7 +76,7 @@ def check_sizes(config: RunConfig, memory_bytes: int | None = None) -> None:
     """
     from unlearnkit.model_names import model_shape
 
-    shape = model_shape(config.model.name, config.model.gguf_file)
+    shape = model_shape(config.model.name, config.model.gguf_file, config.model.revision)
     if shape is None:
         return
     seq_len = config.data.seq_len
@@ -107,29 +105,47 @@ def _machine_memory() -> int:
 
 
 def _check_adapter_fits_stored(config: RunConfig) -> None:
-    """Target modules and rank against a local model's stored weights (their safetensors headers, no torch); the
-    skeleton check that follows is the authoritative one, this one makes its refusals fast."""
+    """Target modules and rank against a local model's stored weights (their safetensors or GGUF headers, no
+    torch); the skeleton check that follows is the authoritative one, this one makes its refusals fast."""
     if config.adapter.name == "none":
         return
     import json
 
     from unlearnkit.targets import check_rank_fits, select_targets, stored_linear_layers
 
-    layers = stored_linear_layers(config.model.name)
-    config_file = Path(config.model.name).expanduser() / "config.json"
-    if layers is None or not config_file.is_file():
-        return
-    try:
-        model_type = str(json.loads(config_file.read_text(encoding="utf-8")).get("model_type", ""))
-    except (OSError, ValueError):
+    if _is_gguf(config):
+        from unlearnkit.gguf_header import read_gguf_header
+
+        try:
+            folder, file, _ = locate_model(config.model.name, config.model.gguf_file)
+        except UnlearnkitError:
+            return
+        header = read_gguf_header(Path(folder) / str(file))
+        layers = header.linear_layers() if header is not None else None
+        model_type = header.architecture if header is not None else ""
+    else:
+        layers = stored_linear_layers(config.model.name)
+        config_file = Path(config.model.name).expanduser() / "config.json"
+        if layers is None or not config_file.is_file():
+            return
+        try:
+            model_type = str(json.loads(config_file.read_text(encoding="utf-8")).get("model_type", ""))
+        except (OSError, ValueError):
+            return
+    if layers is None:
         return
     candidates = [name for name in layers if not name.endswith("lm_head")]
     check_rank_fits(layers, select_targets(candidates, config.adapter.modules, model_type), config.adapter.rank)
 
 
+def _is_gguf(config: RunConfig) -> bool:
+    return config.model.name == SMOLLM2_ALIAS or config.model.name.endswith(".gguf") or bool(config.model.gguf_file)
+
+
 def _check_adapter_fits(config: RunConfig) -> None:
-    """Target modules and rank against the layers of a weightless skeleton of the model."""
-    if config.adapter.name == "none":
+    """Target modules and rank against the layers of a weightless skeleton of the model (none is built for a GGUF
+    file: its header was the check)."""
+    if config.adapter.name == "none" or _is_gguf(config):
         return
     from unlearnkit.adapters.lora import check_lora_fits
     from unlearnkit.modeling import model_skeleton, resolve_target_modules

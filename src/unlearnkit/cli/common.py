@@ -66,10 +66,10 @@ def model_and_sources(model: str, sources: list[str], data_dir: str | None, seq_
     if el_n + 1 > seq_len:
         raise UnlearnkitError(f"EL{el_n} needs sequences of at least {el_n + 1} tokens but --seq-len is {seq_len}; "
                               "lower --n or raise --seq-len.")
-    from unlearnkit.model_names import SMOLLM2_ALIAS, locate_model, model_shape
+    from unlearnkit.model_names import locate_model, model_shape
 
     locate_model(model, None)  # these commands load a model, not a run directory: refused before torch
-    shape = model_shape(model) if not (model == SMOLLM2_ALIAS or model.endswith(".gguf")) else None
+    shape = model_shape(model)
     if shape is not None and shape.context is not None and seq_len > shape.context:
         raise UnlearnkitError(f"--seq-len {seq_len} is longer than the model's context ({shape.context} positions); "
                               f"lower --seq-len to at most {shape.context}.")
