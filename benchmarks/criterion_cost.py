@@ -30,14 +30,14 @@ from typing import Any
 import torch
 
 from unlearnkit.adapters.lora import attach_lora
-from unlearnkit.config import EvalConfig, SourceConfig
+from unlearnkit.config import EvalConfig, MethodConfig, SourceConfig
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.sources import load_blocks
 from unlearnkit.evaluation import evaluate_memorization
 from unlearnkit.io import atomic_write_json
+from unlearnkit.methods import build_method
 from unlearnkit.metrics.memorization import extraction_likelihood_details
 from unlearnkit.modeling import load_model, resolve_target_modules
-from unlearnkit.objectives import get_method, unlearning_loss
 from unlearnkit.progress import Progress
 from unlearnkit.training import OptimisationStep
 
@@ -90,15 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     tau = (threshold_scores["ma"], threshold_scores["el"])
 
     model = attach_lora(model, resolve_target_modules(model, ["q", "v", "ffn"]), rank=16, alpha=32)
-    method = get_method("ihl")
+    method = build_method(MethodConfig(name="ihl"))
     step = OptimisationStep([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     model.train()
     t0 = time.perf_counter()
     for start in range(0, n, args.batch):
         batch = forget.subset(list(range(start, min(n, start + args.batch))))
         kept = retain.subset(list(range(start, start + args.batch)))
-        loss, _ = unlearning_loss(method, model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
-                                  batch.labels(), model(input_ids=kept.input_ids).logits, kept.labels())
+        loss, _ = method.step_loss(model, batch, kept)
         step(loss)
     epoch_s = time.perf_counter() - t0
     model.eval()

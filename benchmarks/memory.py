@@ -40,11 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flora_init import PeakRss  # noqa: E402  (a sibling benchmark's RSS sampler)
 from unlearnkit.adapters.flora import initialise_flora  # noqa: E402
 from unlearnkit.adapters.lora import attach_lora  # noqa: E402
-from unlearnkit.config import FloraOptions  # noqa: E402
+from unlearnkit.config import (
+    FloraOptions,  # noqa: E402
+    MethodConfig,  # noqa: E402
+)
 from unlearnkit.data.blocks import TokenBlocks  # noqa: E402
 from unlearnkit.io import atomic_write_json  # noqa: E402
+from unlearnkit.methods import build_method  # noqa: E402
 from unlearnkit.modeling import enable_gradient_checkpointing  # noqa: E402
-from unlearnkit.objectives import get_method, unlearning_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
 GIB = 1024**3
@@ -89,19 +92,17 @@ def measure_case(quick: bool, mode: str, dtype: torch.dtype, checkpointing: bool
             initialise_flora(model, forget, retain, FloraOptions(fisher_batch_size=batch))
         result["init_peak_mb"] = round(peak.delta_mb, 1)
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    method = get_method(method_name)
+    method = build_method(MethodConfig(name=method_name))
     model.train()
     times = []
     with PeakRss() as peak:
         for index in range(steps + 1):
             start = time.perf_counter()
-            f_logits = model(input_ids=forget.input_ids).logits
-            r_logits = model(input_ids=retain.input_ids).logits
-            loss, _ = unlearning_loss(method, f_logits, forget.labels(), r_logits, retain.labels())
+            loss, _ = method.step_loss(model, forget, retain)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            del f_logits, r_logits, loss
+            del loss
             if index:  # the first step allocates AdamW's state and warms the allocator
                 times.append(time.perf_counter() - start)
     result["step_peak_mb"] = round(peak.delta_mb, 1)

@@ -1,12 +1,12 @@
 """Unlearning steps at the hardware's pace: tokens/s and achieved FLOP/s against this machine's matmul peak.
 
-For each method (GA, GD, IHL) and each way of training (full fine-tuning, LoRA on q/v/ffn) one optimisation
-step of the library (:class:`unlearnkit.training.OptimisationStep` on :func:`unlearnkit.objectives.unlearning_loss`,
-the loop's own step) is timed on a forget batch (and a retain batch for GD/IHL) of random tokens. FLOPs are
-counted by ``torch.utils.flop_counter.FlopCounterMode`` on one step; the peak is a large fp32 matmul timed in
-the same process with the same threads. IHL's step time is also given as a ratio to GA's (the issue's bound
-is 1.05: IHL adds a top-2 and a logsumexp over logits GA already has). FLoRA steps are LoRA steps; its
-initialisation is timed by ``flora_init.py``.
+For each method (GA, GD, IHL) and each way of training (full fine-tuning, LoRA on q/v/ffn) one optimisation step of
+the library (:class:`unlearnkit.training.OptimisationStep` on the method's
+:meth:`~unlearnkit.methods.UnlearningMethod.step_loss`, the loop's own step) is timed on a forget batch (and a
+retain batch for GD/IHL) of random tokens. FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
+step; the peak is a large fp32 matmul timed in the same process with the same threads. IHL's step time is also
+given as a ratio to GA's (the issue's bound is 1.05: IHL adds a top-2 and a logsumexp over logits GA already has).
+FLoRA steps are LoRA steps; its initialisation is timed by ``flora_init.py``.
 
     python benchmarks/train_speed.py --quick                 # a tiny GPT-Neo, seconds
     python benchmarks/train_speed.py --models neo125m,smollm2 --batch 4 --seq-len 200
@@ -28,9 +28,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from unlearnkit.adapters.lora import attach_lora
+from unlearnkit.config import MethodConfig
+from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.io import atomic_write_json
+from unlearnkit.methods import build_method
 from unlearnkit.modeling import resolve_target_modules
-from unlearnkit.objectives import get_method, unlearning_loss
 from unlearnkit.training import OptimisationStep
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
@@ -81,17 +83,16 @@ def measure(model_name: str, adapter: str, method_name: str, batch: int, seq_len
     else:
         model.requires_grad_(True)
     model.train()
-    method = get_method(method_name)
+    method = build_method(MethodConfig(name=method_name))
     gen = torch.Generator().manual_seed(1)
-    forget = torch.randint(0, vocab, (batch, seq_len), generator=gen)
-    retain = torch.randint(0, vocab, (batch, seq_len), generator=gen) if method.uses_retain else None
+    forget, retain = (TokenBlocks(rows, torch.ones_like(rows), name) for rows, name in (
+        (torch.randint(0, vocab, (batch, seq_len), generator=gen), "forget"),
+        (torch.randint(0, vocab, (batch, seq_len), generator=gen), "retain")))
     trainable = [p for p in model.parameters() if p.requires_grad]
     step = OptimisationStep(trainable, lr=1e-5)
 
     def one_step() -> None:
-        forget_logits = model(input_ids=forget).logits
-        retain_logits = model(input_ids=retain).logits if retain is not None else None
-        loss, _ = unlearning_loss(method, forget_logits, forget, retain_logits, retain)
+        loss, _ = method.step_loss(model, forget, retain if method.uses_retain else None)
         assert step(loss)
 
     one_step()  # warm-up: allocations, optimiser state

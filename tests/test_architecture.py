@@ -21,7 +21,7 @@ LAYERS = [
     {"objectives"},
     {"adapters"},
     {"metrics"},
-    {"training", "steps"},
+    {"training", "steps", "methods", "guards"},
     {"evaluation"},
     {"results"},
     {"checkpoints"},

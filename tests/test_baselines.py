@@ -8,9 +8,13 @@ import math
 import pytest
 import torch
 
-from unlearnkit.config import load_config
+from conftest import tiny_gpt_neo
+from unlearnkit.config import MethodConfig, load_config
+from unlearnkit.data.blocks import TokenBlocks
+from unlearnkit.data.run_sets import RunData
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.objectives import get_method, kl_from_reference, npo_loss, simnpo_loss, unlearning_loss
+from unlearnkit.methods import MethodSetup, build_method
+from unlearnkit.objectives import kl_from_reference, npo_loss, simnpo_loss, token_nll
 
 
 def _example(seed: int = 0, batch: int = 3, length: int = 6, vocab: int = 5):
@@ -94,31 +98,34 @@ def test_kl_retain_is_zero_for_the_unchanged_model_and_the_direct_kl_otherwise()
 
 
 def test_methods_take_their_options_and_the_kl_retain_term():
-    logits, labels = _example(seed=4)
-    retain_logits, retain_labels = _example(seed=5)
-    npo = get_method("npo", {"beta": 0.5})
-    assert npo.needs_reference and npo.options == {"beta": 0.5}
-    assert get_method("simnpo").options == {"beta": 2.5, "gamma": 0.0}
-    reference = torch.zeros(3, dtype=torch.float64)
-    total, parts = unlearning_loss(npo, logits, labels, retain_logits, retain_labels, retain_weight=2.0,
-                                   reference_logprob=reference, retain_reference_logits=retain_logits.detach())
-    assert parts["retain_loss"] == pytest.approx(0.0, abs=1e-12)  # KL from itself
-    assert float(total) == pytest.approx(float(npo_loss(logits, labels, reference, 0.5)), rel=1e-12)
-    with pytest.raises(ValueError, match="NPO needs"):
-        unlearning_loss(npo, logits, labels, retain_logits, retain_labels)
+    model = tiny_gpt_neo().double().eval()
+    generator = torch.Generator().manual_seed(4)
+    forget, retain = (TokenBlocks.from_lists(torch.randint(0, 95, (3, 12), generator=generator).tolist(), name,
+                                             seq_len=12) for name in ("forget", "retain"))
+    npo = build_method(MethodConfig(name="npo", beta=0.5, retain_kind="kl", retain_weight=2.0))
+    assert npo.options.beta == 0.5 and MethodConfig(name="simnpo").options().model_dump() == {"beta": 2.5,
+                                                                                             "gamma": 0.0}
+    npo.prepare(MethodSetup(model, RunData(forget, retain), device=None, seed=0, eval_batch_size=2))
+    total, parts = npo.step_loss(model, forget, retain)
+    assert parts["retain_loss"] == pytest.approx(0.0, abs=1e-12)  # KL of the model from its frozen copy
+    logits = model(input_ids=forget.input_ids, attention_mask=forget.attention_mask).logits
+    reference = -token_nll(logits, forget.labels()).sum(dim=1)  # the model before unlearning: itself
+    assert float(total) == pytest.approx(float(npo_loss(logits, forget.labels(), reference, 0.5)), rel=1e-12)
+    assert float(total) == pytest.approx(2 / 0.5 * math.log(2), rel=1e-9)  # equal models: (2/β) log 2
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["method.name=ihl", "method.beta=0.5"], "method.beta applies to npo and simnpo"),
-    (["method.name=npo", "method.gamma=0.5"], "method.gamma applies to simnpo"),
+    (["method.name=ihl", "method.beta=0.5"], r"method.beta is not an option of ihl \(its options: none\)"),
+    (["method.name=npo", "method.gamma=0.5"], r"method.gamma is not an option of npo \(its options: method.beta\)"),
     (["method.name=ga", "method.retain_kind=kl"], "no retain term"),
+    (["method.name=rmu", "method.retain_kind=kl"], "has a retain term of its own"),
     (["method.name=npo", "method.beta=0"], "greater than 0"),
 ])
 def test_options_that_do_not_fit_the_method_are_refused(overrides, message):
     with pytest.raises(UnlearnkitError, match=message):
         load_config(None, overrides)
     assert load_config(None, ["method.name=simnpo", "method.gamma=0.25", "method.retain_kind=kl"]
-                       ).method.objective_options() == {"beta": 2.5, "gamma": 0.25}
+                       ).method.options().model_dump() == {"beta": 2.5, "gamma": 0.25}
 
 
 @pytest.mark.integration

@@ -15,8 +15,10 @@ import torch
 
 from conftest import tiny_gpt_neo
 from unlearnkit.adapters.lora import attach_lora
+from unlearnkit.config import MethodConfig
+from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.flops import FlopTally, flop_counter, thin_svd_flops
-from unlearnkit.objectives import get_method, unlearning_loss
+from unlearnkit.methods import build_method
 
 ROWS, LENGTH, VOCAB, HIDDEN, LAYERS = 2, 32, 256, 64, 4
 
@@ -33,8 +35,9 @@ def _ihl_step(model: torch.nn.Module, tally: FlopTally) -> int:
     forget, retain = (torch.randint(VOCAB, (ROWS, LENGTH), generator=generator) for _ in range(2))
     tokens = 2 * ROWS * LENGTH
     with tally.count_sample("train", tokens):
-        loss, _ = unlearning_loss(get_method("ihl"), model(input_ids=forget).logits, forget,
-                                  model(input_ids=retain).logits, retain, retain_weight=1.0)
+        loss, _ = build_method(MethodConfig(name="ihl")).step_loss(
+            model, TokenBlocks(forget, torch.ones_like(forget), "forget"),
+            TokenBlocks(retain, torch.ones_like(retain), "retain"))
         loss.backward()
     return tokens
 

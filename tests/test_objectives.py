@@ -7,15 +7,12 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_gpt_neo
+from unlearnkit.config import MethodConfig, load_config
+from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.objectives import (
-    METHODS,
-    get_method,
-    gradient_ascent_loss,
-    inverted_hinge_loss,
-    lm_loss,
-    unlearning_loss,
-)
+from unlearnkit.methods import build_method
+from unlearnkit.objectives import gradient_ascent_loss, inverted_hinge_loss, lm_loss
 
 
 def _example(seed: int = 0, batch: int = 2, length: int = 5, vocab: int = 7):
@@ -109,21 +106,28 @@ def test_ihl_ignores_all_masked_batch():
 
 
 def test_methods_combine_forget_and_retain_terms():
-    f_logits, f_labels = _example(seed=3)
-    r_logits, r_labels = _example(seed=4)
-    total, parts = unlearning_loss(get_method("ihl"), f_logits, f_labels, r_logits, r_labels, retain_weight=0.5)
-    expected = inverted_hinge_loss(f_logits, f_labels) + 0.5 * lm_loss(r_logits, r_labels)
-    assert total.item() == pytest.approx(expected.item())
+    model = tiny_gpt_neo().double().eval()
+    generator = torch.Generator().manual_seed(3)
+    forget, retain = (TokenBlocks.from_lists(torch.randint(0, 95, (3, 12), generator=generator).tolist(), name,
+                                             seq_len=12) for name in ("forget", "retain"))
+
+    def logits(blocks):
+        return model(input_ids=blocks.input_ids, attention_mask=blocks.attention_mask).logits
+
+    ihl = build_method(MethodConfig(name="ihl", retain_weight=0.5))
+    total, parts = ihl.step_loss(model, forget, retain)
+    expected = inverted_hinge_loss(logits(forget), forget.labels()) + 0.5 * lm_loss(logits(retain), retain.labels())
+    assert total.item() == pytest.approx(expected.item(), rel=1e-12)
     assert set(parts) == {"forget_loss", "retain_loss", "loss"}
-    total, parts = unlearning_loss(get_method("ga"), f_logits, f_labels)
-    assert total.item() == pytest.approx(-lm_loss(f_logits, f_labels).item())
+    total, parts = build_method(MethodConfig(name="ga")).step_loss(model, forget, None)
+    assert total.item() == pytest.approx(-lm_loss(logits(forget), forget.labels()).item(), rel=1e-12)
     assert "retain_loss" not in parts
-    assert METHODS["gd"].uses_retain and not METHODS["ga"].uses_retain
+    assert build_method(MethodConfig(name="gd")).uses_retain and not build_method(MethodConfig(name="ga")).uses_retain
 
 
 def test_unknown_method_lists_valid_names():
     with pytest.raises(UnlearnkitError, match='Unknown method "ihll".*ga, gd, ihl.*Did you mean "ihl"'):
-        get_method("ihll")
+        load_config(None, ["method.name=ihll"])
 
 
 def test_ihl_on_bf16_logits_is_finite_and_matches_fp32():

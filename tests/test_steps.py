@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import tiny_gpt_neo
+from unlearnkit.config import MethodConfig
 from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.objectives import get_method, unlearning_loss
+from unlearnkit.data.run_sets import RunData
+from unlearnkit.methods import MethodSetup, build_method
 from unlearnkit.parallel import Processes
 from unlearnkit.steps import epoch_micro_steps, micro_steps_in_epoch
 
@@ -32,7 +34,7 @@ def _gradient(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
 
 
-def _split_gradients(model, method, forget, retain, reference, *, batch, accum, processes):
+def _split_gradients(model, method, forget, retain, *, batch, accum, processes):
     """Each optimisation step's gradient as the loop computes it: every process's micro-steps, each loss
     divided by ``accum`` (accelerate) and the processes' gradients averaged (DDP); and each step's rows."""
     steps: list[torch.Tensor] = []
@@ -53,11 +55,9 @@ def _split_gradients(model, method, forget, retain, reference, *, batch, accum, 
             mine = retain.subset(micro.retain_rows) if micro.retain_rows is not None else None
             if mine is not None:
                 rows[step][1].append(micro.retain_rows)
-            loss, _ = unlearning_loss(method, _logits(model, part) if part else None, part.labels() if part else None,
-                                      _logits(model, mine) if mine else None, mine.labels() if mine else None, 1.0,
-                                      micro.forget_weight, forget_normaliser=micro.forget_normaliser,
-                                      reference_logprob=reference[micro.forget_rows] if part else None,
-                                      retain_normaliser=micro.retain_normaliser)
+            loss, _ = method.step_loss(model, part, mine, rows=micro.forget_rows, forget_weight=micro.forget_weight,
+                                       forget_normaliser=micro.forget_normaliser,
+                                       retain_normaliser=micro.retain_normaliser)
             (loss / accum / processes).backward()
             if micro.update:
                 if index == 0:
@@ -69,35 +69,40 @@ def _split_gradients(model, method, forget, retain, reference, *, batch, accum, 
     return steps, [(torch.cat(f), torch.cat(r) if r else None) for f, r in rows]
 
 
-@pytest.mark.parametrize("method_name", ["ga", "gd", "ihl", "npo", "simnpo"])
+@pytest.mark.parametrize("method_name", ["ga", "gd", "ihl", "npo", "simnpo", "rmu"])
 def test_a_step_gradient_is_the_effective_batch_mean_however_its_rows_are_split(method_name):
     # float64: the comparison holds to 1e-9 on any CPU's kernels
     model = tiny_gpt_neo(layers=2).double().train()
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    method = get_method(method_name)
+    method = build_method(MethodConfig(name=method_name))
     forget, retain = _blocks(FORGET_LENGTHS, 1, "forget"), _blocks(RETAIN_LENGTHS, 2, "retain")
-    reference = -40.0 - torch.arange(len(forget), dtype=torch.float64)  # NPO's log-probabilities before
+    method.prepare(MethodSetup(model, RunData(forget, retain), device=None, seed=0, eval_batch_size=4))
+    if method_name == "rmu":  # the trained copy must differ from the frozen one for the retain term to count
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.01 * torch.randn_like(parameter))
     splits = {  # (rows per process and micro-step, micro-steps per step, processes)
         "one batch": (7, 1, 1), "2 x accumulation 2": (2, 2, 1), "3 per step": (3, 1, 1),
         "1 on each of 2 processes x accumulation 2": (1, 2, 2), "2 on each of 2 processes": (2, 1, 2),
         "1 x accumulation 3 on 2 processes": (1, 3, 2),
     }
     for name, (batch, accum, processes) in splits.items():
-        steps, rows = _split_gradients(model, method, forget, retain, reference, batch=batch, accum=accum,
+        steps, rows = _split_gradients(model, method, forget, retain, batch=batch, accum=accum,
                                        processes=processes)
         effective = batch * accum * processes
         assert [len(f) for f, _ in rows] == [min(effective, 7 - start) for start in range(0, 7, effective)], name
         for gradient, (forget_rows, retain_rows) in zip(steps, rows, strict=True):
             # the independent computation: the objective's own mean over the step's rows, one pass
             part = forget.subset(forget_rows)
-            loss = method.forget_loss(_logits(model, part), part.labels(), reference[forget_rows])
+            loss = method.forget_loss(model, part, forget_rows, None)
             if method.uses_retain:
                 kept = retain.subset(retain_rows)
                 assert len(kept) == batch * accum * processes  # a short step keeps its full retain batch
-                loss = loss + torch.nn.functional.cross_entropy(
-                    _logits(model, kept)[:, :-1].reshape(-1, 96), kept.labels()[:, 1:].reshape(-1), ignore_index=-100)
+                loss = loss + (method.retain_loss(model, kept, None) if method_name == "rmu" else
+                               torch.nn.functional.cross_entropy(_logits(model, kept)[:, :-1].reshape(-1, 96),
+                                                                 kept.labels()[:, 1:].reshape(-1), ignore_index=-100))
             loss.backward()
             expected = _gradient(model)
             model.zero_grad(set_to_none=True)

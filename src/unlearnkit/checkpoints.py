@@ -32,7 +32,7 @@ import dataclasses
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,13 @@ class Saved:
 
         return load_file(str(self.directory / LOOP_TENSORS))
 
+    def loop_state(self) -> LoopState:
+        """The loop's state as this checkpoint saved it; ``state.resumed_after`` records this epoch."""
+        carried = {k: v for k, v in self.payload.items() if k not in ("state", "thresholds", "processes")}
+        loop = LoopState(state=self.state, thresholds=self.thresholds, **carried, tensors=self.tensors())
+        loop.state.resumed_after.append(self.epoch)
+        return loop
+
 
 class Checkpoints:
     """The checkpoint directory of one run (see the module docstring)."""
@@ -178,17 +185,17 @@ class Checkpoints:
                 "config and --restart (unlearnkit run CONFIG --restart), which discards it.")
         return saved
 
-    def save(self, epoch: int, config: RunConfig, accelerator: Any, payload: dict[str, Any],
-             tensors: dict[str, torch.Tensor], processes: Processes | None = None) -> Saved:
+    def save(self, epoch: int, config: RunConfig, accelerator: Any, loop: LoopState,
+             processes: Processes | None = None) -> Saved:
         """Save the state after ``epoch`` and make it the latest checkpoint; older ones are removed after.
-        On several processes every one of them calls this together; the main one's ``tensors`` are saved."""
+        On several processes every one of them calls this together; the main one's tensors are saved."""
         from safetensors.torch import save_file
 
         from unlearnkit.parallel import SINGLE
 
         processes = processes or SINGLE
         name = f"epoch-{epoch}"
-        payload = {**payload, "processes": processes.count}
+        payload, tensors = {**loop.payload(), "processes": processes.count}, loop.tensors
         if processes.main:
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_stale_staging(self.directory / name)
@@ -235,9 +242,27 @@ class Checkpoints:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def state_payload(state: RunState, thresholds: Thresholds, **carried: Any) -> dict[str, Any]:
-    """``state.json``: the run's state, its thresholds and whatever else the loop carries (JSON values)."""
-    return {"state": dataclasses.asdict(state), "thresholds": dataclasses.asdict(thresholds), **carried}
+@dataclass
+class LoopState:
+    """What the loop carries from epoch to epoch, and a checkpoint saves: the run's state and thresholds, the
+    snapshot before unlearning, the scores the last good epoch left, and the loop's tensors (its generator and
+    FLoRA's initial factors). A resumed run continues from :meth:`Saved.loop_state`."""
+
+    state: RunState
+    thresholds: Thresholds
+    before: dict[str, Any]
+    data_fingerprints: dict[str, str]
+    adapter_summary: dict[str, Any] | None = None
+    check_before: float | None = None  # the collapse guard's LM loss before unlearning
+    last_scores: dict[str, Any] | None = None  # forget-set scores of the model as the last good epoch left it
+    timings: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # "generator", "flora/<name>"
+
+    def payload(self) -> dict[str, Any]:
+        """``state.json``: every field but the tensors (JSON values)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tensors"}
+        return {**values, "state": dataclasses.asdict(self.state), "thresholds": dataclasses.asdict(self.thresholds)}
 
 
 def _keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[str, torch.Tensor]],

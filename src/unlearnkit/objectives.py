@@ -11,23 +11,17 @@ micro-step, :mod:`unlearnkit.steps`), so that a step's gradient does not depend 
 :func:`token_nll` is the one shifted next-token NLL of the package: the LM loss here, the Fisher
 pass, perplexity and membership inference all use it.
 
-A *method* combines objectives on a forget batch and a retain batch; the config layer names the
-methods (:data:`unlearnkit.config.METHODS`) and :data:`FORGET_OBJECTIVES` holds their forget objectives:
+A *method* (:mod:`unlearnkit.methods`, one module each) combines these on a forget batch and a retain batch:
 GA, IHL (the paper's), NPO and SimNPO (today's standard baselines). The retain term is the LM loss (the
 paper's) or the KL divergence from the model before unlearning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from unlearnkit.config import METHODS
-from unlearnkit.errors import unknown_name
 
 IGNORE_INDEX = -100
 
@@ -184,88 +178,3 @@ def kl_from_reference(logits: torch.Tensor, reference_logits: torch.Tensor, labe
     log_p, log_ref = F.log_softmax(log_p, dim=-1), F.log_softmax(log_ref.detach(), dim=-1)
     per_position = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(dim=-1)
     return (per_position * mask).sum() / (mask.sum().clamp(min=1) if normaliser is None else normaliser)
-
-
-#: The forget-set objective of each method the config layer names: ``(logits, labels, reference_logprob,
-#: **options, normaliser=None)``; ``reference_logprob`` is ``None`` except for methods that need it (NPO).
-FORGET_OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
-    "ga": lambda logits, labels, reference_logprob=None, normaliser=None: gradient_ascent_loss(logits, labels,
-                                                                                               normaliser),
-    "gd": lambda logits, labels, reference_logprob=None, normaliser=None: gradient_ascent_loss(logits, labels,
-                                                                                               normaliser),
-    "ihl": lambda logits, labels, reference_logprob=None, normaliser=None: inverted_hinge_loss(logits, labels,
-                                                                                               normaliser),
-    "npo": npo_loss,
-    "simnpo": simnpo_loss,
-}
-#: What each forget objective's mean is over (the retain terms, LM loss and KL, are token means).
-FORGET_UNITS = {"ga": TOKENS, "gd": TOKENS, "ihl": TOKENS, "npo": ROWS, "simnpo": ROWS}
-
-
-@dataclass(frozen=True)
-class Method:
-    """An unlearning method: an objective on forget batches, optionally a retain term on retain batches."""
-
-    name: str
-    forget_objective: Callable[..., torch.Tensor]
-    uses_retain: bool
-    description: str
-    needs_reference: bool = False
-    options: dict[str, float] = field(default_factory=dict)
-    unit: str = TOKENS  # what the forget objective's mean is over (:data:`FORGET_UNITS`)
-
-    def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor,
-                    reference_logprob: torch.Tensor | None = None, normaliser: float | None = None) -> torch.Tensor:
-        return self.forget_objective(logits, labels, reference_logprob, **self.options, normaliser=normaliser)
-
-
-def get_method(name: str, options: dict[str, float] | None = None) -> Method:
-    """The method ``name``; ``options`` are its objective's (beta, gamma: ``MethodConfig.objective_options``)."""
-    if name not in METHODS:
-        raise unknown_name("method", name, METHODS)
-    spec = METHODS[name]
-    defaults = {k: v for k, v in (("beta", spec.beta), ("gamma", spec.gamma)) if v is not None}
-    return Method(spec.name, FORGET_OBJECTIVES[name], spec.uses_retain, spec.description, spec.needs_reference,
-                  {**defaults, **(options or {})}, FORGET_UNITS[name])
-
-
-def unlearning_loss(
-    method: Method,
-    forget_logits: torch.Tensor | None,
-    forget_labels: torch.Tensor | None,
-    retain_logits: torch.Tensor | None = None,
-    retain_labels: torch.Tensor | None = None,
-    retain_weight: float = 1.0,
-    forget_weight: float = 1.0,
-    *,
-    reference_logprob: torch.Tensor | None = None,
-    retain_reference_logits: torch.Tensor | None = None,
-    forget_normaliser: float | None = None,
-    retain_normaliser: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss of one step (Eq. 5 for IHL) and its parts for logging. ``forget_weight`` scales the
-    forget term (0: a row a process runs only to take part in a step that left it none, see
-    :mod:`unlearnkit.steps`). ``reference_logprob``: the forget rows' sequence log-probabilities before
-    unlearning (NPO); ``retain_reference_logits``: the retain batch's logits before unlearning, which make the
-    retain term the KL divergence from them instead of the LM loss. The normalisers replace each term's own
-    count of items (module docstring). Without forget rows (``None``: a retain-only pass) the forget term is 0."""
-    parts = {"forget_loss": 0.0}
-    total: torch.Tensor | None = None
-    if forget_logits is not None and forget_labels is not None:
-        forget_loss = method.forget_loss(forget_logits, forget_labels, reference_logprob, forget_normaliser)
-        if forget_weight != 1.0:
-            forget_loss = forget_loss * forget_weight
-        parts["forget_loss"] = float(forget_loss.detach())
-        total = forget_loss
-    if method.uses_retain:
-        if retain_logits is None or retain_labels is None:
-            raise ValueError(f"method {method.name} needs a retain batch")
-        retain_loss = (lm_loss(retain_logits, retain_labels, retain_normaliser) if retain_reference_logits is None
-                       else kl_from_reference(retain_logits, retain_reference_logits, retain_labels,
-                                              retain_normaliser))
-        parts["retain_loss"] = float(retain_loss.detach())
-        total = retain_weight * retain_loss if total is None else total + retain_weight * retain_loss
-    if total is None:
-        raise ValueError("a step needs forget rows, or retain rows for a method with a retain term")
-    parts["loss"] = float(total.detach())
-    return total, parts

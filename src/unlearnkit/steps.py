@@ -15,7 +15,7 @@ beyond its forget rows carry retain rows only, so a step's retain rows, like its
 how the step is split.
 
 A loss is a mean over items: tokens for the LM, GA and IHL terms, rows for NPO and SimNPO
-(:data:`unlearnkit.objectives.FORGET_UNITS`). With rows of unequal length (one record per line of a user's
+(:attr:`unlearnkit.methods.UnlearningMethod.unit`). With rows of unequal length (one record per line of a user's
 file), a per-micro-step mean would weight a token by how its rows fell on processes and micro-steps; so every
 micro-step divides its summed loss by the same count, that of the whole step's items, scaled by what
 accelerate undoes: it divides the loss by ``grad_accum`` and averages gradients over the processes. The

@@ -6,7 +6,6 @@ Implementations import their options from here, never the reverse.
 from unlearnkit.config.loading import apply_overrides, build_config, load_config, parse_override
 from unlearnkit.config.run import (
     ADAPTERS,
-    METHODS,
     PAPER_LR,
     AdapterConfig,
     DataConfig,
@@ -14,7 +13,6 @@ from unlearnkit.config.run import (
     EvalConfig,
     FloraOptions,
     MethodConfig,
-    MethodSpec,
     ModelConfig,
     OutputConfig,
     RunConfig,
@@ -24,8 +22,8 @@ from unlearnkit.config.sources import SOURCES, SourceConfig, SourceSpec, source_
 from unlearnkit.config.suites import DIALOGUE_SETS, PERPLEXITY_SETS, REASONING_TASKS, SUITES, Suite, resolve_suite
 
 __all__ = [
-    "ADAPTERS", "DIALOGUE_SETS", "METHODS", "PAPER_LR", "PERPLEXITY_SETS", "REASONING_TASKS", "SOURCES", "SUITES",
-    "AdapterConfig", "DataConfig", "DownstreamConfig", "EvalConfig", "FloraOptions", "MethodConfig", "MethodSpec",
+    "ADAPTERS", "DIALOGUE_SETS", "PAPER_LR", "PERPLEXITY_SETS", "REASONING_TASKS", "SOURCES", "SUITES",
+    "AdapterConfig", "DataConfig", "DownstreamConfig", "EvalConfig", "FloraOptions", "MethodConfig",
     "ModelConfig", "OutputConfig", "RunConfig", "SourceConfig", "SourceSpec", "Suite", "TrainConfig",
     "apply_overrides", "build_config", "load_config", "parse_override", "resolve_suite", "source_names",
 ]

@@ -8,44 +8,18 @@ is reproducible from its output directory alone. Nothing here imports torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from unlearnkit.config.plugins import load_plugin
 from unlearnkit.config.sources import SourceConfig
 from unlearnkit.config.suites import SUITES
-from unlearnkit.errors import unknown_name
+from unlearnkit.errors import UnlearnkitError, unknown_name
 
 ADAPTERS = ("none", "lora", "flora")
 PAPER_LR = {"none": 5e-5, "lora": 2e-4, "flora": 2e-4}
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """An unlearning method as configs name it; :mod:`unlearnkit.objectives` holds its objective."""
-
-    name: str
-    uses_retain: bool
-    description: str
-    needs_reference: bool = False  # the forget objective compares with the model before unlearning
-    beta: float | None = None  # the default of method.beta, for methods that have one
-    gamma: float | None = None  # the default of method.gamma
-
-
-METHODS: dict[str, MethodSpec] = {
-    "ga": MethodSpec("ga", False, "gradient ascent on the forget set (Jang et al., 2023)"),
-    "gd": MethodSpec("gd", True, "gradient difference: GA on forget + LM loss on retain"),
-    "ihl": MethodSpec("ihl", True, "inverted hinge loss on forget + LM loss on retain (Eq. 5)"),
-    # beta 0.1: Zhang et al. 2024 (NPO), also the default of the SimNPO authors' NPO config (Unlearn-Simple,
-    # TOFU/config/forget.yaml: beta 0.1, gamma 0.0)
-    "npo": MethodSpec("npo", True, "negative preference optimisation on forget (Zhang et al., 2024) + LM loss on "
-                      "retain", needs_reference=True, beta=0.1),
-    # beta 2.5, gamma 0: Fan et al. 2024 (SimNPO), the values of their TOFU experiments
-    "simnpo": MethodSpec("simnpo", True, "SimNPO, NPO without a reference model, length-normalised (Fan et al., "
-                         "2024) + LM loss on retain", beta=2.5, gamma=0.0),
-}
 
 
 class Section(BaseModel):
@@ -77,40 +51,54 @@ class DataConfig(Section):
 
 
 class MethodConfig(Section):
-    name: str = Field("ihl", description="ga | gd | ihl | npo | simnpo")
+    """The unlearning method and, beside ``name``, its own options (``method.beta`` for NPO, ...), validated by the
+    method's ``Options`` (:mod:`unlearnkit.methods`)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field("ihl", description="ga | gd | ihl | npo | simnpo | rmu, or your own: module.path:Class or "
+                                         "path/to/file.py:Class (docs/extending.md)")
     retain_weight: float = Field(1.0, ge=0.0, description="weight of the retain term (Eq. 5 uses 1)")
     retain_kind: Literal["lm", "kl"] = Field(
         "lm", description="the retain term: lm = LM loss on the retain batch (the paper's); kl = KL divergence "
                           "from the model before unlearning on the retain batch (holds a frozen copy of it)")
-    beta: float | None = Field(None, gt=0.0, description="NPO / SimNPO inverse temperature (default: the method's, "
-                                                          "npo 0.1, simnpo 2.5)")
-    gamma: float | None = Field(None, description="SimNPO reward margin (default 0)")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in METHODS:
-            raise ValueError(str(unknown_name("method", name, METHODS)))
-        return name
 
     @model_validator(mode="after")
     def _options_fit_the_method(self) -> MethodConfig:
-        spec = METHODS[self.name]
-        if self.beta is not None and spec.beta is None:
-            raise ValueError(f"method.beta applies to npo and simnpo, not {self.name}; remove it")
-        if self.gamma is not None and spec.gamma is None:
-            raise ValueError(f"method.gamma applies to simnpo, not {self.name}; remove it")
-        if self.retain_kind == "kl" and not spec.uses_retain:
-            raise ValueError(f"method {self.name} has no retain term, so method.retain_kind=kl does nothing; use gd, "
-                             "ihl, npo or simnpo")
+        try:
+            method = self.method_class()
+        except UnlearnkitError as error:
+            raise ValueError(str(error).rstrip(".")) from None
+        given = self.given_options()
+        own = method.Options.model_fields
+        for key in given:
+            if key not in own:
+                options = ", ".join(f"method.{k}" for k in own) or "none"
+                raise ValueError(f"method.{key} is not an option of {self.name} (its options: {options}); remove it")
+        try:
+            method.Options(**given)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise ValueError(f"method.{where}: {problem['msg']}") from None
+        if self.retain_kind != "lm" and (not method.uses_retain or self.retain_kind not in method.retain_kinds):
+            why = ("has no retain term" if not method.uses_retain else "has a retain term of its own")
+            raise ValueError(f"method {self.name} {why}, so method.retain_kind={self.retain_kind} does not apply; "
+                             "remove it")
         return self
 
-    def objective_options(self) -> dict[str, float]:
-        """beta and gamma of the forget objective, the method's defaults where the config gives none."""
-        spec = METHODS[self.name]
-        options = {"beta": self.beta if self.beta is not None else spec.beta,
-                   "gamma": self.gamma if self.gamma is not None else spec.gamma}
-        return {key: float(value) for key, value in options.items() if value is not None}
+    def method_class(self) -> Any:
+        """The method's class (:func:`unlearnkit.config.plugins.load_plugin`)."""
+        return load_plugin("method", self.name)
+
+    def given_options(self) -> dict[str, Any]:
+        """The method's own options the config gives (null: the method's default, as resolved configs of runs
+        before the methods had their own options wrote them)."""
+        return {key: value for key, value in (self.model_extra or {}).items() if value is not None}
+
+    def options(self) -> Any:
+        """The method's options, its defaults where the config gives none."""
+        return self.method_class().Options(**self.given_options())
 
 
 class FloraOptions(BaseModel):
@@ -278,7 +266,7 @@ class RunConfig(Section):
 
     def trains_on_retain(self) -> bool:
         """The retain set feeds training: the method's retain loss, or FLoRA's Fisher ratio."""
-        return METHODS[self.method.name].uses_retain or self.adapter.name == "flora"
+        return bool(self.method.method_class().uses_retain) or self.adapter.name == "flora"
 
     def needs_retain(self) -> bool:
         """The run loads the retain set: for training, or to score kept text before and after."""

@@ -135,5 +135,6 @@ def sequence_logprobs(model: Any, blocks: TokenBlocks, batch_size: int) -> torch
         for start in range(0, len(blocks), batch_size):
             part = blocks.subset(list(range(start, min(start + batch_size, len(blocks)))))
             logits = model(input_ids=part.input_ids.to(device), attention_mask=part.attention_mask.to(device)).logits
-            values.append(sequence_logprob(logits, part.labels().to(device)).float().cpu())
+            logprob = sequence_logprob(logits, part.labels().to(device))
+            values.append(logprob.to(torch.promote_types(logprob.dtype, torch.float32)).cpu())  # float64 kept
     return torch.cat(values)

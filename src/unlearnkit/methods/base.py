@@ -1,0 +1,135 @@
+"""What an unlearning method is to the loop: its options, what it prepares before training, which modules it
+trains, and the loss of one step on a forget batch and a retain batch.
+
+A method is a subclass of :class:`UnlearningMethod` in a module of its own; ``method.name`` in a config names it
+(a module of :mod:`unlearnkit.methods` by its file name, or a user's ``module:Class`` / ``file.py:Class``,
+:mod:`unlearnkit.config.plugins`). Its ``Options`` — a pydantic model — are validated where the config is read,
+so a method module imports torch only inside its functions. Methods on logits override
+:meth:`UnlearningMethod.forget_objective`; a method on hidden states (RMU) overrides the losses themselves.
+
+Every loss is a mean over its *items* (tokens or rows, :data:`UnlearningMethod.unit`) or, given a
+``normaliser``, their sum divided by it: the loop passes the count of the whole optimisation step
+(:mod:`unlearnkit.steps`), so a step's gradient does not depend on how its rows were split.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+
+    from unlearnkit.data.blocks import TokenBlocks
+    from unlearnkit.data.run_sets import RunData
+
+
+class MethodOptions(BaseModel):
+    """A method's own options (``method.<option>`` in a config); none by default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class MethodSetup:
+    """What a method may prepare from before training: the model as loaded (before any adapter, and before a
+    checkpoint is restored, so a resumed run prepares the same), the run's data, the device and seed."""
+
+    model: Any
+    data: RunData
+    device: Any
+    seed: int
+    eval_batch_size: int
+
+
+class UnlearningMethod:
+    """The base of every method: a forget objective on the model's logits plus a retain term (the LM loss, or the
+    KL divergence from the model before unlearning with ``retain_kind="kl"``) weighted by ``retain_weight``."""
+
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    uses_retain: ClassVar[bool] = True  # trains on retain batches
+    unit: ClassVar[str] = "tokens"  # what the forget loss is a mean over: "tokens" (predicted tokens) or "rows"
+    retain_kinds: ClassVar[tuple[str, ...]] = ("lm", "kl")  # the method.retain_kind values its retain term takes
+
+    def __init__(self, options: MethodOptions | None = None, *, retain_weight: float = 1.0,
+                 retain_kind: str = "lm") -> None:
+        self.options = options if options is not None else self.Options()
+        self.retain_weight = retain_weight
+        self.retain_kind = retain_kind
+        self.name = type(self).__name__  # the config's method.name once built (unlearnkit.methods.build_method)
+        self.device: Any = None
+        self.reference_model: Any = None
+
+    # --- before training ----------------------------------------------------------------------------------
+    def prepare(self, setup: MethodSetup) -> None:
+        """Called once before training. The KL retain term keeps a frozen copy of the model as loaded."""
+        self.device = setup.device
+        if self.uses_retain and self.retain_kind == "kl":
+            self.reference_model = copy.deepcopy(setup.model).eval().requires_grad_(False)
+
+    def trains(self, module_name: str, adapter: bool) -> bool:
+        """Whether the parameters of ``module_name`` train (full fine-tuning, ``adapter`` False) or an adapter
+        targets it; every module by default."""
+        return True
+
+    # --- one step ---------------------------------------------------------------------------------------------
+    def forget_objective(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None,
+                         normaliser: float | None) -> torch.Tensor:
+        """The forget loss from the forget batch's logits; ``rows`` index the batch's rows in the forget set."""
+        raise NotImplementedError(f"{self.name} defines neither forget_objective nor forget_loss")
+
+    def forget_loss(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
+                    normaliser: float | None) -> torch.Tensor:
+        return self.forget_objective(self.logits(model, forget), self.labels(forget), rows, normaliser)
+
+    def retain_loss(self, model: Any, retain: TokenBlocks, normaliser: float | None) -> torch.Tensor:
+        from unlearnkit.objectives import kl_from_reference, lm_loss
+
+        inputs = self.inputs(retain)
+        logits, labels = model(**inputs).logits, self.labels(retain)
+        if self.reference_model is None:
+            return lm_loss(logits, labels, normaliser)
+        import torch
+
+        with torch.no_grad():
+            reference = self.reference_model(**inputs).logits
+        return kl_from_reference(logits, reference, labels, normaliser)
+
+    def step_loss(self, model: Any, forget: TokenBlocks | None, retain: TokenBlocks | None, *,
+                  rows: torch.Tensor | None = None, forget_weight: float = 1.0,
+                  forget_normaliser: float | None = None, retain_normaliser: float | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-step (Eq. 5 for IHL) and its parts for logging. ``forget_weight`` scales the
+        forget term (0: rows a process runs only to take part in a step that left it none); without forget rows
+        (a retain-only pass) the forget term is 0."""
+        parts = {"forget_loss": 0.0}
+        total: torch.Tensor | None = None
+        if forget is not None:
+            total = self.forget_loss(model, forget, rows, forget_normaliser)
+            if forget_weight != 1.0:
+                total = total * forget_weight
+            parts["forget_loss"] = float(total.detach())
+        if self.uses_retain:
+            if retain is None:
+                raise ValueError(f"method {self.name} needs a retain batch")
+            retain_loss = self.retain_loss(model, retain, retain_normaliser)
+            parts["retain_loss"] = float(retain_loss.detach())
+            total = self.retain_weight * retain_loss if total is None else total + self.retain_weight * retain_loss
+        if total is None:
+            raise ValueError("a step needs forget rows, or retain rows for a method with a retain term")
+        parts["loss"] = float(total.detach())
+        return total, parts
+
+    # --- helpers --------------------------------------------------------------------------------------------
+    def inputs(self, blocks: TokenBlocks) -> dict[str, torch.Tensor]:
+        return {"input_ids": blocks.input_ids.to(self.device), "attention_mask": blocks.attention_mask.to(self.device)}
+
+    def logits(self, model: Any, blocks: TokenBlocks) -> torch.Tensor:
+        return model(**self.inputs(blocks)).logits
+
+    def labels(self, blocks: TokenBlocks) -> torch.Tensor:
+        return blocks.labels().to(self.device)
