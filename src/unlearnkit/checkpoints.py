@@ -113,6 +113,13 @@ class Saved:
 
         return load_file(str(self.directory / LOOP_TENSORS))
 
+    def check_data(self, fingerprints: dict[str, str]) -> None:
+        """Refuse to resume on data that changed since the checkpoint was saved."""
+        if self.payload["data_fingerprints"] != fingerprints:
+            raise UnlearnkitError(f"The data of the checkpoint in {self.directory} differ from this run's (a data "
+                                  "file changed); start afresh with the config and --restart (unlearnkit run CONFIG "
+                                  "--restart).")
+
     def loop_state(self) -> LoopState:
         """The loop's state as this checkpoint saved it; ``state.resumed_after`` records this epoch."""
         carried = {k: v for k, v in self.payload.items() if k not in ("state", "thresholds", "processes")}

@@ -54,14 +54,10 @@ def run_unlearning(
     config: RunConfig, *, loaded: LoadedModel | None = None, console: Console | None = None, quiet: bool = False,
     checkpoints: Checkpoints | None = None,
 ) -> RunResult:
-    """Unlearn ``config.data.forget`` from ``config.model`` and return the result; see the module docstring.
-
-    ``loaded`` lets a caller reuse a model it already holds; it is deep-copied, never modified. A caller that
-    will write the outputs checks the output directory first (:func:`unlearnkit.outputs.check_output_dir`),
-    before this expensive work. With ``checkpoints`` the run saves a checkpoint there after set-up and after
-    every epoch, and continues from the one there when a run of the same config left it (exactly: see
-    :mod:`unlearnkit.checkpoints`).
-    """
+    """Unlearn ``config.data.forget`` from ``config.model`` and return the result (module docstring). ``loaded``:
+    a model the caller holds (deep-copied, never modified). With ``checkpoints`` the run saves one after set-up
+    and every epoch, and continues exactly from one a run of the same config left (:mod:`unlearnkit.checkpoints`).
+    A caller that writes the outputs checks the output directory first (:func:`unlearnkit.outputs.check_output_dir`)."""
     set_seed(config.seed)
     accelerator, processes, progress, checkpoints = _launch(config, console, quiet, checkpoints)
     # read by the main process, which holds the claim and has removed a checkpoint --restart discards
@@ -75,10 +71,8 @@ def run_unlearning(
         model, tokenizer = loaded.model, loaded.tokenizer
         data = load_run_data(config, tokenizer)
         fingerprints = data.fingerprints()  # hashed once: checked on resume, stored in every checkpoint
-        if saved and saved.payload["data_fingerprints"] != fingerprints:
-            raise UnlearnkitError(f"The data of the checkpoint in {saved.directory} differ from this run's (a data "
-                                  "file changed); start afresh with the config and --restart (unlearnkit run CONFIG "
-                                  "--restart).")
+        if saved:
+            saved.check_data(fingerprints)
         # Scores of the model as loaded (thresholds, the forget set before) are the same in every run on it.
         scores_cache = ScoreCache.of(model, config.eval) if not saved and processes.main else None
         model.to(accelerator.device)
@@ -106,11 +100,8 @@ def run_unlearning(
                       progress=progress)
 
     # --- the optimiser, and what the guards compare with --------------------------------------------------
-    assert config.train.lr is not None  # resolved by RunConfig
     parameters = _parameter_counts(model, adapter=config.adapter.name != "none")
-    step = OptimisationStep([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
-                            weight_decay=config.train.weight_decay, warmup_steps=config.train.warmup_steps,
-                            max_grad_norm=config.train.max_grad_norm)
+    step = _optimisation_step(model, config)
     whole = WholeModel(accelerator, model, processes)  # what the main process evaluates (FSDP: a gathered copy)
     model = step.prepare(accelerator, model)
     # FSDP replaces the parameters by shards of them: the trainable ones are those of the prepared model
@@ -121,10 +112,8 @@ def run_unlearning(
         assert checkpoints is not None
         checkpoints.restore(saved, accelerator, model)
         generator.set_state(loop.tensors["generator"])  # the main process's: the same on every process
-    else:
-        evaluated = whole.of(model)
-        loop.check_before = processes.on_main(lambda: _lm_loss(evaluated, check_blocks)
-                                              if check_blocks is not None else None)
+    else:  # what the collapse guard compares with
+        loop.check_before = _check_loss(whole.of(model), check_blocks, processes)
     guard = Guard(trainable)
     save = functools.partial(_save_checkpoint, checkpoints, config, accelerator, loop, generator, whole, step,
                              processes, clock)
@@ -152,8 +141,7 @@ def run_unlearning(
                              f"forgetting criterion NOT met within {config.train.epochs} epochs")
 
     # --- after: evaluate and return -----------------------------------------------------------------------
-    model = whole.of(model)
-    model.eval()
+    model = whole.of(model).eval()
     with clock.phase("eval_after_s", replace=True):
         after = _evaluate_after(model, eval_sets, loop, config, tokenizer, data_dir, processes, progress)
     clock.timings["total_s"] = clock.elapsed()
@@ -207,6 +195,18 @@ def _attach_adapter(model: Any, config: RunConfig, method: UnlearningMethod) -> 
     if config.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model, targets
+
+
+def _optimisation_step(model: Any, config: RunConfig) -> OptimisationStep:
+    assert config.train.lr is not None  # resolved by RunConfig
+    return OptimisationStep([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
+                            weight_decay=config.train.weight_decay, warmup_steps=config.train.warmup_steps,
+                            max_grad_norm=config.train.max_grad_norm)
+
+
+def _check_loss(model: Any, blocks: TokenBlocks | None, processes: Processes) -> float | None:
+    """The LM loss of the collapse check's text, on the main process."""
+    return processes.on_main(lambda: _lm_loss(model, blocks) if blocks is not None else None)
 
 
 def _kept_sample(data: RunData, config: RunConfig) -> TokenBlocks | None:

@@ -72,19 +72,7 @@ def attack(
     console = Console(emoji=False)
 
     def attack_one(location: str) -> tuple[dict[str, Any], str]:
-        from unlearnkit.attacks.suite import attack_markdown, run_attacks
-        from unlearnkit.attacks.target import load_target
-        from unlearnkit.config import EvalConfig
-
-        with progress.status(f"Loading {location}"):
-            target = load_target(location, forget_source, holdout_source, seq_len, data)
-        eval_config = target.run_config.eval if target.run_config is not None else EvalConfig()
-        result = run_attacks(target.model, target.tokenizer, target.forget, target.holdout, plan, eval_config,
-                             progress, before=target.before, adapted=target.adapted)
-        record = {"model": location, "plan": _plan_dict(plan), "rows": result.rows, "details": result.details}
-        if target.run_facts is not None:
-            record["run"] = target.run_facts
-        return record, attack_markdown(result, location)
+        return _attack_one(location, forget_source, holdout_source, seq_len, data, plan, progress)
 
     if sweep_runs is not None and output is not None:
         from unlearnkit.experiments.attack_table import TABLE_FILE, attack_runs
@@ -107,6 +95,24 @@ def attack(
         atomic_write_json(output / "attack.json", marked(record))
         atomic_write_text(output / "attack.md", f"{MARKDOWN_MARK}\n{markdown}\n")
         console.print(f"Wrote {output / 'attack.json'} and {output / 'attack.md'}", markup=False)
+
+
+def _attack_one(location: str, forget_source: Any, holdout_source: Any, seq_len: int | None, data: Path,
+                plan: Any, progress: Any) -> tuple[dict[str, Any], str]:
+    """The attack record (attack.json) and report (attack.md) of the model at ``location``."""
+    from unlearnkit.attacks.suite import attack_markdown, run_attacks
+    from unlearnkit.attacks.target import load_target
+    from unlearnkit.config import EvalConfig
+
+    with progress.status(f"Loading {location}"):
+        target = load_target(location, forget_source, holdout_source, seq_len, data)
+    eval_config = target.run_config.eval if target.run_config is not None else EvalConfig()
+    result = run_attacks(target.model, target.tokenizer, target.forget, target.holdout, plan, eval_config,
+                         progress, before=target.before, adapted=target.adapted)
+    record = {"model": location, "plan": _plan_dict(plan), "rows": result.rows, "details": result.details}
+    if target.run_facts is not None:
+        record["run"] = target.run_facts
+    return record, attack_markdown(result, location)
 
 
 def _sweep_runs(location: Path, output: Path | None, select: str | None = None) -> list[Path] | None:

@@ -253,54 +253,60 @@ def initialise_flora(peft_model: PeftModel, forget: TokenBlocks | None, retain: 
     norm_f, norm_r = f_forget.normalised(), f_retain.normalised()
 
     t0 = time.perf_counter()
-    stats: list[LayerStats] = []
-    for name, layer in layers.items():
-        base = _weight(layer.get_base_layer())
-        lora_a, lora_b = _weight(layer.lora_A[adapter]), _weight(layer.lora_B[adapter])
-        rank = int(layer.r[adapter])
-        w_eff = _effective_weight(layer, adapter)
-        if tuple(norm_f[name].shape) != tuple(base.shape) or tuple(norm_r[name].shape) != tuple(base.shape):
-            raise UnlearnkitError(f"The Fisher of {name} has shape {tuple(norm_f[name].shape)} but the "
-                                  f"weight is {tuple(base.shape)}; recompute the Fisher for this model.")
-        f_rel = relative_importance(_oriented(norm_f[name], layer), _oriented(norm_r[name], layer),
-                                    options.eps)
-        nonfinite = int((~torch.isfinite(norm_f[name] / (norm_r[name] + options.eps))).sum())
-        w = row_weights(f_rel)
-        fallback, reason = False, ""
-        if not bool(torch.isfinite(w).all()) or float(w.max()) <= 0:
-            fallback, reason = True, "relative importance is all zero or non-finite"
-            warnings.warn(f"FLoRA: {reason} for {name}; using uniform row weights (plain SVD) for this "
-                          "layer.", stacklevel=2)
-            w = torch.ones_like(w)
-            f_rel = torch.ones_like(f_rel)
-        a, b = flora_factors(w_eff, w, rank, options.svd)
-        em_start: float | None = None
-        em_final: float | None = None
-        em_iters: int | None = None
-        if options.solver == "elementwise":
-            a, b, history = weighted_low_rank(w_eff, f_rel, rank, (a, b), options.em_iterations,
-                                              options.em_tolerance, options.svd)
-            em_start, em_final, em_iters = history[0], min(history), len(history) - 1
-        root = math.sqrt(float(layer.scaling[adapter]))
-        lora_a.copy_((a / root).to(lora_a.dtype))
-        lora_b.copy_((b / root).to(lora_b.dtype))
-        _install_residual(layer, adapter, w_eff)
-        approx = b @ a
-        wn = w / w.max()
-        objective = float((wn[:, None] * (w_eff - approx)).square().sum())
-        total = float((wn[:, None] * w_eff).square().sum())
-        stats.append(LayerStats(
-            name=name, shape=list(w_eff.shape), rank=rank, weight_norm=float(w_eff.norm()),
-            adapter_norm=float(approx.norm()), f_rel_mean=float(f_rel.mean()), f_rel_max=float(f_rel.max()),
-            f_rel_nonfinite=nonfinite, retain_below_eps=float((norm_r[name] < options.eps).float().mean()),
-            row_weight_min=float(wn.min()), row_weight_max=float(wn.max()), objective=objective,
-            objective_relative=objective / total if total > 0 else 0.0, fallback=fallback,
-            fallback_reason=reason, em_warm_start_objective=em_start, em_objective=em_final,
-            em_iterations=em_iters,
-        ))
+    stats = [_initialise_layer(name, layer, adapter, norm_f[name], norm_r[name], options)
+             for name, layer in layers.items()]
     timings["decomposition_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     initial = _remember_initial(peft_model, adapter)
     return FloraSummary(adapter_name=adapter, options=options.model_dump(), layers=stats,
                         forget_tokens=f_forget.num_tokens, retain_tokens=f_retain.num_tokens, timings=timings,
                         initial_state=initial)
+
+
+def _initialise_layer(name: str, layer: Any, adapter: str, fisher_forget: torch.Tensor, fisher_retain: torch.Tensor,
+                      options: FloraOptions) -> LayerStats:
+    """One LoRA layer's FLoRA factors (Eq. 4, or Eq. 3's EM) written into it, its base replaced by the residual;
+    what the decomposition achieved."""
+    base = _weight(layer.get_base_layer())
+    lora_a, lora_b = _weight(layer.lora_A[adapter]), _weight(layer.lora_B[adapter])
+    rank = int(layer.r[adapter])
+    w_eff = _effective_weight(layer, adapter)
+    if tuple(fisher_forget.shape) != tuple(base.shape) or tuple(fisher_retain.shape) != tuple(base.shape):
+        raise UnlearnkitError(f"The Fisher of {name} has shape {tuple(fisher_forget.shape)} but the "
+                              f"weight is {tuple(base.shape)}; recompute the Fisher for this model.")
+    f_rel = relative_importance(_oriented(fisher_forget, layer), _oriented(fisher_retain, layer),
+                                options.eps)
+    nonfinite = int((~torch.isfinite(fisher_forget / (fisher_retain + options.eps))).sum())
+    w = row_weights(f_rel)
+    fallback, reason = False, ""
+    if not bool(torch.isfinite(w).all()) or float(w.max()) <= 0:
+        fallback, reason = True, "relative importance is all zero or non-finite"
+        warnings.warn(f"FLoRA: {reason} for {name}; using uniform row weights (plain SVD) for this "
+                      "layer.", stacklevel=3)
+        w = torch.ones_like(w)
+        f_rel = torch.ones_like(f_rel)
+    a, b = flora_factors(w_eff, w, rank, options.svd)
+    em_start: float | None = None
+    em_final: float | None = None
+    em_iters: int | None = None
+    if options.solver == "elementwise":
+        a, b, history = weighted_low_rank(w_eff, f_rel, rank, (a, b), options.em_iterations,
+                                          options.em_tolerance, options.svd)
+        em_start, em_final, em_iters = history[0], min(history), len(history) - 1
+    root = math.sqrt(float(layer.scaling[adapter]))
+    lora_a.copy_((a / root).to(lora_a.dtype))
+    lora_b.copy_((b / root).to(lora_b.dtype))
+    _install_residual(layer, adapter, w_eff)
+    approx = b @ a
+    wn = w / w.max()
+    objective = float((wn[:, None] * (w_eff - approx)).square().sum())
+    total = float((wn[:, None] * w_eff).square().sum())
+    return LayerStats(
+        name=name, shape=list(w_eff.shape), rank=rank, weight_norm=float(w_eff.norm()),
+        adapter_norm=float(approx.norm()), f_rel_mean=float(f_rel.mean()), f_rel_max=float(f_rel.max()),
+        f_rel_nonfinite=nonfinite, retain_below_eps=float((fisher_retain < options.eps).float().mean()),
+        row_weight_min=float(wn.min()), row_weight_max=float(wn.max()), objective=objective,
+        objective_relative=objective / total if total > 0 else 0.0, fallback=fallback,
+        fallback_reason=reason, em_warm_start_objective=em_start, em_objective=em_final,
+        em_iterations=em_iters,
+    )
