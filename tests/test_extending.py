@@ -39,3 +39,9 @@ def test_the_method_of_the_extending_page_runs_from_a_file_outside_the_package(m
                       "--set", "method.ceilng=2", cwd=tmp_path)
     assert refused.returncode == 2 and "method.ceilng is not an option of my_method.py:CappedAscent" in \
         refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+
+    (tmp_path / "not_a_method.py").write_text("class Plain:\n    pass\n", encoding="utf-8")
+    refused = run_cli("run", str(base), *[part for o in overrides for part in ("--set", o)],
+                      "--set", "method={name: not_a_method.py:Plain}", cwd=tmp_path)
+    assert refused.returncode == 2 and "not_a_method.py:Plain is not an unlearning method" in refused.stderr \
+        and "Traceback" not in refused.stderr, refused.stderr

@@ -69,6 +69,11 @@ class MethodConfig(Section):
             method = self.method_class()
         except UnlearnkitError as error:
             raise ValueError(str(error).rstrip(".")) from None
+        options_model = getattr(method, "Options", None)
+        if not (isinstance(options_model, type) and issubclass(options_model, BaseModel)) or \
+                not hasattr(method, "step_loss"):
+            raise ValueError(f"{self.name} is not an unlearning method; subclass "
+                             "unlearnkit.methods.UnlearningMethod (docs/extending.md)")
         given = self.given_options()
         own = method.Options.model_fields
         for key in given:
