@@ -1,9 +1,9 @@
-"""The unlearning recipe (Section 3.5), as one function you can read top to bottom.
+"""The unlearning recipe (Section 3.5), as one function of named steps you can read top to bottom.
 
-set up (model, data, the method and its adapter) → evaluate before (the held-out thresholds) → for each epoch:
-for each forget batch draw a retain batch, take the method's step loss, step → evaluate MA and EL_n on the forget
-set → stop once both are at or below the thresholds → evaluate after and return the result; the caller writes it
-(:func:`unlearnkit.outputs.write_run_outputs`). A resumed run takes the one branch that reads its
+set up (model, data, the method and its adapter) → evaluate before (the held-out thresholds) → FLoRA → for each
+epoch: for each forget batch draw a retain batch, take the method's step loss, step → evaluate MA and EL_n on the
+forget set → stop once both are at or below the thresholds → evaluate after and return the result; the caller
+writes it (:func:`unlearnkit.outputs.write_run_outputs`). A resumed run takes the one branch that reads its
 :class:`~unlearnkit.checkpoints.LoopState` from the checkpoint; the clock and the guard against divergence and
 collapse watch from beside the loop (:mod:`unlearnkit.guards`), the FLOP tally from :mod:`unlearnkit.flops`.
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import math
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +24,7 @@ from rich.console import Console
 
 from unlearnkit.adapters.flora import fisher_retain_sample, initialise_flora, restore_flora
 from unlearnkit.adapters.lora import attach_lora
-from unlearnkit.checkpoints import Checkpoints, LoopState
+from unlearnkit.checkpoints import Checkpoints, LoopState, Saved
 from unlearnkit.config import RunConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import resolve_data_dir
@@ -36,7 +35,7 @@ from unlearnkit.flops import FlopTally
 from unlearnkit.guards import Clock, Guard, collapse
 from unlearnkit.methods import MethodSetup, UnlearningMethod, build_method
 from unlearnkit.metrics.perplexity import perplexity
-from unlearnkit.metrics.thresholds import Thresholds
+from unlearnkit.metrics.thresholds import Thresholds, run_thresholds
 from unlearnkit.modeling import (
     LoadedModel,
     enable_gradient_checkpointing,
@@ -46,7 +45,7 @@ from unlearnkit.modeling import (
 from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_sharded_weights
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
-from unlearnkit.steps import MicroStep, epoch_micro_steps, micro_steps_in_epoch
+from unlearnkit.steps import EpochPlan
 from unlearnkit.training import OptimisationStep
 
 
@@ -59,97 +58,73 @@ def run_unlearning(
     and every epoch, and continues exactly from one a run of the same config left (:mod:`unlearnkit.checkpoints`).
     A caller that writes the outputs checks the output directory first (:func:`unlearnkit.outputs.check_output_dir`)."""
     set_seed(config.seed)
-    accelerator, processes, progress, checkpoints = _launch(config, console, quiet, checkpoints)
-    # read by the main process, which holds the claim and has removed a checkpoint --restart discards
-    saved = processes.on_main(lambda: checkpoints.resumable(config, processes.count)) if checkpoints else None
-    clock = Clock(dict(saved.payload["timings"]) if saved else {}, saved.payload["elapsed_s"] if saved else 0.0)
-
-    # --- set-up: the model, the data, the method and its adapter -------------------------------------
-    with clock.phase("setup_s"):
-        with progress.status("Loading the model"):
-            loaded = _own_copy(loaded) if loaded is not None else load_configured_model(config.model)
-        model, tokenizer = loaded.model, loaded.tokenizer
-        data = load_run_data(config, tokenizer)
-        fingerprints = data.fingerprints()  # hashed once: checked on resume, stored in every checkpoint
-        if saved:
-            saved.check_data(fingerprints)
-        # Scores of the model as loaded (thresholds, the forget set before) are the same in every run on it.
-        scores_cache = ScoreCache.of(model, config.eval) if not saved and processes.main else None
-        model.to(accelerator.device)
-        method = build_method(config.method)
-        method.prepare(MethodSetup(model, data, accelerator.device, config.seed, config.eval.batch_size))
-    model, target_modules = _attach_adapter(model, config, method)
-    eval_sets = RunData(forget=data.forget, validation=data.validation, retain=_kept_sample(data, config))
-    data_dir = resolve_data_dir(config.data.dir)
-
-    # --- before: the held-out thresholds (Appendix B), or the state a checkpoint saved -----------------
-    if saved:
-        loop = saved.loop_state()
-        progress.note(f"Resuming after epoch {saved.epoch} from the checkpoint in {saved.directory.parent}")
-    else:
-        with clock.phase("eval_before_s"):
-            before = processes.on_main(lambda: evaluation_snapshot(
-                model, eval_sets, config.eval, progress, label="before", tokenizer=tokenizer, data_dir=data_dir,
-                cache=scores_cache))
-        loop = LoopState(RunState(), _thresholds(config, before), before, fingerprints)
-        _stop_if_nothing_to_forget(loop, config, progress)
-    loop.timings = clock.timings  # what a checkpoint recorded, and this run's set-up
-    state, thresholds = loop.state, loop.thresholds
-    tally = FlopTally(state.flops, state.flops_sample)  # kept in the state: a resumed run keeps counting
-    _initialise_flora(model, data, config, loop, fresh=not saved, tally=tally, clock=clock, processes=processes,
-                      progress=progress)
-
-    # --- the optimiser, and what the guards compare with --------------------------------------------------
-    parameters = _parameter_counts(model, adapter=config.adapter.name != "none")
-    step = _optimisation_step(model, config)
-    whole = WholeModel(accelerator, model, processes)  # what the main process evaluates (FSDP: a gathered copy)
-    model = step.prepare(accelerator, model)
-    # FSDP replaces the parameters by shards of them: the trainable ones are those of the prepared model
-    trainable = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
-    generator = torch.Generator().manual_seed(config.seed)
-    check_blocks = _collapse_check_blocks(data)
-    if saved:
-        assert checkpoints is not None
-        checkpoints.restore(saved, accelerator, model)
-        generator.set_state(loop.tensors["generator"])  # the main process's: the same on every process
-    else:  # what the collapse guard compares with
-        loop.check_before = _check_loss(whole.of(model), check_blocks, processes)
-    guard = Guard(trainable)
-    save = functools.partial(_save_checkpoint, checkpoints, config, accelerator, loop, generator, whole, step,
-                             processes, clock)
-    if not saved:
-        save()
-
-    # --- epochs of steps, each judged by the criterion (MA and EL_n at or below the thresholds) ------------
-    epoch_plan = EpochPlan(data, method, config, processes)
+    session = _launch(config, console, quiet, checkpoints)
+    setup = _set_up(session, loaded)  # the model, the data, the method and its adapter
+    loop = _before(session, setup)  # the held-out thresholds (Appendix B), or the state a checkpoint saved
+    _initialise_flora(session, setup, loop)  # Section 3.4: computed afresh, or restored from the checkpoint
+    training = _prepare_training(session, setup, loop)  # the optimiser, its generator and the guards
+    state = loop.state
     for epoch in range(state.epoch + 1, config.train.epochs + 1):
         if state.stop_reason:
             break
         state.epoch = epoch
-        with clock.phase("train_s"):
-            losses = _train_epoch(model, method, step, epoch_plan, epoch, generator, loop, tally, progress)
+        with session.clock.phase("train_s"):
+            losses = _train_epoch(session, setup, training, loop, epoch)
             if state.diverged_epoch is not None:
-                guard.restore()
+                training.guard.restore()
                 state.stop_reason = (f"the loss became NaN or infinite in epoch {epoch}; the model was restored "
                                      f"to its state after epoch {epoch - 1}")
                 break
-            _judge_epoch(whole, model, epoch, losses, step.lr, data, check_blocks, config, loop, guard, tally,
-                         clock, processes, progress)
-        save()
+            _judge_epoch(session, setup, training, loop, epoch, losses)  # MA and EL_n against the thresholds
+        _save_checkpoint(session, training, loop)
     if not state.stop_reason:
         state.stop_reason = (f"forgetting criterion met by epoch {state.epoch}" if state.criterion_met else
                              f"forgetting criterion NOT met within {config.train.epochs} epochs")
+    return _after(session, setup, training, loop)
 
-    # --- after: evaluate and return -----------------------------------------------------------------------
-    model = whole.of(model).eval()
-    with clock.phase("eval_after_s", replace=True):
-        after = _evaluate_after(model, eval_sets, loop, config, tokenizer, data_dir, processes, progress)
-    clock.timings["total_s"] = clock.elapsed()
-    return RunResult(config, state, thresholds, loop.before, after, clock.timings, model=model, tokenizer=tokenizer,
-                     data=data, target_modules=target_modules, adapter_summary=loop.adapter_summary,
-                     processes=processes.count, main_process=processes.main,
-                     launch={"distributed": accelerator.distributed_type.value,
-                             "mixed_precision": str(accelerator.mixed_precision)}, parameters=parameters)
+
+@dataclass
+class _Session:
+    """What every step of a run shares: its config, the processes it runs on, its progress display, clock and
+    checkpoints (with the one it resumes from, if any)."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    processes: Processes
+    progress: Progress
+    checkpoints: Checkpoints | None
+    saved: Saved | None
+    clock: Clock
+
+
+@dataclass
+class _SetUp:
+    """The model with its adapter, the run's data and method, and what is evaluated before and after."""
+
+    model: Any
+    tokenizer: Any
+    data: RunData
+    method: UnlearningMethod
+    target_modules: list[str]
+    eval_sets: RunData
+    fingerprints: dict[str, str]
+    scores_cache: ScoreCache | None  # scores of the model as loaded, the same in every run on it
+
+
+@dataclass
+class _Training:
+    """The model as the optimiser holds it, the optimisation step, how an epoch's rows are split, and what
+    watches it: the generator of batch orders, the FLOP tally, the guard and the collapse check's text."""
+
+    model: Any
+    whole: WholeModel  # what the main process evaluates (FSDP: a gathered copy)
+    step: OptimisationStep
+    plan: EpochPlan
+    generator: torch.Generator
+    tally: FlopTally
+    guard: Guard
+    check_blocks: TokenBlocks | None
+    parameters: dict[str, int]
 
 
 def losses_of(records: list[dict[str, float]], key: str) -> list[float]:
@@ -160,9 +135,9 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values))
 
 
-def _launch(config: RunConfig, console: Console | None, quiet: bool, checkpoints: Checkpoints | None,
-            ) -> tuple[Accelerator, Processes, Progress, Checkpoints | None]:
-    """The accelerator and processes of this run (on several, only the main one logs, evaluates and writes)."""
+def _launch(config: RunConfig, console: Console | None, quiet: bool, checkpoints: Checkpoints | None) -> _Session:
+    """The accelerator and processes of this run (on several, only the main one logs, evaluates and writes) and
+    the checkpoint it resumes from."""
     # the schedule counts optimiser updates, however many processes there are (accelerate's default would step it
     # once per process and update)
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator(),
@@ -174,7 +149,30 @@ def _launch(config: RunConfig, console: Console | None, quiet: bool, checkpoints
     if checkpoints is not None and not checkpoints_supported(accelerator):
         progress.note("Checkpoints are not saved under DeepSpeed yet; an interrupted run starts afresh.")
         checkpoints = None
-    return accelerator, processes, progress, checkpoints
+    # read by the main process, which holds the claim and has removed a checkpoint --restart discards
+    saved = processes.on_main(lambda: checkpoints.resumable(config, processes.count)) if checkpoints else None
+    clock = Clock(dict(saved.payload["timings"]) if saved else {}, saved.payload["elapsed_s"] if saved else 0.0)
+    return _Session(config, accelerator, processes, progress, checkpoints, saved, clock)
+
+
+def _set_up(session: _Session, loaded: LoadedModel | None) -> _SetUp:
+    """Load the model and the data, prepare the method on the model as loaded, then attach what trains."""
+    config, saved = session.config, session.saved
+    with session.clock.phase("setup_s"):
+        with session.progress.status("Loading the model"):
+            loaded = _own_copy(loaded) if loaded is not None else load_configured_model(config.model)
+        model = loaded.model
+        data = load_run_data(config, loaded.tokenizer)
+        fingerprints = data.fingerprints()  # hashed once: checked on resume, stored in every checkpoint
+        if saved:
+            saved.check_data(fingerprints)
+        scores_cache = ScoreCache.of(model, config.eval) if not saved and session.processes.main else None
+        model.to(session.accelerator.device)
+        method = build_method(config.method)
+        method.prepare(MethodSetup(model, data, session.accelerator.device, config.seed, config.eval.batch_size))
+    model, targets = _attach_adapter(model, config, method)
+    eval_sets = RunData(forget=data.forget, validation=data.validation, retain=_kept_sample(data, config))
+    return _SetUp(model, loaded.tokenizer, data, method, targets, eval_sets, fingerprints, scores_cache)
 
 
 def _attach_adapter(model: Any, config: RunConfig, method: UnlearningMethod) -> tuple[Any, list[str]]:
@@ -197,23 +195,22 @@ def _attach_adapter(model: Any, config: RunConfig, method: UnlearningMethod) -> 
     return model, targets
 
 
-def _optimisation_step(model: Any, config: RunConfig) -> OptimisationStep:
-    assert config.train.lr is not None  # resolved by RunConfig
-    return OptimisationStep([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
-                            weight_decay=config.train.weight_decay, warmup_steps=config.train.warmup_steps,
-                            max_grad_norm=config.train.max_grad_norm)
-
-
-def _check_loss(model: Any, blocks: TokenBlocks | None, processes: Processes) -> float | None:
-    """The LM loss of the collapse check's text, on the main process."""
-    return processes.on_main(lambda: _lm_loss(model, blocks) if blocks is not None else None)
-
-
-def _kept_sample(data: RunData, config: RunConfig) -> TokenBlocks | None:
-    """The retain sequences also scored before and after (``eval.retain_sequences``)."""
-    if data.retain is None or config.eval.retain_sequences <= 0:
-        return None
-    return data.retain.subset(list(range(min(config.eval.retain_sequences, len(data.retain)))))
+def _before(session: _Session, setup: _SetUp) -> LoopState:
+    """A fresh run evaluates the model before unlearning and takes its thresholds from the held-out set; a
+    resumed one continues from the state its checkpoint saved."""
+    config, progress, saved = session.config, session.progress, session.saved
+    if saved:
+        loop = saved.loop_state()
+        progress.note(f"Resuming after epoch {saved.epoch} from the checkpoint in {saved.directory.parent}")
+    else:
+        with session.clock.phase("eval_before_s"):
+            before = session.processes.on_main(lambda: evaluation_snapshot(
+                setup.model, setup.eval_sets, config.eval, progress, label="before", tokenizer=setup.tokenizer,
+                data_dir=resolve_data_dir(config.data.dir), cache=setup.scores_cache))
+        loop = LoopState(RunState(), run_thresholds(config.eval, before, config.seed), before, setup.fingerprints)
+        _stop_if_nothing_to_forget(loop, config, progress)
+    loop.timings = session.clock.timings  # what a checkpoint recorded, and this run's set-up
+    return loop
 
 
 def _stop_if_nothing_to_forget(loop: LoopState, config: RunConfig, progress: Progress) -> None:
@@ -231,74 +228,86 @@ def _stop_if_nothing_to_forget(loop: LoopState, config: RunConfig, progress: Pro
         loop.state.stop_reason = "forgetting criterion already met before unlearning: nothing was trained"
 
 
-def _initialise_flora(model: Any, data: RunData, config: RunConfig, loop: LoopState, *, fresh: bool,
-                      tally: FlopTally, clock: Clock, processes: Processes, progress: Progress) -> None:
+def _initialise_flora(session: _Session, setup: _SetUp, loop: LoopState) -> None:
     """FLoRA (Section 3.4): the zero-initialised LoRA factors replaced by Fisher-weighted ones — computed on a
     fresh run, restored from the checkpoint on a resumed one."""
+    config, data, processes = session.config, setup.data, session.processes
     if config.adapter.name != "flora":
         return
-    if not fresh:
-        restore_flora(model, {k.removeprefix("flora/"): v for k, v in loop.tensors.items() if k.startswith("flora/")})
+    if session.saved:
+        restore_flora(setup.model, {k.removeprefix("flora/"): v for k, v in loop.tensors.items()
+                                    if k.startswith("flora/")})
         return
     assert data.retain is not None
     fisher_retain = fisher_retain_sample(data.retain, len(data.forget), config.adapter.flora, config.seed)
-    with clock.phase("adapter_init_s"), progress.status(
+    tally = FlopTally(loop.state.flops, loop.state.flops_sample)  # kept in the state: a resumed run keeps counting
+    with session.clock.phase("adapter_init_s"), session.progress.status(
             f"FLoRA: Fisher information ({len(data.forget)} forget, {len(fisher_retain)} retain sequences) and "
             "weighted SVD"):
         with tally.count("flora_init"):
-            summary = initialise_flora(model, data.forget, fisher_retain, config.adapter.flora, processes=processes)
+            summary = initialise_flora(setup.model, data.forget, fisher_retain, config.adapter.flora,
+                                       processes=processes)
         tally.flops["flora_init"] = _summed(processes, tally.flops["flora_init"])  # each did its share
     loop.adapter_summary = summary.to_dict()
     loop.tensors.update({f"flora/{k}": v for k, v in summary.initial_state.items()})
 
 
-def _save_checkpoint(checkpoints: Checkpoints | None, config: RunConfig, accelerator: Accelerator, loop: LoopState,
-                     generator: torch.Generator, whole: WholeModel, step: OptimisationStep, processes: Processes,
-                     clock: Clock) -> None:
-    if checkpoints is None:
+def _prepare_training(session: _Session, setup: _SetUp, loop: LoopState) -> _Training:
+    """The optimiser over what trains, the model prepared for the processes, the generator of batch orders and
+    the guards — restored from the checkpoint on a resumed run; a fresh run saves its first checkpoint."""
+    config, accelerator, processes = session.config, session.accelerator, session.processes
+    assert config.train.lr is not None  # resolved by RunConfig
+    parameters = _parameter_counts(setup.model, adapter=config.adapter.name != "none")
+    step = OptimisationStep([p for p in setup.model.parameters() if p.requires_grad], lr=config.train.lr,
+                            weight_decay=config.train.weight_decay, warmup_steps=config.train.warmup_steps,
+                            max_grad_norm=config.train.max_grad_norm)
+    whole = WholeModel(accelerator, setup.model, processes)
+    model = step.prepare(accelerator, setup.model)
+    # FSDP replaces the parameters by shards of them: the trainable ones are those of the prepared model
+    trainable = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(config.seed)
+    check_blocks = _collapse_check_blocks(setup.data)
+    if session.saved:
+        assert session.checkpoints is not None
+        session.checkpoints.restore(session.saved, accelerator, model)
+        generator.set_state(loop.tensors["generator"])  # the main process's: the same on every process
+    else:  # what the collapse guard compares with
+        evaluated = whole.of(model)
+        loop.check_before = processes.on_main(lambda: _lm_loss(evaluated, check_blocks)
+                                              if check_blocks is not None else None)
+    plan = EpochPlan(setup.data.forget, setup.data.retain if setup.method.uses_retain else None, config.train,
+                     processes, setup.method.unit)
+    training = _Training(model, whole, step, plan, generator, FlopTally(loop.state.flops, loop.state.flops_sample),
+                         Guard(trainable), check_blocks, parameters)
+    if not session.saved:
+        _save_checkpoint(session, training, loop)
+    return training
+
+
+def _save_checkpoint(session: _Session, training: _Training, loop: LoopState) -> None:
+    if session.checkpoints is None:
         return
-    if whole.sharded and not step.optimizer.state:
+    if training.whole.sharded and not training.step.optimizer.state:
         # Under FSDP torch builds the optimiser's state dict by taking a zero-lr step when there is no state yet;
         # that step would count in every later Adam update. So the first checkpoint follows the first update.
         return
     # an optimisation step never crosses an epoch's end: no gradients are pending here
-    loop.tensors["generator"] = generator.get_state()
-    loop.elapsed_s = clock.elapsed()
-    checkpoints.save(loop.state.epoch, config, accelerator, loop, processes)
+    loop.tensors["generator"] = training.generator.get_state()
+    loop.elapsed_s = session.clock.elapsed()
+    session.checkpoints.save(loop.state.epoch, session.config, session.accelerator, loop, session.processes)
 
 
-class EpochPlan:
-    """How an epoch's rows are split: ``train.batch_size`` forget rows per process and micro-step,
-    ``train.grad_accum`` micro-steps an optimisation step, each micro-step's loss normalised by the whole step's
-    items (:mod:`unlearnkit.steps`)."""
-
-    def __init__(self, data: RunData, method: UnlearningMethod, config: RunConfig, processes: Processes) -> None:
-        self.forget, self.retain = data.forget, data.retain if method.uses_retain else None
-        self.config, self.processes, self.unit = config, processes, method.unit
-        self.steps = micro_steps_in_epoch(len(data.forget), batch_size=config.train.batch_size,
-                                          grad_accum=config.train.grad_accum, processes=processes,
-                                          with_retain=self.retain is not None)
-
-    def micro_steps(self, generator: torch.Generator) -> Iterator[MicroStep]:
-        train = self.config.train
-        order = torch.randperm(len(self.forget), generator=generator)
-        return epoch_micro_steps(order, self.forget, self.retain, batch_size=train.batch_size,
-                                 retain_batch_size=train.retain_batch_size or train.batch_size,
-                                 grad_accum=train.grad_accum, processes=self.processes, unit=self.unit,
-                                 generator=generator)
-
-
-def _train_epoch(model: Any, method: UnlearningMethod, step: OptimisationStep, plan: EpochPlan, epoch: int,
-                 generator: torch.Generator, loop: LoopState, tally: FlopTally,
-                 progress: Progress) -> list[dict[str, float]]:
+def _train_epoch(session: _Session, setup: _SetUp, training: _Training, loop: LoopState,
+                 epoch: int) -> list[dict[str, float]]:
     """One epoch of optimisation steps; each step's mean losses. A NaN or infinite loss stops it
     (``state.diverged_epoch``)."""
-    state, processes, grad_accum = loop.state, plan.processes, plan.config.train.grad_accum
+    state, processes, plan, tally, step = loop.state, session.processes, training.plan, training.tally, training.step
+    model, grad_accum = training.model, session.config.train.grad_accum
     model.train()
     epoch_losses: list[dict[str, float]] = []
     step_losses: dict[str, float] = {}
-    for micro in progress.track(plan.micro_steps(generator), total=plan.steps,
-                                description=f"epoch {epoch}/{plan.config.train.epochs}", unit="step"):
+    for micro in session.progress.track(plan.micro_steps(training.generator), total=plan.steps,
+                                        description=f"epoch {epoch}/{session.config.train.epochs}", unit="step"):
         forget = plan.forget.subset(micro.forget_rows) if micro.forget_rows is not None else None
         retain = (plan.retain.subset(micro.retain_rows)
                   if plan.retain is not None and micro.retain_rows is not None else None)
@@ -307,10 +316,10 @@ def _train_epoch(model: Any, method: UnlearningMethod, step: OptimisationStep, p
                                       (retain.num_tokens if retain else 0))
                    if "train" not in tally.sample else contextlib.nullcontext())
         with step.micro_step(model, update=micro.update), counted:
-            loss, parts = method.step_loss(model, forget, retain, rows=micro.forget_rows,
-                                           forget_weight=micro.forget_weight,
-                                           forget_normaliser=micro.forget_normaliser,
-                                           retain_normaliser=micro.retain_normaliser)
+            loss, parts = setup.method.step_loss(model, forget, retain, rows=micro.forget_rows,
+                                                 forget_weight=micro.forget_weight,
+                                                 forget_normaliser=micro.forget_normaliser,
+                                                 retain_normaliser=micro.retain_normaliser)
             # every process must take the NaN guard's decision together: one skipping the backward pass alone
             # would leave the others waiting in the gradient all-reduce
             if not processes.all_finite(loss) or not step(loss, update=micro.update):
@@ -329,38 +338,38 @@ def _train_epoch(model: Any, method: UnlearningMethod, step: OptimisationStep, p
     return epoch_losses
 
 
-def _judge_epoch(whole: WholeModel, model: Any, epoch: int, losses: list[dict[str, float]], lr: float, data: RunData,
-                 check_blocks: TokenBlocks | None, config: RunConfig, loop: LoopState, guard: Guard,
-                 tally: FlopTally, clock: Clock, processes: Processes, progress: Progress) -> None:
+def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: LoopState, epoch: int,
+                 losses: list[dict[str, float]]) -> None:
     """After an epoch: MA and EL_n on the forget set (Appendix B), the epoch's record, then the collapse guard
     and the criterion."""
-    state, thresholds = loop.state, loop.thresholds
-    model.eval()
-    evaluated = whole.of(model)
-    with tally.count("criterion"):  # on the main process, where the criterion is computed
+    config, processes, state, thresholds = session.config, session.processes, loop.state, loop.thresholds
+    training.model.eval()
+    evaluated = training.whole.of(training.model)
+    with training.tally.count("criterion"):  # on the main process, where the criterion is computed
         scores, check_loss = processes.on_main(functools.partial(
-            _epoch_scores, evaluated, data.forget, check_blocks, config, thresholds, progress, epoch))
+            _epoch_scores, evaluated, setup.data.forget, training.check_blocks, config, thresholds,
+            session.progress, epoch))
     record: dict[str, Any] = {
         "epoch": epoch,
         **processes.mean({k: _mean(losses_of(losses, k)) for k in ("loss", "forget_loss", "retain_loss")
                           if losses_of(losses, k)}),
-        "lr": lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
+        "lr": training.step.lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
         **{k: scores[k] for k in ("el_lower_bound", "el_scored") if k in scores},
         "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
-        "elapsed_s": round(clock.elapsed(), 2), "tokens_seen": state.tokens_seen,
+        "elapsed_s": round(session.clock.elapsed(), 2), "tokens_seen": state.tokens_seen,
     }
     if loop.check_before is not None:
         record["retain_check_loss"] = check_loss
     state.history.append(record)
-    progress.log_epoch(record, config.eval.el_n)
+    session.progress.log_epoch(record, config.eval.el_n)
     wrecked = collapse(record, loop.check_before, config.train.collapse_factor)
     if wrecked:
         state.collapsed_epoch = epoch
-        guard.restore()
+        training.guard.restore()
         state.stop_reason = (f"the model collapsed in epoch {epoch} ({wrecked}); it was restored to its state "
                              f"after epoch {epoch - 1}")
         return
-    guard.keep()
+    training.guard.keep()
     loop.last_scores = scores
     if scores["el"] is not None and thresholds.forgotten(scores["ma"], scores["el"]):
         state.criterion_met = True
@@ -368,21 +377,28 @@ def _judge_epoch(whole: WholeModel, model: Any, epoch: int, losses: list[dict[st
             state.stop_reason = f"forgetting criterion met after epoch {epoch}"
 
 
-def _evaluate_after(model: Any, eval_sets: RunData, loop: LoopState, config: RunConfig, tokenizer: Any,
-                    data_dir: Any, processes: Processes, progress: Progress) -> dict[str, Any]:
-    """The snapshot after unlearning, on the main process; the forget set's scores of the last epoch (or the one
-    restored to) are reused."""
-    if not processes.main:
-        return {}
-    last = loop.last_scores
-    known = {"forget": last} if last is not None and last["el"] is not None else None
-    # On a real model this evaluation takes most of an hour (EL of the held-out rows, the downstream suite); kept
-    # by these weights, a run interrupted during it and resumed from its last checkpoint does not do it twice.
-    cache = ScoreCache.of(model, config.eval)
-    return evaluation_snapshot(model, eval_sets, config.eval, progress, label="after", tokenizer=tokenizer,
-                               known=known, data_dir=data_dir, cache=cache,
-                               el_roles=("forget",) if config.eval.after_el == "forget" else
-                               ("forget", "validation", "retain"))
+def _after(session: _Session, setup: _SetUp, training: _Training, loop: LoopState) -> RunResult:
+    """The snapshot after unlearning (on the main process; the forget set's scores of the last epoch, or the one
+    restored to, are reused) and the run's result."""
+    config, processes, accelerator = session.config, session.processes, session.accelerator
+    model = training.whole.of(training.model).eval()
+    with session.clock.phase("eval_after_s", replace=True):
+        after: dict[str, Any] = {}
+        if processes.main:
+            last = loop.last_scores
+            # On a real model this evaluation takes most of an hour (EL of the held-out rows, the downstream
+            # suite); kept by these weights, a run interrupted during it and resumed does not do it twice.
+            after = evaluation_snapshot(
+                model, setup.eval_sets, config.eval, session.progress, label="after", tokenizer=setup.tokenizer,
+                known={"forget": last} if last is not None and last["el"] is not None else None,
+                data_dir=resolve_data_dir(config.data.dir), cache=ScoreCache.of(model, config.eval),
+                el_roles=("forget",) if config.eval.after_el == "forget" else ("forget", "validation", "retain"))
+    session.clock.timings["total_s"] = session.clock.elapsed()
+    return RunResult(config, loop.state, loop.thresholds, loop.before, after, session.clock.timings, model=model,
+                     tokenizer=setup.tokenizer, data=setup.data, target_modules=setup.target_modules,
+                     adapter_summary=loop.adapter_summary, processes=processes.count, main_process=processes.main,
+                     launch={"distributed": accelerator.distributed_type.value,
+                             "mixed_precision": str(accelerator.mixed_precision)}, parameters=training.parameters)
 
 
 def _epoch_scores(model: Any, forget: TokenBlocks, check_blocks: TokenBlocks | None, config: RunConfig,
@@ -395,18 +411,11 @@ def _epoch_scores(model: Any, forget: TokenBlocks, check_blocks: TokenBlocks | N
     return scores, _lm_loss(model, check_blocks) if check_blocks is not None else None
 
 
-def _thresholds(config: RunConfig, before: dict[str, Any]) -> Thresholds:
-    """The config's thresholds where given, else the held-out means measured before unlearning (Appendix B)."""
-    given_ma, given_el, n = config.eval.ma_threshold, config.eval.el_threshold, config.eval.el_n
-    if given_ma is not None and given_el is not None:
-        return Thresholds(ma=given_ma, el=given_el, n_sequences=0, source="config", n=n)
-    held_out = before["validation"]
-    measured = Thresholds.from_scores(torch.tensor(held_out["ma_per_sequence"], dtype=torch.float64),
-                                      torch.tensor(held_out["el_per_sequence"], dtype=torch.float64),
-                                      held_out["name"], n, config.eval.bootstrap, config.seed)
-    # A threshold the config gives replaces the measured one (its interval still describes the held-out set).
-    return dataclasses.replace(measured, ma=given_ma if given_ma is not None else measured.ma,
-                               el=given_el if given_el is not None else measured.el)
+def _kept_sample(data: RunData, config: RunConfig) -> TokenBlocks | None:
+    """The retain sequences also scored before and after (``eval.retain_sequences``)."""
+    if data.retain is None or config.eval.retain_sequences <= 0:
+        return None
+    return data.retain.subset(list(range(min(config.eval.retain_sequences, len(data.retain)))))
 
 
 def _collapse_check_blocks(data: RunData, rows: int = 8) -> TokenBlocks | None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unlearnkit.config import TrainConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.objectives import TOKENS, count_items
 from unlearnkit.parallel import Processes
@@ -92,3 +93,22 @@ def micro_steps_in_epoch(rows: int, *, batch_size: int, grad_accum: int, process
     if not with_retain:
         return chunks
     return -(-chunks // grad_accum) * grad_accum
+
+
+class EpochPlan:
+    """An epoch's micro-steps over ``forget`` (and ``retain`` rows, for a method with a retain term) as ``train``
+    splits them on ``processes``; ``unit`` is what the forget loss is a mean over."""
+
+    def __init__(self, forget: TokenBlocks, retain: TokenBlocks | None, train: TrainConfig, processes: Processes,
+                 unit: str = TOKENS) -> None:
+        self.forget, self.retain, self.train, self.processes, self.unit = forget, retain, train, processes, unit
+        self.steps = micro_steps_in_epoch(len(forget), batch_size=train.batch_size, grad_accum=train.grad_accum,
+                                          processes=processes, with_retain=retain is not None)
+
+    def micro_steps(self, generator: torch.Generator) -> Iterator[MicroStep]:
+        """The epoch's micro-steps, its order (and its retain rows) drawn from ``generator``."""
+        order = torch.randperm(len(self.forget), generator=generator)
+        return epoch_micro_steps(order, self.forget, self.retain, batch_size=self.train.batch_size,
+                                 retain_batch_size=self.train.retain_batch_size or self.train.batch_size,
+                                 grad_accum=self.train.grad_accum, processes=self.processes, unit=self.unit,
+                                 generator=generator)

@@ -6,10 +6,13 @@ bootstrap intervals say how much the thresholds themselves would move with anoth
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
+from unlearnkit.config import EvalConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.metrics.memorization import extraction_likelihood, memorization_accuracy
@@ -80,3 +83,18 @@ def thresholds_from_holdout(
     el = extraction_likelihood(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
                                batch_size=batch_size)
     return Thresholds.from_scores(ma, el, blocks.name, n, bootstrap, seed)
+
+
+def run_thresholds(options: EvalConfig, before: dict[str, Any], seed: int) -> Thresholds:
+    """A run's thresholds: the config's where given, else the means of the held-out scores measured before
+    unlearning (``before["validation"]``, Appendix B), with their bootstrap intervals."""
+    given_ma, given_el, n = options.ma_threshold, options.el_threshold, options.el_n
+    if given_ma is not None and given_el is not None:
+        return Thresholds(ma=given_ma, el=given_el, n_sequences=0, source="config", n=n)
+    held_out = before["validation"]
+    measured = Thresholds.from_scores(torch.tensor(held_out["ma_per_sequence"], dtype=torch.float64),
+                                      torch.tensor(held_out["el_per_sequence"], dtype=torch.float64),
+                                      held_out["name"], n, options.bootstrap, seed)
+    # A threshold the config gives replaces the measured one (its interval still describes the held-out set).
+    return dataclasses.replace(measured, ma=given_ma if given_ma is not None else measured.ma,
+                               el=given_el if given_el is not None else measured.el)
