@@ -9,6 +9,7 @@ transformers and ``gguf``. The layout follows the GGUF specification (ggml's ``d
 
 from __future__ import annotations
 
+import functools
 import mmap
 import re
 import struct
@@ -55,7 +56,16 @@ class GGUFHeader:
 
 def read_gguf_header(path: str | Path) -> GGUFHeader | None:
     """The header of a GGUF file, or ``None`` when the file cannot be read or is not GGUF v2/v3 (the model load
-    then reports what is wrong with it)."""
+    then reports what is wrong with it). Read once per file version: the size and the target checks both ask."""
+    try:
+        status = Path(path).stat()
+    except OSError:
+        return None
+    return _read(str(Path(path).resolve()), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, size: int, mtime_ns: int) -> GGUFHeader | None:
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
             return _parse(view)

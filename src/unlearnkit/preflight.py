@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.model_names import SMOLLM2_ALIAS, locate_model
+from unlearnkit.model_names import is_gguf, locate_model
 
 T = TypeVar("T")
 
@@ -113,7 +113,7 @@ def _check_adapter_fits_stored(config: RunConfig) -> None:
 
     from unlearnkit.targets import check_rank_fits, select_targets, stored_linear_layers
 
-    if _is_gguf(config):
+    if is_gguf(config.model.name, config.model.gguf_file):
         from unlearnkit.gguf_header import read_gguf_header
 
         try:
@@ -138,14 +138,10 @@ def _check_adapter_fits_stored(config: RunConfig) -> None:
     check_rank_fits(layers, select_targets(candidates, config.adapter.modules, model_type), config.adapter.rank)
 
 
-def _is_gguf(config: RunConfig) -> bool:
-    return config.model.name == SMOLLM2_ALIAS or config.model.name.endswith(".gguf") or bool(config.model.gguf_file)
-
-
 def _check_adapter_fits(config: RunConfig) -> None:
     """Target modules and rank against the layers of a weightless skeleton of the model (none is built for a GGUF
     file: its header was the check)."""
-    if config.adapter.name == "none" or _is_gguf(config):
+    if config.adapter.name == "none" or is_gguf(config.model.name, config.model.gguf_file):
         return
     from unlearnkit.adapters.lora import check_lora_fits
     from unlearnkit.modeling import model_skeleton, resolve_target_modules
