@@ -10,6 +10,7 @@ method. Built-in method modules import torch only inside their functions, so rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -25,9 +26,10 @@ PLUGIN_PACKAGES = {"method": ("unlearnkit.methods", "METHOD")}
 _NOT_PLUGINS = {"base"}
 
 
+@functools.cache
 def builtin_names(kind: str) -> list[str]:
     """The names of the package's own plugins of ``kind``: the modules of its package, found without importing
-    them."""
+    them (listed once: a config asks for its method's class at every validation)."""
     package, _ = PLUGIN_PACKAGES[kind]
     spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
