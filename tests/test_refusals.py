@@ -105,8 +105,9 @@ def test_bad_input_is_refused_in_one_sentence_before_torch_is_imported(tmp_path,
 def test_the_testbed_sizes_the_command_accepts_are_the_ones_that_can_be_built():
     from unlearnkit.cli.unlearn import TESTBED_SIZES
     from unlearnkit.showcase.testbed import SIZES, SMOLLM2_SIZES
+    from unlearnkit.showcase.testbed.tofu import TofuSettings
 
-    assert sorted(TESTBED_SIZES) == sorted((*SIZES, *SMOLLM2_SIZES))
+    assert sorted(TESTBED_SIZES) == sorted((*SIZES, *SMOLLM2_SIZES, TofuSettings().name))
 
 
 def test_a_model_path_is_located_without_torch_and_a_run_directory_passes(tmp_path):

@@ -14,16 +14,20 @@ from typing import Any
 import torch
 
 
-def warmup_factor(update: int, warmup_steps: int) -> float:
+def warmup_factor(update: int, warmup_steps: int, total_steps: int | None = None) -> float:
     """Learning-rate factor of optimiser update ``update`` (0-based): rises linearly over ``warmup_steps``
-    updates, ``(update + 1) / (warmup_steps + 1)``, then stays at 1."""
-    return min(1.0, (update + 1) / (warmup_steps + 1))
+    updates, ``(update + 1) / (warmup_steps + 1)``, then stays at 1 or, given ``total_steps``, falls linearly
+    to 0 at update ``total_steps`` (the Trainer's "linear" schedule TOFU's fine-tuning uses)."""
+    if update < warmup_steps or total_steps is None:
+        return min(1.0, (update + 1) / (warmup_steps + 1))
+    return max(0.0, (total_steps - update) / max(1, total_steps - warmup_steps))
 
 
 class OptimisationStep:
     """Call it with a loss to take one step; it returns ``False`` (and changes nothing) for a NaN/inf loss.
 
-    ``warmup_steps`` counts optimiser updates, i.e. after gradient accumulation. ``max_grad_norm=None``
+    ``warmup_steps`` counts optimiser updates, i.e. after gradient accumulation; ``total_steps`` adds a linear
+    decay to 0 after the warm-up. ``max_grad_norm=None``
     turns clipping off. With an ``accelerator``, call :meth:`prepare` once and take each micro-step of an
     accumulation inside :meth:`micro_step`; the caller says which micro-step ends an optimisation step
     (``update``), so a step can end early (at an epoch's end) and normalise its loss itself.
@@ -31,14 +35,15 @@ class OptimisationStep:
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float = 0.0,
                  warmup_steps: int = 0, max_grad_norm: float | None = 1.0,
-                 betas: tuple[float, float] = (0.9, 0.999), fused: bool = False) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), fused: bool = False,
+                 total_steps: int | None = None) -> None:
         self.params = list(params)
         self.max_grad_norm = max_grad_norm
         self.accelerator: Any = None
         extra = {"fused": True} if fused else {}
         self.optimizer: Any = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, betas=betas, **extra)
         self.scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda update: warmup_factor(update, warmup_steps))
+            self.optimizer, lambda update: warmup_factor(update, warmup_steps, total_steps))
 
     def prepare(self, accelerator: Any, model: Any) -> Any:
         """Hand the model, optimiser and schedule to ``accelerator``; returns the prepared model."""

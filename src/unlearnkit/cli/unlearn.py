@@ -219,7 +219,7 @@ app.add_typer(testbed_app, name="testbed")
 
 
 # the testbeds' names, checked before torch is imported (tests/test_refusals.py holds them to the builders')
-TESTBED_SIZES = ("tiny", "small", "smollm2", "smollm2-sets")
+TESTBED_SIZES = ("tiny", "small", "smollm2", "smollm2-sets", "tofu-smollm2")
 
 
 @testbed_app.command("build", epilog="Example: `unlearnkit run configs/testbed/flora-ihl.yaml --set "
@@ -235,15 +235,27 @@ def testbed_build(
                                                                   "--set model.name=...); progress goes to stderr")
                           ] = False,
     force: Annotated[bool, typer.Option("--force", help="rebuild even when cached")] = False,
+    authors: Annotated[int | None, typer.Option(help="tofu-smollm2: only the last N fictitious authors (quick "
+                                                     "looks, tests)", min=1, max=200)] = None,
+    lr: Annotated[float | None, typer.Option(help="tofu-smollm2: the fine-tuning learning rate", min=0)] = None,
+    tofu_model: Annotated[str, typer.Option(help="tofu-smollm2: target | retain | both")] = "both",
     quiet: Quiet = False,
 ) -> None:
     """Train (or reuse from the cache) a model that has memorised TDEC rows, and print where it is."""
     if size not in TESTBED_SIZES:
         raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join(TESTBED_SIZES)}.')
+    if (authors is not None or lr is not None or tofu_model != "both") and size != "tofu-smollm2":
+        raise UnlearnkitError("--authors, --lr and --tofu-model apply to --size tofu-smollm2 only; remove them.")
+    if tofu_model not in ("target", "retain", "both"):
+        raise UnlearnkitError(f'Unknown --tofu-model "{tofu_model}"; choose target, retain or both.')
     from unlearnkit.progress import Progress
     from unlearnkit.showcase.testbed import SMOLLM2_SIZES, build_smollm2, build_testbed, read_manifest
 
     progress = Progress(console=Console(emoji=False, stderr=print_path, quiet=quiet), quiet=quiet)
+    if size == "tofu-smollm2":
+        _build_tofu(authors, lr, tofu_model, data_dir=data_dir, force=force, print_path=print_path,
+                    progress=progress, quiet=quiet)
+        return
     if size in SMOLLM2_SIZES:
         directory = build_smollm2(data_dir=data_dir, quiet=quiet, progress=progress, force=force,
                                   settings=SMOLLM2_SIZES[size])
@@ -268,3 +280,22 @@ def testbed_build(
     Console(emoji=False).print(f"Model in {directory / 'model'} (manifest.json beside it)")
 
 
+def _build_tofu(authors: int | None, lr: float | None, which: str, *, data_dir: Any, force: bool, print_path: bool,
+                progress: Any, quiet: bool) -> None:
+    from dataclasses import replace
+
+    from unlearnkit.showcase.testbed.tofu import TofuSettings, build_tofu
+
+    base = TofuSettings(authors=authors)
+    base = base if lr is None else replace(base, lr=lr)
+    models = ["target", "retain"] if which == "both" else [which]
+    settings = [replace(base, model=model) for model in models]
+    for each in settings:
+        each.training_rows()  # refuses an empty study before the model loads
+    directories = [build_tofu(each, data_dir=data_dir, quiet=quiet, progress=progress, force=force)
+                   for each in settings]
+    for model, directory in zip(models, directories, strict=True):
+        if print_path:
+            print(directory / "model")
+        else:
+            Console(emoji=False).print(f"TOFU {model} model in {directory / 'model'} (manifest.json beside it)")

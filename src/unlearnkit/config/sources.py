@@ -20,6 +20,20 @@ JANG_DOMAINS = (
     "uspto_backgrounds",
 )
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
+TOFU_SPLITS = (
+    "forget10", "forget05", "forget01", "retain90", "retain95", "retain99", "holdout10", "holdout05", "holdout01",
+    "full", "real_authors", "world_facts",
+)
+# How a question and its answer become one text: TOFU's official prompt formats (its config/model_config.yaml)
+# and the tokenizer's own chat template; free text with {question} and {answer} is the fourth way.
+QA_TEMPLATES = {
+    "phi": "Question: {question}\nAnswer: {answer}",
+    "llama2": "[INST] {question} [/INST]{answer}",
+    "chat": "the tokenizer's chat template (a user turn, then the assistant's answer)",
+}
+# Where the scored text starts, where it is not at {answer}: TOFU's code masks "Question: ...\n" only, so its
+# phi format scores "Answer: " with the answer (and generates from the question line alone).
+QA_SCORED_FROM = {"phi": "Answer: {answer}"}
 
 
 class SourceConfig(BaseModel):
@@ -40,6 +54,7 @@ class SourceConfig(BaseModel):
     rows: list[int] | None = None
     seq_len: int | None = None
     per_document: bool = False
+    template: str | None = None
 
     @field_validator("source")
     @classmethod
@@ -152,6 +167,17 @@ def _check_jang_set(spec: SourceConfig) -> None:
         raise ValueError(f"set={spec.set} does not exist; Jang et al. published sets 0..{JANG_SETS - 1}")
 
 
+def _check_tofu(spec: SourceConfig) -> None:
+    template = spec.template
+    if template is None or template in QA_TEMPLATES:
+        return
+    if template.count("{question}") != 1 or template.count("{answer}") != 1 or not template.endswith("{answer}"):
+        raise ValueError(
+            f"template {template!r} is neither a preset ({', '.join(QA_TEMPLATES)}) nor a text with {{question}} "
+            "once and ending in {answer}; write e.g. 'Q: {question}\\nA: {answer}'"
+        )
+
+
 def _check_file(spec: SourceConfig) -> None:
     if not spec.path:
         raise ValueError(f"source 'file' needs path set to a {', '.join(FILE_SUFFIXES)} file")
@@ -195,6 +221,11 @@ SOURCES: dict[str, SourceSpec] = {
     "pile": SourceSpec(_TEXT_FIELDS, "Jang et al.'s Pile validation documents, as text blocks"),
     "wikitext2": SourceSpec(_TEXT_FIELDS | {"split"}, "WikiText-2 valid or test, as text blocks",
                             splits=("valid", "test")),
+    "tofu": SourceSpec(
+        frozenset({"n", "seed", "split", "template"}),
+        "TOFU's question-answer pairs (fictitious authors); the loss and scores count the answer only; template: "
+        "phi (default) | llama2 | chat | text with {question} and {answer}", splits=TOFU_SPLITS, check=_check_tofu,
+    ),
     "file": SourceSpec(
         _TEXT_FIELDS | {"path", "text_field", "per_document"},
         "a user file: .txt (whole text), .jsonl (text_field of each line), .csv (column text_field); "

@@ -16,6 +16,8 @@ class TokenBlocks:
     ``ids`` identifies each row in its source (e.g. TDEC ``doc_id``) so reports can name them.
     ``retokenized`` is True when the rows were given as another tokenizer's ids (TDEC's GPT-2 ids)
     and were decoded and re-tokenised for this model, so they are not the benchmark's exact tokens.
+    ``loss_mask`` (``LongTensor[N, T]`` or None) marks the tokens a loss or a score counts, where that is
+    not every real token: a question-answer row scores its answer only, never the question before it.
     """
 
     input_ids: torch.Tensor
@@ -23,10 +25,13 @@ class TokenBlocks:
     name: str
     ids: list[str] = field(default_factory=list)
     retokenized: bool = False
+    loss_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.input_ids.shape != self.attention_mask.shape or self.input_ids.dim() != 2:
             raise ValueError("input_ids and attention_mask must both be [N, T]")
+        if self.loss_mask is not None and self.loss_mask.shape != self.input_ids.shape:
+            raise ValueError("loss_mask must be [N, T] like input_ids")
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -39,15 +44,22 @@ class TokenBlocks:
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    @property
+    def scored_mask(self) -> torch.Tensor:
+        """The tokens a loss or score counts: ``loss_mask`` where given, else every real token."""
+        return self.attention_mask if self.loss_mask is None else self.loss_mask
+
     def labels(self) -> torch.Tensor:
-        """Labels for a causal-LM loss: the input ids with padding set to -100."""
-        return self.input_ids.masked_fill(self.attention_mask == 0, -100)
+        """Labels for a causal-LM loss: the input ids with every token not scored (padding, a question) set to
+        -100."""
+        return self.input_ids.masked_fill(self.scored_mask == 0, -100)
 
     def subset(self, rows: list[int] | torch.Tensor) -> TokenBlocks:
         index = torch.as_tensor(rows, dtype=torch.long)
         ids = [self.ids[i] for i in index.tolist()] if self.ids else []
+        loss_mask = None if self.loss_mask is None else self.loss_mask[index]
         return TokenBlocks(
-            self.input_ids[index], self.attention_mask[index], self.name, ids, self.retokenized
+            self.input_ids[index], self.attention_mask[index], self.name, ids, self.retokenized, loss_mask
         )
 
     @classmethod

@@ -37,6 +37,7 @@ from unlearnkit.config.sources import SourceConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import TDEC_OFFICIAL_MD5, ensure_file, resolve_data_dir
 from unlearnkit.data.files import read_csv, read_documents, read_text, user_path
+from unlearnkit.data.qa import DEFAULT_TEMPLATE, qa_blocks, read_qa_rows
 from unlearnkit.errors import UnlearnkitError, unknown_name
 
 if TYPE_CHECKING:
@@ -219,6 +220,16 @@ def _load_file(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
     return _text_blocks(docs, spec, ctx, str(path))
 
 
+def _load_tofu(spec: SourceConfig, ctx: _Context) -> TokenBlocks:
+    split = spec.split or "forget10"
+    rows = read_qa_rows(ctx.data_dir, split)
+    if not rows:
+        raise _empty(spec.label(), f"TOFU's {split} has no rows", "check the data directory's tofu/ files")
+    chosen = _choose(len(rows), spec.n, spec.seed, what="questions", source=spec.label())
+    return qa_blocks([rows[i] for i in chosen], ctx.tokenizer, template=spec.template or DEFAULT_TEMPLATE,
+                     name=spec.label(), ids=[f"{split}#{i}" for i in chosen], pad_id=ctx.pad_id)
+
+
 def _document_blocks(docs: Sequence[str], spec: SourceConfig, ctx: _Context, where: str) -> TokenBlocks:
     """One block per document (a record to delete stays one sequence), cut or right-padded to seq_len."""
     encoded = [ids for ids in _encode(ctx.tokenizer, [doc for doc in docs if doc]) if ids]
@@ -305,6 +316,7 @@ LOADERS: dict[str, Callable[[SourceConfig, _Context], TokenBlocks]] = {
     "pile": _load_jang_csv_text("pile"),
     "wikitext2": _load_wikitext2,
     "file": _load_file,
+    "tofu": _load_tofu,
 }
 
 
@@ -331,12 +343,13 @@ def load_blocks(spec: SourceConfig, tokenizer: PreTrainedTokenizerBase, data_dir
 
 
 def dataset_fingerprint(blocks: TokenBlocks) -> str:
-    """sha256 over the blocks' shape, token ids and attention mask (int64, little-endian).
+    """sha256 over the blocks' shape, token ids, attention mask and loss mask where given (int64, little-endian).
 
     Two runs with the same fingerprint trained and measured on exactly the same tokens.
     """
     digest = hashlib.sha256()
     digest.update(f"{len(blocks)}x{blocks.seq_len};".encode())
-    for tensor in (blocks.input_ids, blocks.attention_mask):
+    tensors = [blocks.input_ids, blocks.attention_mask] + ([] if blocks.loss_mask is None else [blocks.loss_mask])
+    for tensor in tensors:
         digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().astype("<i8").tobytes())
     return digest.hexdigest()

@@ -106,8 +106,11 @@ class TestbedData:
 
 def concat_blocks(parts: list[TokenBlocks], name: str) -> TokenBlocks:
     """``parts`` one after the other, rows named ``<part name>#<row id>``."""
+    masked = any(p.loss_mask is not None for p in parts)
+    loss_mask = torch.cat([p.scored_mask for p in parts]) if masked else None
     return TokenBlocks(torch.cat([p.input_ids for p in parts]), torch.cat([p.attention_mask for p in parts]), name,
-                       [f"{p.name}#{i}" for p in parts for i in (p.ids or [str(j) for j in range(len(p))])])
+                       [f"{p.name}#{i}" for p in parts for i in (p.ids or [str(j) for j in range(len(p))])],
+                       loss_mask=loss_mask)
 
 
 def _head(blocks: TokenBlocks, count: int) -> TokenBlocks:

@@ -1,0 +1,136 @@
+"""TOFU: question-answer rows scored on the answer only, TOFU's answer probability, and the target model's
+fine-tuning (schedule, exact resume)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tests.conftest import tiny_gpt_neo, tiny_tokenizer
+
+from unlearnkit.config import SourceConfig
+from unlearnkit.data.qa import encode_qa, qa_blocks
+from unlearnkit.data.sources import load_blocks, load_gpt2_tokenizer
+from unlearnkit.metrics.tofu import answer_probabilities
+from unlearnkit.showcase.testbed.tofu import TofuSettings, finetune_qa
+from unlearnkit.training import warmup_factor
+
+# TOFU's config/model_config.yaml: (question_start_tag, question_end_tag, answer_tag)
+OFFICIAL_TAGS = {"phi": ("Question: ", "\n", "Answer: "), "llama2": ("[INST] ", " [/INST]", "")}
+
+
+def official_labels(tokenizer, question: str, answer: str, tags: tuple[str, str, str]) -> list[int]:
+    """A transcription of TOFU's ``convert_raw_data_to_model_format`` (data_module.py), without the padding: the
+    whole text's ids, the end of sequence after them, and -100 over as many tokens as the question alone has."""
+    start, end, answer_tag = tags
+    new_question = start + question + end
+    full_text = new_question + answer_tag + answer
+    num_question_tokens = len(tokenizer.tokenize(new_question, add_special_tokens=True))
+    label = tokenizer(full_text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+    for i in range(num_question_tokens):
+        label[i] = -100
+    return label
+
+
+def _rows(data_dir, name: str, count: int) -> list[dict]:
+    with (data_dir / "tofu" / f"{name}.jsonl").open() as handle:
+        return [json.loads(line) for _, line in zip(range(count), handle, strict=False)]
+
+
+@pytest.mark.parametrize("template", ["phi", "llama2"])
+def test_answer_mask_is_tofus(data_dir, template):
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    rows = _rows(data_dir, "forget10", 12)
+    blocks = qa_blocks(rows, tokenizer, template=template, name="t", ids=[str(i) for i in range(12)],
+                       pad_id=tokenizer.eos_token_id)
+    for i, row in enumerate(rows):
+        expected = official_labels(tokenizer, row["question"], row["answer"], OFFICIAL_TAGS[template])
+        labels = blocks.labels()[i][: len(expected)].tolist()
+        assert labels == expected
+        assert bool((blocks.labels()[i][len(expected):] == -100).all())
+    scored = blocks.input_ids[0][blocks.scored_mask[0] == 1]
+    assert rows[0]["question"] not in tokenizer.decode(scored)  # the question is never scored
+
+
+
+def test_free_text_and_chat_templates(data_dir):
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    encoded = encode_qa(tokenizer, "Q: {question}\nA: {answer}", "Who?", "Nobody.")
+    # "A: " + "Nobody" tokenises as "A", ":", " Nobody": the answer's first word stays scored, with its space
+    assert tokenizer.decode(encoded.ids[: encoded.prompt_tokens]) == "Q: Who?\nA:"
+    assert tokenizer.decode(encoded.ids[encoded.prompt_tokens:]) == " Nobody.<|endoftext|>"
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    chat = encode_qa(tokenizer, "chat", "Who?", "Nobody.")
+    assert chat.prompt == "<user>Who?</s><assistant>"
+    assert tokenizer.decode(chat.ids[: chat.prompt_tokens]) == chat.prompt
+    assert tokenizer.decode(chat.ids[chat.prompt_tokens:]) == "Nobody.</s>"
+
+
+def test_tofu_source(data_dir):
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    blocks = load_blocks(SourceConfig(source="tofu", split="holdout01", n=5, seed=1), tokenizer, data_dir)
+    assert len(blocks) == 5 and blocks.loss_mask is not None
+    assert blocks.ids[0].startswith("holdout01#")
+    assert int(blocks.loss_mask.sum()) < blocks.num_tokens  # the questions are not scored
+    with pytest.raises(ValueError, match="template"):
+        SourceConfig(source="tofu", template="Q: {question}")
+    with pytest.raises(ValueError, match="does not apply"):
+        SourceConfig(source="tofu", path="x.txt")
+    with pytest.raises(ValueError, match="split"):
+        SourceConfig(source="tofu", split="forget20")
+
+
+def test_answer_probability_is_the_length_normalised_probability(data_dir):
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    rows = _rows(data_dir, "forget01", 3)
+    blocks = qa_blocks(rows, tokenizer, template="phi", name="t", ids=["0", "1", "2"], pad_id=0)
+    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16).double()
+    got = answer_probabilities(model, blocks, batch_size=2)
+    for i in range(3):
+        length = int(blocks.attention_mask[i].sum())
+        ids = blocks.input_ids[i, :length]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids[None]).logits[0], dim=-1)
+        scored = [t for t in range(1, length) if blocks.loss_mask[i, t] == 1]
+        mean = sum(float(logprobs[t - 1, ids[t]]) for t in scored) / len(scored)
+        # GPT-Neo computes attention in float32 even in a float64 model
+        assert float(got[i]) == pytest.approx(torch.exp(torch.tensor(mean)).item(), rel=1e-5)
+
+
+def test_linear_schedule_after_warmup_is_the_trainers():
+    from transformers import get_linear_schedule_with_warmup
+
+    total, warmup = 25, 5
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_linear_schedule_with_warmup(optimizer, warmup, total).lr_lambdas[0]
+    for update in range(warmup, total + 3):
+        assert warmup_factor(update, warmup, total) == pytest.approx(theirs(update))
+    assert [warmup_factor(u, warmup, total) for u in range(warmup)] == [(u + 1) / (warmup + 1) for u in range(warmup)]
+
+
+def test_finetuning_resumes_exactly(tmp_path, data_dir):
+    rows = _rows(data_dir, "forget01", 10)
+    tokenizer = tiny_tokenizer([r["question"] + " " + r["answer"] for r in rows], vocab_size=1000)
+    blocks = qa_blocks(rows, tokenizer, template="phi", name="t", ids=[str(i) for i in range(10)],
+                       pad_id=tokenizer.eos_token_id)
+    assert blocks.seq_len <= 256  # the tiny model's positions
+    settings = TofuSettings(lr=3e-3, epochs=2, batch_size=4, micro_batch=3, checkpoint_every=2)
+
+    straight = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16)
+    history = finetune_qa(straight, blocks, settings, state_dir=tmp_path / "a")
+    assert len(history) == 2 * 10 // 4 and history[-1] < history[0]
+
+    def interrupt(update: int, total: int, loss: float) -> None:
+        if update == 3:
+            raise KeyboardInterrupt
+
+    interrupted = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_qa(interrupted, blocks, settings, state_dir=tmp_path / "b", on_update=interrupt)
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["history"] == history[:2]
+    resumed = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16)  # a fresh process: the weights come from the state
+    assert finetune_qa(resumed, blocks, settings, state_dir=tmp_path / "b") == history
+    for (name, ours), theirs in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs), name
