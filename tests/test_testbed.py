@@ -74,7 +74,8 @@ def test_testbed_build_rejects_unknown_size(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SystemExit) as done:
         main()
     assert done.value.code == EXIT_BAD_INPUT == 2
-    assert 'Unknown testbed size "huge"; choose one of: tiny, small, smollm2, smollm2-sets, tofu-smollm2.' in capsys.readouterr().err
+    assert ('Unknown testbed size "huge"; choose one of: tiny, small, smollm2, smollm2-sets, tofu-smollm2.'
+            in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("kind", ["testbed", "smollm2"])
