@@ -34,7 +34,7 @@ import psutil
 import torch
 
 from unlearnkit.adapters.fisher import empirical_fisher
-from unlearnkit.adapters.flora import initialise_flora
+from unlearnkit.adapters.flora.init import initialise_flora
 from unlearnkit.adapters.lora import attach_lora
 from unlearnkit.config import FloraOptions
 from unlearnkit.data.blocks import TokenBlocks

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flora_init import PeakRss  # noqa: E402  (a sibling benchmark's RSS sampler)
-from unlearnkit.adapters.flora import initialise_flora  # noqa: E402
+from unlearnkit.adapters.flora.init import initialise_flora  # noqa: E402
 from unlearnkit.adapters.lora import attach_lora  # noqa: E402
 from unlearnkit.config import (
     FloraOptions,  # noqa: E402

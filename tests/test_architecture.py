@@ -180,10 +180,33 @@ def test_methods_are_registered_only_by_their_module():
                     f"{module} lists methods {sorted(listed)}; a method is found by its module"
 
 
-def test_built_in_methods_import_no_torch():
-    """A config names a method and validates its options without torch: the method modules import it lazily."""
+def test_built_in_plugins_import_no_torch():
+    """A config names a method and an adapter and validates their options without torch: their modules import it
+    lazily."""
     probe = ("import sys\nfrom unlearnkit.config.plugins import builtin_names, load_plugin\n"
-             "classes = [load_plugin('method', name) for name in builtin_names('method')]\n"
+             "classes = [load_plugin(kind, name) for kind in ('method', 'adapter') for name in builtin_names(kind)]\n"
              "print(len(classes), 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["6", "False"], done.stderr
+    assert done.stdout.split() == ["9", "False"], done.stderr
+
+
+def test_adapters_are_asked_not_named():
+    """Outside unlearnkit/adapters/ nothing compares an adapter's name: code asks the adapter's class (what it
+    trains, exports, needs), so an adapter of one's own works wherever the built-in ones do."""
+    from unlearnkit.config.plugins import builtin_names
+
+    names = set(builtin_names("adapter"))
+    assert names == {p.stem for p in (SRC / "adapters").iterdir()
+                     if (p.suffix == ".py" or (p / "__init__.py").is_file())} - {"__init__", "base", "fisher"}
+    for module, path in MODULES.items():
+        if module.startswith("unlearnkit.adapters"):
+            continue
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            strings = {o.value for o in operands if isinstance(o, ast.Constant) and isinstance(o.value, str)}
+            about_adapters = "adapter" in (ast.get_source_segment(source, node) or "")
+            assert not strings & (names - {"none"}) and not (about_adapters and strings & names), \
+                f"{module}:{node.lineno} compares an adapter name; ask the adapter class instead"

@@ -11,13 +11,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from conftest import tiny_gpt_neo
 from unlearnkit.adapters.fisher import FisherResult, empirical_fisher
-from unlearnkit.adapters.flora import (
+from unlearnkit.adapters.flora.export import save_flora_adapter_for_original_base, save_flora_initial_adapter
+from unlearnkit.adapters.flora.init import initialise_flora
+from unlearnkit.adapters.flora.maths import (
     flora_factors,
-    initialise_flora,
     relative_importance,
     row_weights,
-    save_flora_adapter_for_original_base,
-    save_flora_initial_adapter,
     weighted_low_rank,
     weighted_objective,
 )
@@ -262,7 +261,7 @@ def test_fisher_passed_in_must_cover_the_lora_layers() -> None:
 
 
 def test_retain_fisher_sample_is_seeded_and_sized_like_the_forget_set():
-    from unlearnkit.adapters.flora import fisher_retain_sample
+    from unlearnkit.adapters.flora.init import fisher_retain_sample
     from unlearnkit.data.blocks import TokenBlocks
 
     retain = TokenBlocks(torch.arange(100 * 4).reshape(100, 4), torch.ones(100, 4, dtype=torch.long), "retain")

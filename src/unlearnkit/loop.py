@@ -22,26 +22,19 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 
-from unlearnkit.adapters.flora import fisher_retain_sample, initialise_flora, restore_flora
-from unlearnkit.adapters.lora import attach_lora
+from unlearnkit.adapters import Adapter, build_adapter
 from unlearnkit.checkpoints import Checkpoints, LoopState, Saved
 from unlearnkit.config import RunConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
-from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot
 from unlearnkit.flops import FlopTally
 from unlearnkit.guards import Clock, Guard, collapse
 from unlearnkit.methods import MethodSetup, UnlearningMethod, build_method
 from unlearnkit.metrics.perplexity import perplexity
 from unlearnkit.metrics.thresholds import Thresholds, run_thresholds
-from unlearnkit.modeling import (
-    LoadedModel,
-    enable_gradient_checkpointing,
-    load_configured_model,
-    resolve_target_modules,
-)
+from unlearnkit.modeling import LoadedModel, enable_gradient_checkpointing, load_configured_model
 from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_sharded_weights
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
@@ -61,7 +54,7 @@ def run_unlearning(
     session = _launch(config, console, quiet, checkpoints)
     setup = _set_up(session, loaded)  # the model, the data, the method and its adapter
     loop = _before(session, setup)  # the held-out thresholds (Appendix B), or the state a checkpoint saved
-    _initialise_flora(session, setup, loop)  # Section 3.4: computed afresh, or restored from the checkpoint
+    _initialise_adapter(session, setup, loop)  # FLoRA (Section 3.4): computed afresh, or restored
     training = _prepare_training(session, setup, loop)  # the optimiser, its generator and the guards
     state = loop.state
     for epoch in range(state.epoch + 1, config.train.epochs + 1):
@@ -105,6 +98,7 @@ class _SetUp:
     tokenizer: Any
     data: RunData
     method: UnlearningMethod
+    adapter: Adapter
     target_modules: list[str]
     eval_sets: RunData
     fingerprints: dict[str, str]
@@ -170,29 +164,12 @@ def _set_up(session: _Session, loaded: LoadedModel | None) -> _SetUp:
         model.to(session.accelerator.device)
         method = build_method(config.method)
         method.prepare(MethodSetup(model, data, session.accelerator.device, config.seed, config.eval.batch_size))
-    model, targets = _attach_adapter(model, config, method)
-    eval_sets = RunData(forget=data.forget, validation=data.validation, retain=_kept_sample(data, config))
-    return _SetUp(model, loaded.tokenizer, data, method, targets, eval_sets, fingerprints, scores_cache)
-
-
-def _attach_adapter(model: Any, config: RunConfig, method: UnlearningMethod) -> tuple[Any, list[str]]:
-    """The model with what trains made trainable: the LoRA adapters on the modules the config and the method
-    select, or the weights the method trains; and the adapted modules' names."""
-    if config.adapter.name == "none":
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(method.trains(name.rsplit(".", 1)[0], adapter=False))
-        targets: list[str] = []
-    else:
-        targets = [m for m in resolve_target_modules(model, config.adapter.modules) if method.trains(m, adapter=True)]
-        if not targets:
-            raise UnlearnkitError(f"adapter.modules select no module that method {config.method.name} trains; name "
-                                  "modules in the layers it trains.")
-        # LoRA layers start as a no-op (B = 0): attached before evaluating, they change no output
-        model = attach_lora(model, targets, rank=config.adapter.rank, alpha=config.adapter.alpha,
-                            dropout=config.adapter.dropout)
+    adapter = build_adapter(config.adapter)
+    model, targets = adapter.attach(model, method)  # what trains: the adapter's layers, or the method's weights
     if config.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    return model, targets
+    eval_sets = RunData(forget=data.forget, validation=data.validation, retain=_kept_sample(data, config))
+    return _SetUp(model, loaded.tokenizer, data, method, adapter, targets, eval_sets, fingerprints, scores_cache)
 
 
 def _before(session: _Session, setup: _SetUp) -> LoopState:
@@ -228,28 +205,26 @@ def _stop_if_nothing_to_forget(loop: LoopState, config: RunConfig, progress: Pro
         loop.state.stop_reason = "forgetting criterion already met before unlearning: nothing was trained"
 
 
-def _initialise_flora(session: _Session, setup: _SetUp, loop: LoopState) -> None:
-    """FLoRA (Section 3.4): the zero-initialised LoRA factors replaced by Fisher-weighted ones — computed on a
-    fresh run, restored from the checkpoint on a resumed one."""
-    config, data, processes = session.config, setup.data, session.processes
-    if config.adapter.name != "flora":
-        return
+def _initialise_adapter(session: _Session, setup: _SetUp, loop: LoopState) -> None:
+    """An adapter that starts from the data (FLoRA, Section 3.4: Fisher-weighted factors instead of B = 0)
+    computes its start on a fresh run and restores it from the checkpoint on a resumed one."""
+    adapter, processes = setup.adapter, session.processes
+    prefix = f"{adapter.key}/"
     if session.saved:
-        restore_flora(setup.model, {k.removeprefix("flora/"): v for k, v in loop.tensors.items()
-                                    if k.startswith("flora/")})
+        adapter.restore(setup.model, {k.removeprefix(prefix): v for k, v in loop.tensors.items()
+                                      if k.startswith(prefix)})
         return
-    assert data.retain is not None
-    fisher_retain = fisher_retain_sample(data.retain, len(data.forget), config.adapter.flora, config.seed)
+    if not adapter.initialises:
+        return
     tally = FlopTally(loop.state.flops, loop.state.flops_sample)  # kept in the state: a resumed run keeps counting
-    with session.clock.phase("adapter_init_s"), session.progress.status(
-            f"FLoRA: Fisher information ({len(data.forget)} forget, {len(fisher_retain)} retain sequences) and "
-            "weighted SVD"):
-        with tally.count("flora_init"):
-            summary = initialise_flora(setup.model, data.forget, fisher_retain, config.adapter.flora,
-                                       processes=processes)
-        tally.flops["flora_init"] = _summed(processes, tally.flops["flora_init"])  # each did its share
-    loop.adapter_summary = summary.to_dict()
-    loop.tensors.update({f"flora/{k}": v for k, v in summary.initial_state.items()})
+    phase = f"{adapter.key}_init"
+    with session.clock.phase("adapter_init_s"), \
+            session.progress.status(adapter.initialising(setup.data, session.config.seed)):
+        with tally.count(phase):
+            start = adapter.initialise(setup.model, setup.data, seed=session.config.seed, processes=processes)
+        tally.flops[phase] = _summed(processes, tally.flops[phase])  # each did its share
+    loop.adapter_summary = start.summary
+    loop.tensors.update({prefix + k: v for k, v in start.tensors.items()})
 
 
 def _prepare_training(session: _Session, setup: _SetUp, loop: LoopState) -> _Training:
@@ -257,7 +232,7 @@ def _prepare_training(session: _Session, setup: _SetUp, loop: LoopState) -> _Tra
     the guards — restored from the checkpoint on a resumed run; a fresh run saves its first checkpoint."""
     config, accelerator, processes = session.config, session.accelerator, session.processes
     assert config.train.lr is not None  # resolved by RunConfig
-    parameters = _parameter_counts(setup.model, adapter=config.adapter.name != "none")
+    parameters = _parameter_counts(setup.model, adapter=setup.adapter.has_adapter)
     step = OptimisationStep([p for p in setup.model.parameters() if p.requires_grad], lr=config.train.lr,
                             weight_decay=config.train.weight_decay, warmup_steps=config.train.warmup_steps,
                             max_grad_norm=config.train.max_grad_norm)

@@ -77,8 +77,7 @@ def write_run_outputs(result: RunResult) -> Path:
     The run's checkpoint (:mod:`unlearnkit.checkpoints`) is removed once the outputs are in place.
     Afterwards ``result.model`` is the merged plain model when ``model/`` was written.
     """
-    from unlearnkit.adapters.flora import save_flora_adapter_for_original_base
-    from unlearnkit.adapters.lora import save_lora_adapter
+    from unlearnkit.adapters import build_adapter
 
     config = result.config
     final = check_output_dir(config)
@@ -87,14 +86,12 @@ def write_run_outputs(result: RunResult) -> Path:
     for stale in remove_stale_staging(final):
         warnings.warn(f"Removed {stale}, left behind by an earlier run that was killed while writing.",
                       stacklevel=2)
-    adapter = config.adapter.name
-    if adapter != "none" and result.merged:
+    adapter = build_adapter(config.adapter)
+    if adapter.has_adapter and result.merged:
         raise ValueError("the adapter was already merged into the model; write the outputs before plain_model()")
     with staged_directory(final, replace=True) as staging:
-        if adapter == "lora":
-            save_lora_adapter(result.model, staging / "adapter")
-        elif adapter == "flora":
-            save_flora_adapter_for_original_base(result.model, staging / "adapter")
+        if adapter.has_adapter:
+            adapter.export(result.model, staging / "adapter")
         if config.output.save_model:
             result.plain_model().save_pretrained(staging / "model", safe_serialization=True)
             result.tokenizer.save_pretrained(staging / "model")

@@ -47,11 +47,7 @@ def check_run(config: RunConfig, config_file: str | Path | None = None) -> Path:
     for spec in specs:
         if spec is not None and spec.source == "file" and spec.path:
             attempt(partial(check_user_file, str(spec.path), data_dir, spec.text_field))
-    fisher_path = config.adapter.flora.fisher_path
-    if config.adapter.name == "flora" and fisher_path and Path(fisher_path).expanduser().exists() and \
-            not Path(fisher_path).expanduser().is_dir():
-        problems.append(f"adapter.flora.fisher_path {fisher_path} is a file; give a directory for forget.safetensors "
-                        "and retain.safetensors (`unlearnkit fisher --out DIR` writes one).")
+    problems.extend(config.adapter.adapter_class().problems(config.adapter))  # e.g. FLoRA's Fisher directory
     attempt(lambda: locate_model(config.model.name, config.model.gguf_file))  # a path that holds no model
     output_dir = attempt(lambda: check_output_dir(config, config_file))
     attempt(lambda: check_sizes(config))
@@ -107,7 +103,7 @@ def _machine_memory() -> int:
 def _check_adapter_fits_stored(config: RunConfig) -> None:
     """Target modules and rank against a local model's stored weights (their safetensors or GGUF headers, no
     torch); the skeleton check that follows is the authoritative one, this one makes its refusals fast."""
-    if config.adapter.name == "none":
+    if not config.adapter.adapter_class().has_adapter:
         return
     import json
 
@@ -141,7 +137,7 @@ def _check_adapter_fits_stored(config: RunConfig) -> None:
 def _check_adapter_fits(config: RunConfig) -> None:
     """Target modules and rank against the layers of a weightless skeleton of the model (none is built for a GGUF
     file: its header was the check)."""
-    if config.adapter.name == "none" or is_gguf(config.model.name, config.model.gguf_file):
+    if not config.adapter.adapter_class().has_adapter or is_gguf(config.model.name, config.model.gguf_file):
         return
     from unlearnkit.adapters.lora import check_lora_fits
     from unlearnkit.modeling import model_skeleton, resolve_target_modules

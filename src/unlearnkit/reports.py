@@ -146,10 +146,10 @@ def render_report(result: RunResult) -> str:
         "",
         "- `model/`: the unlearned model (adapters merged), loadable with `AutoModelForCausalLM.from_pretrained`.",
     ]
-    if config.adapter.name != "none":
+    adapter = config.adapter.adapter_class()
+    if adapter.has_adapter:
         lines.append("- `adapter/`: the LoRA adapter alone, loadable with `PeftModel.from_pretrained(original_base, "
-                     "'adapter')`" + (" (applies to the original, untouched base model)." if config.adapter.name ==
-                                       "flora" else "."))
+                     "'adapter')`" + adapter.export_note)
     lines += ["- `metrics.json`: before, every epoch, after.",
               "- `config.yaml`: the resolved configuration (`unlearnkit run config.yaml` repeats the run).",
               "- `run.json`: package versions, seed, data fingerprints, target modules, timings.", ""]

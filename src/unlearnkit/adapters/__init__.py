@@ -1,22 +1,23 @@
-"""Adapters: LoRA through PEFT and FLoRA, the Fisher-weighted LoRA initialisation (paper Section 3.4)."""
+"""Adapters, one module each: ``none`` (full fine-tuning), ``lora`` (through PEFT) and ``flora`` (the paper's
+Fisher-weighted LoRA initialisation, Section 3.4); ``fisher`` computes the empirical Fisher FLoRA starts from.
 
-from .fisher import FisherResult, empirical_fisher, load_fisher, save_fisher
-from .flora import (
-    FloraSummary,
-    compute_fishers,
-    flora_factors,
-    initialise_flora,
-    relative_importance,
-    row_weights,
-    save_flora_adapter_for_original_base,
-    save_flora_initial_adapter,
-    weighted_low_rank,
-)
-from .lora import attach_lora, merged_model, save_lora_adapter
+A module here is an adapter by its file name; a user's adapter is named ``module:Class`` or ``file.py:Class``
+(:mod:`unlearnkit.config.plugins`, docs/extending.md). Nothing here imports torch until an adapter is used.
+"""
 
-__all__ = [
-    "FisherResult", "FloraSummary", "attach_lora", "compute_fishers", "empirical_fisher", "flora_factors",
-    "initialise_flora", "load_fisher", "merged_model", "relative_importance", "row_weights", "save_fisher",
-    "save_flora_adapter_for_original_base", "save_flora_initial_adapter", "save_lora_adapter",
-    "weighted_low_rank",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unlearnkit.adapters.base import Adapter, AdapterInit
+
+if TYPE_CHECKING:
+    from unlearnkit.config import AdapterConfig
+
+__all__ = ["Adapter", "AdapterInit", "build_adapter"]
+
+
+def build_adapter(config: AdapterConfig) -> Adapter:
+    """The adapter a config's ``adapter`` section names."""
+    adapter: Adapter = config.adapter_class()(config)
+    return adapter

@@ -1,7 +1,8 @@
-"""Plain LoRA through PEFT: attach, merge, save (the adapter FLoRA later re-initialises).
+"""Plain LoRA through PEFT: the ``lora`` adapter, and attach, merge, save (the adapter FLoRA re-initialises).
 
 Everything here is a thin, validated wrapper over PEFT so that outputs are standard PEFT
-adapters that any PEFT user can load with ``PeftModel.from_pretrained``.
+adapters that any PEFT user can load with ``PeftModel.from_pretrained``. torch, PEFT and transformers are
+imported inside the functions: a config that names this adapter is read without them.
 """
 
 from __future__ import annotations
@@ -11,15 +12,41 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel
-from transformers.pytorch_utils import Conv1D
-
+from unlearnkit.adapters.base import Adapter
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.modeling import example_module_suffixes
 from unlearnkit.targets import matches_target
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+
+class LoraAdapter(Adapter):
+    """LoRA (Hu et al.): ``W + (alpha / r) · B A`` with ``B = 0`` at start, on the selected modules."""
+
+    description = "LoRA on adapter.modules (rank, alpha, dropout), through PEFT"
+    label = "LoRA"
+    paper_lr = 2e-4
+
+    def attach(self, model: Any, method: Any) -> tuple[Any, list[str]]:
+        from unlearnkit.modeling import resolve_target_modules
+
+        targets = [m for m in resolve_target_modules(model, self.config.modules) if method.trains(m, adapter=True)]
+        if not targets:
+            raise UnlearnkitError(f"adapter.modules select no module that method {method.name} trains; name "
+                                  "modules in the layers it trains.")
+        # LoRA layers start as a no-op (B = 0): attached before evaluating, they change no output
+        return attach_lora(model, targets, rank=self.config.rank, alpha=self.config.alpha,
+                           dropout=self.config.dropout), targets
+
+    def export(self, model: Any, directory: Path) -> None:
+        save_lora_adapter(model, directory)
+
+
+ADAPTER = LoraAdapter
 
 
 def lora_target_layers(model: torch.nn.Module, target_modules: list[str]) -> dict[str, tuple[int, int]]:
@@ -28,6 +55,9 @@ def lora_target_layers(model: torch.nn.Module, target_modules: list[str]) -> dic
     GPT-2's ``Conv1D`` stores its weight as ``[in, out]``; the returned shape is always
     ``(out, in)`` as for ``nn.Linear``.
     """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
     layers: dict[str, tuple[int, int]] = {}
     for name, module in model.named_modules():
         if not any(matches_target(name, t) for t in target_modules):
@@ -53,6 +83,8 @@ def check_lora_fits(model: torch.nn.Module, target_modules: list[str], rank: int
     layers = lora_target_layers(model, target_modules)
     unmatched = [t for t in target_modules if not any(matches_target(n, t) for n in layers)]
     if unmatched:
+        from unlearnkit.modeling import example_module_suffixes
+
         raise UnlearnkitError(f"LoRA target modules {unmatched} match no linear layer of the model; use "
                               f"names that exist in it (e.g. {example_module_suffixes(model)}).")
     for name, (out_f, in_f) in layers.items():
@@ -74,6 +106,9 @@ def attach_lora(model: PreTrainedModel, target_modules: list[str], rank: int = 1
     Raises :class:`UnlearnkitError` if a target matches no layer or if ``rank`` is below 1 or above
     ``min(out, in)`` of some target layer (a LoRA of larger rank than the layer cannot add anything).
     """
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
     layers = check_lora_fits(model, target_modules, rank)
     # PEFT flips fan_in_fan_out itself for Conv1D but warns; say it up front when every target is Conv1D.
     conv1d = all(isinstance(model.get_submodule(n), Conv1D) for n in layers)
@@ -96,6 +131,8 @@ def peft_quietly() -> Iterator[None]:
 
 def load_adapter(base: PreTrainedModel, directory: str) -> PeftModel:
     """``PeftModel.from_pretrained(base, directory)``: a saved adapter on its base (``base`` is wrapped)."""
+    from peft import PeftModel
+
     with peft_quietly():
         return PeftModel.from_pretrained(base, directory)
 

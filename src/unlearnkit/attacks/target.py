@@ -78,7 +78,7 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
         "criterion_met": bool(metrics["criterion_met"]),
         "success": bool(metrics["criterion_met"] and metrics["diverged_epoch"] is None
                         and metrics["collapsed_epoch"] is None)}
-    if config.adapter.name != "none" and (directory / "adapter" / "adapter_config.json").is_file():
+    if config.adapter.adapter_class().has_adapter and (directory / "adapter" / "adapter_config.json").is_file():
         def adapted() -> Any:
             from unlearnkit.adapters.lora import load_adapter
 

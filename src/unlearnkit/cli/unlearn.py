@@ -147,7 +147,8 @@ def fisher(
         raise UnlearnkitError("The Fisher ratio needs a retain set; set data.retain (e.g. source: wikitext).")
     from rich.table import Table  # torch and the model: only for valid input
 
-    from unlearnkit.adapters.flora import compute_fishers, fisher_retain_sample, relative_importance, row_weights
+    from unlearnkit.adapters.flora.init import compute_fishers, fisher_retain_sample
+    from unlearnkit.adapters.flora.maths import relative_importance, row_weights
     from unlearnkit.data.run_sets import load_run_data
     from unlearnkit.io import staged_directory
     from unlearnkit.modeling import load_configured_model, resolve_target_modules

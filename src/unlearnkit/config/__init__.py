@@ -5,8 +5,6 @@ Implementations import their options from here, never the reverse.
 
 from unlearnkit.config.loading import apply_overrides, build_config, load_config, parse_override
 from unlearnkit.config.run import (
-    ADAPTERS,
-    PAPER_LR,
     AdapterConfig,
     DataConfig,
     DownstreamConfig,
@@ -22,7 +20,7 @@ from unlearnkit.config.sources import SOURCES, SourceConfig, SourceSpec, source_
 from unlearnkit.config.suites import DIALOGUE_SETS, PERPLEXITY_SETS, REASONING_TASKS, SUITES, Suite, resolve_suite
 
 __all__ = [
-    "ADAPTERS", "DIALOGUE_SETS", "PAPER_LR", "PERPLEXITY_SETS", "REASONING_TASKS", "SOURCES", "SUITES",
+    "DIALOGUE_SETS", "PERPLEXITY_SETS", "REASONING_TASKS", "SOURCES", "SUITES",
     "AdapterConfig", "DataConfig", "DownstreamConfig", "EvalConfig", "FloraOptions", "MethodConfig",
     "ModelConfig", "OutputConfig", "RunConfig", "SourceConfig", "SourceSpec", "Suite", "TrainConfig",
     "apply_overrides", "build_config", "load_config", "parse_override", "resolve_suite", "source_names",

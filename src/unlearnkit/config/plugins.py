@@ -1,10 +1,12 @@
-"""Plugins by name: the package's own (a module of ``unlearnkit.methods``, found by its file name) or a user's,
+"""Plugins by name: the package's own (a module of ``unlearnkit.methods`` or ``unlearnkit.adapters``, found by its
+file name) or a user's,
 named ``my_package.my_module:MyClass`` or ``path/to/file.py:MyClass`` — so that a method of one's own runs
 without a change to the package.
 
 This is the one place where configuration reaches into a later stage, and it does so by name (``importlib``), not
 by an import: a config must validate a method's own options where it is read, and the options live with the
-method. Built-in method modules import torch only inside their functions, so reading a config stays torch-free
+method (an adapter's learning rate and needs likewise). Built-in plugin modules import torch only inside their
+functions, so reading a config stays torch-free
 (a user's plugin module may import what it likes).
 """
 
@@ -21,26 +23,29 @@ from typing import Any
 
 from unlearnkit.errors import UnlearnkitError, unknown_name
 
-#: the packages whose modules are plugins of each kind, and the attribute each module names its plugin by
-PLUGIN_PACKAGES = {"method": ("unlearnkit.methods", "METHOD")}
-_NOT_PLUGINS = {"base"}
+#: the packages whose modules are plugins of each kind, the attribute each module names its plugin by, and the
+#: modules of the package that are not plugins
+PLUGIN_PACKAGES = {
+    "method": ("unlearnkit.methods", "METHOD", frozenset({"base"})),
+    "adapter": ("unlearnkit.adapters", "ADAPTER", frozenset({"base", "fisher"})),
+}
 
 
 @functools.cache
 def builtin_names(kind: str) -> list[str]:
     """The names of the package's own plugins of ``kind``: the modules of its package, found without importing
     them (listed once: a config asks for its method's class at every validation)."""
-    package, _ = PLUGIN_PACKAGES[kind]
+    package, _, not_plugins = PLUGIN_PACKAGES[kind]
     spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     return sorted(m.name for m in pkgutil.iter_modules(locations)
-                  if not m.name.startswith("_") and m.name not in _NOT_PLUGINS)
+                  if not m.name.startswith("_") and m.name not in not_plugins)
 
 
 def load_plugin(kind: str, reference: str) -> Any:
     """The class a plugin reference names: a built-in name, ``module.path:Class`` or ``file.py:Class`` (relative
     to the working directory). Raises :class:`UnlearnkitError` with one sentence when it names nothing."""
-    package, attribute = PLUGIN_PACKAGES[kind]
+    package, attribute, _ = PLUGIN_PACKAGES[kind]
     if ":" not in reference:
         names = builtin_names(kind)
         if reference not in names:

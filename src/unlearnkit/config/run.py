@@ -18,9 +18,6 @@ from unlearnkit.config.sources import SourceConfig
 from unlearnkit.config.suites import SUITES
 from unlearnkit.errors import UnlearnkitError, unknown_name
 
-ADAPTERS = ("none", "lora", "flora")
-PAPER_LR = {"none": 5e-5, "lora": 2e-4, "flora": 2e-4}
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -134,7 +131,8 @@ class FloraOptions(BaseModel):
 
 
 class AdapterConfig(Section):
-    name: str = Field("lora", description="none (full fine-tuning) | lora | flora")
+    name: str = Field("lora", description="none (full fine-tuning) | lora | flora, or your own: module.path:Class "
+                                          "or path/to/file.py:Class (docs/extending.md)")
     rank: int = Field(16, description="LoRA rank r")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the adapter is scaled by alpha / rank")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -145,9 +143,24 @@ class AdapterConfig(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in ADAPTERS:
-            raise ValueError(str(unknown_name("adapter", name, ADAPTERS)))
+        try:
+            adapter = load_plugin("adapter", name)
+        except UnlearnkitError as error:
+            raise ValueError(str(error).rstrip(".")) from None
+        if not (hasattr(adapter, "attach") and hasattr(adapter, "paper_lr")):
+            raise ValueError(f"{name} is not an adapter; subclass unlearnkit.adapters.Adapter (docs/extending.md)")
         return name
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> AdapterConfig:
+        problems = self.adapter_class().problems(self)
+        if problems:
+            raise ValueError(problems[0].rstrip("."))
+        return self
+
+    def adapter_class(self) -> Any:
+        """The adapter's class (:func:`unlearnkit.config.plugins.load_plugin`)."""
+        return load_plugin("adapter", self.name)
 
     @field_validator("rank")
     @classmethod
@@ -250,12 +263,12 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _resolve(self) -> RunConfig:
         if self.train.lr is None:
-            self.train.lr = PAPER_LR[self.adapter.name]
+            self.train.lr = self.adapter.adapter_class().paper_lr
         if self.train.retain_batch_size is None:
             self.train.retain_batch_size = self.train.batch_size
         problems = []  # all of them at once: one round of fixes should suffice
         if self.trains_on_retain() and self.data.retain is None:
-            why = "FLoRA's Fisher ratio" if self.adapter.name == "flora" else f"method {self.method.name}"
+            why = self.adapter.adapter_class().uses_retain or f"method {self.method.name}"
             problems.append(f"{why} needs a retain set; set data.retain (e.g. source: wikitext)")
         if self.data.validation is None and self.needs_validation():
             problems.append("without data.validation, set both eval.ma_threshold and eval.el_threshold")
@@ -271,7 +284,7 @@ class RunConfig(Section):
 
     def trains_on_retain(self) -> bool:
         """The retain set feeds training: the method's retain loss, or FLoRA's Fisher ratio."""
-        return bool(self.method.method_class().uses_retain) or self.adapter.name == "flora"
+        return bool(self.method.method_class().uses_retain) or bool(self.adapter.adapter_class().uses_retain)
 
     def needs_retain(self) -> bool:
         """The run loads the retain set: for training, or to score kept text before and after."""

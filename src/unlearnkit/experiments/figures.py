@@ -25,13 +25,14 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from unlearnkit.config.plugins import load_plugin
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write
 
 Row = dict[str, Any]
 
 PAPER_ORDER = ("GA", "GD", "LoRA", "LoRA+IHL", "FLoRA", "FLoRA+IHL")
 _OBJECTIVE_NAMES = {"ga": "GA", "gd": "GD", "ihl": "IHL", "npo": "NPO", "simnpo": "SimNPO"}
-_ADAPTER_NAMES = {"lora": "LoRA", "flora": "FLoRA"}
 # One hue per method in every figure of a report; the paper's own colours are not stated.
 _PAPER_COLOURS = {"GA": "tab:purple", "GD": "tab:brown", "LoRA": "tab:blue", "LoRA+IHL": "tab:orange",
                   "FLoRA": "tab:green", "FLoRA+IHL": "tab:red"}
@@ -57,10 +58,19 @@ def method_label(method: str, adapter: str) -> str:
     appended, e.g. LoRA+GA, FLoRA+SimNPO.
     """
     objective = _OBJECTIVE_NAMES.get(method.lower(), method.upper())
-    if adapter.lower() == "none":
+    found = _adapter_class(adapter)
+    if found is not None and not found.has_adapter:
         return objective
-    adapter_name = _ADAPTER_NAMES.get(adapter.lower(), adapter)
+    adapter_name = (found.label if found is not None else "") or adapter
     return adapter_name if method.lower() == "gd" else f"{adapter_name}+{objective}"
+
+
+def _adapter_class(adapter: str) -> Any:
+    """The class a results row's adapter names (its label and kind), or None for one this installation lacks."""
+    try:
+        return load_plugin("adapter", adapter.lower() if ":" not in adapter else adapter)
+    except UnlearnkitError:
+        return None
 
 
 def row_label(row: Row) -> str:
@@ -74,7 +84,9 @@ def ordered_labels(labels: Iterable[str]) -> list[str]:
     LoRA, FLoRA) and objective (GA, GD, IHL, NPO, SimNPO), each before its KL-retain variant; unknown ones last,
     alphabetically."""
     unique = set(labels)
-    adapters, objectives = ["", *_ADAPTER_NAMES.values()], list(_OBJECTIVE_NAMES.values())
+    # the adapters in the paper's order (none, LoRA, FLoRA): those its combined labels begin with
+    adapters = ["", *dict.fromkeys(label.split("+")[0] for label in PAPER_ORDER if "+" in label)]
+    objectives = list(_OBJECTIVE_NAMES.values())
 
     def family(label: str) -> tuple[int, int, int, str]:
         parts = label.split("+")
@@ -255,8 +267,11 @@ def _short_log_labels(axis: Axis) -> None:
 
 
 def _adapter_runs(rows: Sequence[Row]) -> list[Row]:
-    return [row for row in done_rows(rows)
-            if row.get("adapter", "none") != "none" and row.get("rank") is not None and row.get("modules")]
+    def adapted(row: Row) -> bool:
+        found = _adapter_class(str(row.get("adapter")))
+        return found is None or bool(found.has_adapter)
+
+    return [row for row in done_rows(rows) if adapted(row) and row.get("rank") is not None and row.get("modules")]
 
 
 def _fix(runs: list[Row], field: str, preferred: object) -> tuple[list[Row], Any]:

@@ -160,11 +160,11 @@ def _point_config(point: SweepPoint) -> Any:
 def _config_fields(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
-    adapter = config.adapter.name
-    return {"model": config.model.name, "method": config.method.name, "adapter": adapter,
+    adapted = config.adapter.adapter_class().has_adapter
+    return {"model": config.model.name, "method": config.method.name, "adapter": config.adapter.name,
             "retain_kind": config.method.retain_kind,
-            "rank": config.adapter.rank if adapter != "none" else None,
-            "modules": list(config.adapter.modules) if adapter != "none" else None,
+            "rank": config.adapter.rank if adapted else None,
+            "modules": list(config.adapter.modules) if adapted else None,
             "forget": config.data.forget.label(), "seed": config.seed,
             "lr": config.train.lr}
 

@@ -27,6 +27,7 @@ import torch
 from rich.console import Console
 
 from unlearnkit.config import RunConfig, build_config
+from unlearnkit.config.plugins import load_plugin
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.evaluation import evaluate_memorization
 from unlearnkit.io import atomic_write_text, claimed
@@ -132,7 +133,8 @@ def demo_config(model_dir: Path, splits: Path, settings: DemoSettings, output_di
         return {"source": "file", "path": str(splits / f"{name}.jsonl"), "per_document": True}
 
     rank = settings.rank or preset.rank
-    lr = (settings.ga_lr or preset.ga_lr) if adapter == "none" else (settings.lr or preset.lr)
+    full_fine_tuning = not load_plugin("adapter", adapter).has_adapter
+    lr = (settings.ga_lr or preset.ga_lr) if full_fine_tuning else (settings.lr or preset.lr)
     evaluation: dict[str, Any] = {"el_n": 10, "batch_size": preset.eval_batch_size,
                                   "retain_sequences": min(settings.kept_scored, settings.customers - settings.forget)}
     if thresholds is not None:  # reuse the first run's thresholds: no need to score the never-seen again

@@ -113,7 +113,7 @@ def demo_rows(result: DemoResult) -> list[tuple[str, ...]]:
 
 
 def _trainable(run: MethodRun) -> str:
-    if run.result.config.adapter.name == "none":
+    if not run.result.config.adapter.adapter_class().has_adapter:
         return "all (full fine-tuning)"
     layers = (run.result.adapter_summary or {}).get("layers")
     where = f" on {len(layers)} layers" if isinstance(layers, list) else ""
