@@ -22,7 +22,7 @@ LAYERS = [
     {"adapters"},
     {"metrics"},
     {"training", "steps", "methods", "guards"},
-    {"evaluation"},
+    {"evaluation", "stopping"},
     {"results"},
     {"checkpoints"},
     {"loop"},

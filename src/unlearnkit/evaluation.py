@@ -1,8 +1,10 @@
 """The evaluation snapshot: what "evaluate the model now" means, before and after unlearning and in an audit.
 
-MA and EL_n (Appendix B) on the forget, held-out and (optionally) retain sets, plus the privacy
-checks (TDEC extraction attack, membership inference); with ``eval.downstream``, what the model kept
-(:func:`downstream_scores`: reasoning accuracy, dialogue F1, perplexity) under the key ``downstream``.
+MA and EL_n (Appendix B) on the forget, held-out and (optionally) retain sets, then each registered
+:class:`Metric` that applies: the privacy checks (TDEC extraction attack, membership inference) under
+``privacy``, what the model kept with ``eval.downstream`` (:func:`downstream_scores`: reasoning accuracy,
+dialogue F1, perplexity — the suite's kinds, registered in :data:`SUITE_KINDS`) under ``downstream``, and a
+user's metrics named by ``eval.metrics`` (``file.py:Class``, docs/extending.md) under their own keys.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from unlearnkit.config import DownstreamConfig, EvalConfig, resolve_suite
+from unlearnkit.config.plugins import load_plugin
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.run_sets import RunData
 from unlearnkit.io import atomic_write_json, cache_root
@@ -178,12 +182,87 @@ def cached_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, pro
     return scores
 
 
+@dataclass(frozen=True)
+class SnapshotContext:
+    """What a metric may use beside the model and the sets: the snapshot's label ("before", "after", ...), the
+    tokenizer, the data directory, the evaluation options, the score cache and the progress display."""
+
+    config: EvalConfig
+    progress: Progress
+    label: str
+    tokenizer: Any = None
+    data_dir: str | Path | None = None
+    cache: ScoreCache | None = None
+
+
+class Metric:
+    """A part of the evaluation snapshot: its ``key`` in the snapshot (and in ``metrics.json``), whether it applies
+    to a run, and its measurement (a JSON-ready dict) of the model on the run's sets (forget / validation /
+    retain)."""
+
+    key: ClassVar[str] = ""
+
+    def applies(self, config: EvalConfig, sets: RunData) -> bool:
+        return True
+
+    def measure(self, model: Any, sets: RunData, context: SnapshotContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class PrivacyMetric(Metric):
+    """The TDEC extraction attack and membership inference, forget against held-out (``eval.audit``)."""
+
+    key = "privacy"
+
+    def applies(self, config: EvalConfig, sets: RunData) -> bool:
+        return config.audit and sets.validation is not None
+
+    def measure(self, model: Any, sets: RunData, context: SnapshotContext) -> dict[str, Any]:
+        assert sets.validation is not None
+        with context.progress.status(f"{context.label}: extraction attack and membership inference",
+                                     announce=False):
+            return privacy_checks(model, sets.forget, sets.validation, context.config, context.tokenizer)
+
+
+class DownstreamMetric(Metric):
+    """What the model kept (``eval.downstream``): :func:`downstream_scores`, kept in the score cache by weights."""
+
+    key = "downstream"
+
+    def applies(self, config: EvalConfig, sets: RunData) -> bool:
+        return config.downstream is not None
+
+    def measure(self, model: Any, sets: RunData, context: SnapshotContext) -> dict[str, Any]:
+        options, cache = context.config.downstream, context.cache
+        assert options is not None
+        if context.tokenizer is None or context.data_dir is None:
+            raise ValueError("the downstream evaluation needs the tokenizer and the data directory")
+        cached = cache.load_downstream(options) if cache is not None else None
+        if cached is not None:
+            context.progress.note(f"{context.label}: what these weights kept, from the score cache")
+            return cached
+        scores = downstream_scores(model, context.tokenizer, options, context.data_dir, context.progress,
+                                   context.label)
+        if cache is not None:
+            cache.store_downstream(options, scores)
+        return scores
+
+
+#: the snapshot's metrics after the memorisation scores of each set, in the order they are measured
+METRICS: tuple[Metric, ...] = (PrivacyMetric(), DownstreamMetric())
+
+
+def snapshot_metrics(config: EvalConfig) -> list[Metric]:
+    """The registered metrics, then the user's (``eval.metrics``: ``module:Class`` or ``file.py:Class``)."""
+    return [*METRICS, *(load_plugin("metric", reference)() for reference in config.metrics)]
+
+
 def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress: Progress,
                         label: str, tokenizer: Any = None, known: dict[str, Any] | None = None,
                         data_dir: str | Path | None = None, cache: ScoreCache | None = None,
                         el_roles: tuple[str, ...] = ("forget", "validation", "retain")) -> dict[str, Any]:
-    """Scores of every set by role (``forget``, ``validation``, ``retain``: what the model should keep), and
-    the privacy checks of forget against held-out text; ``known`` supplies scores already measured on this
+    """Scores of every set by role (``forget``, ``validation``, ``retain``: what the model should keep), then
+    every metric of :func:`snapshot_metrics` that applies; ``known`` supplies scores already measured on this
     very model, ``cache`` those measured on the same weights before (and keeps the new ones). The roles not in
     ``el_roles`` get MA alone (``el`` is ``None``)."""
     snapshot: dict[str, Any] = dict(known or {})
@@ -193,21 +272,10 @@ def evaluation_snapshot(model: Any, sets: RunData, config: EvalConfig, progress:
             continue
         snapshot[role] = cached_memorization(model, blocks, config, progress, f"{label} · {role}", cache,
                                              with_el=role in el_roles)
-    if config.audit and sets.validation is not None:
-        with progress.status(f"{label}: extraction attack and membership inference", announce=False):
-            snapshot["privacy"] = privacy_checks(model, sets.forget, sets.validation, config, tokenizer)
-    if config.downstream is not None and "downstream" not in snapshot:
-        if tokenizer is None or data_dir is None:
-            raise ValueError("the downstream evaluation needs the tokenizer and the data directory")
-        cached = cache.load_downstream(config.downstream) if cache is not None else None
-        if cached is not None:
-            progress.note(f"{label}: what these weights kept, from the score cache")
-            snapshot["downstream"] = cached
-        else:
-            snapshot["downstream"] = downstream_scores(model, tokenizer, config.downstream, data_dir, progress,
-                                                       label)
-            if cache is not None:
-                cache.store_downstream(config.downstream, snapshot["downstream"])
+    context = SnapshotContext(config, progress, label, tokenizer, data_dir, cache)
+    for metric in snapshot_metrics(config):
+        if metric.key not in snapshot and metric.applies(config, sets):
+            snapshot[metric.key] = metric.measure(model, sets, context)
     return snapshot
 
 
@@ -216,42 +284,59 @@ def downstream_scores(model: Any, tokenizer: Any, options: DownstreamConfig, dat
     """What the model kept (the paper's Table 1 columns): accuracy on reasoning tasks through lm-eval, F1 on
     dialogue sets, perplexity on document sets, each task's details and the means (``reasoning_acc``: mean
     accuracy; ``dialogue_f1``: mean F1; ``pile_ppl``), and the seconds each kind took."""
-    from unlearnkit.data.sources import load_documents
-    from unlearnkit.metrics.dialogue import dialogue_f1, mean_dialogue_f1
-    from unlearnkit.metrics.harness import reasoning_mean, reasoning_scores
-    from unlearnkit.metrics.perplexity import default_window, document_perplexity
 
     suite = resolve_suite(options.suite, options.tasks)
-    prefix = f"{label}: " if label else ""
     result: dict[str, Any] = {"suite": options.suite, "tasks": list(suite.tasks), "limit": options.limit}
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if suite.reasoning:
-        reasoning = reasoning_scores(model, tokenizer, suite.reasoning, data_dir=data_dir, limit=options.limit,
-                                     batch_size=options.batch_size, progress=progress)
-        result["reasoning"] = reasoning
-        result["reasoning_acc"] = reasoning_mean(reasoning)
-        seconds["reasoning"] = time.perf_counter() - t0
-    if suite.dialogue:
-        t0 = time.perf_counter()
-        dialogue = dialogue_f1(model, tokenizer, suite.dialogue, data_dir=data_dir, limit=options.limit,
-                               batch_size=options.batch_size, progress=progress)
-        result["dialogue"] = dialogue
-        result["dialogue_f1"] = mean_dialogue_f1(dialogue)
-        seconds["dialogue"] = time.perf_counter() - t0
-    if suite.perplexity:
-        t0 = time.perf_counter()
-        result["perplexity"] = {}
-        for name in suite.perplexity:
-            documents = load_documents(name, data_dir, options.limit)
-            with progress.status(f"{prefix}perplexity on {len(documents)} {name} documents", announce=False):
-                # Windows are long: batch about batch_size x 256 tokens at a time (the logits are tokens x vocabulary).
-                window = options.ppl_window or default_window(model)
-                result["perplexity"][name] = document_perplexity(
-                    model, tokenizer, documents, window=window, stride=options.ppl_stride,
-                    batch_size=max(1, options.batch_size * 256 // window))
-        if "pile" in result["perplexity"]:
-            result["pile_ppl"] = result["perplexity"]["pile"]["perplexity"]
-        seconds["perplexity"] = time.perf_counter() - t0
+    for kind, measure in SUITE_KINDS.items():
+        names = getattr(suite, kind)
+        if names:
+            started = time.perf_counter()
+            result.update(measure(model, tokenizer, names, options, data_dir, progress, label))
+            seconds[kind] = time.perf_counter() - started
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return result
+
+
+def _reasoning(model: Any, tokenizer: Any, tasks: tuple[str, ...], options: DownstreamConfig,
+               data_dir: str | Path, progress: Progress, label: str) -> dict[str, Any]:
+    from unlearnkit.metrics.harness import reasoning_mean, reasoning_scores
+
+    reasoning = reasoning_scores(model, tokenizer, list(tasks), data_dir=data_dir, limit=options.limit,
+                                 batch_size=options.batch_size, progress=progress)
+    return {"reasoning": reasoning, "reasoning_acc": reasoning_mean(reasoning)}
+
+
+def _dialogue(model: Any, tokenizer: Any, sets: tuple[str, ...], options: DownstreamConfig, data_dir: str | Path,
+              progress: Progress, label: str) -> dict[str, Any]:
+    from unlearnkit.metrics.dialogue import dialogue_f1, mean_dialogue_f1
+
+    dialogue = dialogue_f1(model, tokenizer, list(sets), data_dir=data_dir, limit=options.limit,
+                           batch_size=options.batch_size, progress=progress)
+    return {"dialogue": dialogue, "dialogue_f1": mean_dialogue_f1(dialogue)}
+
+
+def _perplexity(model: Any, tokenizer: Any, sets: tuple[str, ...], options: DownstreamConfig,
+                data_dir: str | Path, progress: Progress, label: str) -> dict[str, Any]:
+    from unlearnkit.data.sources import load_documents
+    from unlearnkit.metrics.perplexity import default_window, document_perplexity
+
+    prefix = f"{label}: " if label else ""
+    perplexities: dict[str, Any] = {}
+    for name in sets:
+        documents = load_documents(name, data_dir, options.limit)
+        with progress.status(f"{prefix}perplexity on {len(documents)} {name} documents", announce=False):
+            # Windows are long: batch about batch_size x 256 tokens at a time (the logits are tokens x vocabulary).
+            window = options.ppl_window or default_window(model)
+            perplexities[name] = document_perplexity(
+                model, tokenizer, documents, window=window, stride=options.ppl_stride,
+                batch_size=max(1, options.batch_size * 256 // window))
+    found: dict[str, Any] = {"perplexity": perplexities}
+    if "pile" in perplexities:
+        found["pile_ppl"] = perplexities["pile"]["perplexity"]
+    return found
+
+
+SuiteKind = Callable[[Any, Any, tuple[str, ...], DownstreamConfig, "str | Path", Progress, str], dict[str, Any]]
+#: the kinds of a downstream suite (config/suites.py's Suite fields), each measured by its function, in order
+SUITE_KINDS: dict[str, SuiteKind] = {"reasoning": _reasoning, "dialogue": _dialogue, "perplexity": _perplexity}

@@ -28,17 +28,18 @@ from unlearnkit.config import RunConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.run_sets import RunData, load_run_data
-from unlearnkit.evaluation import ScoreCache, evaluate_memorization, evaluation_snapshot
+from unlearnkit.evaluation import ScoreCache, evaluation_snapshot
 from unlearnkit.flops import FlopTally
 from unlearnkit.guards import Clock, Guard, collapse
 from unlearnkit.methods import MethodSetup, UnlearningMethod, build_method
 from unlearnkit.metrics.perplexity import perplexity
-from unlearnkit.metrics.thresholds import Thresholds, run_thresholds
+from unlearnkit.metrics.thresholds import run_thresholds
 from unlearnkit.modeling import LoadedModel, enable_gradient_checkpointing, load_configured_model
 from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_sharded_weights
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.steps import EpochPlan
+from unlearnkit.stopping import StoppingRule, stopping_rule
 from unlearnkit.training import OptimisationStep
 
 
@@ -193,14 +194,14 @@ def _before(session: _Session, setup: _SetUp) -> LoopState:
 def _stop_if_nothing_to_forget(loop: LoopState, config: RunConfig, progress: Progress) -> None:
     """A forget set that meets the criterion before unlearning is a warning; with early stopping nothing trains
     (an epoch could only damage the model)."""
-    forget = loop.before["forget"]
-    if forget["el"] is None or not loop.thresholds.forgotten(forget["ma"], forget["el"]):
+    rule = stopping_rule(config.eval, loop.thresholds)
+    if not rule.met(loop.before["forget"]):
         return
     loop.state.warnings.append("the forget set already meets the forgetting criterion before unlearning: the "
                                "model does not reproduce it more than unseen text (it never memorised it, or an "
                                "earlier unlearning removed it), so there was nothing to forget")
     progress.warn(loop.state.warnings[-1])
-    if config.eval.early_stop:
+    if rule.stops(loop.before["forget"]):
         loop.state.criterion_met = True
         loop.state.stop_reason = "forgetting criterion already met before unlearning: nothing was trained"
 
@@ -318,12 +319,12 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
     """After an epoch: MA and EL_n on the forget set (Appendix B), the epoch's record, then the collapse guard
     and the criterion."""
     config, processes, state, thresholds = session.config, session.processes, loop.state, loop.thresholds
+    rule = stopping_rule(config.eval, thresholds)
     training.model.eval()
     evaluated = training.whole.of(training.model)
     with training.tally.count("criterion"):  # on the main process, where the criterion is computed
         scores, check_loss = processes.on_main(functools.partial(
-            _epoch_scores, evaluated, setup.data.forget, training.check_blocks, config, thresholds,
-            session.progress, epoch))
+            _epoch_scores, evaluated, setup.data.forget, training.check_blocks, rule, session.progress, epoch))
     record: dict[str, Any] = {
         "epoch": epoch,
         **processes.mean({k: _mean(losses_of(losses, k)) for k in ("loss", "forget_loss", "retain_loss")
@@ -346,9 +347,9 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
         return
     training.guard.keep()
     loop.last_scores = scores
-    if scores["el"] is not None and thresholds.forgotten(scores["ma"], scores["el"]):
+    if rule.met(scores):
         state.criterion_met = True
-        if config.eval.early_stop:
+        if rule.stops(scores):
             state.stop_reason = f"forgetting criterion met after epoch {epoch}"
 
 
@@ -376,14 +377,12 @@ def _after(session: _Session, setup: _SetUp, training: _Training, loop: LoopStat
                              "mixed_precision": str(accelerator.mixed_precision)}, parameters=training.parameters)
 
 
-def _epoch_scores(model: Any, forget: TokenBlocks, check_blocks: TokenBlocks | None, config: RunConfig,
-                  thresholds: Thresholds, progress: Progress, epoch: int) -> tuple[dict[str, Any], float | None]:
-    """After an epoch: MA and EL_n of the forget set (only what the stopping rule needs, with ``decide``) and
-    the LM loss of the collapse check's text."""
-    scores = evaluate_memorization(model, forget, config.eval, progress, label=f"epoch {epoch} · forget",
-                                   thresholds=((thresholds.ma, thresholds.el)
-                                               if config.eval.per_epoch_el == "decide" else None))
-    return scores, _lm_loss(model, check_blocks) if check_blocks is not None else None
+def _epoch_scores(model: Any, forget: TokenBlocks, check_blocks: TokenBlocks | None, rule: StoppingRule,
+                  progress: Progress, epoch: int) -> tuple[dict[str, Any], float | None]:
+    """After an epoch: what the stopping rule measures on the forget set, and the LM loss of the collapse check's
+    text."""
+    return rule.epoch_scores(model, forget, progress, epoch), \
+        _lm_loss(model, check_blocks) if check_blocks is not None else None
 
 
 def _kept_sample(data: RunData, config: RunConfig) -> TokenBlocks | None:

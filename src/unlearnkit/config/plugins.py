@@ -25,9 +25,10 @@ from unlearnkit.errors import UnlearnkitError, unknown_name
 
 #: the packages whose modules are plugins of each kind, the attribute each module names its plugin by, and the
 #: modules of the package that are not plugins
-PLUGIN_PACKAGES = {
+PLUGIN_PACKAGES: dict[str, tuple[str | None, str, frozenset[str]]] = {
     "method": ("unlearnkit.methods", "METHOD", frozenset({"base"})),
     "adapter": ("unlearnkit.adapters", "ADAPTER", frozenset({"base", "fisher"})),
+    "metric": (None, "METRIC", frozenset()),  # the built-in ones are the snapshot's own (evaluation.METRICS)
 }
 
 
@@ -36,6 +37,8 @@ def builtin_names(kind: str) -> list[str]:
     """The names of the package's own plugins of ``kind``: the modules of its package, found without importing
     them (listed once: a config asks for its method's class at every validation)."""
     package, _, not_plugins = PLUGIN_PACKAGES[kind]
+    if package is None:
+        return []
     spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     return sorted(m.name for m in pkgutil.iter_modules(locations)
@@ -48,6 +51,9 @@ def load_plugin(kind: str, reference: str) -> Any:
     package, attribute, _ = PLUGIN_PACKAGES[kind]
     if ":" not in reference:
         names = builtin_names(kind)
+        if not names:
+            raise UnlearnkitError(f'The {kind} "{reference}" names no class; name your own as module.path:Class or '
+                                  "path/to/file.py:Class.")
         if reference not in names:
             error = unknown_name(kind, reference, names)
             raise UnlearnkitError(f"{str(error).rstrip('.')}; or name your own as module.path:Class or "

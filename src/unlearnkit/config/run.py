@@ -236,6 +236,22 @@ class EvalConfig(Section):
                           "fingerprint, and reuse them in later runs and in an interrupted attack run again")
     downstream: DownstreamConfig | None = Field(
         None, description="what the model kept, before and after: reasoning, dialogue, perplexity (null: off)")
+    metrics: list[str] = Field(
+        default_factory=list, description="metrics of your own in every snapshot (before, after, audit): "
+                                          "module.path:Class or path/to/file.py:Class (docs/extending.md)")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_load(cls, references: list[str]) -> list[str]:
+        for reference in references:
+            try:
+                metric = load_plugin("metric", reference)
+            except UnlearnkitError as error:
+                raise ValueError(str(error).rstrip(".")) from None
+            if not (isinstance(getattr(metric, "key", None), str) and metric.key and hasattr(metric, "measure")):
+                raise ValueError(f"{reference} is not a metric; subclass unlearnkit.evaluation.Metric and give it a "
+                                 "key (docs/extending.md)")
+        return references
 
 
 class OutputConfig(Section):
