@@ -26,7 +26,7 @@ LAYERS = [
     {"results"},
     {"checkpoints"},
     {"loop"},
-    {"reports", "outputs", "preflight", "attacks", "sequential"},
+    {"reports", "outputs", "preflight", "attacks", "runner", "sequential"},
     {"showcase"},
     {"experiments"},
     {"cli"},
@@ -210,3 +210,24 @@ def test_adapters_are_asked_not_named():
             about_adapters = "adapter" in (ast.get_source_segment(source, node) or "")
             assert not strings & (names - {"none"}) and not (about_adapters and strings & names), \
                 f"{module}:{node.lineno} compares an adapter name; ask the adapter class instead"
+
+
+def _calls_and_strings(path: Path) -> tuple[set[str], set[str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    calls = {node.func.id if isinstance(node.func, ast.Name) else node.func.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)}
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return calls, strings
+
+
+def test_one_way_to_run_and_one_reader_of_run_directories():
+    """Every run goes through runner.unlearn (claim → check → resume → run → write); what a run wrote is read back
+    through outputs.RunDirectory alone, never by file name elsewhere."""
+    for module, path in MODULES.items():
+        calls, strings = _calls_and_strings(path)
+        if module != "unlearnkit.runner":
+            assert "run_unlearning" not in calls, f"{module} runs the loop itself; call unlearnkit.runner.unlearn"
+            assert "write_run_outputs" not in calls or module == "unlearnkit.outputs", module
+        # ownership knows the entries of runs written before markers; checkpoints keep a config.yaml of their own
+        if module not in {"unlearnkit.outputs", "unlearnkit.ownership", "unlearnkit.checkpoints"}:
+            assert not strings & {"metrics.json", "config.yaml"}, f"{module} reads a run by file name"

@@ -22,7 +22,7 @@ from unlearnkit.config import load_config
 from unlearnkit.data.sources import load_blocks
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.loop import run_unlearning
-from unlearnkit.outputs import check_output_dir, write_run_outputs
+from unlearnkit.outputs import RunDirectory, check_output_dir, write_run_outputs
 from unlearnkit.reports import render_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,10 +53,14 @@ def test_each_method_unlearns_and_outputs_reload(memorized_model_dir, tmp_path, 
     assert after["ma"] <= result.thresholds.ma and after["el"] <= result.thresholds.el
     assert result.thresholds.n_sequences == 8
 
-    # the output directory is complete and self-describing
+    # the output directory is complete and self-describing, and reads back typed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["criterion_met"] and len(metrics["epochs"]) == len(result.state.history) >= 1
     assert load_config(out / "config.yaml") == config
+    run = RunDirectory(out)
+    assert run.finished and run.config() == config and run.metrics().success and result.success
+    assert run.metrics().after.forget is not None and run.metrics().after.forget.ma == after["ma"]
+    assert run.metrics().model_dump(exclude_unset=True) == metrics  # every key of the file, as written
     assert "Forgetting criterion met" in (out / "report.md").read_text()
     assert not list(tmp_path.glob(".run.partial-*"))
     # what it cost: training FLOPs as the analytic 6 N (full) or 4 N + 6 A (LoRA) per token (tests/test_flops.py)
@@ -192,7 +196,8 @@ def test_a_wrecked_model_is_stopped_as_collapsed_not_called_a_success(memorized_
     assert float(memorization_accuracy(result.model, result.data.forget.input_ids).mean()) == pytest.approx(
         result.before["forget"]["ma"])
     write_run_outputs(result)
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["collapsed_epoch"] == 1
+    metrics = RunDirectory(tmp_path / "run").metrics()
+    assert metrics.collapsed_epoch == 1 and metrics.criterion_met is False and not metrics.success
 
 
 def test_the_cli_exits_3_for_a_collapsed_run_and_says_why_first(memorized_model_dir, tmp_path, monkeypatch, capsys):

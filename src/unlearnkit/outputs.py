@@ -1,4 +1,5 @@
-"""Writing a run's outputs: merged model, adapter, metrics, resolved config and report, as one directory.
+"""Writing a run's outputs — merged model, adapter, metrics, resolved config and report, as one directory — and
+reading them back (:class:`RunDirectory`, the one reader beside the one writer).
 
 The directory is assembled in a hidden staging directory and moved into place only when complete
 (:func:`unlearnkit.io.staged_directory`), so a run never leaves half an output behind.
@@ -6,17 +7,22 @@ The directory is assembled in a hidden staging directory and moved into place on
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from unlearnkit.checkpoints import Checkpoints, launched_first
 from unlearnkit.config import RunConfig
 from unlearnkit.io import atomic_write_json, atomic_write_text, claimed, remove_stale_staging, staged_directory
 from unlearnkit.ownership import check_replaceable, mark_directory
 from unlearnkit.reports import metrics_document, package_versions, render_report
-from unlearnkit.results import RunResult
+from unlearnkit.results import RunMetrics, RunResult
+
+CONFIG_FILE, RUN_FILE, METRICS_FILE, REPORT_FILE = "config.yaml", "run.json", "metrics.json", "report.md"
 
 
 def check_output_dir(config: RunConfig, config_file: str | Path | None = None) -> Path:
@@ -95,8 +101,8 @@ def write_run_outputs(result: RunResult) -> Path:
         if config.output.save_model:
             result.plain_model().save_pretrained(staging / "model", safe_serialization=True)
             result.tokenizer.save_pretrained(staging / "model")
-        atomic_write_text(staging / "config.yaml", config.to_yaml())
-        atomic_write_json(staging / "run.json", {
+        atomic_write_text(staging / CONFIG_FILE, config.to_yaml())
+        atomic_write_json(staging / RUN_FILE, {
             "seed": config.seed,
             "versions": package_versions(),
             "data_fingerprints": result.data.fingerprints(),
@@ -109,8 +115,44 @@ def write_run_outputs(result: RunResult) -> Path:
             "launch": result.launch,
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
         })
-        atomic_write_json(staging / "metrics.json", metrics_document(result))
-        atomic_write_text(staging / "report.md", render_report(result))
+        atomic_write_json(staging / METRICS_FILE, metrics_document(result))
+        atomic_write_text(staging / REPORT_FILE, render_report(result))
         mark_directory(staging, "run")
     Checkpoints.of(config).discard()  # the run is complete: nothing is left to resume
     return final
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """A directory :func:`write_run_outputs` wrote, read back: its configuration, metrics (typed), facts of the
+    run (``run.json``), and where its model and adapter are."""
+
+    path: Path
+
+    @property
+    def finished(self) -> bool:
+        """The run finished and wrote its outputs (``run.json`` is written with them, atomically)."""
+        return (self.path / RUN_FILE).is_file()
+
+    def config(self) -> RunConfig:
+        import yaml
+
+        from unlearnkit.config import build_config
+
+        return build_config(yaml.safe_load((self.path / CONFIG_FILE).read_text(encoding="utf-8")))
+
+    def metrics(self) -> RunMetrics:
+        return RunMetrics.model_validate_json((self.path / METRICS_FILE).read_text(encoding="utf-8"))
+
+    def run_facts(self) -> dict[str, Any]:
+        """``run.json``: versions, seed, data fingerprints and forget ids, target modules, batch, timings."""
+        facts: dict[str, Any] = json.loads((self.path / RUN_FILE).read_text(encoding="utf-8"))
+        return facts
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"

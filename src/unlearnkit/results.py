@@ -1,14 +1,87 @@
-"""What a run produced: its changing state while it trains and the result it returns to the caller."""
+"""What a run produced: its changing state while it trains, the result it returns to the caller, and the typed
+form of what a run directory's ``metrics.json`` holds (:class:`RunMetrics`: snapshots, per-set scores).
+
+Whether a run succeeded is decided here once (:func:`succeeded`), for the run that just finished and for one
+read back from its directory.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict
+
 if TYPE_CHECKING:
     from unlearnkit.config import RunConfig
     from unlearnkit.data.run_sets import RunData
     from unlearnkit.metrics.thresholds import Thresholds
+
+
+#: what the model kept, as the snapshot's ``downstream`` part and every table name it: reasoning accuracy, dialogue
+#: F1, Pile perplexity (Table 1's columns)
+KEPT_KEYS = ("reasoning_acc", "dialogue_f1", "pile_ppl")
+
+
+def succeeded(criterion_met: bool, diverged_epoch: int | None, collapsed_epoch: int | None) -> bool:
+    """A run succeeded when it met the forgetting criterion without diverging or collapsing."""
+    return bool(criterion_met) and diverged_epoch is None and collapsed_epoch is None
+
+
+class SetScores(BaseModel):
+    """MA (Eq. 8) and EL_n (Eq. 7) of one set: means and per sequence (``el`` is None where it was not scored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    sequences: int
+    ma: float
+    el: float | None = None
+    ma_per_sequence: list[float] = []
+    el_per_sequence: list[float] | None = None
+
+
+class Snapshot(BaseModel):
+    """One evaluation snapshot (:func:`unlearnkit.evaluation.evaluation_snapshot`): each set's scores by role, and
+    each metric's part under its key (``privacy``, ``downstream``, a user's own)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    forget: SetScores | None = None
+    validation: SetScores | None = None
+    retain: SetScores | None = None
+    privacy: dict[str, Any] | None = None
+    downstream: dict[str, Any] | None = None
+
+    def kept(self) -> dict[str, Any]:
+        """What the model kept (:data:`KEPT_KEYS`; None where not measured)."""
+        return {key: (self.downstream or {}).get(key) for key in KEPT_KEYS}
+
+
+class RunMetrics(BaseModel):
+    """A run's ``metrics.json`` (:func:`unlearnkit.reports.metrics_document` writes it), typed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stop_reason: str
+    criterion_met: bool
+    collapsed_epoch: int | None = None
+    diverged_epoch: int | None = None
+    warnings: list[str] = []
+    resumed_after_epochs: list[int] = []
+    thresholds: dict[str, Any]
+    before: Snapshot
+    epochs: list[dict[str, Any]] = []
+    after: Snapshot
+    epochs_run: int
+    steps: int = 0
+    tokens_seen: int = 0
+    adapter: dict[str, Any] | None = None
+    compute: dict[str, Any] = {}
+
+    @property
+    def success(self) -> bool:
+        return succeeded(self.criterion_met, self.diverged_epoch, self.collapsed_epoch)
 
 
 @dataclass
@@ -66,6 +139,10 @@ class RunResult:
         flops = {**self.state.flops, "total": float(sum(self.state.flops.values()))}
         return {"flops": flops, "tokens": {"train": self.state.tokens_seen},
                 "parameters": parameters, "seconds": {k: round(v, 2) for k, v in self.timings.items()}}
+
+    @property
+    def success(self) -> bool:
+        return succeeded(self.state.criterion_met, self.state.diverged_epoch, self.state.collapsed_epoch)
 
     @property
     def merged(self) -> bool:

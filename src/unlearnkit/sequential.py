@@ -13,7 +13,6 @@ it wrote, so an interrupted sequence continues where it stopped.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,13 @@ from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.sources import load_blocks
 from unlearnkit.evaluation import ScoreCache, cached_memorization
 from unlearnkit.io import atomic_write_json, atomic_write_text
-from unlearnkit.loop import run_unlearning
 from unlearnkit.modeling import LoadedModel, load_configured_model, load_model
-from unlearnkit.outputs import write_run_outputs
+from unlearnkit.outputs import RunDirectory
 from unlearnkit.progress import Progress
+from unlearnkit.results import KEPT_KEYS
+from unlearnkit.runner import unlearn
 
 SUMMARY_JSON, SUMMARY_MD = "requests.json", "requests.md"
-KEPT = ("reasoning_acc", "dialogue_f1", "pile_ppl")
 
 
 def request_configs(config: RunConfig) -> list[RunConfig]:
@@ -63,12 +62,12 @@ def run_requests(config: RunConfig, *, quiet: bool = False, progress: Progress |
     summary["as_loaded"] = [{"request": number, "ma": scores["ma"], "el": scores["el"]}
                             for number, scores in enumerate(score_every_set("as loaded"), 1)]
     for number, single in enumerate(configs, 1):
-        directory = Path(single.output.dir)
-        if (directory / "run.json").is_file():
+        run = RunDirectory(Path(single.output.dir))
+        if run.finished:
             progress.note(f"request {number} ({single.data.forget.label()}) finished before: continuing from "
-                          f"{directory / 'model'}")
-            metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-            loaded = load_model(str(directory / "model"), dtype=config.model.dtype)
+                          f"{run.model_dir}")
+            metrics = run.metrics()
+            loaded = load_model(str(run.model_dir), dtype=config.model.dtype)
         else:
             progress.note(f"request {number} of {len(configs)}: {single.data.forget.label()}")
             if number > 1:  # one standard for every request: held-out text under the model as it was first
@@ -77,29 +76,26 @@ def run_requests(config: RunConfig, *, quiet: bool = False, progress: Progress |
                     else first["ma"]
                 single.eval.el_threshold = single.eval.el_threshold if single.eval.el_threshold is not None \
                     else first["el"]
-            result = run_unlearning(single, loaded=loaded, quiet=quiet)
-            write_run_outputs(result)
-            metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-            loaded = LoadedModel(result.plain_model().eval(), loaded.tokenizer, loaded.source, loaded.gguf_file)
-        thresholds = {"ma": metrics["thresholds"]["ma"], "el": metrics["thresholds"]["el"]}
+            finished = unlearn(single, loaded=loaded, quiet=quiet)
+            assert finished is not None  # returned whenever skip_finished is off
+            metrics = finished.metrics
+            loaded = LoadedModel(finished.result.plain_model().eval(), loaded.tokenizer, loaded.source,
+                                 loaded.gguf_file)
+        thresholds = {"ma": metrics.thresholds["ma"], "el": metrics.thresholds["el"]}
         if number == 1:  # what the model as loaded kept: scored by the first request before it unlearned
-            summary["kept_as_loaded"] = _kept(metrics["before"])
+            summary["kept_as_loaded"] = metrics.before.kept()
         summary["after"].append({
-            "request": number, "criterion_met": metrics["criterion_met"], "stop_reason": metrics["stop_reason"],
+            "request": number, "criterion_met": metrics.criterion_met, "stop_reason": metrics.stop_reason,
             "thresholds": thresholds,
             "forget_sets": [{"request": each, "ma": scores["ma"], "el": scores["el"],
                              "below_thresholds": _below(scores, thresholds)}
                             for each, scores in enumerate(score_every_set(f"after request {number}"), 1)],
-            "kept": _kept(metrics["after"]),
-            "retain_check_loss": (metrics["epochs"][-1].get("retain_check_loss") if metrics["epochs"] else None),
+            "kept": metrics.after.kept(),
+            "retain_check_loss": (metrics.epochs[-1].get("retain_check_loss") if metrics.epochs else None),
         })
         atomic_write_json(Path(config.output.dir) / SUMMARY_JSON, summary)  # kept up to date as requests finish
     atomic_write_text(Path(config.output.dir) / SUMMARY_MD, requests_markdown(summary))
     return summary
-
-
-def _kept(snapshot: dict[str, Any]) -> dict[str, Any]:
-    return {key: snapshot.get("downstream", {}).get(key) for key in KEPT}
 
 
 def _below(scores: dict[str, Any], thresholds: dict[str, float]) -> bool:
@@ -123,7 +119,7 @@ def requests_markdown(summary: dict[str, Any]) -> str:
 
     def kept_cells(kept: dict[str, Any]) -> list[str]:
         return ["—" if kept.get(key) is None else f"{(100 if key != 'pile_ppl' else 1) * kept[key]:.1f}"
-                for key in KEPT]
+                for key in KEPT_KEYS]
 
     if "as_loaded" in summary:
         lines.append("| " + " | ".join(["as loaded", "", *(score(e) for e in summary["as_loaded"]),

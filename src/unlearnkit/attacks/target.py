@@ -8,18 +8,16 @@ to load the original base with the adapter (``adapter/``) for quantising the bas
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from unlearnkit.attacks.suite import Before
-from unlearnkit.config import RunConfig, SourceConfig, build_config
+from unlearnkit.config import RunConfig, SourceConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.outputs import RunDirectory
 
 
 @dataclass
@@ -36,10 +34,8 @@ class AttackTarget:
 
 def run_config_of(location: str | Path) -> RunConfig | None:
     """The config of the run whose output directory ``location`` is, or ``None`` for anything else."""
-    directory = Path(location).expanduser()
-    if not (directory / "run.json").is_file():
-        return None
-    return build_config(yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")))
+    run = RunDirectory(Path(location).expanduser())
+    return run.config() if run.finished else None
 
 
 def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfig | None, seq_len: int | None,
@@ -59,30 +55,29 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
         raise UnlearnkitError("The run has no held-out set in its config; pass --holdout SOURCE.")
     length = seq_len or (config.data.seq_len if config else 200)
     # a run directory: its model in the dtype it was trained in
-    loaded = (load_model(str(directory / "model"), dtype=config.model.dtype) if config is not None
+    run = RunDirectory(directory)
+    loaded = (load_model(str(run.model_dir), dtype=config.model.dtype) if config is not None
               else load_model(location))
     forget_blocks = load_blocks(forget_source, loaded.tokenizer, data_dir, seq_len=length)
     holdout_blocks = load_blocks(holdout_source, loaded.tokenizer, data_dir, seq_len=length)
     target = AttackTarget(loaded.model.eval(), loaded.tokenizer, forget_blocks, holdout_blocks, run_config=config)
     if config is None:
         return target
-    run_json = json.loads((directory / "run.json").read_text(encoding="utf-8"))
-    metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-    if run_json.get("data_fingerprints", {}).get("forget") == dataset_fingerprint(forget_blocks):
-        scores = metrics["before"]["forget"]
-        extraction = metrics["before"].get("privacy", {}).get("extraction_forget", {}).get("exact_match_rate")
-        target.before = Before(scores["ma_per_sequence"], scores["el_per_sequence"], extraction)
+    metrics = run.metrics()
+    if run.run_facts().get("data_fingerprints", {}).get("forget") == dataset_fingerprint(forget_blocks):
+        scores = metrics.before.forget
+        assert scores is not None and scores.el_per_sequence is not None  # scored in full before unlearning
+        extraction = (metrics.before.privacy or {}).get("extraction_forget", {}).get("exact_match_rate")
+        target.before = Before(scores.ma_per_sequence, scores.el_per_sequence, extraction)
     target.run_facts = {
         "method": config.method.name, "adapter": config.adapter.name, "retain_kind": config.method.retain_kind,
-        "forget": config.data.forget.label(), "seed": config.seed, "epochs": metrics["epochs_run"],
-        "criterion_met": bool(metrics["criterion_met"]),
-        "success": bool(metrics["criterion_met"] and metrics["diverged_epoch"] is None
-                        and metrics["collapsed_epoch"] is None)}
-    if config.adapter.adapter_class().has_adapter and (directory / "adapter" / "adapter_config.json").is_file():
+        "forget": config.data.forget.label(), "seed": config.seed, "epochs": metrics.epochs_run,
+        "criterion_met": metrics.criterion_met, "success": metrics.success}
+    if config.adapter.adapter_class().has_adapter and (run.adapter_dir / "adapter_config.json").is_file():
         def adapted() -> Any:
             from unlearnkit.adapters.lora import load_adapter
 
-            return load_adapter(load_configured_model(config.model).model, str(directory / "adapter")).eval()
+            return load_adapter(load_configured_model(config.model).model, str(run.adapter_dir)).eval()
 
         target.adapted = adapted
     return target

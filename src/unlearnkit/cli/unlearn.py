@@ -53,43 +53,33 @@ def run(
         overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
         cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
     output_dir = check_run(cfg, config)  # every problem, before any expensive work
-    with claim_output_dir(cfg):  # a second run into the same directory is refused while this one writes it
-        _unlearn(cfg, output_dir, restart=restart, quiet=quiet)
+    if cfg.data.requests:  # several deletion requests, one after another
+        with claim_output_dir(cfg):
+            _run_requests(cfg, quiet)
+        return
+    _unlearn(cfg, output_dir, restart=restart, quiet=quiet)
 
 
 def _unlearn(cfg: Any, output_dir: Path, *, restart: bool, quiet: bool) -> None:
     from unlearnkit.checkpoints import Checkpoints, launched_first
-    from unlearnkit.outputs import write_run_outputs
-
-    checkpoints = Checkpoints.of(cfg) if cfg.output.checkpoint else None
-    # Of a distributed run's processes only the first, which holds the claim, touches the checkpoint before the
-    # run starts: another launch's second process must not remove the checkpoint of a run still writing it.
-    if checkpoints is not None and launched_first():
-        if restart:
-            checkpoints.discard()
-        checkpoints.resumable(cfg)  # a checkpoint of another configuration is refused here, before any work
-    from unlearnkit.loop import run_unlearning
-    from unlearnkit.progress import Progress
     from unlearnkit.reports import before_after_table
+    from unlearnkit.runner import unlearn
 
-    if cfg.data.requests:  # several deletion requests, one after another
-        _run_requests(cfg, quiet)
-        return
     if (output_dir / "run.json").is_file():
         err.print(f"Replacing the previous unlearnkit output in {output_dir} (--overwrite).", markup=False,
                   highlight=False)
     console = Console(emoji=False, quiet=quiet)
     try:
-        result = run_unlearning(cfg, console=console, quiet=quiet, checkpoints=checkpoints)
+        finished = unlearn(cfg, console=console, quiet=quiet, restart=restart)
+        assert finished is not None  # returned whenever skip_finished is off
     except KeyboardInterrupt:
         if launched_first():  # of a distributed run's processes, the first one says it
-            _say_interrupted(checkpoints, output_dir)
+            _say_interrupted(Checkpoints.of(cfg) if cfg.output.checkpoint else None, output_dir)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    if result.main_process:  # on several processes (accelerate launch, torchrun) the main one writes and says
-        with Progress(console=console, quiet=quiet).status("Writing outputs"):
-            output_dir = write_run_outputs(result)
+    result = finished.result
+    if finished.directory is not None:
         Console(emoji=False).print(before_after_table(result))
-        Console(emoji=False).print(f"Outputs in {output_dir}", markup=False, highlight=False)
+        Console(emoji=False).print(f"Outputs in {finished.directory}", markup=False, highlight=False)
     code, message = EXIT_OK, ""
     if result.state.diverged_epoch is not None or result.state.collapsed_epoch is not None:
         advice = "lower train.lr" + ("" if cfg.train.max_grad_norm is not None else " or set train.max_grad_norm")

@@ -22,9 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from unlearnkit.config import build_config
 from unlearnkit.config.sweep import Sweep, SweepPoint
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import ClaimedElsewhere, atomic_write_json, atomic_write_text
@@ -52,11 +49,9 @@ def failure_file(sweep: Sweep, point: SweepPoint) -> Path:
 def run_sweep(sweep: Sweep, points: list[SweepPoint], *, quiet: bool = True,
               say: Callable[[str], None] = lambda _: None) -> SweepOutcome:
     """Run ``points`` of ``sweep`` (a shard of it, or all), one after another, in this process."""
-    from unlearnkit.checkpoints import Checkpoints
     from unlearnkit.config import load_config
-    from unlearnkit.loop import run_unlearning
     from unlearnkit.modeling import load_configured_model
-    from unlearnkit.outputs import check_output_dir, claim_output_dir, write_run_outputs
+    from unlearnkit.runner import unlearn
 
     outcome = SweepOutcome()
     held: dict[str, Any] = {}  # the last model loaded, reused by the next point on it (each run copies it)
@@ -68,21 +63,22 @@ def run_sweep(sweep: Sweep, points: list[SweepPoint], *, quiet: bool = True,
         started = time.perf_counter()
         try:
             config = load_config(point.config, point.overrides)
-            with claim_output_dir(config):
-                if (sweep.output / point.name / "run.json").is_file():  # finished by another process meanwhile
-                    outcome.skipped.append(point.name)
-                    say("    already done")
-                    continue
-                check_output_dir(config)
+
+            def model(config: Any = config) -> Any:
                 key = config.model.model_dump_json()
                 if key not in held:
                     held.clear()
                     held[key] = load_configured_model(config.model)
-                result = run_unlearning(config, loaded=held[key], quiet=quiet, checkpoints=Checkpoints.of(config))
-                write_run_outputs(result)
+                return held[key]
+
+            finished = unlearn(config, loaded=model, quiet=quiet, skip_finished=True)
+            if finished is None:  # finished by another process meanwhile
+                outcome.skipped.append(point.name)
+                say("    already done")
+                continue
             failure_file(sweep, point).unlink(missing_ok=True)
             outcome.ran.append(point.name)
-            say(f"    {result.state.stop_reason} ({time.perf_counter() - started:.0f} s)")
+            say(f"    {finished.metrics.stop_reason} ({time.perf_counter() - started:.0f} s)")
         except ClaimedElsewhere as elsewhere:  # another invocation is running this point: go on to the next
             outcome.elsewhere.append(point.name)
             say(f"    running elsewhere ({elsewhere.holder_text})")
@@ -122,25 +118,25 @@ def collect_results(sweep: Sweep) -> list[dict[str, Any]]:
 
 def point_row(point: SweepPoint, directory: Path) -> dict[str, Any]:
     """One finished point as a results row: its settings, outcome, scores before and after, and compute."""
-    config = build_config(yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8")))
-    metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-    before, after = metrics["before"], metrics["after"]
-    compute = metrics.get("compute", {})
-    kept_before, kept_after = before.get("downstream", {}), after.get("downstream", {})
-    diverged, collapsed = metrics["diverged_epoch"] is not None, metrics["collapsed_epoch"] is not None
+    from unlearnkit.outputs import RunDirectory
+
+    run = RunDirectory(directory)
+    config, metrics = run.config(), run.metrics()
+    before, after = metrics.before.forget, metrics.after.forget
+    assert before is not None and after is not None
+    compute = metrics.compute
     return {
         **_config_fields(config), "name": point.name, "status": "done", "error": None, "axes": point.axes,
-        "success": bool(metrics["criterion_met"] and not diverged and not collapsed),
-        "criterion_met": bool(metrics["criterion_met"]), "diverged": diverged, "collapsed": collapsed,
-        "stop_reason": metrics["stop_reason"], "epochs": metrics["epochs_run"],
+        "success": metrics.success, "criterion_met": metrics.criterion_met,
+        "diverged": metrics.diverged_epoch is not None, "collapsed": metrics.collapsed_epoch is not None,
+        "stop_reason": metrics.stop_reason, "epochs": metrics.epochs_run,
         "params_pct": compute.get("parameters", {}).get("percent"),
         "trainable_params": compute.get("parameters", {}).get("trainable"),
         "total_params": compute.get("parameters", {}).get("model"),
-        "el10": after["forget"]["el"], "ma": after["forget"]["ma"],
-        "el10_before": before["forget"]["el"], "ma_before": before["forget"]["ma"],
-        "threshold_el10": metrics["thresholds"]["el"], "threshold_ma": metrics["thresholds"]["ma"],
-        **{f"{key}{suffix}": kept.get(key) for key in ("reasoning_acc", "dialogue_f1", "pile_ppl")
-           for suffix, kept in (("", kept_after), ("_before", kept_before))},
+        "el10": after.el, "ma": after.ma, "el10_before": before.el, "ma_before": before.ma,
+        "threshold_el10": metrics.thresholds["el"], "threshold_ma": metrics.thresholds["ma"],
+        **{f"{key}{suffix}": value for suffix, kept in (("", metrics.after.kept()), ("_before", metrics.before.kept()))
+           for key, value in kept.items()},
         "flops": {phase: compute.get("flops", {}).get(phase, 0.0)
                   for phase in ("train", "flora_init", "criterion", "total")},
         "tokens": compute.get("tokens", {}), "seconds": {"total": compute.get("seconds", {}).get("total_s")},

@@ -31,11 +31,11 @@ from unlearnkit.config.plugins import load_plugin
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.evaluation import evaluate_memorization
 from unlearnkit.io import atomic_write_text, claimed
-from unlearnkit.loop import run_unlearning
 from unlearnkit.metrics.perplexity import general_text, general_text_blocks, perplexity
 from unlearnkit.modeling import LoadedModel, load_model, train_byte_bpe_tokenizer
-from unlearnkit.outputs import check_output_dir, check_output_path, write_run_outputs
+from unlearnkit.outputs import check_output_path
 from unlearnkit.progress import Progress
+from unlearnkit.runner import unlearn
 from unlearnkit.showcase.cache import cache_root, save_model_to_cache
 from unlearnkit.showcase.demo.report import DemoResult, Measured, MethodRun, write_demo_outputs
 from unlearnkit.showcase.demo.settings import INFO_FILE, TARGET_MA, TINY_SHAPE, DemoSettings
@@ -151,7 +151,8 @@ def demo_config(model_dir: Path, splits: Path, settings: DemoSettings, output_di
         "train": {"lr": lr, "epochs": settings.epochs or preset.epochs, "batch_size": preset.batch_size,
                   "retain_batch_size": preset.retain_batch_size},
         "eval": evaluation,
-        "output": {"dir": str(output_dir), "overwrite": True},
+        # the demo starts afresh each time (its memorised model is what it caches)
+        "output": {"dir": str(output_dir), "overwrite": True, "checkpoint": False},
     })
 
 
@@ -241,10 +242,10 @@ def _unlearn(loaded: LoadedModel, directory: Path, splits: Path, settings: DemoS
              thresholds: tuple[float, float] | None = None) -> MethodRun:
     t0 = time.perf_counter()
     config = demo_config(directory / "model", splits, settings, output_dir, method, adapter, thresholds)
-    check_output_dir(config)
-    result = run_unlearning(config, loaded=loaded, console=progress.console, quiet=progress.quiet)
-    with progress.status("Writing outputs"):
-        write_run_outputs(result)
+    # the demo holds its directory's claim: its runs write there (the comparison in a folder of it)
+    finished = unlearn(config, loaded=loaded, console=progress.console, quiet=progress.quiet, claim=False)
+    assert finished is not None  # returned whenever skip_finished is off
+    result = finished.result
     seconds = time.perf_counter() - t0
     model = result.plain_model()
     measured = measure_leaks_and_perplexity(model, result.tokenizer, settings, progress, f"after {label}")
