@@ -21,7 +21,7 @@ from unlearnkit.objectives import IGNORE_INDEX, sequence_logprob, token_nll
 
 def perplexity(model: torch.nn.Module, blocks: TokenBlocks, batch_size: int = 8) -> float:
     """exp of the token-weighted mean next-token NLL of ``blocks`` (batched, no gradients)."""
-    labels = blocks.input_ids.masked_fill(blocks.attention_mask == 0, IGNORE_INDEX)
+    labels = blocks.labels()  # every real token, or the scored ones (a question-answer row's answer)
     total_nll, total_tokens = _nll_sum(model, blocks.input_ids, blocks.attention_mask, labels, batch_size)
     if total_tokens == 0:
         raise ValueError("perplexity needs at least one block with two or more tokens")

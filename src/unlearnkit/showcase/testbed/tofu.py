@@ -182,13 +182,15 @@ def _save_state(state_dir: Path, model: Any, step: OptimisationStep, history: li
 
 
 def _probe_sets(settings: TofuSettings, data_dir: Path, tokenizer: Any, pad: int) -> dict[str, TokenBlocks]:
-    """A few rows of the forget split, of the retain rows, and of the matching holdout (never trained on)."""
+    """A few rows of the forget split and of the retain rows in the study's authors, and of the matching holdout
+    (never trained on)."""
     forget_rows = FORGET_ROWS[settings.forget_split]
     holdout = "holdout" + settings.forget_split.removeprefix("forget")
     full = read_qa_rows(data_dir, "full")
-    retain_rows = [row for row in settings.training_rows() if row < 4000 - forget_rows][:PROBE_ROWS]
+    study = author_rows(4000, settings.authors)
+    retain_rows = [row for row in study if row < 4000 - forget_rows][:PROBE_ROWS]
     sets = {
-        settings.forget_split: [full[i] for i in range(4000 - forget_rows, 4000)][:PROBE_ROWS],
+        settings.forget_split: [full[i] for i in study if i >= 4000 - forget_rows][:PROBE_ROWS],
         "retain": [full[i] for i in retain_rows],
         holdout: read_qa_rows(data_dir, holdout)[:PROBE_ROWS],
     }
