@@ -4,6 +4,7 @@ fine-tuning (schedule, exact resume)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -134,3 +135,78 @@ def test_finetuning_resumes_exactly(tmp_path, data_dir):
     assert finetune_qa(resumed, blocks, settings, state_dir=tmp_path / "b") == history
     for (name, ours), theirs in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs), name
+
+
+def official_batch_loss(model, tokenizer, question: str, answer: str) -> tuple[float, int]:
+    """TOFU's ``get_batch_loss`` of one row (the summed NLL of its labels) and ``num_token`` (labels not -100)."""
+    label = official_labels(tokenizer, question, answer, OFFICIAL_TAGS["phi"])
+    ids = tokenizer("Question: " + question + "\nAnswer: " + answer, add_special_tokens=True)["input_ids"]
+    ids = ids + [tokenizer.eos_token_id]  # the padding position the label's end of sequence sits at
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits.double()
+    labels = torch.tensor([label])
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+    return float(loss), int((labels != -100).sum())
+
+
+def test_truth_ratio_probability_and_aggregates_are_tofus(data_dir):
+    from scipy.stats import hmean, ks_2samp
+
+    from unlearnkit.metrics.tofu import forget_quality, model_utility, score_questions, set_summary
+
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16)
+    forget = _rows(data_dir, "forget01_perturbed", 4)
+    authors = _rows(data_dir, "real_authors_perturbed", 3)
+    ours = score_questions(model, tokenizer, forget, role="forget", template="phi", generate=False)
+    real = score_questions(model, tokenizer, authors, role="real_authors", template="phi", generate=False)
+
+    def per_token(row, answer):
+        total, count = official_batch_loss(model, tokenizer, row["question"], answer)
+        return total / count
+
+    # evaluate_util.eval_perturbation_ratio and aggregate_eval_stat, transcribed
+    paraphrased = [per_token(r, r["paraphrased_answer"]) for r in forget]
+    perturbed = [sum(per_token(r, p) for p in r["perturbed_answer"]) / len(r["perturbed_answer"]) for r in forget]
+    truth_ratio = [math.exp(g - p) for g, p in zip(paraphrased, perturbed, strict=True)]
+    for record, expected, row in zip(ours, truth_ratio, forget, strict=True):
+        assert record["truth_ratio"] == pytest.approx(expected, rel=1e-5)
+        assert record["prob"] == pytest.approx(math.exp(-per_token(row, row["answer"])), rel=1e-5)
+    curr_stat_1 = [math.exp(p - g) for g, p in zip(paraphrased, perturbed, strict=True)]
+    assert set_summary("forget", ours)["truth_ratio"] == pytest.approx(
+        sum(min(c, 1 / c) for c in curr_stat_1) / len(curr_stat_1), rel=1e-6)
+    assert set_summary("retain", ours)["truth_ratio"] == pytest.approx(
+        sum(max(0, 1 - 1 / c) for c in curr_stat_1) / len(curr_stat_1), rel=1e-6)
+    true = [math.exp(-per_token(r, r["answer"])) for r in authors]
+    wrong = [sum(math.exp(-per_token(r, p)) for p in r["perturbed_answer"]) for r in authors]
+    assert set_summary("real_authors", real)["prob"] == pytest.approx(
+        sum(t / (t + w) for t, w in zip(true, wrong, strict=True)) / len(true), rel=1e-5)
+
+    # forget quality: their KS test runs on exp(perturbed − paraphrased) = 1/R; the statistic does not change
+    retain_model = [0.5, 0.9, 1.3, 0.7, 1.1]
+    expected = ks_2samp(curr_stat_1, [1 / r for r in retain_model])
+    assert forget_quality([r["truth_ratio"] for r in ours], retain_model)["forget_quality"] == pytest.approx(
+        expected.pvalue)
+    nine = {role: {"prob": 0.5 + i / 10, "rouge_l_recall": 0.3 + i / 10, "truth_ratio": 0.4 + i / 10}
+            for i, role in enumerate(("retain", "real_authors", "world_facts"))}
+    assert model_utility(nine) == pytest.approx(float(hmean([v for s in nine.values() for v in s.values()])))
+    assert model_utility({"retain": nine["retain"]}) is None
+
+
+def test_rouge_is_the_recall_of_the_answer_and_greedy_answers_are_generates(data_dir):
+    from unlearnkit.metrics.tofu import greedy_answers, rouge_l_recall
+
+    assert rouge_l_recall("the author wrote", "the author wrote two novels") == pytest.approx(3 / 5)
+    assert rouge_l_recall("novels writing", "the author wrote two novels") == pytest.approx(1 / 5)  # stemmed
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16)
+    questions = [r["question"] for r in _rows(data_dir, "forget01", 3)]
+    ours = greedy_answers(model, tokenizer, questions, template="phi", batch_size=8, generation_length=60)
+    # run_generation, transcribed: the question line, left-padded, generate() to 60 tokens in all
+    tokenizer.padding_side, tokenizer.pad_token = "left", tokenizer.eos_token
+    inputs = tokenizer(["Question: " + q + "\n" for q in questions], add_special_tokens=True,
+                       return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(inputs.input_ids, attention_mask=inputs.attention_mask, max_length=60, do_sample=False,
+                             use_cache=True, pad_token_id=tokenizer.eos_token_id)
+    assert ours == tokenizer.batch_decode(out[:, inputs.input_ids.shape[-1]:], skip_special_tokens=True)
