@@ -210,3 +210,22 @@ def test_rouge_is_the_recall_of_the_answer_and_greedy_answers_are_generates(data
         out = model.generate(inputs.input_ids, attention_mask=inputs.attention_mask, max_length=60, do_sample=False,
                              use_cache=True, pad_token_id=tokenizer.eos_token_id)
     assert ours == tokenizer.batch_decode(out[:, inputs.input_ids.shape[-1]:], skip_special_tokens=True)
+
+
+def test_ma_of_question_answer_rows_counts_the_answers(data_dir):
+    from unlearnkit.metrics.memorization import memorization_accuracy
+
+    model = tiny_gpt_neo(vocab_size=96, hidden=16)
+    prompt = torch.tensor([[5, 17, 42, 8, 60]])
+    with torch.no_grad():  # greedy answers: the model predicts every answer token, and the question not
+        ids = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=15, do_sample=False,
+                             pad_token_id=0)
+    loss_mask = torch.zeros_like(ids)
+    loss_mask[:, 5:] = 1
+    ours = memorization_accuracy(model, ids, torch.ones_like(ids), scored_mask=loss_mask)
+    whole = memorization_accuracy(model, ids, torch.ones_like(ids))
+    with torch.no_grad():
+        predicted = model(input_ids=ids).logits.argmax(-1)
+    hits = sum(int(predicted[0, t - 1] == ids[0, t]) for t in range(5, ids.shape[1]))
+    assert float(ours[0]) == pytest.approx(hits / 15) == pytest.approx(1.0)  # Eq. 8 over the answer alone
+    assert float(whole[0]) < 1.0  # the question's tokens, counted, are not the model's predictions

@@ -51,7 +51,8 @@ def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, p
     """
     scored = f"MA and EL{config.el_n}" if with_el else "MA"
     with progress.status(f"{label}: {scored} on {len(blocks)} sequences", announce=False):
-        ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size)
+        ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size,
+                                   scored_mask=blocks.loss_mask)
         scores: dict[str, Any] = {"name": blocks.name, "sequences": len(blocks), "ma": float(ma.mean()), "el": None,
                                   "ma_per_sequence": [round(float(v), 6) for v in ma], "el_per_sequence": None}
         if not with_el or (thresholds is not None and float(ma.mean()) > thresholds[0]):
@@ -167,6 +168,22 @@ class ScoreCache:
         with contextlib.suppress(OSError):
             atomic_write_json(self._downstream_path(options), scores)
 
+    def _named_path(self, name: str, key: dict[str, Any]) -> Path:
+        text = f"{self.model}|{name}|{json.dumps(key, sort_keys=True)}"
+        return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+
+    def load_named(self, name: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """Scores of these weights stored under ``name`` and the options ``key`` (e.g. a retain model's)."""
+        try:
+            found: dict[str, Any] = json.loads(self._named_path(name, key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return found
+
+    def store_named(self, name: str, key: dict[str, Any], scores: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write_json(self._named_path(name, key), scores)
+
 
 def cached_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress, label: str,
                         cache: ScoreCache | None, with_el: bool = True) -> dict[str, Any]:
@@ -248,8 +265,44 @@ class DownstreamMetric(Metric):
         return scores
 
 
+class TofuMetric(Metric):
+    """TOFU's table (``eval.tofu``): forget quality against the retain model, model utility, and per question the
+    probability, truth ratio and ROUGE-L recall (:mod:`unlearnkit.metrics.tofu`)."""
+
+    key = "tofu"
+
+    def applies(self, config: EvalConfig, sets: RunData) -> bool:
+        return config.tofu is not None
+
+    def measure(self, model: Any, sets: RunData, context: SnapshotContext) -> dict[str, Any]:
+        from unlearnkit.metrics.tofu import tofu_evaluation
+
+        options = context.config.tofu
+        assert options is not None
+        if context.tokenizer is None or context.data_dir is None:
+            raise ValueError("the TOFU evaluation needs the tokenizer and the data directory")
+        retain = retain_model_ratios(options, context.data_dir) if options.retain_model else None
+        return tofu_evaluation(model, context.tokenizer, options, context.data_dir, context.progress,
+                               context.label, retain)
+
+
+def retain_model_ratios(options: Any, data_dir: str | Path) -> list[float]:
+    """The retain model's truth ratios on the forget questions, kept in the score cache by its weights."""
+    from unlearnkit.metrics.tofu import forget_ratios
+    from unlearnkit.modeling import load_model
+
+    loaded = load_model(str(options.retain_model))
+    cache = ScoreCache(cache_root() / "scores", model_fingerprint(loaded.model))
+    key = {k: getattr(options, k) for k in ("split", "template", "items", "limit")}
+    found = cache.load_named("tofu-retain-ratios", key)
+    if found is None:
+        found = {"ratios": forget_ratios(loaded.model, loaded.tokenizer, options, data_dir)}
+        cache.store_named("tofu-retain-ratios", key, found)
+    return [float(r) for r in found["ratios"]]
+
+
 #: the snapshot's metrics after the memorisation scores of each set, in the order they are measured
-METRICS: tuple[Metric, ...] = (PrivacyMetric(), DownstreamMetric())
+METRICS: tuple[Metric, ...] = (PrivacyMetric(), DownstreamMetric(), TofuMetric())
 
 
 def snapshot_metrics(config: EvalConfig) -> list[Metric]:

@@ -269,3 +269,41 @@ def render_kept_markdown(model: str, snapshot: dict[str, Any]) -> str:
         *[f"| {name.strip()} | {value} |" for name, value in kept_rows([snapshot])],
         "", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in snapshot.get("seconds", {}).items()), "",
     ])
+
+
+def tofu_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """TOFU's table of one model: forget quality and model utility, then each set's three numbers."""
+    def number(value: Any, digits: int = 4) -> str:
+        return "—" if value is None else (f"{value:.3g}" if value < 1e-3 else f"{value:.{digits}f}")
+
+    rows = [("forget quality (KS p-value)", number(result.get("forget_quality"))),
+            ("model utility", number(result.get("model_utility")))]
+    for role, found in result["sets"].items():
+        truth = "truth ratio min(R, 1/R)" if role == "forget" else "truth ratio max(0, 1 − R)"
+        rows += [(f"{role}: probability", number(found["prob"])),
+                 (f"{role}: ROUGE-L recall", number(found["rouge_l_recall"])),
+                 (f"{role}: {truth}", number(found["truth_ratio"]))]
+    return rows
+
+
+def tofu_table(result: dict[str, Any], title: str) -> Table:
+    """One model's TOFU scores as a table (``unlearnkit eval --suite tofu``)."""
+    table = Table(title=title)
+    table.add_column("TOFU")
+    table.add_column("value", justify="right")
+    for name, value in tofu_rows(result):
+        table.add_row(name, value)
+    questions = ", ".join(f"{role} {found['questions']}" for role, found in result["sets"].items())
+    table.caption = f"{result['split']}, template {result['template']}; questions: {questions}"
+    return table
+
+
+def render_tofu_markdown(model: str, result: dict[str, Any]) -> str:
+    """eval.md of ``unlearnkit eval --suite tofu``: TOFU's table (the per-question records are in eval.json)."""
+    questions = ", ".join(f"{role} {found['questions']}" for role, found in result["sets"].items())
+    return "\n".join([
+        f"# TOFU scores of `{model}`: {result['split']}", "",
+        f"Template `{result['template']}`; questions scored: {questions} ({result['items']}). Computed as TOFU's "
+        "code does (locuslab/tofu); forget quality needs --retain-model.", "",
+        "| TOFU | value |", "|---|---:|", *[f"| {name} | {value} |" for name, value in tofu_rows(result)], "",
+    ])

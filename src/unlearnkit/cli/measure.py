@@ -117,7 +117,8 @@ def eval_(
     model: Annotated[str, typer.Argument(help="hub id, local directory, .gguf file, 'smollm2', or a `run` output "
                                               "directory (its model/)")],
     suite: Annotated[str, typer.Option(help="paper (Table 1: 9 reasoning tasks, 4 dialogue sets, Pile and "
-                                            "WikiText perplexity) | quick (a few cheap tasks)")] = "paper",
+                                            "WikiText perplexity) | quick (a few cheap tasks) | tofu (TOFU's "
+                                            "forget quality, model utility and per-question scores)")] = "paper",
     tasks: Annotated[str | None, typer.Option(help="comma-separated tasks instead of the suite's: reasoning tasks "
                                                    "(ours, or lm-eval's built-in where there is network), "
                                                    "dialogue sets, pile, wikitext")] = None,
@@ -125,18 +126,37 @@ def eval_(
     batch_size: Annotated[int, typer.Option(min=1, help="sequences per forward pass")] = 16,
     output: Annotated[Path | None, typer.Option(help="write eval.json and eval.md here")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing eval.json / eval.md in --output")] = False,
+    tofu_split: Annotated[str, typer.Option(help="tofu: the forget split (forget01 | forget05 | forget10)")
+                          ] = "forget10",
+    retain_model: Annotated[str | None, typer.Option(help="tofu: the model fine-tuned without the split's authors "
+                                                          "(forget quality)")] = None,
+    template: Annotated[str, typer.Option(help="tofu: phi | llama2 | chat | text with {question} and {answer}")
+                        ] = "phi",
+    all_items: Annotated[bool, typer.Option("--all-items", help="tofu: every question of each set (open-unlearning), "
+                                                                "not the first 300 (the original code)")] = False,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
-    """What a model knows: reasoning accuracy (lm-eval), dialogue F1 and perplexity, as in the paper's Table 1."""
-    from unlearnkit.config import DownstreamConfig
+    """What a model knows: reasoning accuracy (lm-eval), dialogue F1 and perplexity, as in the paper's Table 1; or
+    TOFU's scores (--suite tofu)."""
+    from unlearnkit.config import DownstreamConfig, TofuEvalConfig
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
     if names is not None and not names:
         raise UnlearnkitError(f"--tasks {tasks!r} names no task; give comma-separated names, e.g. --tasks "
                               "arc_easy,piqa,pile (or leave it out for the whole --suite).")
-    options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
-                         "The evaluation option")
+    tofu: TofuEvalConfig | None = None
+    if suite == "tofu":
+        if names is not None:
+            raise UnlearnkitError("--tasks does not apply to --suite tofu; remove it.")
+        if retain_model is not None:
+            check_model_name(retain_model)
+        tofu = validated(lambda: TofuEvalConfig(split=tofu_split, template=template, retain_model=retain_model,
+                                                limit=limit, batch_size=batch_size,
+                                                items="all" if all_items else "first300"), "The TOFU option")
+    else:
+        options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
+                            "The evaluation option")
     if output is not None:
         from unlearnkit.data.catalog import resolve_data_dir
         from unlearnkit.ownership import check_output_files
@@ -159,6 +179,9 @@ def eval_(
     progress = Progress(quiet=quiet)
     with progress.status(f"Loading {location}"):
         loaded = load_model(location)
+    if tofu is not None:
+        _eval_tofu(model, location, loaded, tofu, resolve_data_dir(data_dir), progress, output)
+        return
     snapshot = downstream_scores(loaded.model, loaded.tokenizer, options, resolve_data_dir(data_dir), progress)
     Console(emoji=False).print(kept_table(snapshot, f"What {model} kept"))
     if output is not None:
@@ -167,3 +190,21 @@ def eval_(
         Console(emoji=False).print(f"Wrote {output / 'eval.json'} and {output / 'eval.md'}")
 
 
+def _eval_tofu(model: str, location: str, loaded: Any, options: Any, data_dir: Path, progress: Any,
+               output: Path | None) -> None:
+    from unlearnkit.evaluation import retain_model_ratios
+    from unlearnkit.io import atomic_write_json, atomic_write_text
+    from unlearnkit.metrics.tofu import tofu_evaluation
+    from unlearnkit.reports import render_tofu_markdown, tofu_table
+
+    retain = None
+    if options.retain_model is not None:
+        with progress.status(f"The retain model's truth ratios ({options.retain_model})"):
+            retain = retain_model_ratios(options, data_dir)
+    result = tofu_evaluation(loaded.model, loaded.tokenizer, options, data_dir, progress, retain_ratios=retain)
+    Console(emoji=False).print(tofu_table(result, f"TOFU: {model}"))
+    if output is not None:
+        atomic_write_json(output / "eval.json", marked({"model": model, "loaded_from": location, "suite": "tofu",
+                                                        "retain_model": options.retain_model, **result}))
+        atomic_write_text(output / "eval.md", f"{MARKDOWN_MARK}\n{render_tofu_markdown(model, result)}")
+        Console(emoji=False).print(f"Wrote {output / 'eval.json'} and {output / 'eval.md'}")

@@ -14,6 +14,7 @@ from unlearnkit.config.run import (
     ModelConfig,
     OutputConfig,
     RunConfig,
+    TofuEvalConfig,
     TrainConfig,
 )
 from unlearnkit.config.sources import SOURCES, SourceConfig, SourceSpec, source_names
@@ -22,6 +23,6 @@ from unlearnkit.config.suites import DIALOGUE_SETS, PERPLEXITY_SETS, REASONING_T
 __all__ = [
     "DIALOGUE_SETS", "PERPLEXITY_SETS", "REASONING_TASKS", "SOURCES", "SUITES",
     "AdapterConfig", "DataConfig", "DownstreamConfig", "EvalConfig", "FloraOptions", "MethodConfig",
-    "ModelConfig", "OutputConfig", "RunConfig", "SourceConfig", "SourceSpec", "Suite", "TrainConfig",
+    "ModelConfig", "OutputConfig", "RunConfig", "SourceConfig", "SourceSpec", "Suite", "TofuEvalConfig", "TrainConfig",
     "apply_overrides", "build_config", "load_config", "parse_override", "resolve_suite", "source_names",
 ]

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unlearnkit.config.plugins import load_plugin
-from unlearnkit.config.sources import SourceConfig
+from unlearnkit.config.sources import SourceConfig, check_qa_template
 from unlearnkit.config.suites import SUITES
 from unlearnkit.errors import UnlearnkitError, unknown_name
 
@@ -208,6 +208,36 @@ class DownstreamConfig(Section):
         return name
 
 
+class TofuEvalConfig(Section):
+    """TOFU's evaluation (Maini et al., 2024, as its code computes it): forget-set truth ratio, probability and ROUGE,
+    model utility on retain / real authors / world facts, and forget quality against a retain model."""
+
+    split: str = Field("forget10", description="the forget split: forget01 | forget05 | forget10")
+    template: str = Field("phi", description="how a question and answer become text: phi | llama2 | chat | text "
+                                             "with {question} and {answer}")
+    items: Literal["first300", "all"] = Field(
+        "first300", description="first300: the first 300 questions of each set, as the original code; all: every "
+                                "question, as open-unlearning")
+    retain_model: str | None = Field(None, description="the model fine-tuned without the forget split's authors, "
+                                                       "for forget quality (null: not measured)")
+    generate: bool = Field(True, description="greedy answers and their ROUGE-L recall (the slow part)")
+    limit: int | None = Field(None, ge=1, description="score the first N questions of each set (quick looks)")
+    batch_size: int = Field(16, ge=1)
+
+    @field_validator("split")
+    @classmethod
+    def _forget_split(cls, split: str) -> str:
+        if split not in ("forget01", "forget05", "forget10"):
+            raise ValueError(str(unknown_name("TOFU forget split", split, ("forget01", "forget05", "forget10"))))
+        return split
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, template: str) -> str:
+        check_qa_template(template)  # the same check as a tofu source's
+        return template
+
+
 class EvalConfig(Section):
     el_n: int = Field(10, ge=1, description="n of the n-gram extraction likelihood EL_n")
     ma_threshold: float | None = Field(None, description="stop when forget MA <= this; default: validation mean")
@@ -236,6 +266,7 @@ class EvalConfig(Section):
                           "fingerprint, and reuse them in later runs and in an interrupted attack run again")
     downstream: DownstreamConfig | None = Field(
         None, description="what the model kept, before and after: reasoning, dialogue, perplexity (null: off)")
+    tofu: TofuEvalConfig | None = Field(None, description="TOFU's evaluation before and after (null: off)")
     metrics: list[str] = Field(
         default_factory=list, description="metrics of your own in every snapshot (before, after, audit): "
                                           "module.path:Class or path/to/file.py:Class (docs/extending.md)")

@@ -168,8 +168,13 @@ def _check_jang_set(spec: SourceConfig) -> None:
 
 
 def _check_tofu(spec: SourceConfig) -> None:
-    template = spec.template
-    if template is None or template in QA_TEMPLATES:
+    if spec.template is not None:
+        check_qa_template(spec.template)
+
+
+def check_qa_template(template: str) -> None:
+    """A preset name, or a text with ``{question}`` once and ending in ``{answer}``; else a ValueError."""
+    if template in QA_TEMPLATES:
         return
     if template.count("{question}") != 1 or template.count("{answer}") != 1 or not template.endswith("{answer}"):
         raise ValueError(

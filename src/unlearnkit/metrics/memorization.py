@@ -152,12 +152,14 @@ def memorization_accuracy(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 32,
+    scored_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Memorisation accuracy, Eq. 8 (Tirumala et al. 2022; paper Appendix B), one value per sequence:
 
         MA(x) = sum_{t=1}^{T-1} 1{ argmax_v p(v | x_<t) = x_t } / (T - 1)
 
     over the valid (non-padded) tokens of each row, from one teacher-forced pass. Returns ``float64[B]``.
+    ``scored_mask`` counts only the tokens it marks (a question-answer row's answer, the question still read).
     """
     lengths = valid_lengths(input_ids, attention_mask)
     for row, length in enumerate(lengths):
@@ -168,8 +170,11 @@ def memorization_accuracy(
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     with eval_mode(model):
         preds, _ = _teacher_forced_argmax(model, input_ids, mask, batch_size)
-    hits = (preds[:, :-1] == input_ids[:, 1:].cpu()) & (mask[:, 1:].cpu() > 0)
-    return hits.sum(dim=1).double() / torch.tensor(lengths, dtype=torch.float64).sub(1)
+    counted = (mask if scored_mask is None else scored_mask)[:, 1:].cpu() > 0
+    hits = (preds[:, :-1] == input_ids[:, 1:].cpu()) & counted
+    if scored_mask is None:
+        return hits.sum(dim=1).double() / torch.tensor(lengths, dtype=torch.float64).sub(1)
+    return hits.sum(dim=1).double() / counted.sum(dim=1).clamp(min=1).double()
 
 
 # ----------------------------------------------------------------------------------------------- EL_n

@@ -79,7 +79,8 @@ def thresholds_from_holdout(
         raise UnlearnkitError(
             f'The held-out set "{blocks.name}" is empty; give it at least one sequence (32 as in the paper).'
         )
-    ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=batch_size)
+    ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=batch_size,
+                               scored_mask=blocks.loss_mask)
     el = extraction_likelihood(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
                                batch_size=batch_size)
     return Thresholds.from_scores(ma, el, blocks.name, n, bootstrap, seed)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.data.qa import format_prompt, qa_blocks
+from unlearnkit.data.qa import format_prompt, qa_blocks, read_qa_rows
 from unlearnkit.metrics.decoding import eval_mode, generate_continuations
 from unlearnkit.objectives import token_nll
 
@@ -182,6 +182,49 @@ def forget_quality(ratios: Sequence[float], retain_model_ratios: Sequence[float]
     return {"forget_quality": float(test.pvalue), "ks_statistic": float(test.statistic)}
 
 
+def tofu_rows(data_dir: Any, split: str, *, items: str = "first300", limit: int | None = None
+              ) -> dict[str, list[dict[str, Any]]]:
+    """The questions of each set TOFU scores (forget split, retain, real authors, world facts): the first 300 of
+    each (the original code's ``ds_size``) or all, then the first ``limit``."""
+    names = {"forget": f"{split}_perturbed", **TOFU_SETS}
+    count = FIRST_ITEMS if items == "first300" else None
+    sets = {}
+    for role, name in names.items():
+        rows = read_qa_rows(data_dir, name)[:count]
+        sets[role] = rows[:limit] if limit is not None else rows
+    return sets
+
+
+def tofu_evaluation(model: Any, tokenizer: Any, options: Any, data_dir: Any, progress: Any, label: str = "",
+                    retain_ratios: Sequence[float] | None = None) -> dict[str, Any]:
+    """TOFU's table for one model (``options``: :class:`unlearnkit.config.TofuEvalConfig`): per set its numbers and
+    one record per question, model utility, and forget quality against ``retain_ratios`` (the retain model's truth
+    ratios on the same forget questions) when given."""
+    prefix = f"{label}: " if label else ""
+    result: dict[str, Any] = {"split": options.split, "template": options.template, "items": options.items,
+                              "limit": options.limit, "sets": {}}
+    for role, rows in tofu_rows(data_dir, options.split, items=options.items, limit=options.limit).items():
+        with progress.status(f"{prefix}TOFU {role}: {len(rows)} questions", announce=False):
+            records = score_questions(model, tokenizer, rows, role=role, template=options.template,
+                                      batch_size=options.batch_size, generate=options.generate)
+        result["sets"][role] = {"questions": len(records), **set_summary(role, records), "records": records}
+    summaries = {role: {k: v for k, v in found.items() if k in ("prob", "rouge_l_recall", "truth_ratio")}
+                 for role, found in result["sets"].items()}
+    result["model_utility"] = model_utility(summaries)
+    if retain_ratios is not None:
+        ratios = [r["truth_ratio"] for r in result["sets"]["forget"]["records"]]
+        result.update(forget_quality(ratios, retain_ratios))
+    return result
+
+
+def forget_ratios(model: Any, tokenizer: Any, options: Any, data_dir: Any) -> list[float]:
+    """The truth ratios on the forget questions alone (what a retain model contributes to forget quality)."""
+    rows = tofu_rows(data_dir, options.split, items=options.items, limit=options.limit)["forget"]
+    records = score_questions(model, tokenizer, rows, role="forget", template=options.template,
+                              batch_size=options.batch_size, generate=False)
+    return [r["truth_ratio"] for r in records]
+
+
 __all__ = ["BASE_ANSWER", "FIRST_ITEMS", "TOFU_SETS", "UTILITY_SETS", "answer_losses", "answer_probabilities",
            "forget_quality", "greedy_answers", "model_utility", "rouge_l_recall", "score_questions",
-           "set_summary", "trim_padding"]
+           "set_summary", "forget_ratios", "tofu_evaluation", "tofu_rows", "trim_padding"]

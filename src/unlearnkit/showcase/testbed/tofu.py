@@ -36,6 +36,7 @@ from unlearnkit.modeling import load_model
 from unlearnkit.objectives import lm_loss
 from unlearnkit.progress import Progress
 from unlearnkit.showcase.cache import cache_root, save_model_to_cache
+from unlearnkit.showcase.testbed.build import point_latest
 from unlearnkit.training import OptimisationStep
 
 TOFU_MODELS = ("target", "retain")
@@ -92,6 +93,7 @@ def build_tofu(settings: TofuSettings, *, data_dir: str | Path | None = None, qu
     progress = progress or Progress(quiet=quiet)
     directory = tofu_dir(settings)
     if not force and (directory / "manifest.json").is_file() and (directory / "model" / "config.json").is_file():
+        _point_latest(settings, directory)
         return directory
     started = time.perf_counter()
     data_path = resolve_data_dir(data_dir)
@@ -124,10 +126,17 @@ def build_tofu(settings: TofuSettings, *, data_dir: str | Path | None = None, qu
     }
     save_model_to_cache(directory, model, tokenizer, "manifest.json", manifest)
     shutil.rmtree(state, ignore_errors=True)  # the build's own resume state, no longer needed
+    _point_latest(settings, directory)
     if not quiet:
         progress.console.print(f"✓ TOFU {settings.model} model: answer probability " + ", ".join(
             f"{name} {before[name]:.3f} → {after[name]:.3f}" for name in probes) + f"; cached in {directory}")
     return directory
+
+
+def _point_latest(settings: TofuSettings, directory: Path) -> None:
+    """``testbed/tofu-smollm2-target`` (``-retain``): the fixed path configs/tofu/ name, for the whole study."""
+    if settings.authors is None:
+        point_latest(directory, f"{settings.name}-{settings.model}")
 
 
 def finetune_qa(model: Any, blocks: TokenBlocks, settings: TofuSettings, *, state_dir: Path,
