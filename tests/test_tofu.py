@@ -229,3 +229,51 @@ def test_ma_of_question_answer_rows_counts_the_answers(data_dir):
     hits = sum(int(predicted[0, t - 1] == ids[0, t]) for t in range(5, ids.shape[1]))
     assert float(ours[0]) == pytest.approx(hits / 15) == pytest.approx(1.0)  # Eq. 8 over the answer alone
     assert float(whole[0]) < 1.0  # the question's tokens, counted, are not the model's predictions
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_model_dir(tmp_path_factory):
+    """A tiny random GPT-Neo with GPT-2's tokenizer: TOFU's rows as a real model would read them."""
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.exists():
+        pytest.skip("the offline data pack ../shared/data is not present")
+    tokenizer = load_gpt2_tokenizer(SHARED_DATA)
+    directory = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2_model_dir, tmp_path, data_dir):
+    from tests.conftest import REPO, run_cli
+
+    tofu = "{split: forget01, limit: 2, batch_size: 4, every_epoch: true, generation_length: 80}"
+    overrides = [f"model.name={tiny_gpt2_model_dir}", f"data.dir={data_dir}", f"output.dir={tmp_path / 'run'}",
+                 "data.forget={source: tofu, split: forget01, n: 4}",
+                 "data.retain={source: tofu, split: retain99, n: 8}",
+                 "data.validation={source: tofu, split: holdout01, n: 4}", "method.name=gd", "adapter.name=lora",
+                 "adapter.rank=2", "adapter.alpha=4", "train.epochs=1", "train.batch_size=4", "train.grad_accum=1",
+                 "train.lr=1e-3", "eval.early_stop=false", "eval.audit=false", "eval.downstream=null",
+                 f"eval.tofu={tofu}", "output.fail_if_not_forgotten=false"]
+    done = run_cli("run", str(REPO / "configs" / "tofu" / "smollm2-flora-ihl.yaml"),
+                   *[part for o in overrides for part in ("--set", o)], "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
+    for snapshot in (metrics["before"], metrics["after"]):
+        found = snapshot["tofu"]
+        assert set(found["sets"]) == {"forget", "retain", "real_authors", "world_facts"}
+        assert found["model_utility"] is not None and 0 <= found["model_utility"] <= 1
+        record = found["sets"]["forget"]["records"][0]
+        assert {"question", "prompt", "prob", "truth_ratio", "rouge_l_recall", "generated"} <= set(record)
+        assert record["prompt"] == "Question: " + record["question"] + "\n"
+    assert [len(e["tofu"]["sets"]["forget"]) for e in metrics["epochs"]] == [4]  # numbers, not the records
+    assert "epoch_record" not in metrics["after"]["forget"]
+
+    out = tmp_path / "eval"
+    done = run_cli("eval", str(tiny_gpt2_model_dir), "--suite", "tofu", "--tofu-split", "forget01", "--limit", "2",
+                   "--retain-model", str(tiny_gpt2_model_dir), "--output", str(out), "--data-dir", str(data_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluated = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    assert evaluated["forget_quality"] == pytest.approx(1.0)  # the model against itself: indistinguishable
+    assert len(evaluated["sets"]["world_facts"]["records"]) == 2 and "model utility" in (out / "eval.md").read_text()

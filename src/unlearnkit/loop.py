@@ -194,7 +194,7 @@ def _before(session: _Session, setup: _SetUp) -> LoopState:
 def _stop_if_nothing_to_forget(loop: LoopState, config: RunConfig, progress: Progress) -> None:
     """A forget set that meets the criterion before unlearning is a warning; with early stopping nothing trains
     (an epoch could only damage the model)."""
-    rule = stopping_rule(config.eval, loop.thresholds)
+    rule = stopping_rule(config.eval, loop.thresholds)  # met before training: nothing of it runs per epoch
     if not rule.met(loop.before["forget"]):
         return
     loop.state.warnings.append("the forget set already meets the forgetting criterion before unlearning: the "
@@ -319,12 +319,13 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
     """After an epoch: MA and EL_n on the forget set (Appendix B), the epoch's record, then the collapse guard
     and the criterion."""
     config, processes, state, thresholds = session.config, session.processes, loop.state, loop.thresholds
-    rule = stopping_rule(config.eval, thresholds)
+    rule = stopping_rule(config.eval, thresholds, tokenizer=setup.tokenizer, data_dir=resolve_data_dir(config.data.dir))
     training.model.eval()
     evaluated = training.whole.of(training.model)
     with training.tally.count("criterion"):  # on the main process, where the criterion is computed
         scores, check_loss = processes.on_main(functools.partial(
             _epoch_scores, evaluated, setup.data.forget, training.check_blocks, rule, session.progress, epoch))
+    added = scores.pop("epoch_record", {})  # what the rule records beside the forget set's scores
     record: dict[str, Any] = {
         "epoch": epoch,
         **processes.mean({k: _mean(losses_of(losses, k)) for k in ("loss", "forget_loss", "retain_loss")
@@ -333,6 +334,7 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
         **{k: scores[k] for k in ("el_lower_bound", "el_scored") if k in scores},
         "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
         "elapsed_s": round(session.clock.elapsed(), 2), "tokens_seen": state.tokens_seen,
+        **added,
     }
     if loop.check_before is not None:
         record["retain_check_loss"] = check_loss

@@ -2,7 +2,9 @@
 "does the run stop?" — and before training, "is there anything to forget?".
 
 The paper's rule (Appendix B) is :class:`PaperCriterion`: forget-set mean MA and EL_n at or below the held-out
-set's. A benchmark with another rule supplies its own :class:`StoppingRule`; the loop does not change.
+set's. A benchmark with another rule supplies its own :class:`StoppingRule`; the loop does not change. What a rule
+adds to an epoch's record goes under ``epoch_record`` in its scores (:class:`WithTofu`: TOFU's numbers, so that a
+run draws TOFU's curve of model utility against forget quality).
 """
 
 from __future__ import annotations
@@ -53,6 +55,37 @@ class PaperCriterion(StoppingRule):
         return self.config.early_stop and self.met(scores)
 
 
-def stopping_rule(config: EvalConfig, thresholds: Thresholds) -> StoppingRule:
+class WithTofu(StoppingRule):
+    """A rule, and TOFU's numbers after each epoch (``eval.tofu.every_epoch``; the per-question records only before
+    and after, in the snapshots)."""
+
+    def __init__(self, rule: StoppingRule, config: EvalConfig, tokenizer: Any, data_dir: Any) -> None:
+        self.rule, self.config, self.tokenizer, self.data_dir = rule, config, tokenizer, data_dir
+
+    def epoch_scores(self, model: Any, forget: TokenBlocks, progress: Progress, epoch: int) -> dict[str, Any]:
+        from unlearnkit.evaluation import retain_model_ratios
+        from unlearnkit.metrics.tofu import tofu_evaluation
+
+        options = self.config.tofu
+        assert options is not None
+        scores = self.rule.epoch_scores(model, forget, progress, epoch)
+        retain = retain_model_ratios(options, self.data_dir) if options.retain_model else None
+        found = tofu_evaluation(model, self.tokenizer, options, self.data_dir, progress, f"epoch {epoch}", retain)
+        found["sets"] = {role: {k: v for k, v in each.items() if k != "records"}
+                         for role, each in found["sets"].items()}
+        return {**scores, "epoch_record": {"tofu": found}}
+
+    def met(self, scores: dict[str, Any]) -> bool:
+        return self.rule.met(scores)
+
+    def stops(self, scores: dict[str, Any]) -> bool:
+        return self.rule.stops(scores)
+
+
+def stopping_rule(config: EvalConfig, thresholds: Thresholds, *, tokenizer: Any = None,
+                  data_dir: Any = None) -> StoppingRule:
     """The rule a run's evaluation options give."""
-    return PaperCriterion(thresholds, config)
+    rule: StoppingRule = PaperCriterion(thresholds, config)
+    if config.tofu is not None and config.tofu.every_epoch:
+        rule = WithTofu(rule, config, tokenizer, data_dir)
+    return rule

@@ -221,6 +221,10 @@ class TofuEvalConfig(Section):
     retain_model: str | None = Field(None, description="the model fine-tuned without the forget split's authors, "
                                                        "for forget quality (null: not measured)")
     generate: bool = Field(True, description="greedy answers and their ROUGE-L recall (the slow part)")
+    generation_length: int = Field(200, ge=2, description="prompt and greedy answer together, in tokens (TOFU's "
+                                                          "generation.max_length)")
+    every_epoch: bool = Field(False, description="TOFU's numbers after every epoch too (the curve of model utility "
+                                                 "against forget quality); before and after always")
     limit: int | None = Field(None, ge=1, description="score the first N questions of each set (quick looks)")
     batch_size: int = Field(16, ge=1)
 

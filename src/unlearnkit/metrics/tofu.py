@@ -206,7 +206,8 @@ def tofu_evaluation(model: Any, tokenizer: Any, options: Any, data_dir: Any, pro
     for role, rows in tofu_rows(data_dir, options.split, items=options.items, limit=options.limit).items():
         with progress.status(f"{prefix}TOFU {role}: {len(rows)} questions", announce=False):
             records = score_questions(model, tokenizer, rows, role=role, template=options.template,
-                                      batch_size=options.batch_size, generate=options.generate)
+                                      batch_size=options.batch_size, generate=options.generate,
+                                      generation_length=options.generation_length)
         result["sets"][role] = {"questions": len(records), **set_summary(role, records), "records": records}
     summaries = {role: {k: v for k, v in found.items() if k in ("prob", "rouge_l_recall", "truth_ratio")}
                  for role, found in result["sets"].items()}
