@@ -1,0 +1,124 @@
+"""What TOFU's evaluation costs on SmolLM2-135M (`unlearnkit eval smollm2 --suite tofu`): per set, the
+teacher-forced passes (answer, base answer, perturbed answers) and the greedy answers, timed apart, with the tokens
+every forward pass processed (padding included) and the FLOP rate they reach against this machine's measured peak
+(a float32 matrix product), and beside it the cost of one epoch of unlearning forget10 (IHL on forget + LM loss on
+retain, forward and backward over the same rows a run takes).
+
+Usage: ``python benchmarks/tofu_eval.py [--limit 40] [--split forget10] [--threads 2]``; results go to
+``benchmarks/results/tofu_eval.json``. Scale the times by 300 / limit for the original code's 300 questions a set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearnkit.config import SourceConfig
+from unlearnkit.data.catalog import resolve_data_dir
+from unlearnkit.data.sources import load_blocks
+from unlearnkit.io import atomic_write_json
+from unlearnkit.metrics.tofu import score_questions, tofu_rows
+from unlearnkit.modeling import load_model
+from unlearnkit.objectives import inverted_hinge_loss, lm_loss
+
+RESULTS = Path(__file__).resolve().parent / "results" / "tofu_eval.json"
+
+
+class TokenCounter:
+    """Counts the input tokens of every forward pass of a model (a forward pre-hook)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.tokens = 0
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, torch.Tensor):
+            self.tokens += ids.numel()
+
+
+def peak_flops(size: int = 1024, repeats: int = 20) -> float:
+    """Measured float32 matrix-product FLOP/s of this machine (the best of a few)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - started))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--split", default="forget10")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data_dir = resolve_data_dir(None)
+    loaded = load_model("smollm2")
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    parameters = sum(p.numel() for p in model.parameters())
+    counter = TokenCounter(model)
+    peak = peak_flops()
+    config = model.config
+    print(f"SmolLM2-135M: {config.num_hidden_layers} layers, hidden {config.hidden_size}, {parameters / 1e6:.1f}M "
+          f"parameters; {args.threads} threads; peak float32 matmul {peak / 1e9:.0f} GFLOP/s; {args.limit} "
+          "questions a set")
+    results: dict[str, Any] = {"model": "smollm2", "parameters": parameters, "layers": config.num_hidden_layers,
+                               "hidden": config.hidden_size, "threads": args.threads, "limit": args.limit,
+                               "split": args.split, "batch_size": args.batch_size, "peak_flops": peak,
+                               "machine": platform.machine(), "torch": torch.__version__, "sets": {}}
+    for role, rows in tofu_rows(data_dir, args.split, limit=args.limit).items():
+        measured: dict[str, Any] = {"questions": len(rows)}
+        for part, generate in (("teacher_forced", False), ("with_generation", True)):
+            counter.tokens, started = 0, time.perf_counter()
+            score_questions(model, tokenizer, rows, role=role, template="phi", batch_size=args.batch_size,
+                            generate=generate)
+            measured[part] = {"seconds": time.perf_counter() - started, "tokens": counter.tokens}
+        forced, both = measured["teacher_forced"], measured["with_generation"]
+        generation = {"seconds": both["seconds"] - forced["seconds"], "tokens": both["tokens"] - forced["tokens"]}
+        measured["generation"] = generation
+        rate = forced["tokens"] / forced["seconds"]
+        measured["teacher_forced"]["tokens_per_s"] = rate
+        measured["teacher_forced"]["peak_fraction"] = 2 * parameters * rate / peak
+        results["sets"][role] = measured
+        print(f"{role:12s} teacher-forced {forced['seconds']:6.1f} s ({forced['tokens']} tokens, {rate:.0f} tok/s, "
+              f"{100 * measured['teacher_forced']['peak_fraction']:.0f} % of peak); greedy answers "
+              f"{generation['seconds']:6.1f} s")
+        atomic_write_json(args.out, results)
+    results["unlearning_epoch"] = _unlearning_epoch(model, tokenizer, data_dir, args)
+    total = sum(s["with_generation"]["seconds"] for s in results["sets"].values())
+    results["evaluation_seconds"] = total
+    print(f"TOFU evaluation of {args.limit} questions a set: {total:.0f} s; one unlearning epoch of "
+          f"{results['unlearning_epoch']['forget_rows']} forget rows: {results['unlearning_epoch']['seconds']:.0f} s")
+    atomic_write_json(args.out, results)
+
+
+def _unlearning_epoch(model: Any, tokenizer: Any, data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One epoch of IHL + LM loss on forget / retain rows of the split, full fine-tuning, batch 8."""
+    forget = load_blocks(SourceConfig(source="tofu", split=args.split), tokenizer, data_dir)
+    retain_split = "retain" + str(100 - int(args.split.removeprefix("forget"))).zfill(2)
+    retain = load_blocks(SourceConfig(source="tofu", split=retain_split, n=len(forget), seed=0), tokenizer, data_dir)
+    model.train()
+    started = time.perf_counter()
+    for start in range(0, len(forget), 8):
+        rows = list(range(start, min(start + 8, len(forget))))
+        f, r = forget.subset(rows), retain.subset(rows)
+        loss = inverted_hinge_loss(model(input_ids=f.input_ids, attention_mask=f.attention_mask).logits, f.labels()) \
+            + lm_loss(model(input_ids=r.input_ids, attention_mask=r.attention_mask).logits, r.labels())
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    model.eval()
+    return {"forget_rows": len(forget), "seconds": time.perf_counter() - started}
+
+
+if __name__ == "__main__":
+    main()
