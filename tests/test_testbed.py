@@ -15,7 +15,8 @@ from unlearnkit.showcase.testbed import TESTBED_CONFIGS, forget_set_sources, rea
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXPECTED = {"ga": ("ga", "none"), "gd": ("gd", "none"), "lora-gd": ("gd", "lora"), "lora-ihl": ("ihl", "lora"),
-            "flora-gd": ("gd", "flora"), "flora-ihl": ("ihl", "flora")}
+            "flora-gd": ("gd", "flora"), "flora-ihl": ("ihl", "flora"), "rmu": ("rmu", "none"),
+            "flora-rmu": ("rmu", "flora")}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_testbed_build_rejects_unknown_size(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.parametrize("kind", ["testbed", "smollm2"])
 def test_configs_load_and_name_the_six_methods(kind: str) -> None:
     files = sorted((REPO / "configs" / kind).glob("*.yaml"))
-    assert sorted(f.stem for f in files) == sorted(TESTBED_CONFIGS)
+    assert sorted(f.stem for f in files) == sorted((*TESTBED_CONFIGS, "rmu", "flora-rmu"))  # the paper's six, RMU
     for path in files:
         config = load_config(path)
         assert (config.method.name, config.adapter.name) == EXPECTED[path.stem]
