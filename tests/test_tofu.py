@@ -245,6 +245,7 @@ def tiny_gpt2_model_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.integration
 def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2_model_dir, tmp_path, data_dir):
     from tests.conftest import REPO, run_cli
 
