@@ -270,6 +270,12 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
         assert record["prompt"] == "Question: " + record["question"] + "\n"
     assert [len(e["tofu"]["sets"]["forget"]) for e in metrics["epochs"]] == [4]  # numbers, not the records
     assert "epoch_record" not in metrics["after"]["forget"]
+    from unlearnkit.config.sweep import SweepPoint
+    from unlearnkit.experiments.sweep import point_row
+
+    row = point_row(SweepPoint("tofu", {}, None), tmp_path / "run")  # a sweep's results row carries TOFU's numbers
+    assert row["tofu"]["after"]["model_utility"] == metrics["after"]["tofu"]["model_utility"]
+    assert [e["epoch"] for e in row["tofu"]["epochs"]] == [1] and "records" not in row["tofu"]["after"]["forget"]
 
     out = tmp_path / "eval"
     done = run_cli("eval", str(tiny_gpt2_model_dir), "--suite", "tofu", "--tofu-split", "forget01", "--limit", "2",

@@ -140,8 +140,24 @@ def point_row(point: SweepPoint, directory: Path) -> dict[str, Any]:
         "flops": {phase: compute.get("flops", {}).get(phase, 0.0)
                   for phase in ("train", "flora_init", "criterion", "total")},
         "tokens": compute.get("tokens", {}), "seconds": {"total": compute.get("seconds", {}).get("total_s")},
-        "output_dir": str(directory),
+        "output_dir": str(directory), **_tofu_fields(metrics),
     }
+
+
+def _tofu_fields(metrics: Any) -> dict[str, Any]:
+    """TOFU's numbers of a run scored with ``eval.tofu``: before, after and along the epochs (no records)."""
+    after = (metrics.after.model_extra or {}).get("tofu")
+    if after is None:
+        return {}
+
+    def numbers(found: dict[str, Any]) -> dict[str, Any]:
+        return {"forget_quality": found.get("forget_quality"), "model_utility": found.get("model_utility"),
+                **{role: {k: v for k, v in each.items() if k in ("prob", "rouge_l_recall", "truth_ratio")}
+                   for role, each in found["sets"].items()}}
+
+    before = (metrics.before.model_extra or {}).get("tofu")
+    return {"tofu": {"after": numbers(after), "before": numbers(before) if before else None,
+                     "epochs": [{"epoch": e["epoch"], **numbers(e["tofu"])} for e in metrics.epochs if "tofu" in e]}}
 
 
 def _point_config(point: SweepPoint) -> Any:
