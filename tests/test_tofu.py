@@ -284,3 +284,44 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     evaluated = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     assert evaluated["forget_quality"] == pytest.approx(1.0)  # the model against itself: indistinguishable
     assert len(evaluated["sets"]["world_facts"]["records"]) == 2 and "model utility" in (out / "eval.md").read_text()
+
+
+def test_el_of_question_answer_rows_scores_the_answers_prefixes_exactly():
+    """EL_n over the prefixes from the answer's first token on (the question their context), the fast exact path
+    equal to the reference and to Eq. 7 summed over those prefixes by hand."""
+    from unlearnkit.metrics.memorization import (
+        extraction_likelihood,
+        extraction_likelihood_reference,
+        first_scored,
+    )
+
+    model = tiny_gpt_neo(vocab_size=96, hidden=16).double()
+    torch.manual_seed(1)
+    prompt = torch.randint(0, 96, (2, 6))
+    with torch.no_grad():  # half memorised (greedy), then a departure, so that some prefixes branch
+        ids = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=14, do_sample=False,
+                             pad_token_id=0)
+    ids[0, 14], ids[1, 12] = (ids[0, 14] + 1) % 96, (ids[1, 12] + 3) % 96
+    loss_mask = torch.zeros_like(ids)
+    loss_mask[0, 6:], loss_mask[1, 8:] = 1, 1
+    assert first_scored(loss_mask, 2) == [6, 8]
+    fast = extraction_likelihood(model, ids, n=3, scored_mask=loss_mask, batch_size=4)
+    slow = extraction_likelihood_reference(model, ids, n=3, scored_mask=loss_mask)
+    assert torch.equal(fast, slow)
+    for b, start in enumerate((6, 8)):
+        x = ids[b].tolist()
+        conts = [[] for _ in range(len(x) + 1)]
+        for i in range(start, len(x)):
+            with torch.no_grad():
+                out = model.generate(ids[b:b + 1, :i], attention_mask=torch.ones(1, i, dtype=torch.long),
+                                     max_new_tokens=len(x) - i, do_sample=False, pad_token_id=0, eos_token_id=None)
+            conts[i] = out[0, i:].tolist()
+
+        def grams(tokens):
+            return [tuple(tokens[k:k + 3]) for k in range(len(tokens) - 2)]
+
+        # Eq. 6-7 over the answer's prefixes: mean over i = start..T-n of OVERLAP_3(f(x_<i), x_>=i)
+        terms = [sum(g in set(grams(x[i:])) for g in grams(conts[i])) / len(grams(x[i:]))
+                 for i in range(start, len(x) - 3 + 1)]
+        assert float(fast[b]) == pytest.approx(sum(terms) / len(terms))
+    assert not torch.equal(fast, extraction_likelihood(model, ids, n=3, batch_size=4))  # the question prefixes differ

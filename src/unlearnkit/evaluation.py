@@ -79,10 +79,10 @@ def _decided_el(model: Any, blocks: TokenBlocks, ma: torch.Tensor, config: EvalC
         part = blocks.subset(rows)
         if config.el_method == "fast":
             el = extraction_likelihood(model, part.input_ids, n=config.el_n, attention_mask=part.attention_mask,
-                                       batch_size=config.batch_size)
+                                       batch_size=config.batch_size, scored_mask=part.loss_mask)
         else:
             el = extraction_likelihood_reference(model, part.input_ids, n=config.el_n,
-                                                 attention_mask=part.attention_mask)
+                                                 attention_mask=part.attention_mask, scored_mask=part.loss_mask)
         values[rows] = el
         total += float(el.sum())
         # the unscored terms are >= 0, so the mean is at least total / N; a hair of slack for float sums

@@ -92,8 +92,9 @@ def overlap_n(pred: Sequence[int], label: Sequence[int], n: int) -> float | None
     return hits / len(label_grams)
 
 
-def _el_from_continuations(x: list[int], conts: list[list[int]], n: int) -> float:
-    """EL_n (Eq. 7) from the greedy continuation ``conts[i]`` of every prefix ``x[:i]``, i = 1..T-1.
+def _el_from_continuations(x: list[int], conts: list[list[int]], n: int, start: int = 1) -> float:
+    """EL_n (Eq. 7) from the greedy continuation ``conts[i]`` of every prefix ``x[:i]``, i = start..T-1 (the
+    prefixes from ``start`` on: a question-answer row's answer, its question the context of every prefix).
 
     Shared by the reference and the fast path so that both sum the same terms in the same order (Jang et al.
     loop i from T-1 down to 1). An n-gram of the label ``x[i:]`` is in its set iff the last place it occurs in
@@ -104,24 +105,35 @@ def _el_from_continuations(x: list[int], conts: list[list[int]], n: int) -> floa
     for k, gram in enumerate(ngrams(x, n)):
         last_start[gram] = k
     total = 0.0
-    for i in reversed(range(1, length)):
+    for i in reversed(range(start, length)):
         n_label = length - i - n + 1
         if n_label <= 0:  # the label x[i:] has fewer than n tokens: undefined term, skipped (Jang et al.)
             continue
         hits = sum(1 for gram in ngrams(conts[i], n) if last_start.get(gram, -1) >= i)
         total += hits / n_label
-    return total / (length - n)
+    return total / (length - n - start + 1)
 
 
-def _check_lengths(lengths: list[int], n: int) -> None:
+def _check_lengths(lengths: list[int], n: int, starts: list[int] | None = None) -> None:
     if n < 1:
         raise UnlearnkitError(f"EL_n needs n >= 1 but got n={n}; use n=10 as in the paper.")
     for row, length in enumerate(lengths):
-        if length < n + 1:
+        start = starts[row] if starts is not None else 1
+        if length - start < n:
+            scored = "tokens" if starts is None else "scored tokens (an answer's)"
             raise UnlearnkitError(
-                f"Sequence {row} has {length} tokens, which is shorter than n+1 = {n + 1} tokens needed for "
-                f"EL_{n}; use a smaller n or longer texts."
+                f"Sequence {row} has {length - start + 1} {scored}, which is shorter than n+1 = {n + 1} tokens "
+                f"needed for EL_{n}; use a smaller n or longer texts."
             )
+
+
+def first_scored(scored_mask: torch.Tensor | None, rows: int) -> list[int]:
+    """The first prefix length each row is scored from: 1 (every prefix), or the position of the first token
+    ``scored_mask`` marks (a question-answer row: the answer's first token, the question read as context)."""
+    if scored_mask is None:
+        return [1] * rows
+    return [max(1, int(torch.nonzero(scored_mask[b]).min())) if bool(scored_mask[b].any()) else 1
+            for b in range(rows)]
 
 
 def _teacher_forced_argmax(
@@ -184,6 +196,7 @@ def extraction_likelihood_reference(
     n: int = 10,
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 32,
+    scored_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Extraction likelihood EL_n, Eqs. 6-7 (Jang et al. 2023, ``validation_el``), the slow reference:
 
@@ -192,17 +205,20 @@ def extraction_likelihood_reference(
 
     where f(x_<i) is the greedy continuation of the prefix x[:i] to the full length T (T - i new tokens).
     For every prefix length i, the prefixes of all rows still long enough are decoded together (they have
-    the same length, so no padding), like Jang et al.'s loop. Returns ``float64[B]``.
+    the same length, so no padding), like Jang et al.'s loop. With ``scored_mask`` the sum runs over the prefixes
+    from each row's first scored token on (:func:`first_scored`), divided by their count. Returns ``float64[B]``.
     """
     lengths = valid_lengths(input_ids, attention_mask)
-    _check_lengths(lengths, n)
-    rows, conts = _reference_continuations(model, input_ids, lengths, batch_size)
-    return torch.tensor([_el_from_continuations(rows[b], conts[b], n) for b in range(len(rows))],
+    starts = first_scored(scored_mask, len(lengths))
+    _check_lengths(lengths, n, starts if scored_mask is not None else None)
+    rows, conts = _reference_continuations(model, input_ids, lengths, batch_size, starts)
+    return torch.tensor([_el_from_continuations(rows[b], conts[b], n, starts[b]) for b in range(len(rows))],
                         dtype=torch.float64)
 
 
 def _reference_continuations(
-    model: torch.nn.Module, input_ids: torch.Tensor, lengths: list[int], batch_size: int
+    model: torch.nn.Module, input_ids: torch.Tensor, lengths: list[int], batch_size: int,
+    starts: list[int] | None = None,
 ) -> tuple[list[list[int]], list[list[list[int]]]]:
     """The rows cut to their lengths, and ``conts[b][i]`` = greedy continuation of ``x_b[:i]`` to full length,
     generated afresh for every prefix (the reference's slow way)."""
@@ -210,7 +226,7 @@ def _reference_continuations(
     conts: list[list[list[int]]] = [[[] for _ in range(length)] for length in lengths]
     with eval_mode(model):
         for i in reversed(range(1, max(lengths, default=0))):
-            live = [b for b in range(len(rows)) if lengths[b] > i]
+            live = [b for b in range(len(rows)) if lengths[b] > i >= (starts[b] if starts else 1)]
             out, _ = greedy_generate(model, [rows[b][:i] for b in live],
                                      [lengths[b] - i for b in live], batch_size)
             for b, cont in zip(live, out, strict=True):
@@ -238,10 +254,12 @@ def extraction_likelihood_details(
     batch_size: int = 32,
     reuse_cache: bool = True,
     decode_rows: int | None = None,
+    scored_mask: torch.Tensor | None = None,
 ) -> ELDetails:
     """Fast exact EL_n (Eqs. 6-7) with diagnostics; see :func:`extraction_likelihood`."""
     lengths = valid_lengths(input_ids, attention_mask)
-    _check_lengths(lengths, n)
+    starts = first_scored(scored_mask, len(lengths))
+    _check_lengths(lengths, n, starts if scored_mask is not None else None)
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     rows = [input_ids[b, : lengths[b]].tolist() for b in range(len(lengths))]
     with eval_mode(model):
@@ -253,7 +271,7 @@ def extraction_likelihood_details(
         min_margin = min((float(margin_t[b, : lengths[b] - 1].min()) for b in range(len(rows))),
                          default=float("inf"))
         # A branch starts wherever the model departs from the text; only those need decoding.
-        branches = [(b, i) for b in range(len(rows)) for i in range(1, lengths[b])
+        branches = [(b, i) for b in range(len(rows)) for i in range(starts[b], lengths[b])
                     if first[b][i - 1] != rows[b][i]]
         # Sorting by prompt length keeps left padding and per-batch decode lengths small.
         branches.sort(key=lambda bi: (bi[1], bi[0]))
@@ -272,13 +290,13 @@ def extraction_likelihood_details(
     for b, x in enumerate(rows):
         conts: list[list[int]] = [[] for _ in range(lengths[b] + 1)]
         # Backwards: where the first greedy token equals x_i, f(x_<i) = x_i followed by f(x_<i+1).
-        for i in reversed(range(1, lengths[b])):
+        for i in reversed(range(starts[b], lengths[b])):
             conts[i] = branch_cont[(b, i)] if (b, i) in branch_cont else [x[i], *conts[i + 1]]
-        values.append(_el_from_continuations(x, conts, n))
+        values.append(_el_from_continuations(x, conts, n, starts[b]))
     return ELDetails(
         el=torch.tensor(values, dtype=torch.float64),
         branches=len(branches),
-        prefixes=sum(length - 1 for length in lengths),
+        prefixes=sum(length - start for length, start in zip(lengths, starts, strict=True)),
         generated_tokens=sum(wanted),
         min_margin=min_margin,
         reused_cache=decoded is not None,
@@ -332,6 +350,7 @@ def extraction_likelihood(
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 32,
     reuse_cache: bool = True,
+    scored_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Extraction likelihood EL_n, Eqs. 6-7, fast and exact: same greedy tokens as
     :func:`extraction_likelihood_reference`, hence the same values (see the module docstring on ties).
@@ -342,7 +361,8 @@ def extraction_likelihood(
     batched and sorted by length; the rest is assembled backwards from i = T-1. A memorised text has few
     branches (cost ~ one forward pass). A branch's prefix is never computed again: its keys and values are
     cut from the teacher-forced pass's KV cache (``reuse_cache``; a model whose cache cannot be cut exactly
-    prefills the prefixes instead), so an unmemorised text costs the branches' decoding only.
-    Returns ``float64[B]``.
+    prefills the prefixes instead), so an unmemorised text costs the branches' decoding only. ``scored_mask``: as
+    for :func:`extraction_likelihood_reference`. Returns ``float64[B]``.
     """
-    return extraction_likelihood_details(model, input_ids, n, attention_mask, batch_size, reuse_cache).el
+    return extraction_likelihood_details(model, input_ids, n, attention_mask, batch_size, reuse_cache,
+                                         scored_mask=scored_mask).el

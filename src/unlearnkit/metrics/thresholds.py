@@ -82,7 +82,7 @@ def thresholds_from_holdout(
     ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=batch_size,
                                scored_mask=blocks.loss_mask)
     el = extraction_likelihood(model, blocks.input_ids, n=n, attention_mask=blocks.attention_mask,
-                               batch_size=batch_size)
+                               batch_size=batch_size, scored_mask=blocks.loss_mask)
     return Thresholds.from_scores(ma, el, blocks.name, n, bootstrap, seed)
 
 
