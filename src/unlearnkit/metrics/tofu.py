@@ -13,6 +13,7 @@ the forget set; model utility the harmonic mean of the nine numbers of retain, r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -130,18 +131,14 @@ def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, temp
 
 def rouge_l_recall(generated: str, answer: str) -> float:
     """ROUGE-L recall of ``generated`` against ``answer``, stemmed (TOFU's ``eval_rouge_recall``)."""
+    return float(_rouge_scorer().score(answer, generated)["rougeL"].recall)
+
+
+@functools.cache
+def _rouge_scorer() -> Any:
     from rouge_score import rouge_scorer
 
-    return float(_scorer(rouge_scorer).score(answer, generated)["rougeL"].recall)
-
-
-_SCORERS: dict[str, Any] = {}
-
-
-def _scorer(rouge_scorer: Any) -> Any:
-    if "rougeL" not in _SCORERS:
-        _SCORERS["rougeL"] = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    return _SCORERS["rougeL"]
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
 
 def set_summary(role: str, records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
