@@ -249,7 +249,8 @@ def tiny_gpt2_model_dir(tmp_path_factory):
 def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2_model_dir, tmp_path, data_dir):
     from tests.conftest import REPO, run_cli
 
-    tofu = "{split: forget01, limit: 2, batch_size: 4, every_epoch: true, generation_length: 80}"
+    tofu = ("{split: forget01, limit: 2, batch_size: 4, every_epoch: true, generation_length: 80, "
+            f"retain_model: {tiny_gpt2_model_dir}}}")
     overrides = [f"model.name={tiny_gpt2_model_dir}", f"data.dir={data_dir}", f"output.dir={tmp_path / 'run'}",
                  "data.forget={source: tofu, split: forget01, n: 4}",
                  "data.retain={source: tofu, split: retain99, n: 8}",
@@ -276,6 +277,16 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     row = point_row(SweepPoint("tofu", {}, None), tmp_path / "run")  # a sweep's results row carries TOFU's numbers
     assert row["tofu"]["after"]["model_utility"] == metrics["after"]["tofu"]["model_utility"]
     assert [e["epoch"] for e in row["tofu"]["epochs"]] == [1] and "records" not in row["tofu"]["after"]["forget"]
+    # the model before unlearning is the retain model here: indistinguishable from it
+    assert row["tofu"]["before"]["forget_quality"] == pytest.approx(1.0)
+    from unlearnkit.experiments.report import write_report
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "results.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    write_report(tmp_path / "sweep")
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| target (before unlearning) | 0 | | | 1.000 |" in report and "| LoRA | 1 |" in report
+    assert (tmp_path / "sweep" / "report" / "tofu_utility_vs_forget_quality.png").stat().st_size > 1000
 
     out = tmp_path / "eval"
     done = run_cli("eval", str(tiny_gpt2_model_dir), "--suite", "tofu", "--tofu-split", "forget01", "--limit", "2",

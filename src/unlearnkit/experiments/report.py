@@ -31,6 +31,7 @@ from unlearnkit.experiments.figures import (
     row_label,
     save_figure,
 )
+from unlearnkit.experiments.tofu_report import CAPTION, TITLE, tofu_figure, tofu_markdown, tofu_rows
 from unlearnkit.io import atomic_write_text
 from unlearnkit.ownership import check_replaceable, mark_directory
 
@@ -307,6 +308,16 @@ def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_pref
         parts += ["", f"![{made.title}]({link_prefix}{target.name})", "", f"*{made.title}.* {made.caption}"]
     if skipped:
         parts += ["", "Figures not drawn:", "", *skipped]
+    if tofu_rows(rows):  # runs scored with TOFU (eval.tofu): its table and its figure
+        parts += ["", "**TOFU** (after unlearning; docs/tofu.md says how each number is computed):", "",
+                  tofu_markdown(rows)]
+        figure, why = tofu_figure(rows)
+        target = figure_dir / "tofu_utility_vs_forget_quality.png"
+        if figure is None:
+            parts += ["", f"The TOFU figure was not drawn: {why}."]
+        else:
+            written.append(save_figure(figure, target))
+            parts += ["", f"![{TITLE}]({link_prefix}{target.name})", "", f"*{TITLE}.* {CAPTION}"]
     failures = [row for row in rows if row.get("status") != "done"]
     if failures:
         parts += ["", "Runs that failed with an error (counted in n, not in k):", ""]
