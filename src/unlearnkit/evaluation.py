@@ -287,7 +287,18 @@ class TofuMetric(Metric):
 
 
 def retain_model_ratios(options: Any, data_dir: str | Path) -> list[float]:
-    """The retain model's truth ratios on the forget questions, kept in the score cache by its weights."""
+    """The retain model's truth ratios on the forget questions, kept in the score cache by its weights and, within a
+    process, by the options (a run asks before, after and every epoch: the model is loaded once)."""
+    key = (str(options.retain_model), str(data_dir), options.split, options.template, options.items, options.limit)
+    if key not in _RETAIN_RATIOS:
+        _RETAIN_RATIOS[key] = _retain_model_ratios(options, data_dir)
+    return list(_RETAIN_RATIOS[key])
+
+
+_RETAIN_RATIOS: dict[tuple[Any, ...], list[float]] = {}
+
+
+def _retain_model_ratios(options: Any, data_dir: str | Path) -> list[float]:
     from unlearnkit.metrics.tofu import forget_ratios
     from unlearnkit.modeling import load_model
 
