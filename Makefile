@@ -74,6 +74,8 @@ bench-full: setup
 	$(BIN)/python benchmarks/criterion_cost.py --threads 1 --model smollm2 --sequences 32 --seq-len 200 \
 		--skip-prefill --out benchmarks/results/criterion_cost_smollm2.json
 	$(BIN)/python benchmarks/memory.py --threads 1
+	$(BIN)/python benchmarks/tofu_eval.py --threads 1 --limit 32 --epoch-rows 32 \
+		--model $$($(BIN)/unlearnkit testbed build --size tofu-smollm2 --authors 10 --tofu-model target --print-path)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -193,6 +193,89 @@ def test_truth_ratio_probability_and_aggregates_are_tofus(data_dir):
     assert model_utility({"retain": nine["retain"]}) is None
 
 
+def test_a_question_s_prompt_goes_through_the_model_once_for_all_its_answers(data_dir):
+    from unlearnkit.metrics.tofu import question_scores
+
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16)
+    row = _rows(data_dir, "real_authors_perturbed", 1)[0]
+    answers = [row["answer"], row["answer"], *row["perturbed_answer"]]  # real authors: the base answer is the answer
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape),
+                                    with_kwargs=True)
+    ours = question_scores(model, tokenizer, "phi", row["question"], answers)
+    encoded = [encode_qa(tokenizer, "phi", row["question"], a) for a in answers]
+    prompt = encoded[0].prompt_tokens
+    # one pass over the prompt but its last token, one over the rest of the distinct answers
+    assert seen[0] == (1, prompt - 1) and seen[1][0] == len(answers) - 1 and len(seen) == 2
+    for score, item in zip(ours, encoded, strict=True):  # each equals its row's own pass
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([item.ids])).logits.double()[0, item.prompt_tokens - 1:-1]
+        labels = torch.tensor(item.ids)[item.prompt_tokens:]
+        token_lp = torch.log_softmax(logits, dim=-1)[torch.arange(len(labels)), labels]
+        assert score.loss == pytest.approx(float(-token_lp.mean()), rel=1e-5)
+        assert score.log_probs == pytest.approx(token_lp.tolist(), rel=1e-5, abs=1e-6)
+        assert list(score.hits) == (logits.argmax(-1) == labels).tolist()
+
+
+def test_extraction_strength_and_privacy_leak_are_open_unlearnings():
+    from unlearnkit.metrics.tofu import extraction_strength, privacy_leak
+
+    def official(preds, labels):  # open-unlearning's _extraction_strength, transcribed
+        valid_len = len(labels)
+        for k in range(valid_len):
+            if preds[k:] == labels[k:]:
+                break
+        return 1 - (k / valid_len)
+
+    for hits in ([True] * 5, [False, True, True, True], [True, False, True, True], [False] * 4, [True, True, False]):
+        labels = list(range(len(hits)))
+        preds = [label if hit else -1 for label, hit in zip(labels, hits, strict=True)]
+        assert extraction_strength(hits) == pytest.approx(official(preds, labels))
+    # Min-K% scores (higher: more likely); the forget answers all above the held-out ones: AUC 1
+    forget = [{"min_k": v} for v in (-0.5, -0.2, -0.9)]
+    holdout = [{"min_k": v} for v in (-2.0, -1.5, -3.0)]
+    found = privacy_leak({"forget": forget, "holdout": holdout}, retain_model_auc=0.5)
+    assert found["min_k_auc"] == 1.0 and found["privacy_leak"] == pytest.approx(-100.0)
+    mixed = privacy_leak({"forget": forget, "holdout": [{"min_k": v} for v in (-0.3, -1.0, -0.1)]}, 0.5)
+    assert mixed["min_k_auc"] == pytest.approx(4 / 9)  # pairs (forget > held-out): 4 of 9
+    assert mixed["privacy_leak"] == pytest.approx(((1 - 4 / 9) - 0.5) / 0.5 * 100)
+    assert privacy_leak({"forget": forget, "holdout": holdout}, None)["privacy_leak"] is None
+
+
+def test_tofu_scores_are_kept_by_weights_and_an_epoch_answers_only_the_utility_sets(data_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.evaluation import ScoreCache
+    from unlearnkit.metrics.tofu import UTILITY_SETS, tofu_evaluation
+    from unlearnkit.progress import Progress
+
+    tokenizer = load_gpt2_tokenizer(data_dir)
+    model = tiny_gpt_neo(vocab_size=len(tokenizer), hidden=16)
+    options = EvalConfig(tofu={"split": "forget01", "limit": 2, "generation_length": 60}).tofu
+    cache = ScoreCache(tmp_path, "weights")
+    calls = SimpleNamespace(n=0)
+    model.register_forward_pre_hook(lambda *_: setattr(calls, "n", calls.n + 1))
+    progress = Progress(quiet=True)
+    epoch = tofu_evaluation(model, tokenizer, options, data_dir, progress, cache=cache, generate_roles=UTILITY_SETS,
+                            privacy=False)
+    assert "generated" not in epoch["sets"]["forget"]["records"][0]
+    assert epoch["sets"]["forget"]["rouge_l_recall"] is None and epoch["model_utility"] is not None
+    assert set(epoch["sets"]) == {"forget", "retain", "real_authors", "world_facts"}  # no held-out questions
+    after_epoch = calls.n
+    after = tofu_evaluation(model, tokenizer, options, data_dir, progress, cache=cache)
+    new_passes = calls.n - after_epoch
+    # only the forget set's greedy answers (at most 60 steps) and the 2 held-out questions' scores were new
+    assert 0 < new_passes <= 60 + 2 * 2
+    assert set(after["sets"]) == {"forget", "retain", "real_authors", "world_facts", "holdout"}
+    assert 0 <= after["min_k_auc"] <= 1 and after["privacy_leak"] is None  # no retain model given
+    fresh = tofu_evaluation(model, tokenizer, options, data_dir, progress)
+    assert after == fresh
+    calls.n = 0
+    assert tofu_evaluation(model, tokenizer, options, data_dir, progress, cache=cache) == fresh and calls.n == 0
+
+
 def test_rouge_is_the_recall_of_the_answer_and_greedy_answers_are_generates(data_dir):
     from unlearnkit.metrics.tofu import greedy_answers, rouge_l_recall
 
@@ -264,12 +347,16 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     for snapshot in (metrics["before"], metrics["after"]):
         found = snapshot["tofu"]
-        assert set(found["sets"]) == {"forget", "retain", "real_authors", "world_facts"}
+        assert set(found["sets"]) == {"forget", "retain", "real_authors", "world_facts", "holdout"}
         assert found["model_utility"] is not None and 0 <= found["model_utility"] <= 1
         record = found["sets"]["forget"]["records"][0]
-        assert {"question", "prompt", "prob", "truth_ratio", "rouge_l_recall", "generated"} <= set(record)
+        assert {"question", "prompt", "prob", "truth_ratio", "rouge_l_recall", "generated",
+                "extraction_strength", "min_k"} <= set(record)
+        assert 0 < found["extraction_strength"] <= 1 and 0 <= found["min_k_auc"] <= 1
         assert record["prompt"] == "Question: " + record["question"] + "\n"
-    assert [len(e["tofu"]["sets"]["forget"]) for e in metrics["epochs"]] == [4]  # numbers, not the records
+    assert [set(e["tofu"]["sets"]["forget"]) for e in metrics["epochs"]] == [  # numbers, not the records
+        {"questions", "prob", "rouge_l_recall", "truth_ratio", "extraction_strength"}]
+    assert metrics["epochs"][0]["tofu"]["sets"]["forget"]["rouge_l_recall"] is None  # the answers come after
     assert "epoch_record" not in metrics["after"]["forget"]
     from unlearnkit.config.sweep import SweepPoint
     from unlearnkit.experiments.sweep import point_row
@@ -279,6 +366,7 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     assert [e["epoch"] for e in row["tofu"]["epochs"]] == [1] and "records" not in row["tofu"]["after"]["forget"]
     # the model before unlearning is the retain model here: indistinguishable from it
     assert row["tofu"]["before"]["forget_quality"] == pytest.approx(1.0)
+    assert row["tofu"]["before"]["privacy_leak"] == pytest.approx(0.0, abs=1e-6)
     from unlearnkit.experiments.report import write_report
 
     (tmp_path / "sweep").mkdir()
@@ -294,6 +382,7 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     assert done.returncode == 0, done.stderr[-3000:]
     evaluated = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     assert evaluated["forget_quality"] == pytest.approx(1.0)  # the model against itself: indistinguishable
+    assert evaluated["privacy_leak"] == pytest.approx(0.0, abs=1e-6)
     assert len(evaluated["sets"]["world_facts"]["records"]) == 2 and "model utility" in (out / "eval.md").read_text()
 
 

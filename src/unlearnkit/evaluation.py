@@ -281,35 +281,36 @@ class TofuMetric(Metric):
         assert options is not None
         if context.tokenizer is None or context.data_dir is None:
             raise ValueError("the TOFU evaluation needs the tokenizer and the data directory")
-        retain = retain_model_ratios(options, context.data_dir) if options.retain_model else None
+        reference = retain_model_reference(options, context.data_dir) if options.retain_model else None
         return tofu_evaluation(model, context.tokenizer, options, context.data_dir, context.progress,
-                               context.label, retain)
+                               context.label, reference, cache=context.cache)
 
 
-def retain_model_ratios(options: Any, data_dir: str | Path) -> list[float]:
-    """The retain model's truth ratios on the forget questions, kept in the score cache by its weights and, within a
-    process, by the options (a run asks before, after and every epoch: the model is loaded once)."""
+def retain_model_reference(options: Any, data_dir: str | Path) -> dict[str, Any]:
+    """The retain model's truth ratios on the forget questions and its Min-K% AUC (forget quality's and the privacy
+    leak's reference), kept in the score cache by its weights and, within a process, by the options (a run asks
+    before, after and every epoch: the model is loaded once)."""
     key = (str(options.retain_model), str(data_dir), options.split, options.template, options.items, options.limit)
-    if key not in _RETAIN_RATIOS:
-        _RETAIN_RATIOS[key] = _retain_model_ratios(options, data_dir)
-    return list(_RETAIN_RATIOS[key])
+    if key not in _RETAIN_REFERENCES:
+        _RETAIN_REFERENCES[key] = _retain_model_reference(options, data_dir)
+    return dict(_RETAIN_REFERENCES[key])
 
 
-_RETAIN_RATIOS: dict[tuple[Any, ...], list[float]] = {}
+_RETAIN_REFERENCES: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
-def _retain_model_ratios(options: Any, data_dir: str | Path) -> list[float]:
-    from unlearnkit.metrics.tofu import forget_ratios
+def _retain_model_reference(options: Any, data_dir: str | Path) -> dict[str, Any]:
+    from unlearnkit.metrics.tofu import retain_model_reference as measure
     from unlearnkit.modeling import load_model
 
     loaded = load_model(str(options.retain_model))
     cache = ScoreCache(cache_root() / "scores", model_fingerprint(loaded.model))
     key = {k: getattr(options, k) for k in ("split", "template", "items", "limit")}
-    found = cache.load_named("tofu-retain-ratios", key)
+    found = cache.load_named("tofu-retain-reference", key)
     if found is None:
-        found = {"ratios": forget_ratios(loaded.model, loaded.tokenizer, options, data_dir)}
-        cache.store_named("tofu-retain-ratios", key, found)
-    return [float(r) for r in found["ratios"]]
+        found = measure(loaded.model, loaded.tokenizer, options, data_dir)
+        cache.store_named("tofu-retain-reference", key, found)
+    return found
 
 
 #: the snapshot's metrics after the memorisation scores of each set, in the order they are measured

@@ -276,9 +276,15 @@ def tofu_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     def number(value: Any, digits: int = 4) -> str:
         return "—" if value is None else (f"{value:.3g}" if value < 1e-3 else f"{value:.{digits}f}")
 
+    leak = result.get("privacy_leak")
     rows = [("forget quality (KS p-value)", number(result.get("forget_quality"))),
-            ("model utility", number(result.get("model_utility")))]
+            ("model utility", number(result.get("model_utility"))),
+            ("forget extraction strength", number(result.get("extraction_strength"))),
+            ("Min-K% AUC, forget against held-out", number(result.get("min_k_auc"))),
+            ("privacy leak (%, against the retain model)", "—" if leak is None else f"{leak:+.1f}")]
     for role, found in result["sets"].items():
+        if role == "holdout":
+            continue  # the privacy leak's non-members
         truth = "truth ratio min(R, 1/R)" if role == "forget" else "truth ratio max(0, 1 − R)"
         rows += [(f"{role}: probability", number(found["prob"])),
                  (f"{role}: ROUGE-L recall", number(found["rouge_l_recall"])),

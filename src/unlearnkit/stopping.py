@@ -56,21 +56,25 @@ class PaperCriterion(StoppingRule):
 
 
 class WithTofu(StoppingRule):
-    """A rule, and TOFU's numbers after each epoch (``eval.tofu.every_epoch``; the per-question records only before
-    and after, in the snapshots)."""
+    """A rule, and TOFU's numbers after each epoch (``eval.tofu.every_epoch``): model utility and forget quality,
+    the curve between them. The forget set's greedy answers (its ROUGE) and the per-question records come before
+    and after only, in the snapshots; what an epoch scored is kept by its weights, so the evaluation after the
+    last epoch adds only those answers."""
 
     def __init__(self, rule: StoppingRule, config: EvalConfig, tokenizer: Any, data_dir: Any) -> None:
         self.rule, self.config, self.tokenizer, self.data_dir = rule, config, tokenizer, data_dir
 
     def epoch_scores(self, model: Any, forget: TokenBlocks, progress: Progress, epoch: int) -> dict[str, Any]:
-        from unlearnkit.evaluation import retain_model_ratios
-        from unlearnkit.metrics.tofu import tofu_evaluation
+        from unlearnkit.evaluation import ScoreCache, retain_model_reference
+        from unlearnkit.metrics.tofu import UTILITY_SETS, tofu_evaluation
 
         options = self.config.tofu
         assert options is not None
         scores = self.rule.epoch_scores(model, forget, progress, epoch)
-        retain = retain_model_ratios(options, self.data_dir) if options.retain_model else None
-        found = tofu_evaluation(model, self.tokenizer, options, self.data_dir, progress, f"epoch {epoch}", retain)
+        reference = retain_model_reference(options, self.data_dir) if options.retain_model else None
+        found = tofu_evaluation(model, self.tokenizer, options, self.data_dir, progress, f"epoch {epoch}",
+                                reference, cache=ScoreCache.of(model, self.config), generate_roles=UTILITY_SETS,
+                                privacy=False)
         found["sets"] = {role: {k: v for k, v in each.items() if k != "records"}
                          for role, each in found["sets"].items()}
         return {**scores, "epoch_record": {"tofu": found}}

@@ -192,16 +192,16 @@ def eval_(
 
 def _eval_tofu(model: str, location: str, loaded: Any, options: Any, data_dir: Path, progress: Any,
                output: Path | None) -> None:
-    from unlearnkit.evaluation import retain_model_ratios
+    from unlearnkit.evaluation import retain_model_reference
     from unlearnkit.io import atomic_write_json, atomic_write_text
     from unlearnkit.metrics.tofu import tofu_evaluation
     from unlearnkit.reports import render_tofu_markdown, tofu_table
 
-    retain = None
+    reference = None
     if options.retain_model is not None:
-        with progress.status(f"The retain model's truth ratios ({options.retain_model})"):
-            retain = retain_model_ratios(options, data_dir)
-    result = tofu_evaluation(loaded.model, loaded.tokenizer, options, data_dir, progress, retain_ratios=retain)
+        with progress.status(f"The retain model's truth ratios and Min-K% AUC ({options.retain_model})"):
+            reference = retain_model_reference(options, data_dir)
+    result = tofu_evaluation(loaded.model, loaded.tokenizer, options, data_dir, progress, reference=reference)
     Console(emoji=False).print(tofu_table(result, f"TOFU: {model}"))
     if output is not None:
         atomic_write_json(output / "eval.json", marked({"model": model, "loaded_from": location, "suite": "tofu",

@@ -226,7 +226,8 @@ class TofuEvalConfig(Section):
     every_epoch: bool = Field(False, description="TOFU's numbers after every epoch too (the curve of model utility "
                                                  "against forget quality); before and after always")
     limit: int | None = Field(None, ge=1, description="score the first N questions of each set (quick looks)")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="questions answered at once (greedy answers; the losses go one "
+                                                 "question at a time, its prompt shared by its answers)")
 
     @field_validator("split")
     @classmethod

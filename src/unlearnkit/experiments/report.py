@@ -31,7 +31,14 @@ from unlearnkit.experiments.figures import (
     row_label,
     save_figure,
 )
-from unlearnkit.experiments.tofu_report import CAPTION, TITLE, tofu_figure, tofu_markdown, tofu_rows
+from unlearnkit.experiments.tofu_report import (
+    CAPTION,
+    TITLE,
+    retain_model_scores,
+    tofu_figure,
+    tofu_markdown,
+    tofu_rows,
+)
 from unlearnkit.io import atomic_write_text
 from unlearnkit.ownership import check_replaceable, mark_directory
 
@@ -311,7 +318,7 @@ def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_pref
     if tofu_rows(rows):  # runs scored with TOFU (eval.tofu): its table and its figure
         parts += ["", "**TOFU** (after unlearning; docs/tofu.md says how each number is computed):", "",
                   tofu_markdown(rows)]
-        figure, why = tofu_figure(rows)
+        figure, why = tofu_figure(rows, retain_model_scores(results))
         target = figure_dir / "tofu_utility_vs_forget_quality.png"
         if figure is None:
             parts += ["", f"The TOFU figure was not drawn: {why}."]

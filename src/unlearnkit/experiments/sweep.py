@@ -144,6 +144,9 @@ def point_row(point: SweepPoint, directory: Path) -> dict[str, Any]:
     }
 
 
+SET_NUMBERS = ("prob", "rouge_l_recall", "truth_ratio", "extraction_strength")
+
+
 def _tofu_fields(metrics: Any) -> dict[str, Any]:
     """TOFU's numbers of a run scored with ``eval.tofu``: before, after and along the epochs (no records)."""
     after = (metrics.after.model_extra or {}).get("tofu")
@@ -151,9 +154,9 @@ def _tofu_fields(metrics: Any) -> dict[str, Any]:
         return {}
 
     def numbers(found: dict[str, Any]) -> dict[str, Any]:
-        return {"forget_quality": found.get("forget_quality"), "model_utility": found.get("model_utility"),
-                **{role: {k: v for k, v in each.items() if k in ("prob", "rouge_l_recall", "truth_ratio")}
-                   for role, each in found["sets"].items()}}
+        return {**{key: found.get(key) for key in ("forget_quality", "model_utility", "extraction_strength",
+                                                   "min_k_auc", "privacy_leak") if key in found},
+                **{role: {k: v for k, v in each.items() if k in SET_NUMBERS} for role, each in found["sets"].items()}}
 
     before = (metrics.before.model_extra or {}).get("tofu")
     return {"tofu": {"after": numbers(after), "before": numbers(before) if before else None,

@@ -7,8 +7,10 @@ point_row`'s ``tofu``); the target is every run's model before unlearning, so it
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -16,10 +18,12 @@ from matplotlib.figure import Figure
 from unlearnkit.experiments.figures import done_rows, ordered_labels, row_label
 
 Row = dict[str, Any]
+RETAIN_MODEL_EVAL = Path("retain-model") / "eval.json"
 
 TITLE = "TOFU: model utility against forget quality along the epochs"
 CAPTION = ("One line per run, from the target (the star: every run's model before unlearning) through each "
-           "epoch's model (dots) to the last; x: forget quality, the KS-test p-value against the retain model "
+           "epoch's model (dots) to the last, the retain model a diamond where its scores are in the sweep's "
+           "retain-model/eval.json; x: forget quality, the KS-test p-value against the retain model "
            "(log scale, higher is better: 1 is indistinguishable from never having seen the forget authors); y: "
            "model utility (the harmonic mean of probability, ROUGE-L recall and truth ratio on retain, real "
            "authors and world facts).")
@@ -35,8 +39,8 @@ def tofu_markdown(rows: Sequence[Row]) -> str:
     runs = sorted(tofu_rows(rows), key=lambda row: ordered_labels([row_label(r) for r in tofu_rows(rows)])
                   .index(row_label(row)))
     header = ("| method | epochs | params (%) | FLOPs | forget quality ↑ | model utility ↑ | forget truth ratio | "
-              "forget ROUGE-L | forget prob. | retain ROUGE-L |")
-    lines = [header, "|" + "|".join(["---"] + ["---:"] * 9) + "|"]
+              "forget ROUGE-L | forget prob. | retain ROUGE-L | forget extraction strength | privacy leak |")
+    lines = [header, "|" + "|".join(["---"] + ["---:"] * 11) + "|"]
     target = next((row["tofu"]["before"] for row in runs if row["tofu"].get("before")), None)
     if target is not None:
         lines.append("| target (before unlearning) | 0 | | | " + " | ".join(_numbers(target)) + " |")
@@ -52,12 +56,25 @@ def tofu_markdown(rows: Sequence[Row]) -> str:
 def _numbers(found: Row) -> list[str]:
     forget, retain = found.get("forget", {}), found.get("retain", {})
     values = [found.get("forget_quality"), found.get("model_utility"), forget.get("truth_ratio"),
-              forget.get("rouge_l_recall"), forget.get("prob"), retain.get("rouge_l_recall")]
-    return ["—" if v is None else (f"{v:.2e}" if 0 < v < 1e-3 else f"{v:.3f}") for v in values]
+              forget.get("rouge_l_recall"), forget.get("prob"), retain.get("rouge_l_recall"),
+              found.get("extraction_strength")]
+    leak = found.get("privacy_leak")
+    return ["—" if v is None else (f"{v:.2e}" if 0 < v < 1e-3 else f"{v:.3f}") for v in values] + [
+        "—" if leak is None else f"{leak:+.1f}"]
 
 
-def tofu_figure(rows: Sequence[Row]) -> tuple[Figure | None, str | None]:
-    """The figure, or None and why it was not drawn."""
+def retain_model_scores(results: Path) -> Row | None:
+    """The retain model's own TOFU scores, where the sweep's folder holds them: ``retain-model/eval.json``, as
+    ``unlearnkit eval RETAIN --suite tofu --retain-model RETAIN --output <sweep>/retain-model`` writes it."""
+    try:
+        found: Row = json.loads((results / RETAIN_MODEL_EVAL).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def tofu_figure(rows: Sequence[Row], retain_model: Row | None = None) -> tuple[Figure | None, str | None]:
+    """The figure (the retain model marked where its scores are given), or None and why it was not drawn."""
     runs = [row for row in tofu_rows(rows) if _curve(row)]
     if not runs:
         return None, "no run has TOFU's forget quality (eval.tofu.retain_model) and model utility"
@@ -73,6 +90,10 @@ def tofu_figure(rows: Sequence[Row]) -> tuple[Figure | None, str | None]:
                     label="target")
             target_drawn = True
         ax.plot([xs[-1]], [ys[-1]], marker="o", markersize=6, color=line.get_color())
+    retain_point = _point(retain_model) if retain_model is not None else None
+    if retain_point is not None:
+        ax.plot([retain_point[0]], [retain_point[1]], marker="D", markersize=8, color="black", linestyle="none",
+                label="retain model")
     ax.set_xscale("log")
     ax.set_xlabel("forget quality (KS p-value, log scale)")
     ax.set_ylabel("model utility")

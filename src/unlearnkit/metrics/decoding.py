@@ -40,7 +40,7 @@ def _forward_params(model: torch.nn.Module) -> set[str]:
         return set()
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
+def cache_kwarg(model: torch.nn.Module) -> str:
     """transformers 5.x renamed ``past_key_values`` to ``cache``; older versions only know the former."""
     # A PEFT wrapper forwards **kwargs, so ask the model it wraps.
     get_base_model = getattr(model, "get_base_model", None)
@@ -48,7 +48,7 @@ def _cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in _forward_params(inner) else "past_key_values"
 
 
-def _output_cache(out: object) -> object:
+def output_cache(out: object) -> object:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
@@ -76,7 +76,7 @@ def greedy_generate(
     if isinstance(max_new_tokens, int):
         max_new_tokens = [max_new_tokens] * len(prompts)
     device = model_device(model)
-    cache_kw = _cache_kwarg(model)
+    cache_kw = cache_kwarg(model)
     # Only the last position's logits are needed after the prefill; skipping the LM head elsewhere saves about
     # as much compute as the rest of a 125M model. Reference and fast path both decode through here.
     keep: dict[str, int] = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
@@ -109,7 +109,7 @@ def _decode(model: torch.nn.Module, out: Any, mask: torch.Tensor, last_pos: torc
     """The greedy decode loop shared by every path: from the output ``out`` of a forward pass whose last
     positions are ``last_pos`` ([R, 1]), ``need[j]`` tokens for row j, and the smallest top-1 minus top-2
     logit gap over the decisions kept."""
-    cache = _output_cache(out)
+    cache = output_cache(out)
     logits = out.logits[:, -1, :]
     steps = max(need)
     device = mask.device
@@ -141,7 +141,7 @@ def _decode(model: torch.nn.Module, out: Any, mask: torch.Tensor, last_pos: torc
             mask, next_pos, wanted, rows, token = mask[keep], next_pos[keep], wanted[keep], rows[keep], token[keep]
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         out = model(input_ids=token, attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache})
-        cache = _output_cache(out)
+        cache = output_cache(out)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + (wanted.unsqueeze(1) > step + 2).long()
     return tokens.tolist(), min_margin
@@ -262,7 +262,7 @@ def greedy_continue(model: torch.nn.Module, cache: Any, prefix_lengths: Sequence
     for j, length in enumerate(prefix_lengths):
         mask[j, width - length:] = 1
     positions = torch.tensor(list(prefix_lengths), dtype=torch.long, device=device).unsqueeze(1)
-    cache_kw = _cache_kwarg(model)
+    cache_kw = cache_kwarg(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache})
     tokens, margin = _decode(model, out, mask, positions, list(max_new_tokens), cache_kw)
     return [row[:new] for row, new in zip(tokens, max_new_tokens, strict=True)], margin

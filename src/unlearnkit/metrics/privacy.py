@@ -27,6 +27,7 @@ from unlearnkit.metrics.memorization import valid_lengths
 
 __all__ = [
     "auc",
+    "lowest_k_mean",
     "extraction_attack",
     "extraction_layout",
     "membership_inference",
@@ -124,7 +125,7 @@ def token_statistics(
     return out
 
 
-def _lowest_k_mean(values: torch.Tensor, k: float) -> float:
+def lowest_k_mean(values: torch.Tensor, k: float) -> float:
     """Mean of the lowest ``int(len * k)`` values (at least one), as in the Min-K% reference code."""
     count = max(1, int(values.numel() * k))
     return float(torch.sort(values).values[:count].mean())
@@ -163,11 +164,11 @@ def mia_scores(
     scores: dict[str, list[float]] = {"loss": [], "min_k": [], "min_k_pp": []}
     for s in stats:
         scores["loss"].append(float(s["logp"].mean()))
-        scores["min_k"].append(_lowest_k_mean(s["logp"], k))
+        scores["min_k"].append(lowest_k_mean(s["logp"], k))
         # A point-mass distribution has sigma = 0; its standardised score is 0 rather than inf/nan.
         z = torch.where(s["sigma"] > 0, (s["logp"] - s["mu"]) / s["sigma"].clamp(min=1e-300),
                         torch.zeros_like(s["logp"]))
-        scores["min_k_pp"].append(_lowest_k_mean(z, k))
+        scores["min_k_pp"].append(lowest_k_mean(z, k))
     if texts is not None:
         scores["zlib"] = [
             loss / max(1, len(zlib.compress(text.encode("utf-8"))))

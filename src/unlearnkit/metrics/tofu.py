@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from unlearnkit.data.blocks import TokenBlocks
-from unlearnkit.data.qa import format_prompt, qa_blocks, read_qa_rows
-from unlearnkit.metrics.decoding import eval_mode, generate_continuations
+from unlearnkit.data.qa import encode_qa, format_prompt, read_qa_rows
+from unlearnkit.metrics.decoding import cache_kwarg, eval_mode, generate_continuations, output_cache
+from unlearnkit.metrics.privacy import auc, lowest_k_mean
 from unlearnkit.objectives import token_nll
 
 #: the sets TOFU scores, their file in the data directory, and the answer its truth ratio compares against
@@ -31,7 +33,9 @@ TOFU_SETS = {"retain": "retain_perturbed", "real_authors": "real_authors_perturb
 BASE_ANSWER = {"forget": "paraphrased_answer", "retain": "paraphrased_answer", "real_authors": "answer",
                "world_facts": "answer"}
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
+TOFU_ROLES = ("forget", *UTILITY_SETS)
 GENERATION_LENGTH = 200  # TOFU's generation.max_length: prompt and answer together
+MIN_K = 0.4  # open-unlearning's TOFU privacy leak: Min-K% Prob over the lowest 40 % of the answer's tokens
 FIRST_ITEMS = 300  # TOFU's ds_size: the original code scores the first 300 questions of each set
 
 
@@ -72,43 +76,112 @@ def trim_padding(blocks: TokenBlocks) -> TokenBlocks:
 
 
 def score_questions(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], *, role: str, template: str,
-                    batch_size: int = 16, generation_length: int = GENERATION_LENGTH,
+                    batch_size: int = 64, generation_length: int = GENERATION_LENGTH,
                     generate: bool = True) -> list[dict[str, Any]]:
     """One record per question: the exact prompt the answer is scored after, the answer's probability and mean
     loss, the truth ratio R (before TOFU's min/max transform) with the losses it comes from, the greedy answer
     and its ROUGE-L recall. ``role`` (forget, retain, real_authors, world_facts) picks the base answer."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    records = teacher_forced_records(model, tokenizer, rows, role=role, template=template)
+    if generate:
+        answers = greedy_answers(model, tokenizer, [row["question"] for row in rows], template=template,
+                                 batch_size=batch_size, generation_length=generation_length)
+        with_answers(records, answers)
+    return records
 
-    def losses(answers: list[str], tag: str) -> torch.Tensor:
-        pairs = [{"question": row["question"], "answer": answer} for row, answer in zip(rows, answers, strict=True)]
-        blocks = qa_blocks(pairs, tokenizer, template=template, name=f"tofu:{role}:{tag}",
-                           ids=[str(i) for i in range(len(pairs))], pad_id=pad)
-        return answer_losses(model, blocks, batch_size)
 
-    answer = losses([row["answer"] for row in rows], "answer")
-    base = losses([row[BASE_ANSWER[role]] for row in rows], "base")
-    width = min(len(row["perturbed_answer"]) for row in rows)
-    perturbed = torch.stack([losses([row["perturbed_answer"][k] for row in rows], f"perturbed{k}")
-                             for k in range(width)], dim=1)
-    generated = greedy_answers(model, tokenizer, [row["question"] for row in rows], template=template,
-                               batch_size=batch_size, generation_length=generation_length) if generate else None
+def teacher_forced_records(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], *, role: str,
+                           template: str) -> list[dict[str, Any]]:
+    """:func:`score_questions`' records without the greedy answers: what the answers' scores give. The answer's
+    tokens also give its extraction strength and Min-K% score; the held-out questions (``role="holdout"``,
+    the privacy leak's non-members) have the answer alone."""
     records = []
-    for i, row in enumerate(rows):
-        record = {
-            "question": row["question"], "prompt": format_prompt(tokenizer, template, row["question"]),
-            "answer": row["answer"], "prob": math.exp(-float(answer[i])), "answer_loss": float(answer[i]),
-            "base_loss": float(base[i]), "perturbed_losses": [float(v) for v in perturbed[i]],
+    perturbed_count = 0 if role == "holdout" else min(len(r["perturbed_answer"]) for r in rows)
+    for row in rows:
+        others = [] if role == "holdout" else [row[BASE_ANSWER[role]], *row["perturbed_answer"][:perturbed_count]]
+        answer, *rest = question_scores(model, tokenizer, template, row["question"], [row["answer"], *others])
+        record = {"question": row["question"], "prompt": format_prompt(tokenizer, template, row["question"]),
+                  "answer": row["answer"], "prob": math.exp(-answer.loss), "answer_loss": answer.loss,
+                  "extraction_strength": extraction_strength(answer.hits),
+                  "min_k": lowest_k_mean(torch.tensor(answer.log_probs), MIN_K)}
+        if rest:
+            base, wrong = rest[0].loss, [score.loss for score in rest[1:]]
             # R = p̄(perturbed) / p(base): exp(base loss − mean perturbed loss), TOFU's truth_ratio
-            "truth_ratio": math.exp(float(base[i]) - float(perturbed[i].mean())),
-        }
-        if generated is not None:
-            record["generated"] = generated[i]
-            record["rouge_l_recall"] = rouge_l_recall(generated[i], row["answer"])
+            record.update(base_loss=base, perturbed_losses=wrong, truth_ratio=math.exp(base - sum(wrong) / len(wrong)))
         records.append(record)
     return records
 
 
-def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, template: str, batch_size: int = 16,
+def with_answers(records: list[dict[str, Any]], answers: Sequence[str]) -> None:
+    """Add each greedy answer and its ROUGE-L recall against the answer to its question's record."""
+    for record, generated in zip(records, answers, strict=True):
+        record["generated"] = generated
+        record["rouge_l_recall"] = rouge_l_recall(generated, record["answer"])
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """One answer after its question: the mean NLL of its scored tokens (TOFU's ``avg_gt_loss``), and per scored
+    token its log-probability and whether the greedy prediction is that token."""
+
+    loss: float
+    log_probs: tuple[float, ...]
+    hits: tuple[bool, ...]
+
+
+def question_scores(model: Any, tokenizer: Any, template: str, question: str, answers: Sequence[str]
+                    ) -> list[AnswerScore]:
+    """Each answer of ``question`` scored as the row ``prompt + answer``: the prompt the answers share goes through
+    the model once and its keys and values serve every answer, and an answer given twice (the base answer of real
+    authors is the answer) is scored once."""
+    unique = list(dict.fromkeys(answers))
+    encoded = [encode_qa(tokenizer, template, question, answer) for answer in unique]
+    # the last prompt token's logits predict the first answer token: the shared part ends before it
+    shared = max(min(e.prompt_tokens for e in encoded) - 1, 0)
+    first = encoded[0].ids
+    common = next((k for k in range(shared) if any(e.ids[k] != first[k] for e in encoded)), shared)
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        cache: Any = None
+        if common > 0:
+            cache = output_cache(model(input_ids=torch.tensor([first[:common]], device=device), use_cache=True))
+        if cache is None:  # nothing shared, or a model without a cache: the whole rows
+            common = 0
+        else:
+            cache.batch_repeat_interleave(len(encoded))
+        rests = [e.ids[common:] for e in encoded]
+        width = max(len(rest) for rest in rests)
+        ids = torch.zeros(len(rests), width, dtype=torch.long)
+        labels = torch.full((len(rests), width), -100, dtype=torch.long)
+        for row, (rest, item) in enumerate(zip(rests, encoded, strict=True)):
+            ids[row, : len(rest)] = torch.tensor(rest)
+            scored_from = item.prompt_tokens - common
+            labels[row, scored_from: len(rest)] = ids[row, scored_from: len(rest)]
+        real = torch.arange(width) < torch.tensor([len(rest) for rest in rests])[:, None]
+        mask = torch.cat([torch.ones(len(rests), common, dtype=torch.long), real.long()], dim=1)
+        reuse = {} if cache is None else {cache_kwarg(model): cache}
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **reuse).logits[:, :-1]
+        targets = labels[:, 1:].to(device)
+        scored = targets != -100
+        log_probs = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        hits = logits.argmax(dim=-1) == targets
+    scores = {}
+    for row, answer in enumerate(unique):
+        values = log_probs[row][scored[row]].cpu()
+        scores[answer] = AnswerScore(-float(values.mean()), tuple(values.tolist()),
+                                     tuple(hits[row][scored[row]].cpu().tolist()))
+    return [scores[answer] for answer in answers]
+
+
+def extraction_strength(hits: Sequence[bool]) -> float:
+    """open-unlearning's extraction strength of one answer: ``1 − k / n``, ``k`` the fewest leading answer tokens
+    given after which the greedy prediction of every later token is right (teacher-forced)."""
+    n = len(hits)
+    # their loop ends at k = n − 1 when no suffix is predicted (ES = 1/n, as for a right last token alone)
+    k = next((k for k in range(n) if all(hits[k:])), n - 1)
+    return 1 - k / n
+
+
+def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], *, template: str, batch_size: int = 64,
                    generation_length: int = GENERATION_LENGTH) -> list[str]:
     """The greedy answer to each question from its prompt, stopped at the end of sequence, up to
     ``generation_length`` tokens of prompt and answer (TOFU's ``max_length``: here per batch of similar prompts,
@@ -142,9 +215,12 @@ def _rouge_scorer() -> Any:
 
 
 def set_summary(role: str, records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """A set's three numbers, as TOFU aggregates them: probability, ROUGE-L recall, truth-ratio statistic."""
-    ratios = [r["truth_ratio"] for r in records]
-    if role == "forget":
+    """A set's numbers, as TOFU aggregates them: probability, ROUGE-L recall, truth-ratio statistic (none on the
+    held-out questions, which have no perturbed answers), and open-unlearning's mean extraction strength."""
+    ratios = [r["truth_ratio"] for r in records if "truth_ratio" in r]
+    if not ratios:
+        truth = None
+    elif role == "forget":
         truth = sum(min(r, 1 / r) for r in ratios) / len(ratios)
     else:
         truth = sum(max(0.0, 1 - r) for r in ratios) / len(ratios)
@@ -154,8 +230,9 @@ def set_summary(role: str, records: Sequence[dict[str, Any]]) -> dict[str, float
     else:
         probs = [r["prob"] for r in records]
     rouge = [r["rouge_l_recall"] for r in records if "rouge_l_recall" in r]
+    strength = [r["extraction_strength"] for r in records]
     return {"prob": sum(probs) / len(probs), "rouge_l_recall": sum(rouge) / len(rouge) if rouge else None,
-            "truth_ratio": truth}
+            "truth_ratio": truth, "extraction_strength": sum(strength) / len(strength)}
 
 
 def model_utility(summaries: dict[str, dict[str, float | None]]) -> float | None:
@@ -179,11 +256,26 @@ def forget_quality(ratios: Sequence[float], retain_model_ratios: Sequence[float]
     return {"forget_quality": float(test.pvalue), "ks_statistic": float(test.statistic)}
 
 
-def tofu_rows(data_dir: Any, split: str, *, items: str = "first300", limit: int | None = None
-              ) -> dict[str, list[dict[str, Any]]]:
-    """The questions of each set TOFU scores (forget split, retain, real authors, world facts): the first 300 of
-    each (the original code's ``ds_size``) or all, then the first ``limit``."""
+def privacy_leak(records: Mapping[str, Sequence[dict[str, Any]]], retain_model_auc: float | None) -> dict[str, Any]:
+    """open-unlearning's privacy leak: the AUC of Min-K% Prob (k = 0.4) with the forget questions' answers as
+    members and the held-out ones as non-members (1: every forget answer more likely than every held-out one; 0.5:
+    indistinguishable), and ``((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain) · 100`` against the retain model's
+    AUC (0: leaks what a model that never saw the authors leaks; −100: the forget set fully exposed)."""
+    value = auc([r["min_k"] for r in records["forget"]], [r["min_k"] for r in records["holdout"]])
+    leak = None
+    if retain_model_auc is not None:
+        leak = ((1 - value) - (1 - retain_model_auc)) / (1 - retain_model_auc + 1e-10) * 100
+    return {"min_k_auc": value, "privacy_leak": leak}
+
+
+def tofu_rows(data_dir: Any, split: str, *, items: str = "first300", limit: int | None = None,
+              holdout: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """The questions of each set TOFU scores (forget split, retain, real authors, world facts; with ``holdout``
+    also the split's held-out questions, the privacy leak's non-members): the first 300 of each (the original
+    code's ``ds_size``) or all, then the first ``limit``."""
     names = {"forget": f"{split}_perturbed", **TOFU_SETS}
+    if holdout:
+        names["holdout"] = "holdout" + split.removeprefix("forget")
     count = FIRST_ITEMS if items == "first300" else None
     sets = {}
     for role, name in names.items():
@@ -193,36 +285,68 @@ def tofu_rows(data_dir: Any, split: str, *, items: str = "first300", limit: int 
 
 
 def tofu_evaluation(model: Any, tokenizer: Any, options: Any, data_dir: Any, progress: Any, label: str = "",
-                    retain_ratios: Sequence[float] | None = None) -> dict[str, Any]:
+                    reference: dict[str, Any] | None = None, *, cache: Any = None,
+                    generate_roles: Sequence[str] | None = None, privacy: bool = True) -> dict[str, Any]:
     """TOFU's table for one model (``options``: :class:`unlearnkit.config.TofuEvalConfig`): per set its numbers and
-    one record per question, model utility, and forget quality against ``retain_ratios`` (the retain model's truth
-    ratios on the same forget questions) when given."""
+    one record per question, model utility, forget quality against the retain model's truth ratios on the same
+    forget questions (``reference["ratios"]``, from :func:`retain_model_reference`) when given, and with
+    ``privacy`` the privacy leak (against ``reference["min_k_auc"]``). Greedy answers for the sets of
+    ``generate_roles`` (default: all, where ``options.generate``). With a ``cache`` of these weights (a
+    :class:`unlearnkit.evaluation.ScoreCache`), each set's scores and answers are computed once: a sweep's
+    points share the evaluation before, and a run's last epoch and its evaluation after share theirs."""
     prefix = f"{label}: " if label else ""
     result: dict[str, Any] = {"split": options.split, "template": options.template, "items": options.items,
                               "limit": options.limit, "sets": {}}
-    for role, rows in tofu_rows(data_dir, options.split, items=options.items, limit=options.limit).items():
+    generating = set(generate_roles if generate_roles is not None else TOFU_ROLES) if options.generate else set()
+    rows_of = tofu_rows(data_dir, options.split, items=options.items, limit=options.limit, holdout=privacy)
+    for role, rows in rows_of.items():
+        key = {"role": role, "split": options.split, "template": options.template, "items": options.items,
+               "limit": options.limit}
         with progress.status(f"{prefix}TOFU {role}: {len(rows)} questions", announce=False):
-            records = score_questions(model, tokenizer, rows, role=role, template=options.template,
-                                      batch_size=options.batch_size, generate=options.generate,
-                                      generation_length=options.generation_length)
+            records = _cached(cache, "tofu-scores", key, functools.partial(
+                teacher_forced_records, model, tokenizer, rows, role=role, template=options.template))
+            if role in generating:
+                answers = _cached(cache, "tofu-answers", {**key, "generation_length": options.generation_length},
+                                  functools.partial(greedy_answers, model, tokenizer, [row["question"] for row in rows],
+                                                    template=options.template, batch_size=options.batch_size,
+                                                    generation_length=options.generation_length))
+                with_answers(records, answers)
         result["sets"][role] = {"questions": len(records), **set_summary(role, records), "records": records}
     summaries = {role: {k: v for k, v in found.items() if k in ("prob", "rouge_l_recall", "truth_ratio")}
                  for role, found in result["sets"].items()}
     result["model_utility"] = model_utility(summaries)
-    if retain_ratios is not None:
+    result["extraction_strength"] = result["sets"]["forget"]["extraction_strength"]
+    if reference is not None:
         ratios = [r["truth_ratio"] for r in result["sets"]["forget"]["records"]]
-        result.update(forget_quality(ratios, retain_ratios))
+        result.update(forget_quality(ratios, reference["ratios"]))
+    if privacy:
+        records_of = {role: result["sets"][role]["records"] for role in ("forget", "holdout")}
+        result.update(privacy_leak(records_of, None if reference is None else reference.get("min_k_auc")))
     return result
 
 
-def forget_ratios(model: Any, tokenizer: Any, options: Any, data_dir: Any) -> list[float]:
-    """The truth ratios on the forget questions alone (what a retain model contributes to forget quality)."""
-    rows = tofu_rows(data_dir, options.split, items=options.items, limit=options.limit)["forget"]
-    records = score_questions(model, tokenizer, rows, role="forget", template=options.template,
-                              batch_size=options.batch_size, generate=False)
-    return [r["truth_ratio"] for r in records]
+def _cached(cache: Any, name: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    found = cache.load_named(name, key) if cache is not None else None
+    if found is not None:
+        return found["value"]
+    value = compute()
+    if cache is not None:
+        cache.store_named(name, key, {"value": value})
+    return value
 
 
-__all__ = ["BASE_ANSWER", "FIRST_ITEMS", "TOFU_SETS", "UTILITY_SETS", "answer_losses", "answer_probabilities",
-           "forget_quality", "greedy_answers", "model_utility", "rouge_l_recall", "score_questions",
-           "set_summary", "forget_ratios", "tofu_evaluation", "tofu_rows", "trim_padding"]
+def retain_model_reference(model: Any, tokenizer: Any, options: Any, data_dir: Any) -> dict[str, Any]:
+    """What a retain model contributes: its truth ratios on the forget questions (forget quality) and its Min-K%
+    AUC of forget against held-out answers (the privacy leak)."""
+    sets = tofu_rows(data_dir, options.split, items=options.items, limit=options.limit, holdout=True)
+    records = {role: teacher_forced_records(model, tokenizer, sets[role], role=role, template=options.template)
+               for role in ("forget", "holdout")}
+    return {"ratios": [r["truth_ratio"] for r in records["forget"]],
+            "min_k_auc": privacy_leak(records, None)["min_k_auc"]}
+
+
+__all__ = ["BASE_ANSWER", "FIRST_ITEMS", "MIN_K", "TOFU_ROLES", "TOFU_SETS", "UTILITY_SETS", "AnswerScore",
+           "answer_losses", "answer_probabilities", "extraction_strength", "forget_quality", "greedy_answers",
+           "model_utility", "privacy_leak", "question_scores", "retain_model_reference", "rouge_l_recall",
+           "score_questions", "set_summary", "teacher_forced_records", "tofu_evaluation", "tofu_rows",
+           "trim_padding", "with_answers"]
