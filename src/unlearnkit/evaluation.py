@@ -29,16 +29,22 @@ from unlearnkit.io import atomic_write_json, cache_root
 from unlearnkit.metrics.memorization import (
     extraction_likelihood,
     extraction_likelihood_reference,
-    memorization_accuracy,
+    teacher_forced_pass,
     valid_lengths,
 )
-from unlearnkit.metrics.privacy import extraction_attack, extraction_layout, membership_inference
+from unlearnkit.metrics.privacy import (
+    MIN_K_FRACTION,
+    extraction_attack,
+    extraction_layout,
+    likelihood_scores,
+    membership_inference,
+)
 from unlearnkit.progress import Progress
 
 
 def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
                           label: str = "", thresholds: tuple[float, float] | None = None,
-                          with_el: bool = True) -> dict[str, Any]:
+                          with_el: bool = True, membership: bool = False) -> dict[str, Any]:
     """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``.
 
     With ``thresholds = (τ_MA, τ_EL)`` only what the stopping rule "mean MA ≤ τ_MA and mean EL_n ≤ τ_EL"
@@ -47,14 +53,18 @@ def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, p
     highest MA first, and stops as soon as the running sum over all sequences proves the mean above τ_EL
     (each term is ≥ 0): ``el`` is then ``None`` and ``el_lower_bound`` / ``el_scored`` say how it was
     decided. When the criterion can be met, every sequence is scored and ``el`` is the full value.
-    ``with_el=False`` scores MA alone (``el`` is ``None``).
+    ``with_el=False`` scores MA alone (``el`` is ``None``). ``membership`` adds each sequence's LOSS and Min-K%
+    scores from the same pass (``membership``: :func:`unlearnkit.metrics.privacy.likelihood_scores`).
     """
     scored = f"MA and EL{config.el_n}" if with_el else "MA"
     with progress.status(f"{label}: {scored} on {len(blocks)} sequences", announce=False):
-        ma = memorization_accuracy(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size,
-                                   scored_mask=blocks.loss_mask)
+        passed = teacher_forced_pass(model, blocks.input_ids, blocks.attention_mask, batch_size=config.batch_size,
+                                     scored_mask=blocks.loss_mask, with_log_probs=membership)
+        ma = passed.ma
         scores: dict[str, Any] = {"name": blocks.name, "sequences": len(blocks), "ma": float(ma.mean()), "el": None,
                                   "ma_per_sequence": [round(float(v), 6) for v in ma], "el_per_sequence": None}
+        if passed.log_probs is not None:
+            scores["membership"] = likelihood_scores(passed.log_probs, MIN_K_FRACTION)
         if not with_el or (thresholds is not None and float(ma.mean()) > thresholds[0]):
             return scores
         el = _decided_el(model, blocks, ma, config, thresholds[1] if thresholds is not None else None, scores)

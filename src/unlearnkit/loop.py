@@ -74,6 +74,10 @@ def run_unlearning(
     if not state.stop_reason:
         state.stop_reason = (f"forgetting criterion met by epoch {state.epoch}" if state.criterion_met else
                              f"forgetting criterion NOT met within {config.train.epochs} epochs")
+        shortfall = None if state.criterion_met or loop.last_scores is None else stopping_rule(
+            config.eval, loop.thresholds, validation=setup.eval_sets.validation).shortfall(loop.last_scores)
+        if shortfall:
+            state.stop_reason += f": {shortfall}"
     return _after(session, setup, training, loop)
 
 
@@ -186,15 +190,16 @@ def _before(session: _Session, setup: _SetUp) -> LoopState:
                 setup.model, setup.eval_sets, config.eval, progress, label="before", tokenizer=setup.tokenizer,
                 data_dir=resolve_data_dir(config.data.dir), cache=setup.scores_cache))
         loop = LoopState(RunState(), run_thresholds(config.eval, before, config.seed), before, setup.fingerprints)
-        _stop_if_nothing_to_forget(loop, config, progress)
+        _stop_if_nothing_to_forget(loop, config, progress, setup.eval_sets.validation)
     loop.timings = session.clock.timings  # what a checkpoint recorded, and this run's set-up
     return loop
 
 
-def _stop_if_nothing_to_forget(loop: LoopState, config: RunConfig, progress: Progress) -> None:
+def _stop_if_nothing_to_forget(loop: LoopState, config: RunConfig, progress: Progress,
+                               validation: TokenBlocks | None) -> None:
     """A forget set that meets the criterion before unlearning is a warning; with early stopping nothing trains
     (an epoch could only damage the model)."""
-    rule = stopping_rule(config.eval, loop.thresholds)  # met before training: nothing of it runs per epoch
+    rule = stopping_rule(config.eval, loop.thresholds, validation=validation)  # nothing of it runs per epoch
     if not rule.met(loop.before["forget"]):
         return
     loop.state.warnings.append("the forget set already meets the forgetting criterion before unlearning: the "
@@ -319,7 +324,8 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
     """After an epoch: MA and EL_n on the forget set (Appendix B), the epoch's record, then the collapse guard
     and the criterion."""
     config, processes, state, thresholds = session.config, session.processes, loop.state, loop.thresholds
-    rule = stopping_rule(config.eval, thresholds, tokenizer=setup.tokenizer, data_dir=resolve_data_dir(config.data.dir))
+    rule = stopping_rule(config.eval, thresholds, tokenizer=setup.tokenizer, data_dir=resolve_data_dir(config.data.dir),
+                         validation=setup.eval_sets.validation)
     training.model.eval()
     evaluated = training.whole.of(training.model)
     with training.tally.count("criterion"):  # on the main process, where the criterion is computed

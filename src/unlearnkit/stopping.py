@@ -2,9 +2,11 @@
 "does the run stop?" — and before training, "is there anything to forget?".
 
 The paper's rule (Appendix B) is :class:`PaperCriterion`: forget-set mean MA and EL_n at or below the held-out
-set's. A benchmark with another rule supplies its own :class:`StoppingRule`; the loop does not change. What a rule
-adds to an epoch's record goes under ``epoch_record`` in its scores (:class:`WithTofu`: TOFU's numbers, so that a
-run draws TOFU's curve of model utility against forget quality).
+set's; :class:`Indistinguishable` adds that membership inference cannot tell the forget rows from held-out ones
+(``eval.rule: paper+mia``). A benchmark with another rule supplies its own :class:`StoppingRule`; the loop does
+not change. What a rule adds to an epoch's record goes under ``epoch_record`` in its scores (the membership
+verdict; :class:`WithTofu`: TOFU's numbers, so that a run draws TOFU's curve of model utility against forget
+quality).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 from unlearnkit.config import EvalConfig
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.evaluation import evaluate_memorization
+from unlearnkit.metrics.memorization import teacher_forced_pass
+from unlearnkit.metrics.privacy import MIN_K_FRACTION, auc, auc_interval, likelihood_scores
 from unlearnkit.metrics.thresholds import Thresholds
 from unlearnkit.progress import Progress
 
@@ -33,26 +37,88 @@ class StoppingRule:
         """Whether the run stops after the epoch these scores are of."""
         return False
 
+    def shortfall(self, scores: dict[str, Any]) -> str | None:
+        """Why these scores do not meet the rule, where a plain "not met" would hide it."""
+        return None
+
 
 class PaperCriterion(StoppingRule):
     """Appendix B: stop once the forget set's mean MA and EL_n are both at or below the held-out thresholds (with
     ``eval.early_stop``; without it every epoch runs and the criterion is only recorded)."""
 
-    def __init__(self, thresholds: Thresholds, config: EvalConfig) -> None:
+    def __init__(self, thresholds: Thresholds, config: EvalConfig, membership: bool = False) -> None:
         self.thresholds = thresholds
         self.config = config
+        self.membership = membership  # keep each row's LOSS and Min-K% scores of the same pass
 
     def epoch_scores(self, model: Any, forget: TokenBlocks, progress: Progress, epoch: int) -> dict[str, Any]:
         # with per_epoch_el "decide", only what the rule needs to decide (exactly the same decision)
         decide = (self.thresholds.ma, self.thresholds.el) if self.config.per_epoch_el == "decide" else None
         return evaluate_memorization(model, forget, self.config, progress, label=f"epoch {epoch} · forget",
-                                     thresholds=decide)
+                                     thresholds=decide, membership=self.membership)
 
     def met(self, scores: dict[str, Any]) -> bool:
         return scores["el"] is not None and self.thresholds.forgotten(scores["ma"], scores["el"])
 
     def stops(self, scores: dict[str, Any]) -> bool:
         return self.config.early_stop and self.met(scores)
+
+
+class Indistinguishable(StoppingRule):
+    """``eval.rule: paper+mia``: the paper's rule, and the forget rows indistinguishable from the held-out rows by
+    membership inference. After each epoch, the LOSS and Min-K% scores of the forget rows (from the pass the
+    paper's rule makes) and of the held-out rows (one teacher-forced pass under the current model) give an AUC
+    each, forget as members; the rule is met when each AUC's bootstrap interval (``eval.mia_confidence``) lies
+    within ``0.5 ± eval.mia_margin``, so that a small set does not pass by noise, nor a set forgotten past
+    never-seen text (an AUC well below 0.5 tells the rows apart as surely)."""
+
+    def __init__(self, rule: PaperCriterion, config: EvalConfig, validation: TokenBlocks) -> None:
+        self.rule, self.config, self.validation = rule, config, validation
+
+    def epoch_scores(self, model: Any, forget: TokenBlocks, progress: Progress, epoch: int) -> dict[str, Any]:
+        scores = self.rule.epoch_scores(model, forget, progress, epoch)
+        member = scores.pop("membership")
+        with progress.status(f"epoch {epoch} · held-out: membership scores of {len(self.validation)} sequences",
+                             announce=False):
+            held_out = teacher_forced_pass(model, self.validation.input_ids, self.validation.attention_mask,
+                                           self.config.batch_size, self.validation.loss_mask, with_log_probs=True)
+        assert held_out.log_probs is not None
+        verdict = membership_verdict(member, likelihood_scores(held_out.log_probs, MIN_K_FRACTION), self.config,
+                                     seed=epoch)
+        return {**scores, "mia": verdict, "epoch_record": {**scores.get("epoch_record", {}), "mia": verdict}}
+
+    def met(self, scores: dict[str, Any]) -> bool:
+        # before training there are no membership scores: the rule is not met, and the run trains
+        return self.rule.met(scores) and bool(scores.get("mia", {}).get("met"))
+
+    def stops(self, scores: dict[str, Any]) -> bool:
+        return self.config.early_stop and self.met(scores)
+
+    def shortfall(self, scores: dict[str, Any]) -> str | None:
+        verdict = scores.get("mia")
+        if verdict is None or verdict["met"] or not self.rule.met(scores):
+            return None
+        found = "; ".join(f"{SCORE_NAMES[name]} AUC {verdict[name]['auc']:.2f} "
+                          f"({100 * verdict['confidence']:.0f} % interval {verdict[name]['low']:.2f}-"
+                          f"{verdict[name]['high']:.2f})" for name in SCORE_NAMES)
+        return (f"the paper's rule is met, but membership inference still tells the forget rows from held-out rows "
+                f"({found}; indistinguishable means within 0.5 ± {verdict['margin']})")
+
+
+SCORE_NAMES = {"loss": "LOSS", "min_k": "Min-K%"}
+
+
+def membership_verdict(member: dict[str, list[float]], nonmember: dict[str, list[float]], config: EvalConfig,
+                       seed: int = 0) -> dict[str, Any]:
+    """Each score's AUC (forget rows as members) with its bootstrap interval, and whether every interval lies
+    within ``0.5 ± config.mia_margin``."""
+    verdict: dict[str, Any] = {"margin": config.mia_margin, "confidence": config.mia_confidence}
+    for name in SCORE_NAMES:
+        low, high = auc_interval(member[name], nonmember[name], config.bootstrap, config.mia_confidence, seed)
+        verdict[name] = {"auc": auc(member[name], nonmember[name]), "low": low, "high": high}
+    verdict["met"] = all(0.5 - config.mia_margin <= verdict[name]["low"] and
+                         verdict[name]["high"] <= 0.5 + config.mia_margin for name in SCORE_NAMES)
+    return verdict
 
 
 class WithTofu(StoppingRule):
@@ -77,7 +143,7 @@ class WithTofu(StoppingRule):
                                 privacy=False)
         found["sets"] = {role: {k: v for k, v in each.items() if k != "records"}
                          for role, each in found["sets"].items()}
-        return {**scores, "epoch_record": {"tofu": found}}
+        return {**scores, "epoch_record": {**scores.get("epoch_record", {}), "tofu": found}}
 
     def met(self, scores: dict[str, Any]) -> bool:
         return self.rule.met(scores)
@@ -85,11 +151,19 @@ class WithTofu(StoppingRule):
     def stops(self, scores: dict[str, Any]) -> bool:
         return self.rule.stops(scores)
 
+    def shortfall(self, scores: dict[str, Any]) -> str | None:
+        return self.rule.shortfall(scores)
+
 
 def stopping_rule(config: EvalConfig, thresholds: Thresholds, *, tokenizer: Any = None,
-                  data_dir: Any = None) -> StoppingRule:
-    """The rule a run's evaluation options give."""
-    rule: StoppingRule = PaperCriterion(thresholds, config)
+                  data_dir: Any = None, validation: TokenBlocks | None = None) -> StoppingRule:
+    """The rule a run's evaluation options give (``validation``: the held-out rows ``paper+mia`` compares with)."""
+    rule: StoppingRule = PaperCriterion(thresholds, config, membership=config.rule == "paper+mia")
+    if config.rule == "paper+mia":
+        if validation is None:
+            raise ValueError("eval.rule paper+mia needs the held-out rows")
+        assert isinstance(rule, PaperCriterion)
+        rule = Indistinguishable(rule, config, validation)
     if config.tofu is not None and config.tofu.every_epoch:
         rule = WithTofu(rule, config, tokenizer, data_dir)
     return rule

@@ -248,9 +248,17 @@ class EvalConfig(Section):
     ma_threshold: float | None = Field(None, description="stop when forget MA <= this; default: validation mean")
     el_threshold: float | None = Field(None, description="stop when forget EL_n <= this; default: validation mean")
     early_stop: bool = True
+    rule: Literal["paper", "paper+mia"] = Field(
+        "paper", description="when forgetting is met. paper: forget MA and EL_n at or below the held-out means "
+                             "(Appendix B); paper+mia: that, and the forget rows indistinguishable from the "
+                             "held-out rows by membership inference (docs/robust.md)")
+    mia_margin: float = Field(0.15, gt=0, le=0.5, description="paper+mia: the bootstrap interval of each membership "
+                                                              "AUC (LOSS, Min-K%) must lie within 0.5 ± this")
+    mia_confidence: float = Field(0.8, gt=0, lt=1, description="paper+mia: the coverage of that interval")
     batch_size: int = Field(32, ge=1)
     el_method: Literal["fast", "reference"] = "fast"
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the threshold interval")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the threshold and membership-AUC "
+                                                   "intervals")
     audit: bool = Field(True, description="extraction attack and membership inference before and after")
     retain_sequences: int = Field(0, ge=0, description="retain sequences also scored before and after (0: none)")
     per_epoch_el: Literal["decide", "full"] = Field(
@@ -324,6 +332,9 @@ class RunConfig(Section):
             problems.append(f"{why} needs a retain set; set data.retain (e.g. source: wikitext)")
         if self.data.validation is None and self.needs_validation():
             problems.append("without data.validation, set both eval.ma_threshold and eval.el_threshold")
+        if self.data.validation is None and self.eval.rule == "paper+mia":
+            problems.append("eval.rule paper+mia compares the forget rows with held-out rows; set data.validation "
+                            "(or use eval.rule: paper)")
         if self.eval.el_n + 1 > self.data.seq_len:
             problems.append(f"EL{self.eval.el_n} needs sequences of at least {self.eval.el_n + 1} tokens but "
                             f"data.seq_len is {self.data.seq_len}; lower eval.el_n or raise data.seq_len")

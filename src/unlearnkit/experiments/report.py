@@ -31,6 +31,7 @@ from unlearnkit.experiments.figures import (
     row_label,
     save_figure,
 )
+from unlearnkit.experiments.robust_report import membership_markdown, membership_rows
 from unlearnkit.experiments.tofu_report import (
     CAPTION,
     TITLE,
@@ -315,6 +316,8 @@ def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_pref
         parts += ["", f"![{made.title}]({link_prefix}{target.name})", "", f"*{made.title}.* {made.caption}"]
     if skipped:
         parts += ["", "Figures not drawn:", "", *skipped]
+    if membership_rows(rows):  # runs judged by the indistinguishability rule (eval.rule: paper+mia)
+        parts += ["", membership_markdown(rows)]
     if tofu_rows(rows):  # runs scored with TOFU (eval.tofu): its table and its figure
         parts += ["", "**TOFU** (after unlearning; docs/tofu.md says how each number is computed):", "",
                   tofu_markdown(rows)]

@@ -140,8 +140,20 @@ def point_row(point: SweepPoint, directory: Path) -> dict[str, Any]:
         "flops": {phase: compute.get("flops", {}).get(phase, 0.0)
                   for phase in ("train", "flora_init", "criterion", "total")},
         "tokens": compute.get("tokens", {}), "seconds": {"total": compute.get("seconds", {}).get("total_s")},
-        "output_dir": str(directory), **_tofu_fields(metrics),
+        "output_dir": str(directory), **_tofu_fields(metrics), **_membership_fields(config, metrics),
     }
+
+
+def _membership_fields(config: Any, metrics: Any) -> dict[str, Any]:
+    """A run under ``eval.rule: paper+mia``: its rule, the epoch the paper's rule was first met, and the last
+    epoch's membership verdict (AUCs with their intervals)."""
+    if config.eval.rule == "paper":
+        return {}
+    verdicts = [e for e in metrics.epochs if "mia" in e]
+    paper_met = next((e["epoch"] for e in metrics.epochs if e.get("forget_el") is not None
+                      and e["forget_ma"] <= e["ma_threshold"] and e["forget_el"] <= e["el_threshold"]), None)
+    return {"rule": config.eval.rule, "paper_rule_epoch": paper_met,
+            "mia": verdicts[-1]["mia"] if verdicts else None}
 
 
 SET_NUMBERS = ("prob", "rouge_l_recall", "truth_ratio", "extraction_strength")

@@ -51,6 +51,8 @@ __all__ = [
     "extraction_likelihood_reference",
     "memorization_accuracy",
     "ngrams",
+    "TeacherForced",
+    "teacher_forced_pass",
     "overlap_n",
 ]
 
@@ -138,10 +140,11 @@ def first_scored(scored_mask: torch.Tensor | None, rows: int) -> list[int]:
 
 def _teacher_forced_argmax(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int,
-    caches: list[Any] | None = None,
+    caches: list[Any] | None = None, log_probs: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """argmax_v p(v | x_<t) for every position, and the top-1 minus top-2 logit gap; one pass per batch. With
-    ``caches`` (a list) the KV cache of each batch is appended to it."""
+    ``caches`` (a list) the KV cache of each batch is appended to it; with ``log_probs`` (a list) each batch's
+    ``log p(x_t | x_<t)`` (float64, ``[B, T-1]``)."""
     device = model_device(model)
     preds, margins = [], []
     for start in range(0, input_ids.shape[0], batch_size):
@@ -151,6 +154,10 @@ def _teacher_forced_argmax(
         if caches is not None:
             caches.append(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
         logits = out.logits
+        if log_probs is not None:  # a row at a time: a batch's vocabulary-sized float64 copy would not fit
+            log_probs.append(torch.stack([
+                row[:-1].double().gather(-1, target[:, None])[:, 0] - torch.logsumexp(row[:-1].double(), dim=-1)
+                for row, target in zip(logits, ids[:, 1:], strict=True)]).cpu())
         preds.append(logits.argmax(dim=-1).cpu())
         top2 = torch.topk(logits.float(), k=min(2, logits.shape[-1]), dim=-1).values
         gap = top2[..., 0] - top2[..., -1] if top2.shape[-1] == 2 else torch.full_like(top2[..., 0], 1e9)
@@ -173,6 +180,23 @@ def memorization_accuracy(
     over the valid (non-padded) tokens of each row, from one teacher-forced pass. Returns ``float64[B]``.
     ``scored_mask`` counts only the tokens it marks (a question-answer row's answer, the question still read).
     """
+    return teacher_forced_pass(model, input_ids, attention_mask, batch_size, scored_mask).ma
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    """What one teacher-forced pass over a set gives: MA per sequence and, when asked, the log-probability of
+    each scored token (what membership-inference scores are made of)."""
+
+    ma: torch.Tensor
+    log_probs: list[torch.Tensor] | None = None
+
+
+def teacher_forced_pass(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                        batch_size: int = 32, scored_mask: torch.Tensor | None = None,
+                        with_log_probs: bool = False) -> TeacherForced:
+    """:func:`memorization_accuracy`'s pass, and with ``with_log_probs`` each row's ``log p(x_t | x_<t)`` over the
+    tokens MA counts, from the same logits."""
     lengths = valid_lengths(input_ids, attention_mask)
     for row, length in enumerate(lengths):
         if length < 2:
@@ -180,13 +204,19 @@ def memorization_accuracy(
                 f"Sequence {row} has {length} token(s); MA needs at least 2 tokens, so drop empty texts."
             )
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    batches: list[torch.Tensor] | None = [] if with_log_probs else None
     with eval_mode(model):
-        preds, _ = _teacher_forced_argmax(model, input_ids, mask, batch_size)
+        preds, _ = _teacher_forced_argmax(model, input_ids, mask, batch_size, log_probs=batches)
     counted = (mask if scored_mask is None else scored_mask)[:, 1:].cpu() > 0
     hits = (preds[:, :-1] == input_ids[:, 1:].cpu()) & counted
     if scored_mask is None:
-        return hits.sum(dim=1).double() / torch.tensor(lengths, dtype=torch.float64).sub(1)
-    return hits.sum(dim=1).double() / counted.sum(dim=1).clamp(min=1).double()
+        ma = hits.sum(dim=1).double() / torch.tensor(lengths, dtype=torch.float64).sub(1)
+    else:
+        ma = hits.sum(dim=1).double() / counted.sum(dim=1).clamp(min=1).double()
+    if batches is None:
+        return TeacherForced(ma)
+    values = torch.cat(batches)
+    return TeacherForced(ma, [values[row][counted[row]] for row in range(len(values))])
 
 
 # ----------------------------------------------------------------------------------------------- EL_n

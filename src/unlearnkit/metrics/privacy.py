@@ -27,6 +27,9 @@ from unlearnkit.metrics.memorization import valid_lengths
 
 __all__ = [
     "auc",
+    "MIN_K_FRACTION",
+    "auc_interval",
+    "likelihood_scores",
     "lowest_k_mean",
     "extraction_attack",
     "extraction_layout",
@@ -35,6 +38,7 @@ __all__ = [
     "token_statistics",
 ]
 
+MIN_K_FRACTION = 0.2  # Min-K% Prob's k: the lowest 20 % of the token log-probabilities, as in Shi et al. 2024
 TDEC_LAYOUT = (100, 50, 50)  # pre-prefix, prefix, suffix lengths of a TDEC example
 
 
@@ -161,10 +165,8 @@ def mia_scores(
         texts = [tokenizer.decode(input_ids[b, : lengths[b]].tolist()) for b in range(len(lengths))]
     if texts is not None and len(texts) != len(stats):
         raise UnlearnkitError(f"Got {len(texts)} texts for {len(stats)} sequences; pass one text per row.")
-    scores: dict[str, list[float]] = {"loss": [], "min_k": [], "min_k_pp": []}
+    scores: dict[str, list[float]] = {**likelihood_scores([s["logp"] for s in stats], k), "min_k_pp": []}
     for s in stats:
-        scores["loss"].append(float(s["logp"].mean()))
-        scores["min_k"].append(lowest_k_mean(s["logp"], k))
         # A point-mass distribution has sigma = 0; its standardised score is 0 rather than inf/nan.
         z = torch.where(s["sigma"] > 0, (s["logp"] - s["mu"]) / s["sigma"].clamp(min=1e-300),
                         torch.zeros_like(s["logp"]))
@@ -175,6 +177,32 @@ def mia_scores(
             for loss, text in zip(scores["loss"], texts, strict=True)
         ]
     return scores
+
+
+def likelihood_scores(log_probs: Sequence[torch.Tensor], k: float = MIN_K_FRACTION) -> dict[str, list[float]]:
+    """The two membership scores made of a sequence's token log-probabilities alone, higher = more likely a
+    member: ``loss`` (their mean, the negated mean NLL) and ``min_k`` (Min-K% Prob, the mean of the lowest k)."""
+    return {"loss": [float(values.mean()) for values in log_probs],
+            "min_k": [lowest_k_mean(values, k) for values in log_probs]}
+
+
+def auc_interval(member_scores: Sequence[float], nonmember_scores: Sequence[float], resamples: int = 1000,
+                 confidence: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`auc`, members and non-members resampled apart with replacement
+    (``resamples = 0``: the point estimate twice)."""
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    if resamples <= 0 or pos.size == 0 or neg.size == 0:
+        value = auc(member_scores, nonmember_scores)
+        return value, value
+    # P(member > non-member) + 0.5 P(equal) of every pair; a resample averages its rows' and columns' pairs
+    pairs = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, pos.size, size=(resamples, pos.size))
+    columns = rng.integers(0, neg.size, size=(resamples, neg.size))
+    values = np.array([pairs[r][:, c].mean() for r, c in zip(rows, columns, strict=True)])
+    tail = (1 - confidence) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
 def auc(member_scores: Sequence[float] | torch.Tensor,

@@ -1,0 +1,108 @@
+"""Forgetting that holds: the rule that the forget rows be indistinguishable from held-out rows by membership
+inference (``eval.rule: paper+mia``), its bootstrap interval, and a run that meets the paper's rule but not this one
+and says so."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import DATA, MEMORISED_SEQ_LEN, memorised_run_overrides, run_cli
+from unlearnkit.metrics.privacy import auc, auc_interval, lowest_k_mean
+
+REPO_CONFIG = "configs/paper/gpt-neo-125m-lora-ihl.yaml"
+
+
+def test_the_auc_interval_is_the_bootstrap_of_the_auc():
+    rng = np.random.default_rng(3)
+    member, nonmember = rng.normal(0.4, 1, 12).tolist(), rng.normal(0, 1, 9).tolist()
+    member[3] = nonmember[2]  # a tie counts a half
+    low, high = auc_interval(member, nonmember, resamples=200, confidence=0.8, seed=5)
+    # the same draws, each resample's AUC by the rank formula
+    draws = np.random.default_rng(5)
+    rows, columns = draws.integers(0, 12, size=(200, 12)), draws.integers(0, 9, size=(200, 9))
+    values = [auc([member[i] for i in r], [nonmember[j] for j in c]) for r, c in zip(rows, columns, strict=True)]
+    assert (low, high) == pytest.approx((np.quantile(values, 0.1), np.quantile(values, 0.9)))
+    assert low < auc(member, nonmember) < high
+    assert auc_interval(member, nonmember, resamples=0) == (auc(member, nonmember),) * 2
+
+
+def test_a_run_that_meets_the_papers_rule_but_not_indistinguishability_says_so(memorized_model_dir, tmp_path):
+    out = tmp_path / "run"
+    overrides = [*memorised_run_overrides(memorized_model_dir, out), "method.name=ihl", "adapter.name=flora",
+                 "train.lr=0.1", "train.epochs=6", "eval.rule=paper+mia", "eval.audit=false"]
+    done = run_cli("run", REPO_CONFIG, *[part for o in overrides for part in ("--set", o)], "-q")
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]  # not forgotten
+    said = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "membership inference still tells the forget rows from held-out rows" in said[0], done.stderr[-2000:]
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert report.index("membership inference still tells") < 600  # in the report's first lines too
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    last = metrics["epochs"][-1]
+    assert last["forget_ma"] <= last["ma_threshold"] and last["forget_el"] <= last["el_threshold"]  # the paper's
+    assert not metrics["criterion_met"] and not last["mia"]["met"]
+    loss = last["mia"]["loss"]
+    assert loss["low"] <= loss["auc"] <= loss["high"] and loss["high"] > 0.5 + last["mia"]["margin"]
+
+    # the recorded AUCs are those of the unlearned model, scored directly: each row's mean token log-probability
+    # (LOSS) and the mean of its lowest 20 % (Min-K%), forget rows against held-out rows
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    from unlearnkit.config import load_config
+    from unlearnkit.data.sources import load_blocks
+
+    config = load_config(out / "config.yaml")
+
+    def scores(spec):
+        blocks = load_blocks(spec, tokenizer, DATA, seq_len=MEMORISED_SEQ_LEN)
+        with torch.no_grad():
+            logits = model(input_ids=blocks.input_ids).logits.double()
+        token_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, blocks.input_ids[:, 1:, None])[..., 0]
+        return [float(row.mean()) for row in token_lp], [lowest_k_mean(row, 0.2) for row in token_lp]
+
+    (forget_loss, forget_min_k), (held_loss, held_min_k) = scores(config.data.forget), scores(config.data.validation)
+    assert last["mia"]["loss"]["auc"] == pytest.approx(auc(forget_loss, held_loss))
+    assert last["mia"]["min_k"]["auc"] == pytest.approx(auc(forget_min_k, held_min_k))
+
+    # a sweep's row and report carry the verdict
+    from unlearnkit.config.sweep import SweepPoint
+    from unlearnkit.experiments.report import write_report
+    from unlearnkit.experiments.sweep import point_row
+
+    row = point_row(SweepPoint("mia", {}, None), out)
+    assert row["rule"] == "paper+mia" and row["mia"] == last["mia"] and 1 <= row["paper_rule_epoch"] <= 6
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "results.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    write_report(tmp_path / "sweep")
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text(encoding="utf-8")
+    loss = last["mia"]["loss"]
+    assert (f"| `mia` | FLoRA+IHL | {row['paper_rule_epoch']} | no | {loss['auc']:.2f} [{loss['low']:.2f}, "
+            f"{loss['high']:.2f}] |") in report
+
+
+def test_with_a_margin_any_interval_meets_the_rule_meets_with_the_papers(memorized_model_dir, tmp_path):
+    from unlearnkit.config import load_config
+    from unlearnkit.loop import run_unlearning
+
+    out = tmp_path / "run"
+    config = load_config(REPO_CONFIG, [*memorised_run_overrides(memorized_model_dir, out), "method.name=ihl",
+                                       "adapter.name=flora", "train.lr=0.1", "eval.rule=paper+mia",
+                                       "eval.mia_margin=0.5", "eval.audit=false"])
+    result = run_unlearning(config, quiet=True)
+    history = result.state.history
+    paper = [e["epoch"] for e in history if e["forget_el"] is not None and e["forget_ma"] <= e["ma_threshold"]
+             and e["forget_el"] <= e["el_threshold"]]
+    assert result.state.criterion_met and history[-1]["epoch"] == paper[0]  # stops where the paper's rule is met
+    assert all(e["mia"]["met"] for e in history) and result.after["forget"]["mia"]["met"]
+
+
+def test_the_rule_needs_held_out_rows(memorized_model_dir, tmp_path):
+    overrides = [*memorised_run_overrides(memorized_model_dir, tmp_path / "run"), "eval.rule=paper+mia",
+                 "data.validation=null", "eval.ma_threshold=0.5", "eval.el_threshold=0.1"]
+    done = run_cli("run", REPO_CONFIG, *[part for o in overrides for part in ("--set", o)])
+    assert done.returncode == 2 and "eval.rule paper+mia compares the forget rows with held-out rows" in done.stderr
+    assert not (tmp_path / "run").exists()
