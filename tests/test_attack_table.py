@@ -71,8 +71,11 @@ def test_the_attack_table_orders_methods_like_the_paper_and_computes_each_cell(a
     assert gd[5] == "0.83 / 0.50"  # (0.7 - 0.2) / (0.8 - 0.2)
     assert ga[5] == "0.50 / 0.50" and npo_kl[5] == "0.50 / 0.50"  # (0.6 - 0.3) / (0.9 - 0.3)
     assert gd[6] == "27.0 → 30.0"  # the control: held-out rows under the unlearned and the relearned model
+    # specific recovery: beyond the control's rise, ((0.7 - 0.2) - (0.30 - 0.27)) / (0.8 - 0.2) and
+    # ((0.2 - 0.0) - (0.04 - 0.03)) / (0.4 - 0.0), computed from the rows (records written before it existed too)
+    assert gd[7] == "0.78 / 0.47"
     # quantisation: the merged model, and in brackets the base alone under its adapter; no "-0.00"
-    assert flora_ihl[7:] == ["0.00 (base only: 0.03)"] * 2 and npo_kl[7:] == ["0.25"] * 2
+    assert flora_ihl[8:] == ["0.00 (base only: 0.03)"] * 2 and npo_kl[8:] == ["0.25"] * 2
     assert "20 steps at lr 0.001 on 50 % of the forget rows" in table and "4 attacked runs" in table
 
 

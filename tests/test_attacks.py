@@ -76,24 +76,38 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
                        "--quant", "int4-g32-asym,int4-g128-sym", "--output", str(tmp_path / "attack"), "-q")
     assert attacked.returncode == 0, attacked.stderr[-2000:]
     report = json.loads((tmp_path / "attack" / "attack.json").read_text())
-    names = [row["attack"] for row in report["rows"]]
-    assert names == ["before unlearning", "none (unlearned)", "before unlearning", "none (unlearned)",
-                     "relearn 5 steps (lr 0.001)", "none (unlearned)", "relearn 5 steps (lr 0.001)",
-                     "quantise int4-g32-asym",
-                     "quantise base int4-g32-asym, adapter kept"]  # groups of 128 do not fit widths of 64: skipped
+    names = [(row["attack"], row["rows"]) for row in report["rows"]]
+    relearned, lora = "relearn 5 steps (lr 0.001)", "LoRA relearn r8 5 steps (lr 0.001)"
+    unrelated = "fine-tune on unrelated text 20 steps (lr 0.001)"
+    rest = names[3][1]
+    assert names == [("before unlearning", "all"), ("none (unlearned)", "all"),
+                     ("none (unlearned)", "held-out (control)"), ("before unlearning", rest),
+                     ("none (unlearned)", rest), (relearned, rest), (relearned, "held-out (control)"),
+                     (lora, rest), (lora, "held-out (control)"), (unrelated, "all"), (unrelated, "held-out (control)"),
+                     ("quantise int4-g32-asym", "all"),
+                     ("quantise base int4-g32-asym, adapter kept", "all")]  # groups of 128 do not fit widths of 64
+    row = {name: found for name, found in zip(names, report["rows"], strict=True)}
     metrics = json.loads((ihl_lora_run / "metrics.json").read_text())
-    assert report["rows"][0]["ma"] == pytest.approx(metrics["before"]["forget"]["ma"])  # from the run, all rows
-    assert report["rows"][1]["ma"] == pytest.approx(metrics["after"]["forget"]["ma"])  # measured again: the same
+    assert row["before unlearning", "all"]["ma"] == pytest.approx(metrics["before"]["forget"]["ma"])  # from the run
+    assert row["none (unlearned)", "all"]["ma"] == pytest.approx(metrics["after"]["forget"]["ma"])  # measured again
     measured = report["details"]["relearn"]["measured_rows"]  # the unlearned model on the rows not attacked
     for key in ("ma", "el"):
-        assert report["rows"][3][key] == pytest.approx(
+        assert row["none (unlearned)", rest][key] == pytest.approx(
             sum(metrics["after"]["forget"][f"{key}_per_sequence"][i] for i in measured) / len(measured), abs=1e-6)
-    for row in report["rows"][4:5] + report["rows"][7:]:
-        assert set(row["recovery"]) == {"ma", "el", "extraction"} and row["mia_auc"]
-    # the control: held-out rows, never memorised, under the unlearned and the relearned model
-    control = report["rows"][5:7]
-    assert [row["rows"] for row in control] == ["held-out (control)"] * 2
-    assert control[0]["ma"] == pytest.approx(metrics["after"]["validation"]["ma"])
+    attacked = [row[relearned, rest], row[lora, rest], row[unrelated, "all"], *report["rows"][-2:]]
+    for found in attacked:
+        assert set(found["recovery"]) == {"ma", "el", "extraction"} and found["mia_auc"]
+    # the control: held-out rows, never memorised, under the unlearned and each fine-tuned model
+    control = row["none (unlearned)", "held-out (control)"]
+    assert control["ma"] == pytest.approx(metrics["after"]["validation"]["ma"])
+    for name, rows in ((relearned, rest), (lora, rest), (unrelated, "all")):
+        found, held = row[name, rows], row[name, "held-out (control)"]
+        before = row["before unlearning", rows]
+        unlearned = row["none (unlearned)", rows]
+        for key in ("ma", "el"):  # what rose beyond the control, as a share of what unlearning removed
+            expected = ((found[key] - unlearned[key]) - (held[key] - control[key])) / (before[key] - unlearned[key])
+            assert found["specific_recovery"][key] == pytest.approx(expected)
+    assert report["details"]["unrelated"]["rows"] == 32 and len(report["details"]["lora_relearn"]["losses"]) == 5
     assert report["details"]["int4-g32-asym"]["max_abs_error"] > 0
     assert "not divisible" in report["details"]["int4-g128-sym"]["skipped"]
     assert "| relearn 5 steps" in (tmp_path / "attack" / "attack.md").read_text()
@@ -106,7 +120,7 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
                     "--quant", "int4-g32-asym,int4-g128-sym", "--output", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr[-2000:]
     said = " ".join((again.stdout + again.stderr).split())  # rich wraps long lines
-    for label in ("unlearned · forget", "relearned · forget", "held-out rows, relearn 5 steps (lr 0.001)",
+    for label in ("unlearned · forget", f"{relearned} · forget", "held-out rows, relearn 5 steps (lr 0.001)",
                   "int4-g32-asym · forget", "base int4-g32-asym · forget"):
         assert f"{label}: MA and EL10 of these weights and sequences from the score cache" in said
     rerun = json.loads((tmp_path / "again" / "attack.json").read_text())

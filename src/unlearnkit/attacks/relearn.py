@@ -1,4 +1,5 @@
-"""The relearning attack: a few fine-tuning steps on part of the forget set, then the rest measured again.
+"""The relearning attacks: a few fine-tuning steps on part of the forget set (every weight, or a LoRA adapter), or
+on unrelated text, then the forget rows not trained on measured again.
 
 Forgetting can be shallow: a handful of steps on related text brings knowledge back (Hu et al., ICLR 2025;
 Łucki et al., 2024). The attacker knows some of the deleted rows (``attack`` rows) and fine-tunes on them
@@ -38,11 +39,12 @@ def split_forget_rows(forget: TokenBlocks, fraction: float = 0.5, seed: int = 0)
 
 
 def relearn(model: torch.nn.Module, rows: TokenBlocks, *, steps: int = 20, lr: float = 1e-4, batch_size: int = 8,
-            seed: int = 0) -> list[float]:
-    """Fine-tune every weight of ``model`` in place with the LM loss on ``rows`` for ``steps`` steps of
-    ``batch_size`` rows (cycling through a seeded shuffle; AdamW, no warm-up); returns each step's loss."""
+            seed: int = 0, params: list[torch.nn.Parameter] | None = None) -> list[float]:
+    """Fine-tune ``params`` (default: every weight) of ``model`` in place with the LM loss on ``rows`` for
+    ``steps`` steps of ``batch_size`` rows (cycling through a seeded shuffle; AdamW, no warm-up); returns each
+    step's loss."""
     device = next(model.parameters()).device
-    params = [p for p in model.parameters()]
+    params = list(model.parameters()) if params is None else params
     for param in params:
         param.requires_grad_(True)
     step = OptimisationStep(params, lr=lr, weight_decay=0.0, warmup_steps=0, max_grad_norm=1.0)
@@ -70,3 +72,20 @@ def recovery_fraction(original: float | None, unlearned: float | None, attacked:
     if original is None or unlearned is None or attacked is None or abs(original - unlearned) < 1e-12:
         return None
     return (attacked - unlearned) / (original - unlearned)
+
+
+def lora_relearn(model: torch.nn.Module, rows: TokenBlocks, *, rank: int = 8, steps: int = 20, lr: float = 1e-3,
+                 batch_size: int = 8, seed: int = 0) -> tuple[torch.nn.Module, list[float]]:
+    """The cheaper attacker: a LoRA adapter (PEFT; rank ``rank``, alpha 2·rank, on every linear layer but the
+    output head) trained on ``rows`` as :func:`relearn` trains, then merged. ``model`` becomes the base of the
+    returned model (pass a copy); returns it and each step's loss."""
+    from peft import LoraConfig, get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    torch.manual_seed(seed)  # the adapter's A initialisation
+    adapted = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                               target_modules="all-linear"))
+    trained = [param for name, param in adapted.named_parameters() if "lora_" in name]
+    losses = relearn(adapted, rows, steps=steps, lr=lr, batch_size=batch_size, seed=seed, params=trained)
+    return adapted.merge_and_unload().eval(), losses

@@ -28,6 +28,7 @@ class AttackTarget:
     holdout: TokenBlocks
     before: Before | None = None
     adapted: Callable[[], Any] | None = None
+    unrelated: TokenBlocks | None = None  # text the unrelated fine-tuning attack trains on
     run_config: RunConfig | None = None
     run_facts: dict[str, Any] | None = None  # what an attack table shows of the run: method, set, success
 
@@ -39,8 +40,9 @@ def run_config_of(location: str | Path) -> RunConfig | None:
 
 
 def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfig | None, seq_len: int | None,
-                data_dir: str | Path) -> AttackTarget:
-    """Load the model at ``location`` (a run directory, hub id, directory, GGUF file or 'smollm2') and the sets."""
+                data_dir: str | Path, unrelated: SourceConfig | None = None) -> AttackTarget:
+    """Load the model at ``location`` (a run directory, hub id, directory, GGUF file or 'smollm2') and the sets;
+    the unrelated text is ``unrelated``, else the run's retain set (none for a bare model)."""
     from unlearnkit.data.sources import dataset_fingerprint, load_blocks
     from unlearnkit.modeling import load_configured_model, load_model
 
@@ -60,7 +62,11 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
               else load_model(location))
     forget_blocks = load_blocks(forget_source, loaded.tokenizer, data_dir, seq_len=length)
     holdout_blocks = load_blocks(holdout_source, loaded.tokenizer, data_dir, seq_len=length)
-    target = AttackTarget(loaded.model.eval(), loaded.tokenizer, forget_blocks, holdout_blocks, run_config=config)
+    unrelated_source = unrelated or (config.data.retain if config else None)
+    unrelated_blocks = (load_blocks(unrelated_source, loaded.tokenizer, data_dir, seq_len=length)
+                        if unrelated_source is not None else None)
+    target = AttackTarget(loaded.model.eval(), loaded.tokenizer, forget_blocks, holdout_blocks, run_config=config,
+                          unrelated=unrelated_blocks)
     if config is None:
         return target
     metrics = run.metrics()

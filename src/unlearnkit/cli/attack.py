@@ -33,6 +33,13 @@ def attack(
     relearn_lr: Annotated[float, typer.Option(min=0.0, help="its learning rate")] = 1e-4,
     relearn_fraction: Annotated[float, typer.Option(help="the share of forget rows it fine-tunes on (the others "
                                                          "are measured)")] = 0.5,
+    lora_relearn_rank: Annotated[int, typer.Option(min=0, help="relearning with a LoRA adapter of this rank on the "
+                                                               "same rows, a cheaper attacker (0: none)")] = 8,
+    lora_relearn_lr: Annotated[float, typer.Option(min=0.0, help="its learning rate")] = 1e-3,
+    unrelated: Annotated[str | None, typer.Option(help="text with nothing of the forget set, for the unrelated "
+                                                       "fine-tuning attack (default: the run's retain set)")] = None,
+    unrelated_steps: Annotated[int, typer.Option(min=0, help="its fine-tuning steps, at --relearn-lr (0: none)")
+                               ] = 20,
     quant: Annotated[str, typer.Option(help="weight quantisations, comma-separated: intB-gG-sym|asym (B bits, "
                                             "groups of G inputs; e.g. int4-g32-asym), intB-channel-sym|asym, or "
                                             "gguf-Q8_0 / gguf-Q4_0 (llama.cpp's formats); '' for none")
@@ -44,7 +51,8 @@ def attack(
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
-    """Attack an unlearned model (relearning on part of the forget set, weight quantisation) and measure MA,
+    """Attack an unlearned model (relearning on part of the forget set, with every weight or a LoRA adapter;
+    fine-tuning on unrelated text; weight quantisation) and measure MA,
     EL10, the extraction attack and membership inference after each, with how much of what unlearning removed
     came back."""
     quant_fields = [_quant_fields(text) for text in quant.split(",") if text.strip()]
@@ -57,13 +65,15 @@ def attack(
     sweep_runs = _sweep_runs(Path(model).expanduser(), output, select)
     if sweep_runs is None:
         check_model_name(model)
-    forget_source, holdout_source = (parse_source(t) if t else None for t in (forget, holdout))
+    forget_source, holdout_source, unrelated_source = (parse_source(t) if t else None
+                                                       for t in (forget, holdout, unrelated))
     from unlearnkit.attacks.quantize import QuantSpec  # torch: only once the input has been checked
     from unlearnkit.attacks.suite import AttackPlan
 
     specs = [QuantSpec(**fields) for fields in quant_fields]
     plan = AttackPlan(relearn_steps=relearn_steps, relearn_lr=relearn_lr, relearn_fraction=relearn_fraction,
-                      quantisations=tuple(specs))
+                      lora_relearn_rank=lora_relearn_rank, lora_relearn_lr=lora_relearn_lr,
+                      unrelated_steps=unrelated_steps, quantisations=tuple(specs))
     from unlearnkit.data.catalog import resolve_data_dir
     from unlearnkit.progress import Progress
 
@@ -72,18 +82,10 @@ def attack(
     console = Console(emoji=False)
 
     def attack_one(location: str) -> tuple[dict[str, Any], str]:
-        return _attack_one(location, forget_source, holdout_source, seq_len, data, plan, progress)
+        return _attack_one(location, forget_source, holdout_source, unrelated_source, seq_len, data, plan, progress)
 
     if sweep_runs is not None and output is not None:
-        from unlearnkit.experiments.attack_table import TABLE_FILE, attack_runs
-
-        outcome = attack_runs(sweep_runs, output, lambda run: attack_one(str(run)),
-                              say=lambda line: console.print(line, markup=False, highlight=False))
-        elsewhere = f", {len(outcome.elsewhere)} being attacked elsewhere" if outcome.elsewhere else ""
-        end_of_batch(f"{len(outcome.ran)} attacked, {len(outcome.skipped)} already attacked{elsewhere}, "
-                     f"{len(outcome.failed)} failed; the table is {output / TABLE_FILE}", list(outcome.failed),
-                     f"run(s) could not be attacked ({{names}}); the reasons are in {output}/NAME.failed.json. Fix "
-                     "them and run the command again.")
+        _attack_sweep(sweep_runs, output, attack_one, console)
         return
     from unlearnkit.io import atomic_write_json, atomic_write_text
     from unlearnkit.ownership import MARKDOWN_MARK, marked
@@ -97,18 +99,31 @@ def attack(
         console.print(f"Wrote {output / 'attack.json'} and {output / 'attack.md'}", markup=False)
 
 
-def _attack_one(location: str, forget_source: Any, holdout_source: Any, seq_len: int | None, data: Path,
-                plan: Any, progress: Any) -> tuple[dict[str, Any], str]:
+def _attack_sweep(runs: list[Path], output: Path, attack_one: Any, console: Console) -> None:
+    """Every finished run of a sweep into ``output/NAME``, then the attack table; exit 5 if any failed."""
+    from unlearnkit.experiments.attack_table import TABLE_FILE, attack_runs
+
+    outcome = attack_runs(runs, output, lambda run: attack_one(str(run)),
+                          say=lambda line: console.print(line, markup=False, highlight=False))
+    elsewhere = f", {len(outcome.elsewhere)} being attacked elsewhere" if outcome.elsewhere else ""
+    end_of_batch(f"{len(outcome.ran)} attacked, {len(outcome.skipped)} already attacked{elsewhere}, "
+                 f"{len(outcome.failed)} failed; the table is {output / TABLE_FILE}", list(outcome.failed),
+                 f"run(s) could not be attacked ({{names}}); the reasons are in {output}/NAME.failed.json. Fix "
+                 "them and run the command again.")
+
+
+def _attack_one(location: str, forget_source: Any, holdout_source: Any, unrelated_source: Any, seq_len: int | None,
+                data: Path, plan: Any, progress: Any) -> tuple[dict[str, Any], str]:
     """The attack record (attack.json) and report (attack.md) of the model at ``location``."""
     from unlearnkit.attacks.suite import attack_markdown, run_attacks
     from unlearnkit.attacks.target import load_target
     from unlearnkit.config import EvalConfig
 
     with progress.status(f"Loading {location}"):
-        target = load_target(location, forget_source, holdout_source, seq_len, data)
+        target = load_target(location, forget_source, holdout_source, seq_len, data, unrelated_source)
     eval_config = target.run_config.eval if target.run_config is not None else EvalConfig()
     result = run_attacks(target.model, target.tokenizer, target.forget, target.holdout, plan, eval_config,
-                         progress, before=target.before, adapted=target.adapted)
+                         progress, before=target.before, adapted=target.adapted, unrelated=target.unrelated)
     record = {"model": location, "plan": _plan_dict(plan), "rows": result.rows, "details": result.details}
     if target.run_facts is not None:
         record["run"] = target.run_facts
@@ -152,5 +167,7 @@ def _quant_fields(text: str) -> dict[str, Any]:
 
 def _plan_dict(plan: Any) -> dict[str, Any]:
     return {"relearn_steps": plan.relearn_steps, "relearn_lr": plan.relearn_lr,
-            "relearn_fraction": plan.relearn_fraction, "quantisations": [s.label for s in plan.quantisations],
+            "relearn_fraction": plan.relearn_fraction, "lora_relearn_rank": plan.lora_relearn_rank,
+            "lora_relearn_lr": plan.lora_relearn_lr, "unrelated_steps": plan.unrelated_steps,
+            "quantisations": [s.label for s in plan.quantisations],
             "seed": plan.seed}

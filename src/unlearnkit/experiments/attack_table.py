@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from unlearnkit.attacks import HELD_OUT_ROWS
+from unlearnkit.attacks import HELD_OUT_ROWS, specific_recovery
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiments.figures import method_label, ordered_labels
 from unlearnkit.experiments.report import marked_page, replace_section, section_folder
@@ -132,15 +132,23 @@ def record_label(record: Record) -> str:
     return f"{label}+KL" if facts.get("retain_kind") == "kl" else label
 
 
+#: the fine-tuning attacks beside relearning, by the start of their row's name, and their column
+OTHER_ATTACKS = {"LoRA relearn": "LoRA relearning", "fine-tune on unrelated text": "unrelated fine-tuning"}
+
+
 def attack_table_markdown(records: Sequence[Record]) -> str:
     """The attack table with its caption: per record the forget rows' MA and EL10 before unlearning, after it
     and after relearning (on the rows the attack never saw), and the recovery fraction of each attack."""
     quantisations = list(dict.fromkeys(q for r in records for q in r["plan"].get("quantisations", [])))
     relearned = any(r["plan"].get("relearn_steps", 0) > 0 for r in records)
+    others = [name for prefix, name in OTHER_ATTACKS.items()
+              if any(str(row["attack"]).startswith(prefix) for r in records for row in r["rows"])]
     headers = ["Method", "Run", "Success"]
     if relearned:
         headers += ["unseen MA (%): before → unlearned → relearned", "unseen EL10 (%): before → unlearned → "
-                    "relearned", "relearning recovery MA / EL10", "held-out MA (%): unlearned → relearned"]
+                    "relearned", "relearning recovery MA / EL10", "held-out MA (%): unlearned → relearned",
+                    "relearning specific recovery MA / EL10"]
+    headers += [f"{name}: recovery / specific MA" for name in others]
     headers += [f"{q} recovery MA" for q in quantisations]
     lines = [_caption(records, quantisations), "", "| " + " | ".join(headers) + " |",
              "|" + "|".join([":---", ":---", ":---", *("---:" for _ in headers[3:])]) + "|"]
@@ -161,6 +169,15 @@ def attack_table_markdown(records: Sequence[Record]) -> str:
             control: list[Record] = [next((r for r in held_out if r["attack"].startswith(a)), {})
                                      for a in ("none", "relearn")]
             cells.append(" → ".join(_percent(r.get("ma")) for r in control))
+            specific = [specific_recovery(states[0].get(key), states[1].get(key), relearn.get(key),
+                                          control[0].get(key), control[1].get(key)) for key in ("ma", "el")]
+            cells.append(f"{_fraction(specific[0])} / {_fraction(specific[1])}")
+        for name in others:
+            prefix = next(p for p, n in OTHER_ATTACKS.items() if n == name)
+            row: Record = next((r for r in record["rows"] if str(r["attack"]).startswith(prefix)
+                                and r["rows"] != HELD_OUT_ROWS), {})
+            cells.append(f"{_fraction(row.get('recovery', {}).get('ma'))} / "
+                         f"{_fraction(row.get('specific_recovery', {}).get('ma'))}" if row else NO_VALUE)
         for label in quantisations:
             whole = _attack_row(record, f"quantise {label}")
             base = _attack_row(record, f"quantise base {label}, adapter kept")
@@ -192,7 +209,9 @@ def _caption(records: Sequence[Record], quantisations: list[str]) -> str:
     runs = f"{len(records)} attacked run" + ("s" if len(records) != 1 else "")
     return (f"**Attacks.** {runs}: {relearn}{quantised}{mixed}. Recovery is the share of "
             f"what unlearning removed that came back (0 nothing, 1 everything; negative: the attack removed "
-            f"more); it needs the run's scores before unlearning. Success: the run met its forgetting criterion.")
+            f"more); it needs the run's scores before unlearning. Specific recovery counts only what rose beyond "
+            f"the held-out control: ((attacked − unlearned) − (control attacked − control unlearned)) / (before − "
+            f"unlearned). Success: the run met its forgetting criterion.")
 
 
 def _percent(value: Any) -> str:
