@@ -187,7 +187,7 @@ def test_built_in_plugins_import_no_torch():
              "classes = [load_plugin(kind, name) for kind in ('method', 'adapter') for name in builtin_names(kind)]\n"
              "print(len(classes), 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["9", "False"], done.stderr
+    assert done.stdout.split() == ["10", "False"], done.stderr
 
 
 def test_adapters_are_asked_not_named():

@@ -4,6 +4,7 @@ and says so."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -106,3 +107,73 @@ def test_the_rule_needs_held_out_rows(memorized_model_dir, tmp_path):
     done = run_cli("run", REPO_CONFIG, *[part for o in overrides for part in ("--set", o)])
     assert done.returncode == 2 and "eval.rule paper+mia compares the forget rows with held-out rows" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_held_out_level_loss_is_its_formula_and_stops_at_the_level():
+    from unlearnkit.objectives import held_out_level_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 6))
+    labels[2, :3] = -100  # a masked prefix (a question) is not counted
+    token_nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1),
+                                                  ignore_index=-100, reduction="none").view(3, 5)
+    mean_nll = (token_nll.sum(dim=1) / (labels[:, 1:] != -100).sum(dim=1)).detach()
+    level = float(mean_nll.median())  # one row below the level, one at it, one above
+    expected = (0.5 * torch.clamp(level - mean_nll, min=0).square()).mean()
+    loss = held_out_level_loss(logits, labels, level)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    loss.backward()
+    assert logits.grad is not None
+    pushed = [not bool((logits.grad[row] == 0).all()) for row in range(3)]
+    assert pushed == [float(mean_nll[row]) < level for row in range(3)] and sum(pushed) == 1  # none at or above
+
+
+def test_sam_takes_the_forget_gradient_at_the_perturbed_point_and_puts_the_weights_back(data_dir):
+    from conftest import tiny_gpt_neo
+    from unlearnkit.config import MethodConfig
+    from unlearnkit.data.blocks import TokenBlocks
+    from unlearnkit.methods import build_method
+    from unlearnkit.objectives import lm_loss
+
+    torch.manual_seed(1)
+    model = tiny_gpt_neo(vocab_size=64, hidden=16)
+    forget = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "forget")
+    retain = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "retain")
+    method = build_method(MethodConfig(name="gd", sam_rho=0.05))
+    method.device = torch.device("cpu")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    reference, at_theta = copy.deepcopy(model), copy.deepcopy(model)
+    total, parts = method.step_loss(model, forget, retain)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # exactly back at θ
+    total.backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    # directly: the forget gradient at θ + ρ g/‖g‖, plus the retain gradient at θ
+    def forget_loss(m):
+        return -lm_loss(m(input_ids=forget.input_ids).logits, forget.labels())
+
+    params = list(reference.parameters())
+    grads = torch.autograd.grad(forget_loss(reference), params)
+    norm = torch.sqrt(sum(g.double().square().sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p.add_(g, alpha=0.05 / float(norm))
+    sharp = torch.autograd.grad(forget_loss(reference), params)
+    retain_grads = torch.autograd.grad(lm_loss(at_theta(input_ids=retain.input_ids).logits, retain.labels()),
+                                       list(at_theta.parameters()))
+    for (name, _), s, r in zip(model.named_parameters(), sharp, retain_grads, strict=True):
+        assert torch.allclose(ours[name], s + r, rtol=1e-4, atol=1e-6), name
+    assert parts["forget_loss"] == pytest.approx(float(forget_loss(model)))  # the loss at θ is what is logged
+
+
+@pytest.mark.parametrize("extra", [["method.name=level"], ["method.name=ihl", "method.sam_rho=0.05"]])
+def test_the_new_objective_and_sam_run_with_lora_and_flora(memorized_model_dir, tmp_path, extra):
+    from unlearnkit.config import load_config
+    from unlearnkit.loop import run_unlearning
+
+    config = load_config(REPO_CONFIG, [*memorised_run_overrides(memorized_model_dir, tmp_path / "run"),
+                                       "adapter.name=flora", "train.lr=0.1", "train.epochs=2", "eval.audit=false",
+                                       "eval.early_stop=false", *extra])
+    result = run_unlearning(config, quiet=True)
+    assert len(result.state.history) == 2 and result.after["forget"]["ma"] < result.before["forget"]["ma"]

@@ -168,6 +168,17 @@ def simnpo_loss(logits: torch.Tensor, labels: torch.Tensor, reference_logprob: t
     return -(2.0 / beta) * _row_mean(F.logsigmoid(-beta * average - gamma), normaliser)
 
 
+def held_out_level_loss(logits: torch.Tensor, labels: torch.Tensor, level: float,
+                        normaliser: float | None = None) -> torch.Tensor:
+    """Forgetting down to never-seen text and no further: ``mean_i ½ max(0, level − ℓ_i)²`` over the forget rows,
+    ``ℓ_i`` a row's mean token NLL and ``level`` the held-out rows' mean NLL under the model before unlearning.
+    Its gradient ``−(level − ℓ_i) ∇ℓ_i`` is gradient ascent on a row, weighted by how far the row still is
+    below the level, and 0 once it has reached it: a row is neither left recognisable nor pushed past text the
+    model never saw."""
+    mean_nll = -sequence_logprob(logits, labels) / predicted_tokens(labels).clamp(min=1)
+    return _row_mean(0.5 * F.relu(level - mean_nll).square(), normaliser)
+
+
 def kl_from_reference(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor,
                       normaliser: float | None = None) -> torch.Tensor:
     """``KL(p_ref ‖ p_θ)`` of the next-token distributions, mean over the unmasked positions (their sum over

@@ -53,12 +53,14 @@ class MethodConfig(Section):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    name: str = Field("ihl", description="ga | gd | ihl | npo | simnpo | rmu, or your own: module.path:Class or "
-                                         "path/to/file.py:Class (docs/extending.md)")
+    name: str = Field("ihl", description="ga | gd | ihl | npo | simnpo | rmu | level, or your own: "
+                                         "module.path:Class or path/to/file.py:Class (docs/extending.md)")
     retain_weight: float = Field(1.0, ge=0.0, description="weight of the retain term (Eq. 5 uses 1)")
     retain_kind: Literal["lm", "kl"] = Field(
         "lm", description="the retain term: lm = LM loss on the retain batch (the paper's); kl = KL divergence "
                           "from the model before unlearning on the retain batch (holds a frozen copy of it)")
+    sam_rho: float = Field(0.0, ge=0.0, description="SAM unlearning (Fan et al., 2025): the forget term's gradient "
+                                                    "taken at θ + ρ·g/‖g‖ (0: off; the retain term unperturbed)")
 
     @model_validator(mode="after")
     def _options_fit_the_method(self) -> MethodConfig:

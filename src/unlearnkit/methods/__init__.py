@@ -1,4 +1,5 @@
-"""Unlearning methods, one module each: ``ga``, ``gd``, ``ihl`` (the paper's), ``npo``, ``simnpo``, ``rmu``.
+"""Unlearning methods, one module each: ``ga``, ``gd``, ``ihl`` (the paper's), ``npo``, ``simnpo``, ``rmu``,
+``level`` (forget rows to the held-out level); ``method.sam_rho`` makes any of them sharpness-aware.
 
 A module here is a method by its file name; a user's method is named ``module:Class`` or ``file.py:Class``
 (:mod:`unlearnkit.config.plugins`, docs/extending.md). Each is a subclass of :class:`UnlearningMethod`; nothing
@@ -22,4 +23,5 @@ def build_method(config: MethodConfig) -> UnlearningMethod:
     method: UnlearningMethod = config.method_class()(config.options(), retain_weight=config.retain_weight,
                                                       retain_kind=config.retain_kind)
     method.name = config.name
+    method.sam_rho = config.sam_rho
     return method

@@ -63,6 +63,7 @@ class UnlearningMethod:
         self.name = type(self).__name__  # the config's method.name once built (unlearnkit.methods.build_method)
         self.device: Any = None
         self.reference_model: Any = None
+        self.sam_rho = 0.0  # method.sam_rho: the forget term's gradient taken at a sharpness-aware point
 
     # --- before training ----------------------------------------------------------------------------------
     def prepare(self, setup: MethodSetup) -> None:
@@ -109,10 +110,14 @@ class UnlearningMethod:
         parts = {"forget_loss": 0.0}
         total: torch.Tensor | None = None
         if forget is not None:
-            total = self.forget_loss(model, forget, rows, forget_normaliser)
+            if self.sam_rho > 0:
+                total, value = self.sharpness_aware_forget(model, forget, rows, forget_normaliser)
+            else:
+                total = self.forget_loss(model, forget, rows, forget_normaliser)
+                value = float(total.detach())
             if forget_weight != 1.0:
                 total = total * forget_weight
-            parts["forget_loss"] = float(total.detach())
+            parts["forget_loss"] = value * forget_weight
         if self.uses_retain:
             if retain is None:
                 raise ValueError(f"method {self.name} needs a retain batch")
@@ -121,8 +126,37 @@ class UnlearningMethod:
             total = self.retain_weight * retain_loss if total is None else total + self.retain_weight * retain_loss
         if total is None:
             raise ValueError("a step needs forget rows, or retain rows for a method with a retain term")
-        parts["loss"] = float(total.detach())
+        parts["loss"] = parts["forget_loss"] + self.retain_weight * parts.get("retain_loss", 0.0)
         return total, parts
+
+    def sharpness_aware_forget(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
+                               normaliser: float | None) -> tuple[torch.Tensor, float]:
+        """SAM unlearning (Fan et al., ICML 2025) on the forget term: its gradient taken at ``θ + ρ g/‖g‖``, ``g``
+        its gradient at ``θ`` over the trainable weights, which are then put back at ``θ`` exactly. Returns a
+        term whose gradient is that one (``Σ θ · g_sam``, the gradient detached) and the forget loss at ``θ``."""
+        import torch
+
+        params = [param for param in model.parameters() if param.requires_grad]
+        loss = self.forget_loss(model, forget, rows, normaliser)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        norm = float(torch.sqrt(sum((g.double().square().sum() for g in grads if g is not None),
+                                    torch.zeros((), dtype=torch.float64))))
+        if norm == 0.0:  # no direction to perturb along: the plain gradient
+            return loss, float(loss.detach())
+        saved = [param.detach().clone() for param in params]
+        with torch.no_grad():
+            for param, grad in zip(params, grads, strict=True):
+                if grad is not None:
+                    param.add_(grad, alpha=self.sam_rho / norm)
+        try:
+            sharp = torch.autograd.grad(self.forget_loss(model, forget, rows, normaliser), params, allow_unused=True)
+        finally:
+            with torch.no_grad():
+                for param, value in zip(params, saved, strict=True):
+                    param.copy_(value)
+        surrogate = sum(((param * grad.detach()).sum() for param, grad in zip(params, sharp, strict=True)
+                         if grad is not None), torch.zeros((), device=loss.device, dtype=loss.dtype))
+        return surrogate, float(loss.detach())
 
     # --- helpers --------------------------------------------------------------------------------------------
     def inputs(self, blocks: TokenBlocks) -> dict[str, torch.Tensor]:
