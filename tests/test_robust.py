@@ -177,3 +177,35 @@ def test_the_new_objective_and_sam_run_with_lora_and_flora(memorized_model_dir, 
                                        "eval.early_stop=false", *extra])
     result = run_unlearning(config, quiet=True)
     assert len(result.state.history) == 2 and result.after["forget"]["ma"] < result.before["forget"]["ma"]
+
+
+def test_an_unlearned_model_carries_its_model_card(memorized_model_dir, tmp_path):
+    """model/README.md in Hugging Face's format: metadata, what was unlearned (fingerprint, never the text), how,
+    the evidence as metrics.json has it."""
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "run"
+    overrides = [*memorised_run_overrides(memorized_model_dir, out), "method.name=ihl", "adapter.name=flora",
+                 "train.lr=0.1"]
+    done = run_cli("run", REPO_CONFIG, *[part for o in overrides for part in ("--set", o)], "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = ModelCard.load(out / "model" / "README.md")
+    assert card.data.library_name == "transformers" and {"unlearning", "method-ihl", "adapter-flora"} <= set(
+        card.data.tags)
+    assert card.data.base_model is None  # a local directory is no hub id to link to
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    facts = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    text = card.text
+    assert "Forgetting criterion met" in text and facts["data_fingerprints"]["forget"] in text
+    before, after = metrics["before"]["forget"], metrics["after"]["forget"]
+    assert f"forget MA {before['ma']:.4f} → {after['ma']:.4f}" in text
+    assert f"{metrics['epochs_run']} epoch" in text and "method `ihl`, adapter `flora` (rank 4)" in text
+    # the forgotten text itself is not in the card
+    from unlearnkit.config import load_config
+    from unlearnkit.data.sources import load_blocks
+
+    config = load_config(out / "config.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    forget = load_blocks(config.data.forget, tokenizer, DATA, seq_len=MEMORISED_SEQ_LEN)
+    for row in forget.input_ids:
+        assert tokenizer.decode(row[:12]) not in text

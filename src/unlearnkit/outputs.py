@@ -18,6 +18,7 @@ from typing import Any
 from unlearnkit.checkpoints import Checkpoints, launched_first
 from unlearnkit.config import RunConfig
 from unlearnkit.io import atomic_write_json, atomic_write_text, claimed, remove_stale_staging, staged_directory
+from unlearnkit.model_card import model_card
 from unlearnkit.ownership import check_replaceable, mark_directory
 from unlearnkit.reports import metrics_document, package_versions, render_report
 from unlearnkit.results import RunMetrics, RunResult
@@ -102,7 +103,7 @@ def write_run_outputs(result: RunResult) -> Path:
             result.plain_model().save_pretrained(staging / "model", safe_serialization=True)
             result.tokenizer.save_pretrained(staging / "model")
         atomic_write_text(staging / CONFIG_FILE, config.to_yaml())
-        atomic_write_json(staging / RUN_FILE, {
+        facts = {
             "seed": config.seed,
             "versions": package_versions(),
             "data_fingerprints": result.data.fingerprints(),
@@ -114,8 +115,13 @@ def write_run_outputs(result: RunResult) -> Path:
                       "effective": config.train.batch_size * result.processes * config.train.grad_accum},
             "launch": result.launch,
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
-        })
-        atomic_write_json(staging / METRICS_FILE, metrics_document(result))
+        }
+        atomic_write_json(staging / RUN_FILE, facts)
+        document = metrics_document(result)
+        atomic_write_json(staging / METRICS_FILE, document)
+        if config.output.save_model:  # the record filed beside the model: what was removed, how, the evidence
+            metrics = RunMetrics.model_validate(json.loads((staging / METRICS_FILE).read_text(encoding="utf-8")))
+            atomic_write_text(staging / "model" / "README.md", model_card(config, metrics, facts))
         atomic_write_text(staging / REPORT_FILE, render_report(result))
         mark_directory(staging, "run")
     Checkpoints.of(config).discard()  # the run is complete: nothing is left to resume
