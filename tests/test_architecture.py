@@ -26,7 +26,7 @@ LAYERS = [
     {"results"},
     {"checkpoints"},
     {"loop"},
-    {"reports", "model_card", "outputs", "preflight", "attacks", "runner", "sequential"},
+    {"reports", "model_card", "outputs", "publish", "preflight", "attacks", "runner", "sequential"},
     {"showcase"},
     {"experiments"},
     {"cli"},

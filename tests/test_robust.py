@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,38 @@ def test_an_unlearned_model_carries_its_model_card(memorized_model_dir, tmp_path
     forget = load_blocks(config.data.forget, tokenizer, DATA, seq_len=MEMORISED_SEQ_LEN)
     for row in forget.input_ids:
         assert tokenizer.decode(row[:12]) not in text
+
+
+def test_push_uploads_the_model_its_card_the_adapter_and_the_record(memorized_model_dir, tmp_path, monkeypatch,
+                                                                    capsys):
+    """Offline up to the upload: the calls huggingface_hub would make, and bad input refused before any."""
+    import sys
+
+    from huggingface_hub import HfApi
+
+    from unlearnkit import cli
+
+    out = tmp_path / "run"
+    overrides = [*memorised_run_overrides(memorized_model_dir, out), "method.name=ihl", "adapter.name=lora",
+                 "train.lr=0.1", "eval.audit=false"]
+    assert run_cli("run", REPO_CONFIG, *[part for o in overrides for part in ("--set", o)], "-q").returncode == 0
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw))
+                        or f"https://huggingface.co/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"], kw)))
+
+    def push(*args):
+        monkeypatch.setattr(sys, "argv", ["unlearnkit", "push", *args])
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+        return done.value.code
+
+    assert push(str(out), "not-a-repo-id") == 2 and calls == []
+    assert "owner/name" in capsys.readouterr().err
+    assert push(str(tmp_path), "me/model") == 2 and calls == []  # not a run directory
+    assert push(str(out), "me/unlearned") in (0, None)
+    assert calls[0] == ("create", "me/unlearned", {"private": True, "exist_ok": True, "repo_type": "model"})
+    uploads = {call[2].get("path_in_repo"): call[2] for call in calls[1:]}
+    assert Path(uploads[None]["folder_path"]) == out / "model" and (out / "model" / "README.md").is_file()
+    assert Path(uploads["adapter"]["folder_path"]) == out / "adapter"
+    assert set(uploads["unlearning"]["allow_patterns"]) == {"config.yaml", "metrics.json", "run.json", "report.md"}

@@ -290,3 +290,20 @@ def _build_tofu(authors: int | None, lr: float | None, which: str, *, data_dir: 
             print(directory / "model")
         else:
             Console(emoji=False).print(f"TOFU {model} model in {directory / 'model'} (manifest.json beside it)")
+
+
+@app.command(epilog="Example: `unlearnkit push runs/ihl me/smollm2-unlearned` (the token from `hf auth login` or "
+                    "$HF_TOKEN).")
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="a finished `run` output directory")],
+    repo_id: Annotated[str, typer.Argument(help="the Hugging Face model repository, owner/name (created if "
+                                                "missing)")],
+    public: Annotated[bool, typer.Option(help="create the repository public (default: private)")] = False,
+) -> None:
+    """Upload an unlearned model with its model card, its adapter and the run's record (config, metrics, report)
+    to the Hugging Face hub."""
+    from unlearnkit.publish import check_push, push_run
+
+    check_push(run_dir.expanduser(), repo_id)  # every problem before anything is uploaded
+    url = push_run(run_dir.expanduser(), repo_id, private=not public)
+    Console(emoji=False).print(f"Pushed {run_dir} to {url}", markup=False)
