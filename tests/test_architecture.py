@@ -21,7 +21,7 @@ LAYERS = [
     {"objectives"},
     {"adapters"},
     {"metrics"},
-    {"training", "steps", "methods", "guards"},
+    {"training", "steps", "methods", "guards", "tracking"},
     {"evaluation", "stopping"},
     {"results"},
     {"checkpoints"},

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
 
+from unlearnkit import tracking
 from unlearnkit.adapters import Adapter, build_adapter
 from unlearnkit.checkpoints import Checkpoints, LoopState, Saved
 from unlearnkit.config import RunConfig
@@ -139,8 +140,10 @@ def _launch(config: RunConfig, console: Console | None, quiet: bool, checkpoints
     the checkpoint it resumes from."""
     # the schedule counts optimiser updates, however many processes there are (accelerate's default would step it
     # once per process and update)
+    trackers = {"log_with": config.log.to, "project_dir": str(tracking.log_dir(config))} if config.log.to else {}
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator(),
-                              step_scheduler_with_optimizer=False)
+                              step_scheduler_with_optimizer=False, **trackers)
+    tracking.start(accelerator, config)
     refuse_sharded_weights(accelerator)
     processes = Processes.of(accelerator)
     console = (console or Console(emoji=False, quiet=quiet)) if processes.main else Console(emoji=False, quiet=True)
@@ -315,6 +318,8 @@ def _train_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
             step_losses[key] = step_losses.get(key, 0.0) + value / grad_accum
         if micro.update:
             epoch_losses.append(step_losses)
+            tracking.log(session.accelerator, session.config, "train", {**step_losses, "lr": training.step.lr},
+                         state.step)
             step_losses = {}
     return epoch_losses
 
@@ -346,6 +351,7 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
         record["retain_check_loss"] = check_loss
     state.history.append(record)
     session.progress.log_epoch(record, config.eval.el_n)
+    tracking.log(session.accelerator, config, "epoch", record, state.step)
     wrecked = collapse(record, loop.check_before, config.train.collapse_factor)
     if wrecked:
         state.collapsed_epoch = epoch
@@ -378,6 +384,10 @@ def _after(session: _Session, setup: _SetUp, training: _Training, loop: LoopStat
                 data_dir=resolve_data_dir(config.data.dir), cache=ScoreCache.of(model, config.eval),
                 el_roles=("forget",) if config.eval.after_el == "forget" else ("forget", "validation", "retain"))
     session.clock.timings["total_s"] = session.clock.elapsed()
+    tracking.log(accelerator, config, "after", {**{role: after[role] for role in ("forget", "validation")
+                                                   if role in after}, "criterion_met": loop.state.criterion_met},
+                 loop.state.step)
+    tracking.finish(accelerator, config)
     return RunResult(config, loop.state, loop.thresholds, loop.before, after, session.clock.timings, model=model,
                      tokenizer=setup.tokenizer, data=setup.data, target_modules=setup.target_modules,
                      adapter_summary=loop.adapter_summary, processes=processes.count, main_process=processes.main,

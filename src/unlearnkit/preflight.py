@@ -21,6 +21,7 @@ from typing import TypeVar
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.model_names import is_gguf, locate_model
+from unlearnkit.tracking import check_trackers
 
 T = TypeVar("T")
 
@@ -51,6 +52,7 @@ def check_run(config: RunConfig, config_file: str | Path | None = None) -> Path:
     attempt(lambda: locate_model(config.model.name, config.model.gguf_file))  # a path that holds no model
     output_dir = attempt(lambda: check_output_dir(config, config_file))
     attempt(lambda: check_sizes(config))
+    attempt(lambda: check_trackers(config))  # a tracker's package missing: before any weight loads
     attempt(lambda: _check_adapter_fits_stored(config))
     # torch for the weightless skeleton takes seconds: only once the cheap checks have passed
     if not problems:

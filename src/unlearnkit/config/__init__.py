@@ -10,6 +10,7 @@ from unlearnkit.config.run import (
     DownstreamConfig,
     EvalConfig,
     FloraOptions,
+    LogConfig,
     MethodConfig,
     ModelConfig,
     OutputConfig,
@@ -22,7 +23,7 @@ from unlearnkit.config.suites import DIALOGUE_SETS, PERPLEXITY_SETS, REASONING_T
 
 __all__ = [
     "DIALOGUE_SETS", "PERPLEXITY_SETS", "REASONING_TASKS", "SOURCES", "SUITES",
-    "AdapterConfig", "DataConfig", "DownstreamConfig", "EvalConfig", "FloraOptions", "MethodConfig",
+    "AdapterConfig", "DataConfig", "DownstreamConfig", "EvalConfig", "FloraOptions", "LogConfig", "MethodConfig",
     "ModelConfig", "OutputConfig", "RunConfig", "SourceConfig", "SourceSpec", "Suite", "TofuEvalConfig", "TrainConfig",
     "apply_overrides", "build_config", "load_config", "parse_override", "resolve_suite", "source_names",
 ]

@@ -300,6 +300,18 @@ class EvalConfig(Section):
         return references
 
 
+class LogConfig(Section):
+    """Experiment tracking through accelerate's trackers: the config as hyper-parameters, each update's losses and
+    learning rate, each epoch's record (MA, EL_n, the rule's verdicts), the final scores."""
+
+    to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
+        default_factory=list, description="trackers to report to (none by default): tensorboard, wandb, mlflow, "
+                                          "comet_ml, aim, clearml, dvclive")
+    project: str = Field("unlearnkit", description="the project (experiment) name at the tracker")
+    dir: str | None = Field(None, description="where file-based trackers write, a folder per run (default: logs/ "
+                                              "beside output.dir)")
+
+
 class OutputConfig(Section):
     dir: str = "runs/unlearn"
     overwrite: bool = False
@@ -321,6 +333,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")
     def _resolve(self) -> RunConfig:
