@@ -32,7 +32,8 @@ from unlearnkit.io import atomic_write
 Row = dict[str, Any]
 
 PAPER_ORDER = ("GA", "GD", "LoRA", "LoRA+IHL", "FLoRA", "FLoRA+IHL")
-_OBJECTIVE_NAMES = {"ga": "GA", "gd": "GD", "ihl": "IHL", "npo": "NPO", "simnpo": "SimNPO"}
+_OBJECTIVE_NAMES = {"ga": "GA", "gd": "GD", "ihl": "IHL", "npo": "NPO", "simnpo": "SimNPO", "level": "Level",
+                    "rmu": "RMU"}
 # One hue per method in every figure of a report; the paper's own colours are not stated.
 _PAPER_COLOURS = {"GA": "tab:purple", "GD": "tab:brown", "LoRA": "tab:blue", "LoRA+IHL": "tab:orange",
                   "FLoRA": "tab:green", "FLoRA+IHL": "tab:red"}
@@ -76,7 +77,8 @@ def _adapter_class(adapter: str) -> Any:
 def row_label(row: Row) -> str:
     """A row's method label; a KL retain term (``method.retain_kind: kl``) is named, e.g. NPO+KL."""
     label = method_label(str(row["method"]), str(row["adapter"]))
-    return f"{label}+KL" if row.get("retain_kind") == "kl" else label
+    label = f"{label}+KL" if row.get("retain_kind") == "kl" else label
+    return f"{label}+SAM" if row.get("sam_rho") else label
 
 
 def ordered_labels(labels: Iterable[str]) -> list[str]:
