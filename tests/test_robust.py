@@ -245,3 +245,36 @@ def test_push_uploads_the_model_its_card_the_adapter_and_the_record(memorized_mo
     assert Path(uploads[None]["folder_path"]) == out / "model" and (out / "model" / "README.md").is_file()
     assert Path(uploads["adapter"]["folder_path"]) == out / "adapter"
     assert set(uploads["unlearning"]["allow_patterns"]) == {"config.yaml", "metrics.json", "run.json", "report.md"}
+
+
+def test_the_level_follows_the_model_being_trained_once_an_epoch():
+    from conftest import tiny_gpt_neo
+
+    from unlearnkit.config import MethodConfig
+    from unlearnkit.data.blocks import TokenBlocks
+    from unlearnkit.data.run_sets import RunData
+    from unlearnkit.methods import MethodSetup, build_method
+
+    torch.manual_seed(2)
+    model = tiny_gpt_neo(vocab_size=64, hidden=16)
+    forget = TokenBlocks(torch.randint(0, 64, (4, 10)), torch.ones(4, 10, dtype=torch.long), "forget")
+    held_out = TokenBlocks(torch.randint(0, 64, (3, 10)), torch.ones(3, 10, dtype=torch.long), "held-out")
+    method = build_method(MethodConfig(name="level", level_from="current"))
+    method.prepare(MethodSetup(model, RunData(forget=forget, validation=held_out), torch.device("cpu"), 0, 8))
+
+    def direct() -> float:  # the held-out rows' mean token NLL under the model as it is now
+        with torch.no_grad():
+            logits = model(input_ids=held_out.input_ids).logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64), held_out.input_ids[:, 1:].reshape(-1),
+                                                reduction="none").view(3, 9)
+        return float(nll.mean(dim=1).mean())
+
+    assert method.level == pytest.approx(direct(), rel=1e-5)
+    method.forget_loss(model, forget.subset([0, 1]), torch.tensor([0, 1]), None)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(3.0)  # as if an epoch of training had changed the model
+    changed = direct()
+    method.forget_loss(model, forget.subset([2, 3]), torch.tensor([2, 3]), None)  # the same epoch: kept
+    assert method.level != pytest.approx(changed, rel=1e-3)
+    method.forget_loss(model, forget.subset([0, 1]), torch.tensor([0, 1]), None)  # row 0 again: a new epoch
+    assert method.level == pytest.approx(changed, rel=1e-5)

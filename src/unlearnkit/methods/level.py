@@ -9,7 +9,7 @@ past that level (as recognisable, the other way). This objective aims at the lev
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -19,9 +19,15 @@ from unlearnkit.methods.base import MethodOptions, MethodSetup, UnlearningMethod
 if TYPE_CHECKING:
     import torch
 
+    from unlearnkit.data.blocks import TokenBlocks
+
 
 class LevelOptions(MethodOptions):
     margin: float = Field(0.0, description="nats added to the held-out level the forget rows are pulled to")
+    level_from: Literal["before", "current"] = Field(
+        "before", description="the held-out rows' NLL under the model before unlearning (measured once), or under "
+                              "the model being trained, measured again at the start of every epoch (unlearning "
+                              "raises it too)")
 
 
 class HeldOutLevel(UnlearningMethod):
@@ -31,18 +37,36 @@ class HeldOutLevel(UnlearningMethod):
     options: LevelOptions
 
     def prepare(self, setup: MethodSetup) -> None:
-        """The held-out rows' mean NLL under the model before unlearning: the level, computed once."""
-        from unlearnkit.metrics.perplexity import sequence_logprobs
-        from unlearnkit.objectives import predicted_tokens
-
+        """The held-out rows' mean NLL under the model before unlearning: the level (with ``level_from: before``,
+        for the whole run)."""
         super().prepare(setup)
         validation = setup.data.validation
         if validation is None:
             raise UnlearnkitError("method level pulls the forget rows to the held-out rows' level; set "
                                   "data.validation.")
-        tokens = predicted_tokens(validation.labels()).clamp(min=1)
-        row_nll = -sequence_logprobs(setup.model, validation, setup.eval_batch_size) / tokens
-        self.level = float(row_nll.mean()) + self.options.margin
+        self.validation, self.eval_batch_size = validation, setup.eval_batch_size
+        self.level = self.measure_level(setup.model)
+        self.seen: set[int] = set()  # forget rows of this epoch so far (level_from: current)
+        self.measured = False
+
+    def measure_level(self, model: Any) -> float:
+        """The held-out rows' mean NLL under ``model`` (eval mode, no gradients), plus the margin."""
+        from unlearnkit.metrics.perplexity import sequence_logprobs
+        from unlearnkit.objectives import predicted_tokens
+
+        tokens = predicted_tokens(self.validation.labels()).clamp(min=1)
+        row_nll = -sequence_logprobs(model, self.validation, self.eval_batch_size) / tokens
+        return float(row_nll.mean()) + self.options.margin
+
+    def forget_loss(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
+                    normaliser: float | None) -> torch.Tensor:
+        if self.options.level_from == "current" and rows is not None:
+            batch = {int(row) for row in rows}
+            # a row seen again opens a new epoch; the first call of a run (or of a resumed one) measures too
+            if not self.measured or batch & self.seen:
+                self.level, self.measured, self.seen = self.measure_level(model), True, set()
+            self.seen |= batch
+        return super().forget_loss(model, forget, rows, normaliser)
 
     def forget_objective(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None,
                          normaliser: float | None) -> torch.Tensor:
