@@ -249,7 +249,6 @@ def test_push_uploads_the_model_its_card_the_adapter_and_the_record(memorized_mo
 
 def test_the_level_follows_the_model_being_trained_once_an_epoch():
     from conftest import tiny_gpt_neo
-
     from unlearnkit.config import MethodConfig
     from unlearnkit.data.blocks import TokenBlocks
     from unlearnkit.data.run_sets import RunData
