@@ -246,12 +246,15 @@ def _variant_labels(runs: Sequence[Row]) -> dict[int, str]:
     for label, group in by_method.items():
         ranks = {row.get("rank") for row in group}
         module_sets = {modules_label(row.get("modules")) for row in group}
+        options = {json.dumps(row.get("method_options") or {}, sort_keys=True) for row in group}
         for row in group:
             parts = [label]
             if len(ranks) > 1 and row.get("rank") is not None:
                 parts.append(f"r{row['rank']}")
             if len(module_sets) > 1 and row.get("modules"):
                 parts.append(str(modules_label(row["modules"])))
+            if len(options) > 1 and row.get("method_options"):  # e.g. level_from=current
+                parts.append(",".join(f"{k}={v}" for k, v in sorted(row["method_options"].items())))
             labels[id(row)] = " ".join(parts)
     return labels
 
