@@ -76,7 +76,8 @@ def run_unlearning(
         state.stop_reason = (f"forgetting criterion met by epoch {state.epoch}" if state.criterion_met else
                              f"forgetting criterion NOT met within {config.train.epochs} epochs")
         shortfall = None if state.criterion_met or loop.last_scores is None else stopping_rule(
-            config.eval, loop.thresholds, validation=setup.eval_sets.validation).shortfall(loop.last_scores)
+            config.eval, loop.thresholds, validation=setup.eval_sets.validation).shortfall(loop.last_scores,
+                                                                                           state.history)
         if shortfall:
             state.stop_reason += f": {shortfall}"
     return _after(session, setup, training, loop)

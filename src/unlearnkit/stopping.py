@@ -37,8 +37,9 @@ class StoppingRule:
         """Whether the run stops after the epoch these scores are of."""
         return False
 
-    def shortfall(self, scores: dict[str, Any]) -> str | None:
-        """Why these scores do not meet the rule, where a plain "not met" would hide it."""
+    def shortfall(self, scores: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
+        """Why a run whose last epoch scored ``scores`` (its epochs' records: ``history``) did not meet the rule,
+        where a plain "not met" would hide it."""
         return None
 
 
@@ -94,15 +95,18 @@ class Indistinguishable(StoppingRule):
     def stops(self, scores: dict[str, Any]) -> bool:
         return self.config.early_stop and self.met(scores)
 
-    def shortfall(self, scores: dict[str, Any]) -> str | None:
+    def shortfall(self, scores: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
         verdict = scores.get("mia")
-        if verdict is None or verdict["met"] or not self.rule.met(scores):
+        paper = [e["epoch"] for e in history if e.get("forget_el") is not None
+                 and self.rule.thresholds.forgotten(e["forget_ma"], e["forget_el"])]
+        if verdict is None or verdict["met"] or not paper:
             return None
         found = "; ".join(f"{SCORE_NAMES[name]} AUC {verdict[name]['auc']:.2f} "
                           f"({100 * verdict['confidence']:.0f} % interval {verdict[name]['low']:.2f}-"
                           f"{verdict[name]['high']:.2f})" for name in SCORE_NAMES)
-        return (f"the paper's rule is met, but membership inference still tells the forget rows from held-out rows "
-                f"({found}; indistinguishable means within 0.5 ± {verdict['margin']})")
+        return (f"the paper's rule was met (first after epoch {paper[0]}), but membership inference still tells the "
+                f"forget rows from held-out rows (last epoch: {found}; indistinguishable means within 0.5 ± "
+                f"{verdict['margin']})")
 
 
 SCORE_NAMES = {"loss": "LOSS", "min_k": "Min-K%"}
@@ -151,8 +155,8 @@ class WithTofu(StoppingRule):
     def stops(self, scores: dict[str, Any]) -> bool:
         return self.rule.stops(scores)
 
-    def shortfall(self, scores: dict[str, Any]) -> str | None:
-        return self.rule.shortfall(scores)
+    def shortfall(self, scores: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
+        return self.rule.shortfall(scores, history)
 
 
 def stopping_rule(config: EvalConfig, thresholds: Thresholds, *, tokenizer: Any = None,
