@@ -17,7 +17,7 @@ from typing import Any
 
 from unlearnkit.attacks import HELD_OUT_ROWS, specific_recovery
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.experiments.figures import method_label, ordered_labels
+from unlearnkit.experiments.figures import ordered_labels, row_label
 from unlearnkit.experiments.report import marked_page, replace_section, section_folder
 from unlearnkit.experiments.sweep import SweepOutcome
 from unlearnkit.io import ClaimedElsewhere, atomic_write_json, atomic_write_text, claimed
@@ -128,8 +128,7 @@ def record_label(record: Record) -> str:
     facts = record.get("run")
     if not facts:
         return str(record["model"])
-    label = method_label(str(facts["method"]), str(facts["adapter"]))
-    return f"{label}+KL" if facts.get("retain_kind") == "kl" else label
+    return row_label(facts)
 
 
 #: the fine-tuning attacks beside relearning, by the start of their row's name, and their column
