@@ -276,6 +276,7 @@ def test_the_level_follows_the_model_being_trained_once_an_epoch():
         model.transformer.wte.weight.mul_(3.0)  # as if an epoch of training had changed the model
     changed = direct()
     method.forget_loss(model, forget.subset([2, 3]), torch.tensor([2, 3]), None)  # the same epoch: kept
+    method.forget_loss(model, forget.subset([2, 3]), torch.tensor([2, 3]), None)  # the same step again (SAM)
     assert method.level != pytest.approx(changed, rel=1e-3)
     method.forget_loss(model, forget.subset([0, 1]), torch.tensor([0, 1]), None)  # row 0 again: a new epoch
     assert method.level == pytest.approx(changed, rel=1e-5)

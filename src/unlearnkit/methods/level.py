@@ -48,6 +48,7 @@ class HeldOutLevel(UnlearningMethod):
         self.level = self.measure_level(setup.model)
         self.seen: set[int] = set()  # forget rows of this epoch so far (level_from: current)
         self.measured = False
+        self.last_batch: set[int] = set()
 
     def measure_level(self, model: Any) -> float:
         """The held-out rows' mean NLL under ``model`` (eval mode, no gradients), plus the margin."""
@@ -62,10 +63,12 @@ class HeldOutLevel(UnlearningMethod):
                     normaliser: float | None) -> torch.Tensor:
         if self.options.level_from == "current" and rows is not None:
             batch = {int(row) for row in rows}
-            # a row seen again opens a new epoch; the first call of a run (or of a resumed one) measures too
-            if not self.measured or batch & self.seen:
+            # a row seen again opens a new epoch (not the same batch again: SAM scores a step's rows twice); the
+            # first call of a run (or of a resumed one) measures too
+            if not self.measured or (batch & self.seen and batch != self.last_batch):
                 self.level, self.measured, self.seen = self.measure_level(model), True, set()
             self.seen |= batch
+            self.last_batch = batch
         return super().forget_loss(model, forget, rows, normaliser)
 
     def forget_objective(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None,
