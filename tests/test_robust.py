@@ -36,7 +36,8 @@ def test_the_auc_interval_is_the_bootstrap_of_the_auc():
 def test_a_run_that_meets_the_papers_rule_but_not_indistinguishability_says_so(memorized_model_dir, tmp_path):
     out = tmp_path / "run"
     overrides = [*memorised_run_overrides(memorized_model_dir, out), "method.name=ihl", "adapter.name=flora",
-                 "train.lr=0.1", "train.epochs=12", "eval.rule=paper+mia", "eval.audit=false"]
+                 "train.lr=0.1", "train.epochs=12", "eval.rule=paper+mia", "eval.audit=false",
+                 "eval.mia_margin=0.05"]  # a few rows' bootstrap interval is wider than ±0.05 on any CPU
     done = run_cli("run", REPO_CONFIG, *[part for o in overrides for part in ("--set", o)], "-q")
     assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]  # not forgotten
     said = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -49,8 +50,12 @@ def test_a_run_that_meets_the_papers_rule_but_not_indistinguishability_says_so(m
              and e["forget_ma"] <= e["ma_threshold"] and e["forget_el"] <= e["el_threshold"]]
     assert paper and f"the paper's rule was met (first after epoch {paper[0]})" in said[0]
     assert not metrics["criterion_met"] and not any(e["mia"]["met"] for e in metrics["epochs"])
-    loss = last["mia"]["loss"]
-    assert loss["low"] <= loss["auc"] <= loss["high"] and loss["high"] > 0.5 + last["mia"]["margin"]
+    margin = last["mia"]["margin"]
+    assert margin == 0.05
+    for epoch in metrics["epochs"]:  # each verdict is what its intervals say
+        intervals = [epoch["mia"][name] for name in ("loss", "min_k")]
+        assert all(each["low"] <= each["auc"] <= each["high"] for each in intervals)
+        assert any(each["low"] < 0.5 - margin or each["high"] > 0.5 + margin for each in intervals)
 
     # the recorded AUCs are those of the unlearned model, scored directly: each row's mean token log-probability
     # (LOSS) and the mean of its lowest 20 % (Min-K%), forget rows against held-out rows
