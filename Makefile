@@ -44,7 +44,7 @@ test-portable: setup
 
 # The tests kept out of `make test` to keep it under 6 minutes (marked `slow`: more multi-process cases and
 # resuming them, the full lm-eval task index, more end-to-end variants, building the tiny testbed, loading
-# SmolLM2 from its GGUF).
+# SmolLM2 from its GGUF, the wheel installed in a fresh venv outside the repository).
 test-slow: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
 

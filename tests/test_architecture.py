@@ -137,6 +137,7 @@ def test_architecture_document_matches_the_tree():
     actual |= {p.relative_to(SRC).as_posix() + "/" for p in SRC.rglob("*")
                if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py"))}
     actual |= {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.json")}
+    actual |= {p.name + "/" for p in SRC.iterdir() if p.is_dir() and any(p.rglob("*.yaml"))}  # the shipped configs
     assert documented == actual - {"/"} - {"./"}, (sorted(documented - actual), sorted(actual - documented))
     for layer in LAYERS:
         for name in layer:

@@ -3,7 +3,7 @@
 ``common`` holds the app, the exit codes and ``main``; each other module registers its commands on the app.
 """
 
-from unlearnkit.cli import attack, experiments, measure, unlearn  # noqa: F401  (registers the commands)
+from unlearnkit.cli import attack, catalogue, experiments, measure, unlearn  # noqa: F401  (registers the commands)
 from unlearnkit.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_DIVERGED,

@@ -16,7 +16,8 @@ from unlearnkit.errors import UnlearnkitError
 @app.command(epilog="Example: `unlearnkit sweep configs/testbed/sweeps/table1.yaml --shard 0/2` in one shell and "
                     "`--shard 1/2` in another; then `unlearnkit report runs/sweeps/table1`.")
 def sweep(
-    file: Annotated[Path, typer.Argument(help="sweep YAML: a base config and a grid (see configs/*/sweeps/)")],
+    file: Annotated[Path, typer.Argument(help="sweep YAML: a base config and a grid; or a shipped sweep's name "
+                                              "(`unlearnkit configs` lists them: */sweeps/*)")],
     shard: Annotated[str, typer.Option(help="run only shard I of K (I from 0): every K-th point, from the I-th")
                      ] = "0/1",
     select: Annotated[str | None, typer.Option(help="run only the points whose names match this pattern, e.g. "

@@ -22,11 +22,12 @@ from unlearnkit.cli.common import (
 from unlearnkit.errors import UnlearnkitError
 
 
-@app.command(epilog="Example: `unlearnkit run configs/paper/gpt-neo-125m-lora-ihl.yaml --set train.lr=2e-4 "
+@app.command(epilog="Example: `unlearnkit run paper/gpt-neo-125m-lora-ihl --set train.lr=2e-4 "
                      "--set output.dir=runs/ihl`. An interrupted run continues with `unlearnkit run --resume runs/ihl` "
                      "(or the same command again).")
 def run(
-    config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/paper/)")] = None,
+    config: Annotated[Path | None, typer.Argument(help="a YAML config's path, or a shipped config's name "
+                                                       "(`unlearnkit configs` lists them)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a previous unlearnkit output in output.dir")] = False,
     resume: Annotated[Path | None, typer.Option(help="continue the interrupted run whose output.dir this is, from "
@@ -38,6 +39,7 @@ def run(
     """Unlearn the forget set of CONFIG and write the model, adapter, metrics and report."""
     from unlearnkit.checkpoints import Checkpoints, checkpoint_dir
     from unlearnkit.config import load_config
+    from unlearnkit.config.catalogue import find_config
     from unlearnkit.outputs import claim_output_dir
     from unlearnkit.preflight import check_run
 
@@ -47,10 +49,11 @@ def run(
                                   "alone, without CONFIG, --set, --overwrite or --restart.")
         cfg = Checkpoints(checkpoint_dir(resume)).saved_config()  # the configuration layer: no torch yet
     elif config is None:
-        raise UnlearnkitError("Pass a config file (see configs/paper/), or --resume OUTPUT_DIR to continue an "
-                              "interrupted run.")
+        raise UnlearnkitError("Pass a config file or a shipped config's name (`unlearnkit configs` lists them), "
+                              "or --resume OUTPUT_DIR to continue an interrupted run.")
     else:
         overrides = list(set_ or []) + (["output.overwrite=true"] if overwrite else [])
+        config = find_config(config)
         cfg = load_config(config, overrides)  # the configuration layer imports no torch: bad input fails fast
     output_dir = check_run(cfg, config)  # every problem, before any expensive work
     if cfg.data.requests:  # several deletion requests, one after another
@@ -121,7 +124,8 @@ def _run_requests(cfg: Any, quiet: bool) -> None:
 @app.command(epilog="Example: `unlearnkit fisher configs/paper/gpt-neo-125m-flora-ihl.yaml --out runs/fisher-125m`, "
                      "then `unlearnkit run ... --set adapter.flora.fisher_path=runs/fisher-125m`")
 def fisher(
-    config: Annotated[Path, typer.Argument(help="YAML config naming the model, data and target modules")],
+    config: Annotated[Path, typer.Argument(help="YAML config (or a shipped config's name) naming the model, data "
+                                                "and target modules")],
     out: Annotated[Path, typer.Option(help="directory for forget.safetensors and retain.safetensors")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: key=value")] = None,
     quiet: Quiet = False,

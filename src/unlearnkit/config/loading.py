@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from unlearnkit.config.catalogue import find_config, merge
 from unlearnkit.config.run import RunConfig
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 
@@ -117,24 +118,35 @@ def _where(error: Exception) -> str:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or start from the defaults), apply ``key=value`` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if path.is_dir():
-            raise UnlearnkitError(f"The config path {path} is a directory; pass the path of a YAML file in it.")
-        if not path.is_file():
-            raise UnlearnkitError(f"The config file {path} does not exist; pass the path of a YAML file.")
-        try:
-            loaded = read_yaml(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise UnlearnkitError(
-                f"The config file {path} is not valid UTF-8 YAML ({_where(error)}); fix its syntax."
-            ) from None
-        if loaded is None:
-            raise UnlearnkitError(f"The config file {path} is empty; write at least the sections that differ from "
-                                  "the defaults (see configs/paper/).")
-        if not isinstance(loaded, dict):
-            raise UnlearnkitError(f"The config file {path} must hold a mapping of sections; see configs/paper/.")
-        raw = loaded or {}
+    """Read a YAML config (a path, or a shipped config's name; or start from the defaults), resolve its ``base:``,
+    apply ``key=value`` overrides, validate."""
+    raw = read_config(find_config(path)) if path is not None else {}
     return build_config(apply_overrides(raw, overrides or []))
+
+
+def read_config(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping with its ``base:`` resolved (a shipped config's name, or a path relative to the
+    file), recursively: the mapping a run validates, and what a test compares."""
+    if path.resolve() in _chain:
+        cycle = " → ".join(str(p) for p in (*_chain, path.resolve()))
+        raise UnlearnkitError(f"The configs' base: entries go round in a circle ({cycle}); break it.")
+    try:
+        loaded = read_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UnlearnkitError(f"The config file {path} is not valid UTF-8 YAML ({_where(error)}); fix its syntax.") \
+            from None
+    if loaded is None:
+        raise UnlearnkitError(f"The config file {path} is empty; write at least the sections that differ from the "
+                              "defaults, or base: NAME and what differs from it (`unlearnkit configs` lists them).")
+    if not isinstance(loaded, dict):
+        raise UnlearnkitError(f"The config file {path} must hold a mapping of sections; see `unlearnkit configs "
+                              "show paper/gpt-neo-125m-flora-ihl`.")
+    reference = loaded.pop("base", None)
+    if reference is None:
+        return loaded
+    if not isinstance(reference, str) or not reference.strip():
+        raise UnlearnkitError(f"base: in {path} must name one config (a shipped name or a path relative to the "
+                              "file); fix it.")
+    base = read_config(find_config(reference, here=path.parent, what=f"base of {path}"),
+                       (*_chain, path.resolve()))
+    return merge(base, loaded)

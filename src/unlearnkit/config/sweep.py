@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from unlearnkit.config.catalogue import find_config
 from unlearnkit.config.loading import read_yaml
 from unlearnkit.errors import UnlearnkitError
 
@@ -85,10 +86,7 @@ class Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and expand a sweep file; every problem is one sentence naming the fix (before any run)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UnlearnkitError(f"The sweep file {path} does not exist; pass the path of a sweep YAML file "
-                              "(see configs/testbed/sweeps/).")
+    path = find_config(path, what="sweep file")
     try:
         raw = read_yaml(path.read_text(encoding="utf-8"))
         sweep = SweepConfig.model_validate(raw if raw is not None else {})
@@ -125,11 +123,8 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def _config_file(here: Path, name: str, what: str) -> Path:
-    file = (here / name).resolve()
-    if not file.is_file():
-        raise UnlearnkitError(f"The {what} config {name} of the sweep does not exist (looked for {file}); give a "
-                              "path relative to the sweep file.")
-    return file
+    """A config the sweep names: a path relative to the sweep file, or a shipped config's name."""
+    return find_config(name, here=here, what=f"{what} config of the sweep").resolve()
 
 
 def _axis_values(here: Path, axis: str, values: list[Any] | dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
