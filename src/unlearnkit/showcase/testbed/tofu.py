@@ -5,7 +5,7 @@ fine-tuned on ``retainXX`` only (the *retain model*, which never saw the forget 
 the official ``finetune.py``'s: full fine-tuning, AdamW with weight decay 0.01, effective batch 32 (here 4
 micro-batches of 8, each averaging its answer tokens as the Trainer does per device), ``5 · rows // 32``
 updates, one epoch of linear warm-up then a linear decay to 0, gradients clipped at norm 1. Only the learning
-rate is ours (measured for a 135M model: README, TOFU section).
+rate is ours (measured for a 135M model: docs/tofu.md).
 
 Hours on a CPU, so the build saves its state every ``checkpoint_every`` updates (weights, optimiser, schedule)
 and continues from it when started again; the batch order of epoch ``e`` is drawn from ``seed + e``, so a

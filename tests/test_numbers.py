@@ -1,0 +1,141 @@
+"""Numbers in the pages come from the records they cite: a sample of the README's, docs/ and benchmarks/README.md
+figures, each recomputed here from its committed record (results rows, benchmark JSON, a testbed's manifest), so
+that an edit of either cannot drift from the other (docs/development.md, "Numbers in the documentation")."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO
+
+
+def record(path: str) -> Any:
+    file = REPO / path
+    if file.suffix == ".jsonl":
+        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def page(path: str) -> str:
+    """The page's text with line breaks as spaces (prose wraps anywhere)."""
+    return " ".join((REPO / path).read_text(encoding="utf-8").split())
+
+
+def _testbed_ppl(method: str, adapter: str) -> str:
+    rows = [r for r in record("docs/results/testbed/results.jsonl")
+            if r["success"] and r["method"] == method and r["adapter"] == adapter]
+    values = [r["pile_ppl"] for r in rows]
+    return f"{statistics.mean(values):.0f} ± {statistics.stdev(values):.0f}"
+
+
+def _sweep_minutes(name: str) -> float:
+    return sum(r["seconds"]["total"] for r in record(f"docs/results/{name}/results.jsonl")) / 60
+
+
+def _smollm2_row(name: str) -> dict[str, Any]:
+    return next(r for r in record("docs/results/smollm2/results.jsonl") if r["name"] == name)
+
+
+def _eval_suite(kind: str) -> dict[str, Any]:
+    return record("benchmarks/results/eval_suite.json")["models"]["smollm2"]["kinds"][kind]
+
+
+def _memory(model: str, setup: str, checkpointing: bool) -> float:
+    rows = record("benchmarks/results/memory.json")["computed_per_gpu"]
+    return next(r["total_gib"] for r in rows if r["model"] == model and r["setup"] == setup
+                and r["gradient_checkpointing"] == checkpointing)
+
+
+def _memory_cells(model: str) -> str:
+    setups = ["full fp32, DDP", "full fp32, ZeRO-2", "full bf16 weights, ZeRO-2", "full bf16 weights, FSDP",
+              "LoRA r16, bf16 weights"]
+    cells = [f"{_memory(model, s, False)} → {_memory(model, s, True)} GiB" for s in setups]
+    return " | ".join([*cells, f"{_memory(model, 'FLoRA init, bf16 weights', False)} GiB"])
+
+
+def _svd_row(modules: tuple[str, ...]) -> str:
+    rows = [r for r in record("benchmarks/results/flora_svd.json")["rows"] if r["module"] in modules]
+
+    def spread(values: list[float], fmt: str) -> str:
+        low, high = fmt.format(min(values)), fmt.format(max(values))
+        return low if low == high else f"{low}-{high}"
+
+    ranks = [spread([r["objective_increase_pct"] for r in rows if r["rank"] == rank], "{:.2f}") for rank in
+             (8, 16, 32)]
+    return (" | ".join(f"+{cell} %" for cell in ranks) + f" | {spread([r['exact_ms'] for r in rows], '{:.0f}')} ms → "
+            f"{spread([r['randomized_ms'] for r in rows], '{:.0f}')} ms |")
+
+
+TINY, SMOL = "docs/results/testbeds/tiny.json", "docs/results/testbeds/smollm2.json"
+CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
+    # docs/results.md: hand-written readings of the generated tables
+    "testbed FLoRA + IHL perplexity": ("docs/results.md", lambda: f"| FLoRA + IHL | {_testbed_ppl('ihl', 'flora')} |"),
+    "testbed GA perplexity": ("docs/results.md", lambda: f"| GA | {_testbed_ppl('ga', 'none')} |"),
+    "testbed perplexity before": ("docs/results.md", lambda: "(before: {:.0f})".format(
+        record("docs/results/testbed/results.jsonl")[0]["pile_ppl_before"])),
+    "rank and module sweeps' run time": ("docs/results.md", lambda: f"48 runs each, {_sweep_minutes('ranks'):.0f} and "
+                                                                  f"{_sweep_minutes('modules'):.0f} minutes"),
+    "SmolLM2 FLoRA + IHL cost": ("docs/results.md", lambda: "FLoRA + IHL on set 0 took {:.0f} s".format(
+        _smollm2_row("forget-set0__method-flora-ihl")["seconds"]["total"])),
+    "SmolLM2 FLoRA + IHL FLOPs": ("docs/results.md", lambda: "of its {:.1e} FLOPs, {:.1e} were FLoRA's".format(
+        *(_smollm2_row("forget-set0__method-flora-ihl")["flops"][k] for k in ("total", "flora_init"))
+    ).replace("e+", "e")),
+    # docs/testbeds.md: the committed manifests
+    "tiny testbed parameters": ("docs/testbeds.md", lambda: f"{record(TINY)['parameters']:,} parameters"),
+    "tiny testbed pool MA": ("docs/testbeds.md", lambda: f"pool MA {record(TINY)['measured']['pool']['ma']:.3f}"),
+    "SmolLM2 testbed forget MA": ("docs/testbeds.md", lambda: "forget MA {} → {}".format(
+        record(SMOL)["measured"]["before"]["forget"]["ma"], record(SMOL)["measured"]["after"]["forget"]["ma"])),
+    "SmolLM2 testbed seconds": ("docs/testbeds.md", lambda: "{:.0f} s of training, {} s in all".format(
+        record(SMOL)["seconds"]["train"], record(SMOL)["seconds"]["total"])),
+    # docs/evaluation.md and benchmarks/README.md: the evaluation suite's record
+    "SmolLM2 Pile perplexity": ("docs/evaluation.md", lambda: "**Pile {:.2f}**".format(
+        _eval_suite("perplexity")["scores"]["perplexity"]["pile"]["perplexity"])),
+    "SmolLM2 HellaSwag": ("docs/evaluation.md", lambda: "| HellaSwag | {:.1f} | {:.1f} |".format(
+        *(100 * _eval_suite("reasoning")["scores"]["reasoning"]["hellaswag"][k] for k in ("acc", "acc_norm")))),
+    "SmolLM2 reasoning": ("docs/evaluation.md", lambda: "**{:.1f}**".format(
+        100 * _eval_suite("reasoning")["scores"]["reasoning_acc"])),
+    "SmolLM2 evaluation time": ("benchmarks/README.md", lambda: "| {:.0f} s ({} tokens/s) | {:.0f} s".format(
+        _eval_suite("reasoning")["seconds"], _eval_suite("reasoning")["tokens_per_s"],
+        _eval_suite("dialogue")["seconds"])),
+    # docs/distributed.md: memory per GPU
+    "memory per GPU, 2.7B": ("docs/distributed.md", lambda: _memory_cells("gpt-neo-2.7b")),
+    "memory per GPU, 7B": ("docs/distributed.md", lambda: _memory_cells("llama-7b")),
+    # benchmarks/README.md
+    "EL speed-up, 125M": ("benchmarks/README.md", lambda: "| {reference_s:.1f} s | {fast_s:.1f} s | **{speedup:.2f}×** "
+                          "|".format(**record("benchmarks/results/el_speed.json")["results"][2])),
+    "FLoRA initialisation against an epoch": ("benchmarks/README.md", lambda: "**{:.2f} ×** one epoch".format(
+        record("benchmarks/results/flora_init.json")["models"]["neo125m"]["ratio_flora_to_epoch"])),
+    "randomized SVD, FFN": ("benchmarks/README.md", lambda: "| 1536 × 576 | " + _svd_row(("gate_proj", "up_proj"))),
+    "randomized SVD, down": ("benchmarks/README.md", lambda: "| 576 × 1536 | " + _svd_row(("down_proj",))),
+    "TOFU evaluation per epoch": ("benchmarks/README.md", lambda: "{:.0f} s, **{:.2f} ×** the epoch ({:.0f} s)".format(
+        *(record("benchmarks/results/tofu_eval.json")[k] for k in (
+            "per_epoch_evaluation_seconds_300", "per_epoch_evaluation_to_epoch")),
+        record("benchmarks/results/tofu_eval.json")["unlearning_epoch"]["epoch_seconds"])),
+}
+
+
+@pytest.mark.parametrize("claim", sorted(CLAIMS))
+def test_a_page_states_the_number_its_record_holds(claim):
+    where, expected = CLAIMS[claim]
+    assert expected() in page(where), f"{where} does not say {expected()!r} ({claim})"
+
+
+def test_every_record_a_claim_reads_is_committed():
+    """A claim reads committed files only (not runs/ or a cache), so the check means the same on a clean clone."""
+    import subprocess
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    for path in ("docs/results/testbed/results.jsonl", "docs/results/ranks/results.jsonl", TINY, SMOL,
+                 "docs/results/smollm2/results.jsonl", "benchmarks/results/eval_suite.json",
+                 "benchmarks/results/memory.json", "benchmarks/results/el_speed.json",
+                 "benchmarks/results/flora_init.json", "benchmarks/results/flora_svd.json",
+                 "benchmarks/results/tofu_eval.json"):
+        assert path in tracked or not (REPO / ".git").exists(), path
+        assert Path(REPO / path).is_file(), path
