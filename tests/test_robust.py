@@ -175,7 +175,51 @@ def test_sam_takes_the_forget_gradient_at_the_perturbed_point_and_puts_the_weigh
     assert parts["forget_loss"] == pytest.approx(float(forget_loss(model)))  # the loss at θ is what is logged
 
 
-@pytest.mark.parametrize("extra", [["method.name=level"], ["method.name=ihl", "method.sam_rho=0.05"]])
+def test_meta_unlearning_takes_the_forget_gradient_after_a_relearning_step_and_puts_the_weights_back():
+    from conftest import tiny_gpt_neo
+    from unlearnkit.config import MethodConfig
+    from unlearnkit.data.blocks import TokenBlocks
+    from unlearnkit.methods import build_method
+    from unlearnkit.objectives import inverted_hinge_loss, lm_loss
+
+    torch.manual_seed(2)
+    model = tiny_gpt_neo(vocab_size=64, hidden=16)
+    forget = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "forget")
+    retain = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "retain")
+    method = build_method(MethodConfig(name="ihl", meta_relearn=0.05))
+    method.device = torch.device("cpu")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    reference, at_theta = copy.deepcopy(model), copy.deepcopy(model)
+    total, parts = method.step_loss(model, forget, retain)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # exactly back at θ
+    total.backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    # directly: one step of length η down the forget rows' LM loss (what relearning does), IHL's gradient there,
+    # plus the retain term's gradient at θ
+    def ihl(m):
+        return inverted_hinge_loss(m(input_ids=forget.input_ids).logits, forget.labels())
+
+    params = list(reference.parameters())
+    relearn = torch.autograd.grad(lm_loss(reference(input_ids=forget.input_ids).logits, forget.labels()), params)
+    norm = torch.sqrt(sum(g.double().square().sum() for g in relearn))
+    with torch.no_grad():
+        for p, g in zip(params, relearn, strict=True):
+            p.sub_(g, alpha=0.05 / float(norm))
+    meta = torch.autograd.grad(ihl(reference), params)
+    retain_grads = torch.autograd.grad(lm_loss(at_theta(input_ids=retain.input_ids).logits, retain.labels()),
+                                       list(at_theta.parameters()))
+    plain = torch.autograd.grad(ihl(at_theta), list(at_theta.parameters()))
+    for (name, _), m, r in zip(model.named_parameters(), meta, retain_grads, strict=True):
+        assert torch.allclose(ours[name], m + r, rtol=1e-4, atol=1e-6), name
+    assert any(not torch.allclose(m, g, rtol=1e-3, atol=1e-6) for m, g in zip(meta, plain, strict=True))  # moved
+    assert parts["forget_loss"] == pytest.approx(float(ihl(model)))  # the loss at θ is what is logged
+    with pytest.raises(ValueError, match="set only one of them"):
+        MethodConfig(name="ihl", meta_relearn=0.05, sam_rho=0.05)
+
+
+@pytest.mark.parametrize("extra", [["method.name=level"], ["method.name=ihl", "method.sam_rho=0.05"],
+                                   ["method.name=ihl", "method.meta_relearn=0.05"]])
 def test_the_new_objective_and_sam_run_with_lora_and_flora(memorized_model_dir, tmp_path, extra):
     from unlearnkit.config import load_config
     from unlearnkit.loop import run_unlearning

@@ -61,9 +61,15 @@ class MethodConfig(Section):
                           "from the model before unlearning on the retain batch (holds a frozen copy of it)")
     sam_rho: float = Field(0.0, ge=0.0, description="SAM unlearning (Fan et al., 2025): the forget term's gradient "
                                                     "taken at θ + ρ·g/‖g‖ (0: off; the retain term unperturbed)")
+    meta_relearn: float = Field(0.0, ge=0.0, description="meta-unlearning (after MUDMAN, 2025): the forget term's "
+                                                         "gradient taken after a simulated relearning step of this "
+                                                         "length on the forget rows, θ − η·g_r/‖g_r‖ (0: off)")
 
     @model_validator(mode="after")
     def _options_fit_the_method(self) -> MethodConfig:
+        if self.sam_rho > 0 and self.meta_relearn > 0:
+            raise ValueError("method.sam_rho and method.meta_relearn each move the point where the forget gradient "
+                             "is taken; set only one of them")
         try:
             method = self.method_class()
         except UnlearnkitError as error:
@@ -94,6 +100,12 @@ class MethodConfig(Section):
     def method_class(self) -> Any:
         """The method's class (:func:`unlearnkit.config.plugins.load_plugin`)."""
         return load_plugin("method", self.name)
+
+    def gradient_point(self) -> dict[str, float]:
+        """Where the forget gradient is taken, when not at θ (``sam_rho``, ``meta_relearn``): the keys that set,
+        for a results row."""
+        return {key: value for key, value in (("sam_rho", self.sam_rho), ("meta_relearn", self.meta_relearn))
+                if value}
 
     def given_options(self) -> dict[str, Any]:
         """The method's own options the config gives (null: the method's default, as resolved configs of runs

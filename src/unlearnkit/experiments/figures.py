@@ -78,7 +78,8 @@ def row_label(row: Row) -> str:
     """A row's method label; a KL retain term (``method.retain_kind: kl``) is named, e.g. NPO+KL."""
     label = method_label(str(row["method"]), str(row["adapter"]))
     label = f"{label}+KL" if row.get("retain_kind") == "kl" else label
-    return f"{label}+SAM" if row.get("sam_rho") else label
+    label = f"{label}+SAM" if row.get("sam_rho") else label
+    return f"{label}+meta" if row.get("meta_relearn") else label
 
 
 def ordered_labels(labels: Iterable[str]) -> list[str]:

@@ -193,7 +193,7 @@ def _config_fields(config: Any) -> dict[str, Any]:
             "rank": config.adapter.rank if adapted else None,
             "modules": list(config.adapter.modules) if adapted else None,
             "forget": config.data.forget.label(), "seed": config.seed,
-            "lr": config.train.lr, **({"sam_rho": config.method.sam_rho} if config.method.sam_rho else {}),
+            "lr": config.train.lr, **config.method.gradient_point(),
             **({"method_options": config.method.given_options()} if config.method.given_options() else {})}
 
 

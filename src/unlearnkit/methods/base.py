@@ -64,6 +64,7 @@ class UnlearningMethod:
         self.device: Any = None
         self.reference_model: Any = None
         self.sam_rho = 0.0  # method.sam_rho: the forget term's gradient taken at a sharpness-aware point
+        self.meta_relearn = 0.0  # method.meta_relearn: ... or after a simulated relearning step
 
     # --- before training ----------------------------------------------------------------------------------
     def prepare(self, setup: MethodSetup) -> None:
@@ -112,6 +113,8 @@ class UnlearningMethod:
         if forget is not None:
             if self.sam_rho > 0:
                 total, value = self.sharpness_aware_forget(model, forget, rows, forget_normaliser)
+            elif self.meta_relearn > 0:
+                total, value = self.meta_forget(model, forget, rows, forget_normaliser)
             else:
                 total = self.forget_loss(model, forget, rows, forget_normaliser)
                 value = float(total.detach())
@@ -132,31 +135,55 @@ class UnlearningMethod:
     def sharpness_aware_forget(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
                                normaliser: float | None) -> tuple[torch.Tensor, float]:
         """SAM unlearning (Fan et al., ICML 2025) on the forget term: its gradient taken at ``θ + ρ g/‖g‖``, ``g``
-        its gradient at ``θ`` over the trainable weights, which are then put back at ``θ`` exactly. Returns a
-        term whose gradient is that one (``Σ θ · g_sam``, the gradient detached) and the forget loss at ``θ``."""
+        its gradient at ``θ`` over the trainable weights. Returns a term whose gradient is that one and the forget
+        loss at ``θ``."""
+        loss = self.forget_loss(model, forget, rows, normaliser)
+        return self._forget_gradient_elsewhere(model, forget, rows, normaliser, direction=loss,
+                                               step=self.sam_rho, value=float(loss.detach()))
+
+    def meta_forget(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
+                    normaliser: float | None) -> tuple[torch.Tensor, float]:
+        """Meta-unlearning (after MUDMAN, Sondej et al., 2025): the forget term's gradient taken where one simulated
+        relearning step on the batch's forget rows leads, ``θ − η g_r/‖g_r‖`` with ``g_r`` the gradient of their LM
+        loss at ``θ``, so that each update also removes what that relearning would bring back. Returns a term
+        whose gradient is that one and the forget loss at ``θ``."""
+        import torch
+
+        from unlearnkit.objectives import lm_loss
+
+        with torch.no_grad():
+            value = float(self.forget_loss(model, forget, rows, normaliser))
+        relearning = lm_loss(self.logits(model, forget), self.labels(forget), normaliser)
+        return self._forget_gradient_elsewhere(model, forget, rows, normaliser, direction=relearning,
+                                               step=-self.meta_relearn, value=value)
+
+    def _forget_gradient_elsewhere(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
+                                   normaliser: float | None, *, direction: torch.Tensor, step: float,
+                                   value: float) -> tuple[torch.Tensor, float]:
+        """The forget loss's gradient at ``θ + step · d/‖d‖`` (``d``: the gradient of ``direction`` over the
+        trainable weights), the weights then put back at ``θ`` exactly; returned as a term whose gradient is
+        that one (``Σ θ · g``, ``g`` detached), with ``value`` for the log."""
         import torch
 
         params = [param for param in model.parameters() if param.requires_grad]
-        loss = self.forget_loss(model, forget, rows, normaliser)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = torch.autograd.grad(direction, params, allow_unused=True)
         norm = float(torch.sqrt(sum((g.double().square().sum() for g in grads if g is not None),
                                     torch.zeros((), dtype=torch.float64))))
-        if norm == 0.0:  # no direction to perturb along: the plain gradient
-            return loss, float(loss.detach())
+        if norm == 0.0:  # no direction to move along: the plain gradient
+            return self.forget_loss(model, forget, rows, normaliser), value
         saved = [param.detach().clone() for param in params]
         with torch.no_grad():
             for param, grad in zip(params, grads, strict=True):
                 if grad is not None:
-                    param.add_(grad, alpha=self.sam_rho / norm)
+                    param.add_(grad, alpha=step / norm)
         try:
-            sharp = torch.autograd.grad(self.forget_loss(model, forget, rows, normaliser), params, allow_unused=True)
+            moved = torch.autograd.grad(self.forget_loss(model, forget, rows, normaliser), params, allow_unused=True)
         finally:
             with torch.no_grad():
-                for param, value in zip(params, saved, strict=True):
-                    param.copy_(value)
-        surrogate = sum(((param * grad.detach()).sum() for param, grad in zip(params, sharp, strict=True)
-                         if grad is not None), torch.zeros((), device=loss.device, dtype=loss.dtype))
-        return surrogate, float(loss.detach())
+                for param, original in zip(params, saved, strict=True):
+                    param.copy_(original)
+        return sum(((param * grad.detach()).sum() for param, grad in zip(params, moved, strict=True)
+                    if grad is not None), torch.zeros((), device=direction.device, dtype=direction.dtype)), value
 
     # --- helpers --------------------------------------------------------------------------------------------
     def inputs(self, blocks: TokenBlocks) -> dict[str, torch.Tensor]:
