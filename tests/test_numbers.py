@@ -72,8 +72,27 @@ def _svd_row(modules: tuple[str, ...]) -> str:
             f"{spread([r['randomized_ms'] for r in rows], '{:.0f}')} ms |")
 
 
+def _demo(run: str = "cold") -> dict[str, Any]:
+    return record("benchmarks/results/demo_smollm2.json")["runs"][run]
+
+
+def _demo_row(label: str, part: str, key: str) -> str:
+    unlearned = _demo()["runs"][0]
+    return f"| {label} | {unlearned['before'][part][key]:.3f} | {unlearned['after'][part][key]:.3f} |"
+
+
 TINY, SMOL = "docs/results/testbeds/tiny.json", "docs/results/testbeds/smollm2.json"
 CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
+    # README.md: the demo's table and timings
+    "demo, forgotten EL": ("README.md", lambda: _demo_row("forgotten (8): EL₁₀", "forget", "el")),
+    "demo, kept MA": ("README.md", lambda: _demo_row("kept (8): MA", "retain", "ma")),
+    "demo, perplexity": ("README.md", lambda: "| general-text perplexity | {:.2f} | {:.2f} |".format(
+        _demo()["before"]["perplexity"], _demo()["runs"][0]["measured"]["perplexity"])),
+    "demo, leaks after": ("README.md", lambda: "| {total}/{probes} ({people_leaked}/{people} people) |".format(
+        **_demo()["runs"][0]["measured"]["forget_reworded"])),
+    "demo, wall time": ("README.md", lambda: "It took {:.0f} s from a cold cache (memorising the records: {:.0f} s) "
+                        "and {:.0f} s".format(_demo()["wall_s"], _demo()["timings_s"]["memorise_s"],
+                                              _demo("warm")["wall_s"])),
     # docs/results.md: hand-written readings of the generated tables
     "testbed FLoRA + IHL perplexity": ("docs/results.md", lambda: f"| FLoRA + IHL | {_testbed_ppl('ihl', 'flora')} |"),
     "testbed GA perplexity": ("docs/results.md", lambda: f"| GA | {_testbed_ppl('ga', 'none')} |"),
@@ -136,6 +155,6 @@ def test_every_record_a_claim_reads_is_committed():
                  "docs/results/smollm2/results.jsonl", "benchmarks/results/eval_suite.json",
                  "benchmarks/results/memory.json", "benchmarks/results/el_speed.json",
                  "benchmarks/results/flora_init.json", "benchmarks/results/flora_svd.json",
-                 "benchmarks/results/tofu_eval.json"):
+                 "benchmarks/results/tofu_eval.json", "benchmarks/results/demo_smollm2.json"):
         assert path in tracked or not (REPO / ".git").exists(), path
         assert Path(REPO / path).is_file(), path
