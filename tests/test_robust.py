@@ -137,83 +137,66 @@ def test_the_held_out_level_loss_is_its_formula_and_stops_at_the_level():
     assert pushed == [float(mean_nll[row]) < level for row in range(3)] and sum(pushed) == 1  # none at or above
 
 
-def test_sam_takes_the_forget_gradient_at_the_perturbed_point_and_puts_the_weights_back(data_dir):
+def _step_against_a_moved_gradient(method_name: str, option: str, seed: int, direction, step: float):
+    """One step of ``method_name`` with ``method.<option>`` 0.05 on a tiny GPT-Neo, against a direct computation:
+    the forget loss's gradient at ``θ + step · d/‖d‖`` (``d``: the gradient of ``direction(model, forget)``), plus
+    the retain LM loss's gradient at ``θ``. Checks that the weights are back at ``θ`` exactly and that the forget
+    loss at ``θ`` is what is logged; returns the moved and the plain forget gradients."""
     from conftest import tiny_gpt_neo
     from unlearnkit.config import MethodConfig
     from unlearnkit.data.blocks import TokenBlocks
     from unlearnkit.methods import build_method
     from unlearnkit.objectives import lm_loss
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = tiny_gpt_neo(vocab_size=64, hidden=16)
     forget = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "forget")
     retain = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "retain")
-    method = build_method(MethodConfig(name="gd", sam_rho=0.05))
+    method = build_method(MethodConfig(name=method_name, **{option: 0.05}))
     method.device = torch.device("cpu")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     reference, at_theta = copy.deepcopy(model), copy.deepcopy(model)
     total, parts = method.step_loss(model, forget, retain)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # exactly back at θ
     total.backward()
-    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
 
-    # directly: the forget gradient at θ + ρ g/‖g‖, plus the retain gradient at θ
     def forget_loss(m):
-        return -lm_loss(m(input_ids=forget.input_ids).logits, forget.labels())
+        return method.forget_objective(m(input_ids=forget.input_ids).logits, forget.labels(), None, None)
 
     params = list(reference.parameters())
-    grads = torch.autograd.grad(forget_loss(reference), params)
-    norm = torch.sqrt(sum(g.double().square().sum() for g in grads))
+    moves = torch.autograd.grad(direction(reference, forget), params)
+    norm = torch.sqrt(sum(g.double().square().sum() for g in moves))
     with torch.no_grad():
-        for p, g in zip(params, grads, strict=True):
-            p.add_(g, alpha=0.05 / float(norm))
-    sharp = torch.autograd.grad(forget_loss(reference), params)
+        for p, g in zip(params, moves, strict=True):
+            p.add_(g, alpha=step / float(norm))
+    moved = torch.autograd.grad(forget_loss(reference), params)
     retain_grads = torch.autograd.grad(lm_loss(at_theta(input_ids=retain.input_ids).logits, retain.labels()),
                                        list(at_theta.parameters()))
-    for (name, _), s, r in zip(model.named_parameters(), sharp, retain_grads, strict=True):
-        assert torch.allclose(ours[name], s + r, rtol=1e-4, atol=1e-6), name
+    for (name, p), m, r in zip(model.named_parameters(), moved, retain_grads, strict=True):
+        assert torch.allclose(p.grad, m + r, rtol=1e-4, atol=1e-6), name
     assert parts["forget_loss"] == pytest.approx(float(forget_loss(model)))  # the loss at θ is what is logged
+    return moved, torch.autograd.grad(forget_loss(at_theta), list(at_theta.parameters()))
+
+
+def test_sam_takes_the_forget_gradient_at_the_perturbed_point_and_puts_the_weights_back():
+    from unlearnkit.objectives import lm_loss
+
+    def gd_forget_loss(model, forget):  # GD's forget term: SAM perturbs up its own gradient
+        return -lm_loss(model(input_ids=forget.input_ids).logits, forget.labels())
+
+    _step_against_a_moved_gradient("gd", "sam_rho", seed=1, direction=gd_forget_loss, step=0.05)
 
 
 def test_meta_unlearning_takes_the_forget_gradient_after_a_relearning_step_and_puts_the_weights_back():
-    from conftest import tiny_gpt_neo
     from unlearnkit.config import MethodConfig
-    from unlearnkit.data.blocks import TokenBlocks
-    from unlearnkit.methods import build_method
-    from unlearnkit.objectives import inverted_hinge_loss, lm_loss
+    from unlearnkit.objectives import lm_loss
 
-    torch.manual_seed(2)
-    model = tiny_gpt_neo(vocab_size=64, hidden=16)
-    forget = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "forget")
-    retain = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "retain")
-    method = build_method(MethodConfig(name="ihl", meta_relearn=0.05))
-    method.device = torch.device("cpu")
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    reference, at_theta = copy.deepcopy(model), copy.deepcopy(model)
-    total, parts = method.step_loss(model, forget, retain)
-    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # exactly back at θ
-    total.backward()
-    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+    def relearning_loss(model, forget):  # one step of length η down the forget rows' LM loss: what relearning does
+        return lm_loss(model(input_ids=forget.input_ids).logits, forget.labels())
 
-    # directly: one step of length η down the forget rows' LM loss (what relearning does), IHL's gradient there,
-    # plus the retain term's gradient at θ
-    def ihl(m):
-        return inverted_hinge_loss(m(input_ids=forget.input_ids).logits, forget.labels())
-
-    params = list(reference.parameters())
-    relearn = torch.autograd.grad(lm_loss(reference(input_ids=forget.input_ids).logits, forget.labels()), params)
-    norm = torch.sqrt(sum(g.double().square().sum() for g in relearn))
-    with torch.no_grad():
-        for p, g in zip(params, relearn, strict=True):
-            p.sub_(g, alpha=0.05 / float(norm))
-    meta = torch.autograd.grad(ihl(reference), params)
-    retain_grads = torch.autograd.grad(lm_loss(at_theta(input_ids=retain.input_ids).logits, retain.labels()),
-                                       list(at_theta.parameters()))
-    plain = torch.autograd.grad(ihl(at_theta), list(at_theta.parameters()))
-    for (name, _), m, r in zip(model.named_parameters(), meta, retain_grads, strict=True):
-        assert torch.allclose(ours[name], m + r, rtol=1e-4, atol=1e-6), name
+    meta, plain = _step_against_a_moved_gradient("ihl", "meta_relearn", seed=2, direction=relearning_loss,
+                                                 step=-0.05)
     assert any(not torch.allclose(m, g, rtol=1e-3, atol=1e-6) for m, g in zip(meta, plain, strict=True))  # moved
-    assert parts["forget_loss"] == pytest.approx(float(ihl(model)))  # the loss at θ is what is logged
     with pytest.raises(ValueError, match="set only one of them"):
         MethodConfig(name="ihl", meta_relearn=0.05, sam_rho=0.05)
 
