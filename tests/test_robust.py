@@ -49,6 +49,11 @@ def test_a_run_that_meets_the_papers_rule_but_not_indistinguishability_says_so(m
     paper = [e["epoch"] for e in metrics["epochs"] if e["forget_el"] is not None
              and e["forget_ma"] <= e["ma_threshold"] and e["forget_el"] <= e["el_threshold"]]
     assert paper and f"the paper's rule was met (first after epoch {paper[0]})" in said[0]
+    # after that epoch, an epoch membership inference still tells apart cannot meet the rule: its EL is left out
+    later = [e for e in metrics["epochs"] if e["epoch"] > paper[0] and e["forget_ma"] <= e["ma_threshold"]]
+    assert later and all(e["forget_el"] is None and e["el_skipped"].startswith(
+        f"the paper's rule was met after epoch {paper[0]}") for e in later)
+    assert f"— (the paper's rule was met after epoch {paper[0]}" in report
     assert not metrics["criterion_met"] and not any(e["mia"]["met"] for e in metrics["epochs"])
     margin = last["mia"]["margin"]
     assert margin == 0.05

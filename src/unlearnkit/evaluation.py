@@ -44,7 +44,8 @@ from unlearnkit.progress import Progress
 
 def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, progress: Progress,
                           label: str = "", thresholds: tuple[float, float] | None = None,
-                          with_el: bool = True, membership: bool = False) -> dict[str, Any]:
+                          with_el: bool = True, membership: bool = False,
+                          el_skipped: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
     """Mean and per-sequence MA (Eq. 8) and EL_n (Eq. 7) of ``blocks``.
 
     With ``thresholds = (τ_MA, τ_EL)`` only what the stopping rule "mean MA ≤ τ_MA and mean EL_n ≤ τ_EL"
@@ -55,6 +56,8 @@ def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, p
     decided. When the criterion can be met, every sequence is scored and ``el`` is the full value.
     ``with_el=False`` scores MA alone (``el`` is ``None``). ``membership`` adds each sequence's LOSS and Min-K%
     scores from the same pass (``membership``: :func:`unlearnkit.metrics.privacy.likelihood_scores`).
+    ``el_skipped``, asked with the scores of that pass, may name a reason the stopping rule is decided without
+    EL_n (recorded as ``el_skipped``, ``el`` ``None``).
     """
     scored = f"MA and EL{config.el_n}" if with_el else "MA"
     with progress.status(f"{label}: {scored} on {len(blocks)} sequences", announce=False):
@@ -67,6 +70,9 @@ def evaluate_memorization(model: Any, blocks: TokenBlocks, config: EvalConfig, p
             scores["membership"] = likelihood_scores(passed.log_probs, MIN_K_FRACTION)
         if not with_el or (thresholds is not None and float(ma.mean()) > thresholds[0]):
             return scores
+        reason = el_skipped(scores) if el_skipped is not None else None
+        if reason is not None:
+            return {**scores, "el_skipped": reason}
         el = _decided_el(model, blocks, ma, config, thresholds[1] if thresholds is not None else None, scores)
     if el is not None:
         scores.update(el=float(el.mean()), el_per_sequence=[round(float(v), 6) for v in el])

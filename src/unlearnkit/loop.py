@@ -331,7 +331,7 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
     and the criterion."""
     config, processes, state, thresholds = session.config, session.processes, loop.state, loop.thresholds
     rule = stopping_rule(config.eval, thresholds, tokenizer=setup.tokenizer, data_dir=resolve_data_dir(config.data.dir),
-                         validation=setup.eval_sets.validation)
+                         validation=setup.eval_sets.validation, history=state.history)
     training.model.eval()
     evaluated = training.whole.of(training.model)
     with training.tally.count("criterion"):  # on the main process, where the criterion is computed
@@ -343,7 +343,7 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
         **processes.mean({k: _mean(losses_of(losses, k)) for k in ("loss", "forget_loss", "retain_loss")
                           if losses_of(losses, k)}),
         "lr": training.step.lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
-        **{k: scores[k] for k in ("el_lower_bound", "el_scored") if k in scores},
+        **{k: scores[k] for k in ("el_lower_bound", "el_scored", "el_skipped") if k in scores},
         "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,
         "elapsed_s": round(session.clock.elapsed(), 2), "tokens_seen": state.tokens_seen,
         **added,

@@ -63,6 +63,8 @@ class Progress:
         parts.append(f"MA {record['forget_ma']:.3f} (≤ {record['ma_threshold']:.3f})")
         if "el_scored" in record:
             el = f"> {record['el_lower_bound']:.4f} (decided on {record['el_scored']} sequences)"
+        elif "el_skipped" in record:
+            el = f"not scored ({record['el_skipped']})"
         elif record["forget_el"] is None:
             el = "not scored (MA above its threshold)"
         else:

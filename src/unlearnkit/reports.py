@@ -160,6 +160,8 @@ def _epoch_el(record: dict[str, Any]) -> str:
     """An epoch's EL: its value, or how the stopping rule was decided without it."""
     if "el_scored" in record:
         return f"> {record['el_lower_bound']:.4f} (decided on {record['el_scored']} sequences)"
+    if "el_skipped" in record:
+        return f"— ({record['el_skipped']})"
     return "— (MA above threshold)" if record["forget_el"] is None else f"{record['forget_el']:.4f}"
 
 

@@ -11,6 +11,7 @@ quality).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from unlearnkit.config import EvalConfig
@@ -52,11 +53,18 @@ class PaperCriterion(StoppingRule):
         self.config = config
         self.membership = membership  # keep each row's LOSS and Min-K% scores of the same pass
 
-    def epoch_scores(self, model: Any, forget: TokenBlocks, progress: Progress, epoch: int) -> dict[str, Any]:
+    def epoch_scores(self, model: Any, forget: TokenBlocks, progress: Progress, epoch: int,
+                     el_skipped: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
         # with per_epoch_el "decide", only what the rule needs to decide (exactly the same decision)
         decide = (self.thresholds.ma, self.thresholds.el) if self.config.per_epoch_el == "decide" else None
         return evaluate_memorization(model, forget, self.config, progress, label=f"epoch {epoch} · forget",
-                                     thresholds=decide, membership=self.membership)
+                                     thresholds=decide, membership=self.membership,
+                                     el_skipped=el_skipped if decide is not None else None)
+
+    def met_epochs(self, history: Sequence[dict[str, Any]]) -> list[int]:
+        """The epochs of ``history`` (a run's per-epoch records) after which this rule was met."""
+        return [e["epoch"] for e in history if e.get("forget_el") is not None
+                and self.thresholds.forgotten(e["forget_ma"], e["forget_el"])]
 
     def met(self, scores: dict[str, Any]) -> bool:
         return scores["el"] is not None and self.thresholds.forgotten(scores["ma"], scores["el"])
@@ -73,20 +81,38 @@ class Indistinguishable(StoppingRule):
     within ``0.5 ± eval.mia_margin``, so that a small set does not pass by noise, nor a set forgotten past
     never-seen text (an AUC well below 0.5 tells the rows apart as surely)."""
 
-    def __init__(self, rule: PaperCriterion, config: EvalConfig, validation: TokenBlocks) -> None:
-        self.rule, self.config, self.validation = rule, config, validation
+    def __init__(self, rule: PaperCriterion, config: EvalConfig, validation: TokenBlocks,
+                 history: Sequence[dict[str, Any]] = ()) -> None:
+        self.rule, self.config, self.validation, self.history = rule, config, validation, history
 
     def epoch_scores(self, model: Any, forget: TokenBlocks, progress: Progress, epoch: int) -> dict[str, Any]:
-        scores = self.rule.epoch_scores(model, forget, progress, epoch)
+        # Once the paper's rule has been met (the first such epoch is the one reported), an epoch whose forget rows
+        # membership inference still tells apart cannot meet this rule, whatever its EL_n: the exact EL_n of
+        # half-forgotten rows, the dearest score of a run, is then left out (per_epoch_el "decide").
+        paper_met = self.rule.met_epochs(self.history)
+        found: dict[str, Any] = {}
+
+        def el_skipped(scores: dict[str, Any]) -> str | None:
+            found["mia"] = self._verdict(model, scores["membership"], progress, epoch)
+            if found["mia"]["met"] or not paper_met:
+                return None
+            return (f"the paper's rule was met after epoch {paper_met[0]} and membership inference still tells the "
+                    "rows apart")
+
+        scores = self.rule.epoch_scores(model, forget, progress, epoch, el_skipped=el_skipped)
         member = scores.pop("membership")
+        verdict = found.get("mia") or self._verdict(model, member, progress, epoch)
+        return {**scores, "mia": verdict, "epoch_record": {**scores.get("epoch_record", {}), "mia": verdict}}
+
+    def _verdict(self, model: Any, member: dict[str, list[float]], progress: Progress, epoch: int
+                 ) -> dict[str, Any]:
         with progress.status(f"epoch {epoch} · held-out: membership scores of {len(self.validation)} sequences",
                              announce=False):
             held_out = teacher_forced_pass(model, self.validation.input_ids, self.validation.attention_mask,
                                            self.config.batch_size, self.validation.loss_mask, with_log_probs=True)
         assert held_out.log_probs is not None
-        verdict = membership_verdict(member, likelihood_scores(held_out.log_probs, MIN_K_FRACTION), self.config,
-                                     seed=epoch)
-        return {**scores, "mia": verdict, "epoch_record": {**scores.get("epoch_record", {}), "mia": verdict}}
+        return membership_verdict(member, likelihood_scores(held_out.log_probs, MIN_K_FRACTION), self.config,
+                                  seed=epoch)
 
     def met(self, scores: dict[str, Any]) -> bool:
         # before training there are no membership scores: the rule is not met, and the run trains
@@ -97,8 +123,7 @@ class Indistinguishable(StoppingRule):
 
     def shortfall(self, scores: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
         verdict = scores.get("mia")
-        paper = [e["epoch"] for e in history if e.get("forget_el") is not None
-                 and self.rule.thresholds.forgotten(e["forget_ma"], e["forget_el"])]
+        paper = self.rule.met_epochs(history)
         if verdict is None or verdict["met"] or not paper:
             return None
         found = "; ".join(f"{SCORE_NAMES[name]} AUC {verdict[name]['auc']:.2f} "
@@ -160,14 +185,16 @@ class WithTofu(StoppingRule):
 
 
 def stopping_rule(config: EvalConfig, thresholds: Thresholds, *, tokenizer: Any = None,
-                  data_dir: Any = None, validation: TokenBlocks | None = None) -> StoppingRule:
-    """The rule a run's evaluation options give (``validation``: the held-out rows ``paper+mia`` compares with)."""
+                  data_dir: Any = None, validation: TokenBlocks | None = None,
+                  history: Sequence[dict[str, Any]] = ()) -> StoppingRule:
+    """The rule a run's evaluation options give (``validation``: the held-out rows ``paper+mia`` compares with;
+    ``history``: the run's epoch records so far)."""
     rule: StoppingRule = PaperCriterion(thresholds, config, membership=config.rule == "paper+mia")
     if config.rule == "paper+mia":
         if validation is None:
             raise ValueError("eval.rule paper+mia needs the held-out rows")
         assert isinstance(rule, PaperCriterion)
-        rule = Indistinguishable(rule, config, validation)
+        rule = Indistinguishable(rule, config, validation, history)
     if config.tofu is not None and config.tofu.every_epoch:
         rule = WithTofu(rule, config, tokenizer, data_dir)
     return rule
