@@ -82,6 +82,7 @@ def _demo_row(label: str, part: str, key: str) -> str:
 
 
 TINY, SMOL = "docs/results/testbeds/tiny.json", "docs/results/testbeds/smollm2.json"
+SETS = "docs/results/testbeds/smollm2-sets.json"
 CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     # README.md: the demo's table and timings
     "demo, forgotten EL": ("README.md", lambda: _demo_row("forgotten (8): EL₁₀", "forget", "el")),
@@ -111,6 +112,9 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
         record(SMOL)["measured"]["before"]["forget"]["ma"], record(SMOL)["measured"]["after"]["forget"]["ma"])),
     "SmolLM2 testbed seconds": ("docs/testbeds.md", lambda: "{:.0f} s of training, {} s in all".format(
         record(SMOL)["seconds"]["train"], record(SMOL)["seconds"]["total"])),
+    "SmolLM2 sets testbed": ("docs/results.md", lambda: "forget MA {} → {}, held-out TDEC MA {} → {}, {} s".format(
+        *(record(SETS)["measured"][when][part]["ma"] for part in ("forget", "heldout_tdec_val")
+          for when in ("before", "after")), record(SETS)["seconds"]["total"])),
     # docs/evaluation.md and benchmarks/README.md: the evaluation suite's record
     "SmolLM2 Pile perplexity": ("docs/evaluation.md", lambda: "**Pile {:.2f}**".format(
         _eval_suite("perplexity")["scores"]["perplexity"]["pile"]["perplexity"])),
@@ -150,7 +154,7 @@ def test_every_record_a_claim_reads_is_committed():
 
     tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                                  check=True).stdout.split())
-    for path in ("docs/results/testbed/results.jsonl", "docs/results/ranks/results.jsonl", TINY, SMOL,
+    for path in ("docs/results/testbed/results.jsonl", "docs/results/ranks/results.jsonl", TINY, SMOL, SETS,
                  "docs/results/smollm2/results.jsonl", "benchmarks/results/eval_suite.json",
                  "benchmarks/results/memory.json", "benchmarks/results/el_speed.json",
                  "benchmarks/results/flora_init.json", "benchmarks/results/flora_svd.json",
