@@ -133,6 +133,10 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
                           "|".format(**record("benchmarks/results/el_speed.json")["results"][2])),
     "FLoRA initialisation against an epoch": ("benchmarks/README.md", lambda: "**{:.2f} ×** one epoch".format(
         record("benchmarks/results/flora_init.json")["models"]["neo125m"]["ratio_flora_to_epoch"])),
+    "FLoRA's FLOPs against an epoch's": ("benchmarks/README.md", lambda: "{fisher_gflop_per_sequence_pair} GFLOP, the "
+                                         "unlearning epoch's step {epoch_gflop_per_sequence_pair} GFLOP, "
+                                         "**{fisher_over_epoch:.2f} ×**".format(
+        **record("benchmarks/results/flora_init.json")["models"]["neo125m"]["flops"])),
     "randomized SVD, FFN": ("benchmarks/README.md", lambda: "| 1536 × 576 | " + _svd_row(("gate_proj", "up_proj"))),
     "randomized SVD, down": ("benchmarks/README.md", lambda: "| 576 × 1536 | " + _svd_row(("down_proj",))),
     "TOFU evaluation per epoch": ("benchmarks/README.md", lambda: "{:.0f} s, **{:.2f} ×** the epoch ({:.0f} s)".format(
