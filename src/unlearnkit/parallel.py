@@ -97,9 +97,9 @@ def refuse_sharded_weights(accelerator: Any) -> None:
         from unlearnkit.errors import UnlearnkitError
 
         raise UnlearnkitError("DeepSpeed ZeRO-3 is not supported yet: the criterion after each epoch runs on the "
-                              "main process with the whole model; launch with FSDP (configs/accelerate/fsdp.yaml), "
-                              "which shards the weights too, or DeepSpeed ZeRO-2 (configs/accelerate/"
-                              "deepspeed-zero2.yaml).")
+                              "main process with the whole model; launch with FSDP (`unlearnkit configs cp "
+                              "accelerate/fsdp fsdp.yaml`), which shards the weights too, or DeepSpeed ZeRO-2 "
+                              "(accelerate/deepspeed-zero2).")
 
 
 def checkpoints_supported(accelerator: Any) -> bool:

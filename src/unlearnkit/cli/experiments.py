@@ -13,7 +13,7 @@ from unlearnkit.cli.common import EXIT_INTERRUPTED, Quiet, app, end_of_batch, er
 from unlearnkit.errors import UnlearnkitError
 
 
-@app.command(epilog="Example: `unlearnkit sweep configs/testbed/sweeps/table1.yaml --shard 0/2` in one shell and "
+@app.command(epilog="Example: `unlearnkit sweep testbed/sweeps/table1 --shard 0/2` in one shell and "
                     "`--shard 1/2` in another; then `unlearnkit report runs/sweeps/table1`.")
 def sweep(
     file: Annotated[Path, typer.Argument(help="sweep YAML: a base config and a grid; or a shipped sweep's name "

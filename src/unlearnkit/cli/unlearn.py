@@ -121,7 +121,7 @@ def _run_requests(cfg: Any, quiet: bool) -> None:
         raise typer.Exit(EXIT_NOT_FORGOTTEN)
 
 
-@app.command(epilog="Example: `unlearnkit fisher configs/paper/gpt-neo-125m-flora-ihl.yaml --out runs/fisher-125m`, "
+@app.command(epilog="Example: `unlearnkit fisher paper/gpt-neo-125m-flora-ihl --out runs/fisher-125m`, "
                      "then `unlearnkit run ... --set adapter.flora.fisher_path=runs/fisher-125m`")
 def fisher(
     config: Annotated[Path, typer.Argument(help="YAML config (or a shipped config's name) naming the model, data "
@@ -209,7 +209,7 @@ def demo(
 
 testbed_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                           help="A miniature TDEC testbed that runs on a CPU (GPT-Neo trained from scratch) and the "
-                               "memorised SmolLM2 of configs/smollm2/.")
+                               "memorised SmolLM2 of the smollm2/ configs.")
 app.add_typer(testbed_app, name="testbed")
 
 
@@ -217,7 +217,7 @@ app.add_typer(testbed_app, name="testbed")
 TESTBED_SIZES = ("tiny", "small", "smollm2", "smollm2-sets", "tofu-smollm2")
 
 
-@testbed_app.command("build", epilog="Example: `unlearnkit run configs/testbed/flora-ihl.yaml --set "
+@testbed_app.command("build", epilog="Example: `unlearnkit run testbed/flora-ihl --set "
                                      "model.name=$(unlearnkit testbed build --size small --print-path)`")
 def testbed_build(
     size: Annotated[str, typer.Option(help="tiny (for tests) | small (the miniature of Table 1) | smollm2 "
