@@ -168,6 +168,6 @@ def test_every_shipped_sweep_expands_into_valid_configs(file):
 
     sweep = load_sweep(file)
     configs = [load_config(point.config, point.overrides) for point in sweep.points]
-    assert len({c.output.dir for c in configs}) == len(configs) >= 4  # the smallest grid: TOFU's four ranks
+    assert len({c.output.dir for c in configs}) == len(configs) >= 2  # a grid: at least two points
     # the grid really varies what its axes name: as many distinct settings as points
     assert len({c.model_dump_json(exclude={"output"}) for c in configs}) == len(configs)
