@@ -67,6 +67,8 @@ def test_base_merges_sections_key_by_key_and_a_new_source_or_method_starts_afres
                                               '"paper/gpt-neo-125m-flora-ihl"'),
     ("base: [a, b]\n", "must name one config"),
     ("base: loop.yaml\n", "go round in a circle"),
+    ("base: testbed/sweeps/table1\n", "is a sweep file .it has a grid., not a run config; run it with `unlearnkit "
+                                      "sweep` instead"),
 ])
 def test_a_bad_base_is_one_sentence(tmp_path, text, message):
     (tmp_path / "loop.yaml").write_text(text, encoding="utf-8")

@@ -141,6 +141,9 @@ def read_config(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise UnlearnkitError(f"The config file {path} must hold a mapping of sections; see `unlearnkit configs "
                               "show paper/gpt-neo-125m-flora-ihl`.")
+    if "grid" in loaded:
+        raise UnlearnkitError(f"{path} is a sweep file (it has a grid), not a run config; run it with `unlearnkit "
+                              "sweep` instead.")
     reference = loaded.pop("base", None)
     if reference is None:
         return loaded
