@@ -98,6 +98,9 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "testbed GA perplexity": ("docs/results.md", lambda: f"| GA | {_testbed_ppl('ga', 'none')} |"),
     "testbed perplexity before": ("docs/results.md", lambda: "(before: {:.0f})".format(
         record("docs/results/testbed/results.jsonl")[0]["pile_ppl_before"])),
+    "testbed sweep's run time": ("docs/results.md", lambda: "the testbed's {} runs took {:.0f} minutes of run "
+                                 "time".format(len(record("docs/results/testbed/results.jsonl")),
+                                               _sweep_minutes("testbed"))),
     "rank and module sweeps' run time": ("docs/results.md", lambda: f"48 runs each, {_sweep_minutes('ranks'):.0f} and "
                                                                   f"{_sweep_minutes('modules'):.0f} minutes"),
     "SmolLM2 FLoRA + IHL cost": ("docs/results.md", lambda: "FLoRA + IHL on set 0 took {:.0f} s".format(
