@@ -13,7 +13,9 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiments.attack_table import (
     attack_table_markdown,
     read_attack_records,
+    recovery_points,
     update_page_with_attacks,
+    write_attack_report,
 )
 
 PLAN = {"relearn_steps": 20, "relearn_lr": 0.001, "relearn_fraction": 0.5,
@@ -117,3 +119,23 @@ def test_a_directory_without_attack_records_is_named_with_the_command_that_write
     (tmp_path / "other.json").write_text("{}", encoding="utf-8")
     with pytest.raises(UnlearnkitError, match="holds no attack records.*unlearnkit attack"):
         read_attack_records(tmp_path)
+
+
+def test_the_recovery_figure_plots_specific_recovery_against_the_reasoning_kept(attacked, tmp_path):
+    records = read_attack_records(attacked)
+    assert recovery_points(records) == []  # records without what the model kept: no figure, no link
+    assert [p.name for p in write_attack_report(attacked, tmp_path / "plain")] == ["attacks.md"]
+    kept = {"flora-ihl": (0.47, 0.48), "ga": (0.40, 0.48)}  # reasoning after, before
+    for name, (after, before) in kept.items():
+        file = attacked / name / "attack.json"
+        content = json.loads(file.read_text(encoding="utf-8"))
+        content["run"].update(kept={"reasoning_acc": after}, kept_before={"reasoning_acc": before})
+        file.write_text(json.dumps(content), encoding="utf-8")
+    points = {name: (x, y) for _, name, x, y in recovery_points(read_attack_records(attacked))}
+    # FLoRA + IHL: (0.8 - 0.2) - (0.3 - 0.27) over 0.9 - 0.2 of MA came back beyond the control; GA likewise
+    assert points == {"flora-ihl": (pytest.approx(-1.0), pytest.approx((0.6 - 0.03) / 0.7)),
+                      "ga": (pytest.approx(-8.0), pytest.approx((0.4 - 0.03) / 0.8))}
+    written = write_attack_report(attacked, tmp_path / "figure")
+    assert [p.name for p in written] == ["attacks.md", "figure_recovery.png"]
+    assert written[1].read_bytes().startswith(b"\x89PNG") and "(figure_recovery.png)" in written[0].read_text()
+

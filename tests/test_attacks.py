@@ -12,6 +12,7 @@ from conftest import assert_no_near_ties, memorised_run_overrides, run_cli
 from unlearnkit.attacks.relearn import recovery_fraction, relearn, split_forget_rows
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.results import KEPT_KEYS
 
 
 def test_the_attack_and_measured_rows_are_disjoint_seeded_and_cover_the_forget_set():
@@ -114,7 +115,10 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     # what the attack table needs of the run travels in the record
     assert report["run"] == {"method": "ihl", "adapter": "lora", "retain_kind": "lm", "forget": report["run"]["forget"],
                              "seed": 42, "epochs": metrics["epochs_run"], "criterion_met": metrics["criterion_met"],
-                             "success": metrics["criterion_met"]}
+                             "success": metrics["criterion_met"],
+                             "kept": {key: (metrics["after"].get("downstream") or {}).get(key) for key in KEPT_KEYS},
+                             "kept_before": {key: (metrics["before"].get("downstream") or {}).get(key)
+                                             for key in KEPT_KEYS}}
     # run again (as after an interruption): every attacked copy's MA and EL come from the score cache, the same
     again = run_cli("attack", str(ihl_lora_run), "--relearn-steps", "5", "--relearn-lr", "1e-3",
                     "--quant", "int4-g32-asym,int4-g128-sym", "--output", str(tmp_path / "again"))

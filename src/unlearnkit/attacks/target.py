@@ -79,6 +79,7 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
         "method": config.method.name, "adapter": config.adapter.name, "retain_kind": config.method.retain_kind,
         "forget": config.data.forget.label(), "seed": config.seed, "epochs": metrics.epochs_run,
         "criterion_met": metrics.criterion_met, "success": metrics.success,
+        "kept": metrics.after.kept(), "kept_before": metrics.before.kept(),  # the recovery figure's other axis
         **config.method.gradient_point()}
     if config.adapter.adapter_class().has_adapter and (run.adapter_dir / "adapter_config.json").is_file():
         def adapted() -> Any:

@@ -26,6 +26,7 @@ __all__ = ["ATTACK_FILE", "attack_runs", "read_attack_records", "attack_table_ma
            "holds_attack_records", "write_attack_report", "update_page_with_attacks"]
 
 ATTACK_FILE = "attack.json"
+RECOVERY_FIGURE = "figure_recovery.png"
 TABLE_FILE = "attacks.md"
 NO_VALUE = "—"
 Record = dict[str, Any]
@@ -106,7 +107,9 @@ def write_attack_report(directory: str | Path, out_dir: str | Path | None = None
     ``DIRECTORY/attacks.md``)."""
     records = read_attack_records(directory)
     out = Path(out_dir) if out_dir is not None else Path(directory)
-    return [atomic_write_text(out / TABLE_FILE, attack_table_markdown(records) + "\n")]
+    figure = recovery_figure(records, out / RECOVERY_FIGURE)
+    table = attack_table_markdown(records) + (_figure_markdown(RECOVERY_FIGURE) if figure else "")
+    return [atomic_write_text(out / TABLE_FILE, table + "\n"), *([figure] if figure else [])]
 
 
 def update_page_with_attacks(page: Path, section: str, directory: str | Path) -> None:
@@ -120,7 +123,16 @@ def update_page_with_attacks(page: Path, section: str, directory: str | Path) ->
         copy = folder / f"{record['name']}.json"
         if not copy.exists() or copy.resolve() != (Path(directory) / f"{record['name']}.json").resolve():
             atomic_write_json(copy, {key: value for key, value in record.items() if key != "name"})
-    replace_section(page, section, attack_table_markdown(records), text)
+    figure = recovery_figure(records, folder / RECOVERY_FIGURE)
+    body = attack_table_markdown(records) + (_figure_markdown(f"results/{section}/{RECOVERY_FIGURE}") if figure else "")
+    replace_section(page, section, body, text)
+
+
+def _figure_markdown(link: str) -> str:
+    return (f"\n\n![Relearning's specific recovery against the reasoning kept]({link})\n\n*Relearning's specific "
+            "recovery of the unseen rows' MA against the reasoning accuracy kept, one point per run: the goal of "
+            "forgetting that holds is below the dashed line (0.2) and right of the dotted one (within a point of "
+            "the model before unlearning).*")
 
 
 def record_label(record: Record) -> str:
@@ -157,20 +169,12 @@ def attack_table_markdown(records: Sequence[Record]) -> str:
         success = NO_VALUE if "success" not in facts else "yes" if facts["success"] else "no"
         cells = [record_label(record), f"`{record['name']}`", success]
         if relearned:
-            unseen = [r for r in record["rows"] if str(r["rows"]).endswith("not attacked")]
-            relearn: Record = next((r for r in unseen if r["attack"].startswith("relearn")), {})
-            states: list[Record] = [next((r for r in unseen if r["attack"] == a), {}) for a in ("before unlearning",
-                                                                                  "none (unlearned)")] + [relearn]
+            states, control, specific = _relearning(record)
             cells += [" → ".join(_percent(s.get(key)) for s in states) for key in ("ma", "el")]
-            recovery = relearn.get("recovery", {})
+            recovery = states[2].get("recovery", {})
             cells.append(f"{_fraction(recovery.get('ma'))} / {_fraction(recovery.get('el'))}")
-            held_out = [r for r in record["rows"] if r["rows"] == HELD_OUT_ROWS]
-            control: list[Record] = [next((r for r in held_out if r["attack"].startswith(a)), {})
-                                     for a in ("none", "relearn")]
             cells.append(" → ".join(_percent(r.get("ma")) for r in control))
-            specific = [specific_recovery(states[0].get(key), states[1].get(key), relearn.get(key),
-                                          control[0].get(key), control[1].get(key)) for key in ("ma", "el")]
-            cells.append(f"{_fraction(specific[0])} / {_fraction(specific[1])}")
+            cells.append(f"{_fraction(specific['ma'])} / {_fraction(specific['el'])}")
         for name in others:
             prefix = next(p for p, n in OTHER_ATTACKS.items() if n == name)
             row: Record = next((r for r in record["rows"] if str(r["attack"]).startswith(prefix)
@@ -186,6 +190,66 @@ def attack_table_markdown(records: Sequence[Record]) -> str:
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _relearning(record: Record) -> tuple[list[Record], list[Record], dict[str, float | None]]:
+    """Relearning's rows of a record: the unseen rows before unlearning, unlearned and relearned; the held-out
+    control unlearned and relearned; and the specific recovery of MA and EL10 they give."""
+    unseen = [r for r in record["rows"] if str(r["rows"]).endswith("not attacked")]
+    relearn: Record = next((r for r in unseen if r["attack"].startswith("relearn")), {})
+    states: list[Record] = [next((r for r in unseen if r["attack"] == a), {}) for a in ("before unlearning",
+                                                                              "none (unlearned)")] + [relearn]
+    held_out = [r for r in record["rows"] if r["rows"] == HELD_OUT_ROWS]
+    control: list[Record] = [next((r for r in held_out if r["attack"].startswith(a)), {}) for a in ("none", "relearn")]
+    specific = {key: specific_recovery(states[0].get(key), states[1].get(key), relearn.get(key),
+                                       control[0].get(key), control[1].get(key)) for key in ("ma", "el")}
+    return states, control, specific
+
+
+def recovery_points(records: Sequence[Record]) -> list[tuple[str, str, float, float]]:
+    """One point per run whose record carries what the model kept (attack records since the run facts have
+    ``kept``): its label, its name, the reasoning accuracy it kept (after − before unlearning, in points) and
+    relearning's specific recovery of the unseen rows' MA."""
+    points = []
+    for record in records:
+        facts = record.get("run") or {}
+        after, before = (facts.get(key, {}).get("reasoning_acc") for key in ("kept", "kept_before"))
+        specific = _relearning(record)[2]["ma"]
+        if after is not None and before is not None and specific is not None:
+            points.append((record_label(record), record["name"], 100 * (after - before), specific))
+    return points
+
+
+def recovery_figure(records: Sequence[Record], path: Path) -> Path | None:
+    """Relearning's specific recovery against the reasoning kept, one point per run (the goal of docs/robust.md:
+    recovery at most 0.2 with reasoning within a point of the model before unlearning); None without points."""
+    points = recovery_points(records)
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unlearnkit.experiments.figures import save_figure
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    labels = ordered_labels(label for label, *_ in points)
+    for index, label in enumerate(labels):
+        mine = [(x, y, name) for other, name, x, y in points if other == label]
+        axes.scatter([x for x, _, _ in mine], [y for _, y, _ in mine], label=label, color=f"C{index % 10}")
+        for x, y, name in mine:
+            axes.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axes.axhline(0.2, color="grey", linestyle="--", linewidth=0.8)
+    axes.axvline(-1.0, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("reasoning kept: after − before unlearning (points); dotted: −1")
+    axes.set_ylabel("relearning: specific recovery of MA; dashed: 0.2")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    try:
+        return save_figure(figure, path)
+    finally:
+        plt.close(figure)
 
 
 def _attack_row(record: Record, attack: str) -> Record:
