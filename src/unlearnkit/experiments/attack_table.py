@@ -23,7 +23,8 @@ from unlearnkit.experiments.sweep import SweepOutcome
 from unlearnkit.io import ClaimedElsewhere, atomic_write_json, atomic_write_text, claimed
 
 __all__ = ["ATTACK_FILE", "attack_runs", "read_attack_records", "attack_table_markdown",
-           "holds_attack_records", "write_attack_report", "update_page_with_attacks"]
+           "holds_attack_records", "recovery_figure", "recovery_points", "write_attack_report",
+           "update_page_with_attacks"]
 
 ATTACK_FILE = "attack.json"
 RECOVERY_FIGURE = "figure_recovery.png"
@@ -68,7 +69,7 @@ def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Pa
             continue
         failure.unlink(missing_ok=True)
         outcome.ran.append(run_dir.name)
-        atomic_write_text(output / TABLE_FILE, attack_table_markdown(read_attack_records(output)) + "\n")
+        write_attack_report(output)
     return outcome
 
 
