@@ -240,7 +240,8 @@ def recovery_figure(records: Sequence[Record], path: Path) -> Path | None:
         mine = [(x, y, name) for other, name, x, y in points if other == label]
         axes.scatter([x for x, _, _ in mine], [y for _, y, _ in mine], label=label, color=f"C{index % 10}")
         for x, y, name in mine:
-            axes.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            short = name.replace("__", " ").replace("method-", "").replace("rule-", "")  # the axes' values only
+            axes.annotate(short, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     axes.axhline(0.2, color="grey", linestyle="--", linewidth=0.8)
     axes.axvline(-1.0, color="grey", linestyle=":", linewidth=0.8)
     axes.set_xlabel("reasoning kept: after − before unlearning (points); dotted: −1")
