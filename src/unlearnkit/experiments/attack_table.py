@@ -227,14 +227,12 @@ def recovery_figure(records: Sequence[Record], path: Path) -> Path | None:
     points = recovery_points(records)
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from unlearnkit.experiments.figures import save_figure
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))  # no pyplot: nothing global changes, no display needed (as figures.py)
+    axes = figure.subplots()
     labels = ordered_labels(label for label, *_ in points)
     for index, label in enumerate(labels):
         mine = [(x, y, name) for other, name, x, y in points if other == label]
@@ -248,10 +246,7 @@ def recovery_figure(records: Sequence[Record], path: Path) -> Path | None:
     axes.set_ylabel("relearning: specific recovery of MA; dashed: 0.2")
     axes.legend(fontsize=7)
     figure.tight_layout()
-    try:
-        return save_figure(figure, path)
-    finally:
-        plt.close(figure)
+    return save_figure(figure, path)
 
 
 def _attack_row(record: Record, attack: str) -> Record:
