@@ -28,6 +28,20 @@ def test_a_directory_is_claimed_by_one_holder_at_a_time(tmp_path):
         pass
 
 
+def test_a_claim_leaves_no_folder_it_made_for_itself_when_nothing_was_written_there(tmp_path):
+    with claimed(tmp_path / "runs" / "sweeps" / "ihl"):  # the run fails before writing anything
+        assert (tmp_path / "runs" / "sweeps" / ".ihl.claim").is_file()
+    assert not (tmp_path / "runs").exists()  # as the user left it
+    sweeps = tmp_path / "runs" / "sweeps"
+    with claimed(sweeps / "ihl"):  # the run writes its directory
+        (sweeps / "ihl").mkdir()
+    assert (sweeps / "ihl").is_dir() and not (sweeps / ".ihl.claim").exists()
+    (tmp_path / "mine").mkdir()
+    with claimed(tmp_path / "mine" / "ihl"):  # a folder that was there stays, empty or not
+        pass
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_a_killed_holder_leaves_no_claim_that_blocks_the_next(tmp_path):
     out = tmp_path / "ihl"
     holder = subprocess.Popen(

@@ -9,6 +9,7 @@ the same way (:func:`atomic_symlink`). One process at a time writes a directory:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -167,6 +168,25 @@ class ClaimedElsewhere(UnlearnkitError):
                          "to another directory.")
 
 
+def make_parents(folder: Path) -> list[Path]:
+    """mkdir -p ``folder``; return the folders it created, outermost first (for :func:`remove_if_empty`)."""
+    missing = []
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders :func:`make_parents` created, innermost first, as far as nothing was put in them: a
+    command that failed leaves the file system as it found it."""
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 @contextmanager
 def claimed(directory: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold the claim on ``directory`` for the block, so that no other process writes it meanwhile.
@@ -177,7 +197,7 @@ def claimed(directory: str | os.PathLike[str]) -> Iterator[Path]:
     when another live process holds the claim. It is removed when the block ends.
     """
     final = Path(directory).expanduser().resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(final.parent)  # removed again if the block leaves them empty (a run that failed)
     path = final.parent / f".{final.name}.claim"
     while True:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -201,6 +221,7 @@ def claimed(directory: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)  # before unlocking: whoever locks the old file next sees it is gone
         os.close(descriptor)
+        remove_if_empty(created)
 
 
 def claim_holder(directory: str | os.PathLike[str]) -> dict[str, Any] | None:

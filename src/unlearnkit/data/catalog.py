@@ -35,7 +35,6 @@ What is downloaded:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.io import atomic_write
+from unlearnkit.io import atomic_write, make_parents, remove_if_empty
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ def ensure_file(data_dir: str | Path, relative_path: str, allow_download: bool =
             f"and save it as {target}, or set {ENV_VAR} to a data directory that has {relative_path}."
         )
     fetch = fetch or urllib_fetch
-    created = _make_parents(target.parent)
+    created = make_parents(target.parent)
     problems = []
     try:
         for url in entry.urls:
@@ -227,9 +226,7 @@ def ensure_file(data_dir: str | Path, relative_path: str, allow_download: bool =
     finally:
         if not target.is_file():
             # Leave the data directory as it was: remove the empty folders this call created.
-            for folder in reversed(created):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            remove_if_empty(created)
     raise UnlearnkitError(
         f"Could not download the data file {relative_path} ({'; '.join(problems)}); fetch it by hand "
         f"from {entry.urls[0]} and save it as {target}, or set {ENV_VAR} to a data directory that has it."
@@ -238,17 +235,6 @@ def ensure_file(data_dir: str | Path, relative_path: str, allow_download: bool =
 
 class _ChecksumError(Exception):
     pass
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """mkdir -p ``folder``; return the folders created, outermost first."""
-    missing = []
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        missing.append(probe)
-        probe = probe.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return list(reversed(missing))
 
 
 def _download(entry: CatalogEntry, url: str, target: Path, fetch: Fetch) -> None:
