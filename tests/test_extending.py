@@ -30,7 +30,8 @@ def test_the_method_of_the_extending_page_runs_from_a_file_outside_the_package(m
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
     assert resolved["method"] == {"name": "my_method.py:CappedAscent", "retain_weight": 1.0, "retain_kind": "lm",
-                                  "sam_rho": 0.0, "meta_relearn": 0.0, "ceiling": 4.0}
+                                  "sam_rho": 0.0, "meta_relearn": 0.0, "disruption_mask": False,
+                                  "ceiling": 4.0}
     history = metrics["epochs"]
     # its loss ran: capped ascent is minus a mean of per-token losses each at most the ceiling
     assert all(-4.0 <= epoch["forget_loss"] < 0 for epoch in history)

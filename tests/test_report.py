@@ -419,3 +419,18 @@ def test_a_report_folder_of_the_users_is_not_written_over(tmp_path, rows):
     assert (out / "report.md").read_text() == "# my own report\n"
     write_report(tmp_path, tmp_path / "ours")
     write_report(tmp_path, tmp_path / "ours")  # its own report: replaced
+
+
+def test_a_rows_label_says_how_its_forget_gradient_was_taken():
+    """Tables and figures tell apart runs that differ only in where or how the forget gradient is taken."""
+    from unlearnkit.config import MethodConfig
+    from unlearnkit.experiments.figures import row_label
+
+    def row(method: str, adapter: str, **settings: object) -> dict:
+        config = MethodConfig(name=method, **settings)
+        return {"method": method, "adapter": adapter, "retain_kind": config.retain_kind, **config.gradient_point()}
+
+    assert row_label(row("ihl", "flora")) == "FLoRA+IHL"
+    assert row_label(row("ihl", "flora", sam_rho=0.05)) == "FLoRA+IHL+SAM"
+    assert row_label(row("ihl", "flora", meta_relearn=0.05, disruption_mask=True)) == "FLoRA+IHL+meta+mask"
+    assert row_label(row("npo", "none", retain_kind="kl")) == "NPO+KL"

@@ -237,8 +237,45 @@ def test_meta_unlearning_takes_the_forget_gradient_after_a_relearning_step_and_p
         MethodConfig(name="ihl", meta_relearn=0.05, sam_rho=0.05)
 
 
+def test_disruption_masking_keeps_the_forget_gradient_only_where_the_retain_gradient_agrees():
+    """MUDMAN's mask, against the two gradients computed directly: the step's gradient is the retain term's plus
+    the forget term's on the weights where the two have one sign, so no weight moves against the retain loss."""
+    from conftest import tiny_gpt_neo
+    from unlearnkit.config import MethodConfig
+    from unlearnkit.data.blocks import TokenBlocks
+    from unlearnkit.methods import build_method
+    from unlearnkit.objectives import lm_loss
+
+    torch.manual_seed(3)
+    model = tiny_gpt_neo(vocab_size=64, hidden=16)
+    forget = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "forget")
+    retain = TokenBlocks(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), "retain")
+    method = build_method(MethodConfig(name="ihl", disruption_mask=True, retain_weight=0.5))
+    method.device = torch.device("cpu")
+    reference = copy.deepcopy(model)
+    total, parts = method.step_loss(model, forget, retain)
+    total.backward()
+    params = list(reference.parameters())
+    forget_grads = torch.autograd.grad(method.forget_objective(reference(input_ids=forget.input_ids).logits,
+                                                               forget.labels(), None, None), params)
+    retain_grads = torch.autograd.grad(lm_loss(reference(input_ids=retain.input_ids).logits, retain.labels()),
+                                       params)
+    masked_share = []
+    for (name, p), f, r in zip(model.named_parameters(), forget_grads, retain_grads, strict=True):
+        agree = torch.sign(f) == torch.sign(r)
+        assert torch.allclose(p.grad, 0.5 * r + f * agree, rtol=1e-4, atol=1e-7), name
+        assert float((f * agree * r).sum()) >= 0  # the kept forget update never works against the retain loss
+        masked_share.append(float((~agree).float().mean()))
+    assert 0.2 < sum(masked_share) / len(masked_share) < 0.8  # the mask removes some of it, not all
+    assert parts["forget_loss"] == pytest.approx(float(method.forget_objective(
+        model(input_ids=forget.input_ids).logits, forget.labels(), None, None)))
+    with pytest.raises(ValueError, match="no retain term"):
+        MethodConfig(name="ga", disruption_mask=True)
+
+
 @pytest.mark.parametrize("extra", [["method.name=level"], ["method.name=ihl", "method.sam_rho=0.05"],
-                                   ["method.name=ihl", "method.meta_relearn=0.05"]])
+                                   ["method.name=ihl", "method.meta_relearn=0.05"],
+                                   ["method.name=ihl", "method.meta_relearn=0.05", "method.disruption_mask=true"]])
 def test_the_new_objective_and_sam_run_with_lora_and_flora(memorized_model_dir, tmp_path, extra):
     from unlearnkit.config import load_config
     from unlearnkit.loop import run_unlearning

@@ -64,6 +64,9 @@ class MethodConfig(Section):
     meta_relearn: float = Field(0.0, ge=0.0, description="meta-unlearning (after MUDMAN, 2025): the forget term's "
                                                          "gradient taken after a simulated relearning step of this "
                                                          "length on the forget rows, θ − η·g_r/‖g_r‖ (0: off)")
+    disruption_mask: bool = Field(False, description="disruption masking (MUDMAN, 2025): the forget term's gradient "
+                                                     "kept only on weights where it has the sign of the retain "
+                                                     "term's gradient (needs a method with a retain term)")
 
     @model_validator(mode="after")
     def _options_fit_the_method(self) -> MethodConfig:
@@ -91,6 +94,9 @@ class MethodConfig(Section):
             problem = error.errors()[0]
             where = ".".join(str(part) for part in problem["loc"])
             raise ValueError(f"method.{where}: {problem['msg']}") from None
+        if self.disruption_mask and not method.uses_retain:
+            raise ValueError(f"method {self.name} has no retain term, so method.disruption_mask has no gradient to "
+                             "agree with; remove it or choose a method with a retain term (gd, ihl, npo, ...)")
         if self.retain_kind != "lm" and (not method.uses_retain or self.retain_kind not in method.retain_kinds):
             why = ("has no retain term" if not method.uses_retain else "has a retain term of its own")
             raise ValueError(f"method {self.name} {why}, so method.retain_kind={self.retain_kind} does not apply; "
@@ -101,11 +107,11 @@ class MethodConfig(Section):
         """The method's class (:func:`unlearnkit.config.plugins.load_plugin`)."""
         return load_plugin("method", self.name)
 
-    def gradient_point(self) -> dict[str, float]:
-        """Where the forget gradient is taken, when not at θ (``sam_rho``, ``meta_relearn``): the keys that set,
-        for a results row."""
-        return {key: value for key, value in (("sam_rho", self.sam_rho), ("meta_relearn", self.meta_relearn))
-                if value}
+    def gradient_point(self) -> dict[str, float | bool]:
+        """How the forget gradient is taken, when not plainly at θ (``sam_rho``, ``meta_relearn``,
+        ``disruption_mask``): the keys that set, for a results row."""
+        return {key: value for key, value in (("sam_rho", self.sam_rho), ("meta_relearn", self.meta_relearn),
+                                              ("disruption_mask", self.disruption_mask)) if value}
 
     def given_options(self) -> dict[str, Any]:
         """The method's own options the config gives (null: the method's default, as resolved configs of runs

@@ -79,7 +79,8 @@ def row_label(row: Row) -> str:
     label = method_label(str(row["method"]), str(row["adapter"]))
     label = f"{label}+KL" if row.get("retain_kind") == "kl" else label
     label = f"{label}+SAM" if row.get("sam_rho") else label
-    return f"{label}+meta" if row.get("meta_relearn") else label
+    label = f"{label}+meta" if row.get("meta_relearn") else label
+    return f"{label}+mask" if row.get("disruption_mask") else label
 
 
 def ordered_labels(labels: Iterable[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Unlearning methods, one module each: ``ga``, ``gd``, ``ihl`` (the paper's), ``npo``, ``simnpo``, ``rmu``,
 ``level`` (forget rows to the held-out level); ``method.sam_rho`` makes any of them sharpness-aware,
-``method.meta_relearn`` takes their forget gradient after a simulated relearning step.
+``method.meta_relearn`` takes their forget gradient after a simulated relearning step, and
+``method.disruption_mask`` keeps it only where the retain gradient agrees in sign.
 
 A module here is a method by its file name; a user's method is named ``module:Class`` or ``file.py:Class``
 (:mod:`unlearnkit.config.plugins`, docs/extending.md). Each is a subclass of :class:`UnlearningMethod`; nothing
@@ -26,4 +27,5 @@ def build_method(config: MethodConfig) -> UnlearningMethod:
     method.name = config.name
     method.sam_rho = config.sam_rho
     method.meta_relearn = config.meta_relearn
+    method.disruption_mask = config.disruption_mask
     return method

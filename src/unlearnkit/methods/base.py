@@ -65,6 +65,7 @@ class UnlearningMethod:
         self.reference_model: Any = None
         self.sam_rho = 0.0  # method.sam_rho: the forget term's gradient taken at a sharpness-aware point
         self.meta_relearn = 0.0  # method.meta_relearn: ... or after a simulated relearning step
+        self.disruption_mask = False  # method.disruption_mask: the forget gradient kept where the retain one agrees
 
     # --- before training ----------------------------------------------------------------------------------
     def prepare(self, setup: MethodSetup) -> None:
@@ -126,7 +127,11 @@ class UnlearningMethod:
                 raise ValueError(f"method {self.name} needs a retain batch")
             retain_loss = self.retain_loss(model, retain, retain_normaliser)
             parts["retain_loss"] = float(retain_loss.detach())
-            total = self.retain_weight * retain_loss if total is None else total + self.retain_weight * retain_loss
+            if self.disruption_mask and total is not None:
+                total = self.disruption_masked(model, total, retain_loss, self.retain_weight)
+            else:
+                total = (self.retain_weight * retain_loss if total is None
+                         else total + self.retain_weight * retain_loss)
         if total is None:
             raise ValueError("a step needs forget rows, or retain rows for a method with a retain term")
         parts["loss"] = parts["forget_loss"] + self.retain_weight * parts.get("retain_loss", 0.0)
@@ -184,6 +189,30 @@ class UnlearningMethod:
                     param.copy_(original)
         return sum(((param * grad.detach()).sum() for param, grad in zip(params, moved, strict=True)
                     if grad is not None), torch.zeros((), device=direction.device, dtype=direction.dtype)), value
+
+    @staticmethod
+    def disruption_masked(model: Any, forget_term: torch.Tensor, retain_loss: torch.Tensor,
+                          retain_weight: float) -> torch.Tensor:
+        """Disruption masking (MUDMAN, Sondej et al., 2025): the forget term's gradient kept only on the weights
+        where it has the sign of the retain term's gradient, so that no weight's update works against the retain
+        loss. Returns a term whose gradient is the masked forget gradient plus ``retain_weight`` times the retain
+        gradient (``Σ θ · g``, ``g`` detached); each term is back-propagated once."""
+        import torch
+
+        if not bool(torch.isfinite(forget_term)):  # what the step skips as a NaN/inf loss, not masked away
+            return forget_term + retain_weight * retain_loss
+        params = [param for param in model.parameters() if param.requires_grad]
+        forget_grads = torch.autograd.grad(forget_term, params, retain_graph=True, allow_unused=True)
+        retain_grads = torch.autograd.grad(retain_loss, params, allow_unused=True)
+        total = torch.zeros((), device=forget_term.device, dtype=forget_term.dtype)
+        for param, forget_grad, retain_grad in zip(params, forget_grads, retain_grads, strict=True):
+            if retain_grad is None:  # sign 0 agrees with no forget gradient but 0: nothing of it is kept
+                continue
+            grad = retain_weight * retain_grad
+            if forget_grad is not None:
+                grad = grad + forget_grad * (forget_grad.sign() == retain_grad.sign())
+            total = total + (param * grad.detach()).sum()
+        return total
 
     # --- helpers --------------------------------------------------------------------------------------------
     def inputs(self, blocks: TokenBlocks) -> dict[str, torch.Tensor]:
