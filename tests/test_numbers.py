@@ -81,6 +81,10 @@ def _demo_row(label: str, part: str, key: str) -> str:
     return f"| {label} | {unlearned['before'][part][key]:.3f} | {unlearned['after'][part][key]:.3f} |"
 
 
+def _mask_run(name: str) -> dict[str, Any]:
+    return record(f"docs/results/robust-mask-testbed/epochs/{name}.json")
+
+
 TINY, SMOL = "docs/results/testbeds/tiny.json", "docs/results/testbeds/smollm2.json"
 SETS = "docs/results/testbeds/smollm2-sets.json"
 CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -108,6 +112,14 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 FLoRA + IHL FLOPs": ("docs/results.md", lambda: "of its {:.1e} FLOPs, {:.1e} were FLoRA's".format(
         *(_smollm2_row("forget-set0__method-flora-ihl")["flops"][k] for k in ("total", "flora_init"))
     ).replace("e+", "e")),
+    "masked FLoRA + IHL": ("docs/results.md", lambda: "needed {} epochs instead of 18 ((g)'s run), but left Pile "
+                           "perplexity at {:.0f}".format(*(lambda m: (len(m["epochs"]), m["after"]["downstream"][
+                               "pile_ppl"]))(_mask_run("rule-paper__method-flora-ihl-mask")))),
+    "masked FLoRA + IHL, membership": ("docs/results.md", lambda: "(loss MIA AUC {:.2f} after unlearning".format(
+        _mask_run("rule-paper__method-flora-ihl-mask")["after"]["privacy"]["mia_auc"]["loss"])),
+    "masked level, 40 epochs": ("docs/results.md", lambda: "40 epochs: LOSS AUC {:.2f} and Min-K% {:.2f}".format(
+        *(_mask_run("rule-mia__method-flora-level-mask")["after"]["privacy"]["mia_auc"][k] for k in ("loss",
+                                                                                                   "min_k")))),
     # docs/testbeds.md: the committed manifests
     "tiny testbed parameters": ("docs/testbeds.md", lambda: f"{record(TINY)['parameters']:,} parameters"),
     "tiny testbed pool MA": ("docs/testbeds.md", lambda: f"pool MA {record(TINY)['measured']['pool']['ma']:.3f}"),
