@@ -434,3 +434,33 @@ def test_a_rows_label_says_how_its_forget_gradient_was_taken():
     assert row_label(row("ihl", "flora", sam_rho=0.05)) == "FLoRA+IHL+SAM"
     assert row_label(row("ihl", "flora", meta_relearn=0.05, disruption_mask=True)) == "FLoRA+IHL+meta+mask"
     assert row_label(row("npo", "none", retain_kind="kl")) == "NPO+KL"
+
+
+def test_every_section_of_the_results_page_regenerates_from_the_records_committed_beside_it(tmp_path):
+    """docs/results.md's generated sections come back word for word from `docs/results/SECTION/` (the results the
+    page names), as `unlearnkit report docs/results/SECTION --page ... --section SECTION` makes them: a hand edit
+    between the markers, or a report change that alters a committed section, fails here."""
+    import re
+    import shutil
+
+    from conftest import REPO
+    from unlearnkit.experiments.attack_table import holds_attack_records, update_page_with_attacks
+    from unlearnkit.experiments.report import update_page
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = docs / "results.md"
+    original = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    page.write_text(original, encoding="utf-8")
+    sections = re.findall(r"<!-- report:([A-Za-z0-9_.-]+) -->", original)
+    assert len(sections) >= 10
+    for section in sections:
+        records = docs / "results" / section
+        shutil.copytree(REPO / "docs" / "results" / section, records)
+        body = original.split(f"<!-- report:{section} -->")[1].split(f"<!-- /report:{section} -->")[0]
+        if holds_attack_records(records) and not (records / "results.jsonl").is_file():
+            update_page_with_attacks(page, section, records)
+        else:
+            selected = re.search(r"\(results\.jsonl, the runs named like `([^`]+)`\)", body)
+            update_page(page, section, records, selected.group(1) if selected else None)
+    assert page.read_text(encoding="utf-8") == original
