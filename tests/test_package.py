@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,10 @@ def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
 
 
 def test_the_wheel_installed_elsewhere_runs_the_demo_and_a_shipped_config_by_name(memorized_model_dir, tmp_path):
-    venv = _fresh_venv(tmp_path, _built_wheel(tmp_path))
+    wheel = _built_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:  # the licence travels with the package
+        assert any(name.endswith(".dist-info/licenses/LICENSE") for name in archive.namelist())
+    venv = _fresh_venv(tmp_path, wheel)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**cli_env(), "OMP_NUM_THREADS": THREADS, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
