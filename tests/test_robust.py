@@ -211,6 +211,9 @@ def _step_against_a_moved_gradient(method_name: str, option: str, seed: int, dir
     for (name, p), m, r in zip(model.named_parameters(), moved, retain_grads, strict=True):
         assert torch.allclose(p.grad, m + r, rtol=1e-4, atol=1e-6), name
     assert parts["forget_loss"] == pytest.approx(float(forget_loss(model)))  # the loss at θ is what is logged
+    # ... and beside it the loss where the gradient was taken: what the step length does to it
+    assert parts["forget_loss_moved"] == pytest.approx(float(forget_loss(reference)), rel=1e-5)
+    assert parts["forget_loss_moved"] != pytest.approx(parts["forget_loss"], rel=1e-6)
     return moved, torch.autograd.grad(forget_loss(at_theta), list(at_theta.parameters()))
 
 
@@ -285,6 +288,8 @@ def test_the_new_objective_and_sam_run_with_lora_and_flora(memorized_model_dir, 
                                        "eval.early_stop=false", *extra])
     result = run_unlearning(config, quiet=True)
     assert len(result.state.history) == 2 and result.after["forget"]["ma"] < result.before["forget"]["ma"]
+    moves = config.method.sam_rho > 0 or config.method.meta_relearn > 0  # the epoch says where its gradient was
+    assert all(("forget_loss_moved" in epoch) == moves for epoch in result.state.history)
 
 
 def test_an_unlearned_model_carries_its_model_card(memorized_model_dir, tmp_path):

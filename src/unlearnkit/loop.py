@@ -83,6 +83,10 @@ def run_unlearning(
     return _after(session, setup, training, loop)
 
 
+# the step losses an epoch's record averages: forget_loss_moved where the forget gradient is taken elsewhere
+EPOCH_LOSSES = ("loss", "forget_loss", "retain_loss", "forget_loss_moved")
+
+
 @dataclass
 class _Session:
     """What every step of a run shares: its config, the processes it runs on, its progress display, clock and
@@ -340,8 +344,7 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
     added = scores.pop("epoch_record", {})  # what the rule records beside the forget set's scores
     record: dict[str, Any] = {
         "epoch": epoch,
-        **processes.mean({k: _mean(losses_of(losses, k)) for k in ("loss", "forget_loss", "retain_loss")
-                          if losses_of(losses, k)}),
+        **processes.mean({k: _mean(losses_of(losses, k)) for k in EPOCH_LOSSES if losses_of(losses, k)}),
         "lr": training.step.lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
         **{k: scores[k] for k in ("el_lower_bound", "el_scored", "el_skipped") if k in scores},
         "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,

@@ -112,10 +112,10 @@ class UnlearningMethod:
         parts = {"forget_loss": 0.0}
         total: torch.Tensor | None = None
         if forget is not None:
-            if self.sam_rho > 0:
-                total, value = self.sharpness_aware_forget(model, forget, rows, forget_normaliser)
-            elif self.meta_relearn > 0:
-                total, value = self.meta_forget(model, forget, rows, forget_normaliser)
+            if self.sam_rho > 0 or self.meta_relearn > 0:
+                moving = self.sharpness_aware_forget if self.sam_rho > 0 else self.meta_forget
+                total, value, moved = moving(model, forget, rows, forget_normaliser)
+                parts["forget_loss_moved"] = moved * forget_weight
             else:
                 total = self.forget_loss(model, forget, rows, forget_normaliser)
                 value = float(total.detach())
@@ -138,20 +138,20 @@ class UnlearningMethod:
         return total, parts
 
     def sharpness_aware_forget(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
-                               normaliser: float | None) -> tuple[torch.Tensor, float]:
+                               normaliser: float | None) -> tuple[torch.Tensor, float, float]:
         """SAM unlearning (Fan et al., ICML 2025) on the forget term: its gradient taken at ``θ + ρ g/‖g‖``, ``g``
-        its gradient at ``θ`` over the trainable weights. Returns a term whose gradient is that one and the forget
-        loss at ``θ``."""
+        its gradient at ``θ`` over the trainable weights. Returns a term whose gradient is that one, the forget
+        loss at ``θ`` and at the perturbed point."""
         loss = self.forget_loss(model, forget, rows, normaliser)
         return self._forget_gradient_elsewhere(model, forget, rows, normaliser, direction=loss,
                                                step=self.sam_rho, value=float(loss.detach()))
 
     def meta_forget(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
-                    normaliser: float | None) -> tuple[torch.Tensor, float]:
+                    normaliser: float | None) -> tuple[torch.Tensor, float, float]:
         """Meta-unlearning (after MUDMAN, Sondej et al., 2025): the forget term's gradient taken where one simulated
         relearning step on the batch's forget rows leads, ``θ − η g_r/‖g_r‖`` with ``g_r`` the gradient of their LM
         loss at ``θ``, so that each update also removes what that relearning would bring back. Returns a term
-        whose gradient is that one and the forget loss at ``θ``."""
+        whose gradient is that one, the forget loss at ``θ`` and after the relearning step."""
         import torch
 
         from unlearnkit.objectives import lm_loss
@@ -164,10 +164,11 @@ class UnlearningMethod:
 
     def _forget_gradient_elsewhere(self, model: Any, forget: TokenBlocks, rows: torch.Tensor | None,
                                    normaliser: float | None, *, direction: torch.Tensor, step: float,
-                                   value: float) -> tuple[torch.Tensor, float]:
+                                   value: float) -> tuple[torch.Tensor, float, float]:
         """The forget loss's gradient at ``θ + step · d/‖d‖`` (``d``: the gradient of ``direction`` over the
         trainable weights), the weights then put back at ``θ`` exactly; returned as a term whose gradient is
-        that one (``Σ θ · g``, ``g`` detached), with ``value`` for the log."""
+        that one (``Σ θ · g``, ``g`` detached), with ``value`` and the forget loss at the moved point for the log
+        (how far the step moves the loss is what scaling ``step`` to a model needs)."""
         import torch
 
         params = [param for param in model.parameters() if param.requires_grad]
@@ -175,20 +176,22 @@ class UnlearningMethod:
         norm = float(torch.sqrt(sum((g.double().square().sum() for g in grads if g is not None),
                                     torch.zeros((), dtype=torch.float64))))
         if norm == 0.0:  # no direction to move along: the plain gradient
-            return self.forget_loss(model, forget, rows, normaliser), value
+            return self.forget_loss(model, forget, rows, normaliser), value, value
         saved = [param.detach().clone() for param in params]
         with torch.no_grad():
             for param, grad in zip(params, grads, strict=True):
                 if grad is not None:
                     param.add_(grad, alpha=step / norm)
         try:
-            moved = torch.autograd.grad(self.forget_loss(model, forget, rows, normaliser), params, allow_unused=True)
+            at_moved = self.forget_loss(model, forget, rows, normaliser)
+            moved = torch.autograd.grad(at_moved, params, allow_unused=True)
         finally:
             with torch.no_grad():
                 for param, original in zip(params, saved, strict=True):
                     param.copy_(original)
-        return sum(((param * grad.detach()).sum() for param, grad in zip(params, moved, strict=True)
-                    if grad is not None), torch.zeros((), device=direction.device, dtype=direction.dtype)), value
+        term = sum(((param * grad.detach()).sum() for param, grad in zip(params, moved, strict=True)
+                    if grad is not None), torch.zeros((), device=direction.device, dtype=direction.dtype))
+        return term, value, float(at_moved.detach())
 
     @staticmethod
     def disruption_masked(model: Any, forget_term: torch.Tensor, retain_loss: torch.Tensor,
