@@ -80,6 +80,9 @@ def test_configs_are_listed_shown_copied_and_run_by_name_from_any_directory(memo
     listed = run_cli("configs", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert all(name in listed.stdout for name in ("paper/gpt-neo-125m-flora-ihl", "tofu/sweeps/smollm2-forget10"))
+    # piped, each config's line is whole: its comment's first line as written, not cut to a terminal's width
+    first = next(line for line in (SHIPPED / "testbed" / "sweeps" / "robust-mask.yaml").read_text().splitlines())
+    assert first.lstrip("# ") in listed.stdout and "…" not in listed.stdout
     shown = run_cli("configs", "show", "paper/gpt-neo-1.3b-lora-ihl", "--resolved", cwd=tmp_path)
     assert yaml.safe_load(shown.stdout) == read_config(SHIPPED / "paper" / "gpt-neo-1.3b-lora-ihl.yaml")
     assert run_cli("configs", "show", "paper/gpt-neo-1.3b-lora-ihl", cwd=tmp_path).stdout == \

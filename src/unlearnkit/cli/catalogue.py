@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -32,15 +33,22 @@ def configs(context: typer.Context) -> None:
 
     console = Console(emoji=False, highlight=False)
     names = shipped_configs()
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(no_wrap=True, min_width=max(map(len, names)))
-    table.add_column(no_wrap=True, overflow="ellipsis")
+    rows = []
     for name in names:
         path = shipped_path(name)
         assert path is not None
         first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")), "#")
-        table.add_row(name, first.lstrip("# "))
-    console.print(table)
+        rows.append((name, first.lstrip("# ")))
+    if sys.stdout.isatty():  # a terminal gets each line cut to its width
+        table = Table(box=None, show_header=False, pad_edge=False)
+        table.add_column(no_wrap=True, min_width=max(map(len, names)))
+        table.add_column(no_wrap=True, overflow="ellipsis")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:  # a pipe (grep, a file) gets them whole
+        width = max(map(len, names))
+        typer.echo("\n".join(f"{name:<{width}}  {first}" for name, first in rows))
     console.print(f"\n{len(names)} configs. `unlearnkit configs show NAME` prints one, `unlearnkit configs cp NAME "
                   "FILE` copies one to edit, `unlearnkit run NAME` runs one (sweeps: `unlearnkit sweep NAME`).",
                   markup=False)
