@@ -120,6 +120,10 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "masked level, 40 epochs": ("docs/results.md", lambda: "40 epochs: LOSS AUC {:.2f} and Min-K% {:.2f}".format(
         *(_mask_run("rule-mia__method-flora-level-mask")["after"]["privacy"]["mia_auc"][k] for k in ("loss",
                                                                                                    "min_k")))),
+    "TOFU, untuned SmolLM2": ("docs/tofu.md", lambda: "probability {:.3f} and ROUGE-L recall {:.3f}, and has model "
+                              "utility {:.3f}".format(*(lambda d: (d["sets"]["forget"]["prob"], d["sets"]["forget"][
+                                  "rouge_l_recall"], d["model_utility"]))(record(
+                                      "docs/results/tofu/untuned-smollm2/eval.json")))),
     # docs/testbeds.md: the committed manifests
     "tiny testbed parameters": ("docs/testbeds.md", lambda: f"{record(TINY)['parameters']:,} parameters"),
     "tiny testbed pool MA": ("docs/testbeds.md", lambda: f"pool MA {record(TINY)['measured']['pool']['ma']:.3f}"),
