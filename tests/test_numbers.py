@@ -85,6 +85,19 @@ def _mask_run(name: str) -> dict[str, Any]:
     return record(f"docs/results/robust-mask-testbed/epochs/{name}.json")
 
 
+def _robust_smollm2(method: str) -> dict[str, Any]:
+    return record(f"docs/results/robust-smollm2/epochs/forget-set0__rule-paper__method-{method}.json")
+
+
+def _sam_rise() -> str:
+    moved = [e for e in _robust_smollm2("flora-ihl-sam")["epochs"] if e.get("forget_loss_moved") is not None]
+    rise = [e["forget_loss_moved"] - e["forget_loss"] for e in moved]
+    share = [r / e["forget_loss"] for r, e in zip(rise, moved, strict=True)]
+    return (f"epochs {moved[0]['epoch']}-{moved[-1]['epoch']}; the first five epochs ran before the record had it): "
+            f"the forget loss at the perturbed point was {min(rise):.3f}-{max(rise):.3f} nats above the loss at θ, "
+            f"{100 * min(share):.1f}-{100 * max(share):.1f} % of it")
+
+
 TINY, SMOL = "docs/results/testbeds/tiny.json", "docs/results/testbeds/smollm2.json"
 SETS = "docs/results/testbeds/smollm2-sets.json"
 CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -124,6 +137,10 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
                               "utility {:.3f}".format(*(lambda d: (d["sets"]["forget"]["prob"], d["sets"]["forget"][
                                   "rouge_l_recall"], d["model_utility"]))(record(
                                       "docs/results/tofu/untuned-smollm2/eval.json")))),
+    "SmolLM2 robust, membership after": ("docs/results.md", lambda: " ".join(
+        "AUC {:.2f} and Min-K% {:.2f}".format(*(_robust_smollm2(m)["after"]["privacy"]["mia_auc"][k]
+                                                for k in ("loss", "min_k"))) for m in ("flora-level",))),
+    "SmolLM2 robust, SAM's rho": ("docs/results.md", _sam_rise),
     # docs/testbeds.md: the committed manifests
     "tiny testbed parameters": ("docs/testbeds.md", lambda: f"{record(TINY)['parameters']:,} parameters"),
     "tiny testbed pool MA": ("docs/testbeds.md", lambda: f"pool MA {record(TINY)['measured']['pool']['ma']:.3f}"),
