@@ -141,6 +141,10 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
         "AUC {:.2f} and Min-K% {:.2f}".format(*(_robust_smollm2(m)["after"]["privacy"]["mia_auc"][k]
                                                 for k in ("loss", "min_k"))) for m in ("flora-level",))),
     "SmolLM2 robust, SAM's rho": ("docs/results.md", _sam_rise),
+    "TOFU target": ("docs/tofu.md", lambda: "forget10 {:.3f} → {:.3f}, retain {:.3f} → {:.3f}, holdout10 (authors it "
+                    "never saw) {:.3f} → {:.3f}".format(*(record("docs/results/testbeds/tofu-smollm2-target.json")[
+                        "answer_probability"][when][part] for part in ("forget10", "retain", "holdout10")
+                        for when in ("before", "after")))),
     # docs/testbeds.md: the committed manifests
     "tiny testbed parameters": ("docs/testbeds.md", lambda: f"{record(TINY)['parameters']:,} parameters"),
     "tiny testbed pool MA": ("docs/testbeds.md", lambda: f"pool MA {record(TINY)['measured']['pool']['ma']:.3f}"),
