@@ -141,6 +141,9 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
         "AUC {:.2f} and Min-K% {:.2f}".format(*(_robust_smollm2(m)["after"]["privacy"]["mia_auc"][k]
                                                 for k in ("loss", "min_k"))) for m in ("flora-level",))),
     "SmolLM2 robust, SAM's rho": ("docs/results.md", _sam_rise),
+    "SmolLM2 robust, run time": ("docs/results.md", lambda: "took {:.0f}-{:.0f} minutes each".format(
+        *(f(r["seconds"]["total"] for r in record("docs/results/robust-smollm2/results.jsonl")) / 60
+          for f in (min, max)))),
     "TOFU target": ("docs/tofu.md", lambda: "forget10 {:.3f} → {:.3f}, retain {:.3f} → {:.3f}, holdout10 (authors it "
                     "never saw) {:.3f} → {:.3f}".format(*(record("docs/results/testbeds/tofu-smollm2-target.json")[
                         "answer_probability"][when][part] for part in ("forget10", "retain", "holdout10")
