@@ -141,6 +141,8 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
         "AUC {:.2f} and Min-K% {:.2f}".format(*(_robust_smollm2(m)["after"]["privacy"]["mia_auc"][k]
                                                 for k in ("loss", "min_k"))) for m in ("flora-level",))),
     "SmolLM2 robust, SAM's rho": ("docs/results.md", _sam_rise),
+    "SmolLM2 robust, GA": ("docs/results.md", lambda: "(AUC {:.2f}, Min-K% {:.2f}:".format(
+        *(_robust_smollm2("ga")["after"]["privacy"]["mia_auc"][k] for k in ("loss", "min_k")))),
     "SmolLM2 robust, run time": ("docs/results.md", lambda: "took {:.0f}-{:.0f} minutes each".format(
         *(f(r["seconds"]["total"] for r in record("docs/results/robust-smollm2/results.jsonl")) / 60
           for f in (min, max)))),
