@@ -84,7 +84,7 @@ def run_unlearning(
 
 
 # the step losses an epoch's record averages: forget_loss_moved where the forget gradient is taken elsewhere
-EPOCH_LOSSES = ("loss", "forget_loss", "retain_loss", "forget_loss_moved")
+_EPOCH_LOSSES = ("loss", "forget_loss", "retain_loss", "forget_loss_moved")
 
 
 @dataclass
@@ -344,7 +344,7 @@ def _judge_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
     added = scores.pop("epoch_record", {})  # what the rule records beside the forget set's scores
     record: dict[str, Any] = {
         "epoch": epoch,
-        **processes.mean({k: _mean(losses_of(losses, k)) for k in EPOCH_LOSSES if losses_of(losses, k)}),
+        **processes.mean({k: _mean(losses_of(losses, k)) for k in _EPOCH_LOSSES if losses_of(losses, k)}),
         "lr": training.step.lr, "forget_ma": scores["ma"], "forget_el": scores["el"],
         **{k: scores[k] for k in ("el_lower_bound", "el_scored", "el_skipped") if k in scores},
         "ma_threshold": thresholds.ma, "el_threshold": thresholds.el,

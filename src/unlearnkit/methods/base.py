@@ -15,6 +15,7 @@ Every loss is a mean over its *items* (tokens or rows, :data:`UnlearningMethod.u
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -189,9 +190,7 @@ class UnlearningMethod:
             with torch.no_grad():
                 for param, original in zip(params, saved, strict=True):
                     param.copy_(original)
-        term = sum(((param * grad.detach()).sum() for param, grad in zip(params, moved, strict=True)
-                    if grad is not None), torch.zeros((), device=direction.device, dtype=direction.dtype))
-        return term, value, float(at_moved.detach())
+        return _term_with_gradient(params, moved, like=direction), value, float(at_moved.detach())
 
     @staticmethod
     def disruption_masked(model: Any, forget_term: torch.Tensor, retain_loss: torch.Tensor,
@@ -207,15 +206,13 @@ class UnlearningMethod:
         params = [param for param in model.parameters() if param.requires_grad]
         forget_grads = torch.autograd.grad(forget_term, params, retain_graph=True, allow_unused=True)
         retain_grads = torch.autograd.grad(retain_loss, params, allow_unused=True)
-        total = torch.zeros((), device=forget_term.device, dtype=forget_term.dtype)
-        for param, forget_grad, retain_grad in zip(params, forget_grads, retain_grads, strict=True):
-            if retain_grad is None:  # sign 0 agrees with no forget gradient but 0: nothing of it is kept
-                continue
-            grad = retain_weight * retain_grad
-            if forget_grad is not None:
-                grad = grad + forget_grad * (forget_grad.sign() == retain_grad.sign())
-            total = total + (param * grad.detach()).sum()
-        return total
+        grads: list[torch.Tensor | None] = []
+        for forget_grad, retain_grad in zip(forget_grads, retain_grads, strict=True):
+            if retain_grad is None or forget_grad is None:  # sign 0 agrees with no forget gradient but 0
+                grads.append(None if retain_grad is None else retain_weight * retain_grad)
+            else:
+                grads.append(retain_weight * retain_grad + forget_grad * (forget_grad.sign() == retain_grad.sign()))
+        return _term_with_gradient(params, grads, like=forget_term)
 
     # --- helpers --------------------------------------------------------------------------------------------
     def inputs(self, blocks: TokenBlocks) -> dict[str, torch.Tensor]:
@@ -226,3 +223,13 @@ class UnlearningMethod:
 
     def labels(self, blocks: TokenBlocks) -> torch.Tensor:
         return blocks.labels().to(self.device)
+
+
+def _term_with_gradient(params: list[Any], grads: Sequence[torch.Tensor | None], *,
+                        like: torch.Tensor) -> torch.Tensor:
+    """``Σ θ · g`` with each ``g`` detached: a term whose gradient over ``params`` is ``grads`` (None: none), for
+    a step whose gradient is not that of one loss at ``θ`` (SAM, meta-unlearning, disruption masking)."""
+    import torch
+
+    return sum(((param * grad.detach()).sum() for param, grad in zip(params, grads, strict=True) if grad is not None),
+               torch.zeros((), device=like.device, dtype=like.dtype))
