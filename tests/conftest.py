@@ -178,6 +178,17 @@ def torchrun_command(*args: str, processes: int = 2) -> tuple[list[str], dict[st
     return command, {**cli_env(), "PYTHONPATH": str(Path(__file__).resolve().parent)}
 
 
+def leave_processes_together() -> None:
+    """The end of a script run under torchrun: every process waits for the others, then the process group is
+    taken down, so no process exits while a peer still uses gloo (which can abort it: "terminate called without
+    an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
     """``args`` under torchrun (:func:`torchrun_command`), to the end."""
     command, env = torchrun_command(*args, processes=processes)

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
-from conftest import tiny_gpt_neo
+from conftest import leave_processes_together, tiny_gpt_neo
 from unlearnkit.adapters.fisher import empirical_fisher
 from unlearnkit.data.blocks import TokenBlocks
 from unlearnkit.parallel import Processes
@@ -36,6 +36,7 @@ def main(out: str, estimators: list[str]) -> None:
         if accelerator.is_main_process:
             save_file({**result.sums, "num_tokens": torch.tensor([result.num_tokens])},
                       f"{out}/{estimator}.safetensors")
+    leave_processes_together()
 
 
 if __name__ == "__main__":

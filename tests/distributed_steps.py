@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from conftest import DISTRIBUTED_CONFIG, memorised_run_overrides
+from conftest import DISTRIBUTED_CONFIG, leave_processes_together, memorised_run_overrides
 
 # Lines of unequal length, one record each (as a deletion request's rows are): 6 rows, so a step of 4 rows is
 # followed by a short one of 2.
@@ -66,6 +66,7 @@ def main(model_dir: str, forget_file: str, out: str, runs: list[str]) -> None:
                                              batch=2, grad_accum=1), quiet=True)
         if result.main_process:
             save_file(trained_weights(result), f"{out}/{run}.safetensors")
+    leave_processes_together()
 
 
 if __name__ == "__main__":
