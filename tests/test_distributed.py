@@ -63,23 +63,32 @@ def test_a_step_is_shared_between_processes_in_consecutive_nearly_equal_parts():
     assert SINGLE.mean({"loss": 2.5}) == {"loss": 2.5} and SINGLE.on_main(lambda: 3) == 3
 
 
-def test_zero3_is_refused_with_what_to_use_instead_and_other_launches_pass():
+def test_zero3_and_a_moved_forget_gradient_under_sharding_are_refused_with_what_to_use_instead():
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
     from unlearnkit.errors import UnlearnkitError
-    from unlearnkit.parallel import refuse_sharded_weights
+    from unlearnkit.parallel import refuse_unsupported_launch
 
     def launch(kind, stage=None):
         return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(
             deepspeed_plugin=SimpleNamespace(zero_stage=stage) if stage else None))
 
     with pytest.raises(UnlearnkitError, match="ZeRO-3 is not supported yet.*fsdp.yaml.*ZeRO-2"):
-        refuse_sharded_weights(launch(DistributedType.DEEPSPEED, 3))
+        refuse_unsupported_launch(launch(DistributedType.DEEPSPEED, 3))
+    sam = {"sam_rho": 0.01, "disruption_mask": True}
+    for sharded, name in ((launch(DistributedType.FSDP), "FSDP"), (launch(DistributedType.DEEPSPEED, 2), "DeepSpeed")):
+        with pytest.raises(UnlearnkitError, match=f"method.sam_rho, method.disruption_mask cannot run under {name}"
+                                                  " yet.*ddp.yaml"):
+            refuse_unsupported_launch(sharded, sam)
     for fine in (launch(DistributedType.NO), launch(DistributedType.MULTI_GPU), launch(DistributedType.MULTI_CPU),
                  launch(DistributedType.DEEPSPEED, 2), launch(DistributedType.FSDP)):
-        refuse_sharded_weights(fine)
+        refuse_unsupported_launch(fine)
+        refuse_unsupported_launch(fine, {})
+    for data_parallel in (launch(DistributedType.NO), launch(DistributedType.MULTI_GPU),
+                          launch(DistributedType.MULTI_CPU)):
+        refuse_unsupported_launch(data_parallel, sam)
 
 
 @pytest.mark.parametrize("forget_rows", [4, pytest.param(1, marks=pytest.mark.slow)])  # 1 row: `make test-slow`
@@ -127,6 +136,39 @@ def test_a_step_is_the_same_on_two_processes_with_accumulation_and_in_one_batch_
             # relative to each weight's scale: an element near 0 has no meaningful relative error of its own
             worst = max(float((two[n] - w).abs().max() / w.abs().max()) for n, w in one.items())
             differences[f"{run}, 1 process x {batch} rows x accumulation {grad_accum}"] = worst
+    print("\n".join(f"{name}: {value:.1e}" for name, value in differences.items()))
+    assert max(differences.values()) <= 1e-5, differences
+
+
+VARIANT_RUNS = ["ihl-lora-sam", "gd-none-meta", "ihl-none-mask"]
+
+
+def test_sam_meta_unlearning_and_disruption_masking_take_each_micro_batch_alike_on_two_processes_and_one(
+        memorized_model_dir, tmp_path):
+    # each takes the forget gradient elsewhere than at θ from one micro-batch's own gradients (SAM's ascent
+    # direction, the simulated relearning step, the sign mask): 2 processes of 2 rows each must train as 1 process
+    # accumulating 2 micro-batches of 2 rows, the processes' gradients reduced once per update like any step's.
+    # 4 records: every step is whole, so the micro-batches hold the same rows both ways (a short last step of 2
+    # rows is shared 1 + 1 between the processes but 2 + 0 between one process's micro-steps)
+    from distributed_steps import parse_run, steps_config, trained_weights, write_records
+    from unlearnkit.loop import run_unlearning
+
+    records = write_records(tmp_path / "records.jsonl", 4)
+    done = torchrun(str(TESTS / "distributed_steps.py"), str(memorized_model_dir), str(records), str(tmp_path),
+                    *VARIANT_RUNS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    differences = {}
+    for run in VARIANT_RUNS:
+        method, adapter, extra = parse_run(run)
+        two = load_file(tmp_path / f"{run}.safetensors")
+        one = trained_weights(run_unlearning(steps_config(memorized_model_dir, records, tmp_path / "one", method,
+                                                          adapter, 2, 2, extra=extra), quiet=True))
+        plain = trained_weights(run_unlearning(steps_config(memorized_model_dir, records, tmp_path / "plain",
+                                                            method, adapter, 2, 2), quiet=True))
+        assert one.keys() == two.keys()
+        differences[run] = max(float((two[n] - w).abs().max() / w.abs().max()) for n, w in one.items())
+        # and the variant changed the training: the comparison would pass if it were ignored on both sides
+        assert max(float((plain[n] - w).abs().max() / w.abs().max()) for n, w in one.items()) > 1e-3, run
     print("\n".join(f"{name}: {value:.1e}" for name, value in differences.items()))
     assert max(differences.values()) <= 1e-5, differences
 

@@ -50,6 +50,18 @@ def test_fsdp_shards_train_as_one_process_and_the_main_one_writes_the_gathered_m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdp"] and done.stdout.count("Outputs in") == 1
 
 
+def test_sam_under_fsdp_is_refused_before_any_work_and_nothing_is_written(memorized_model_dir, tmp_path):
+    # under FSDP the forget gradient's own gradients never reach the sharded weights: SAM trained as plain IHL
+    out = tmp_path / "fsdp-sam"
+    done = accelerate_launch(FSDP_CONFIG, "--mixed_precision=no", str(TESTS / "distributed_fsdp.py"), "run",
+                             str(CONFIG), "--quiet", *distributed_settings(memorized_model_dir, out, 4, 2, 2,
+                                                                            ("method.sam_rho=0.05",)))
+    # each process exits 2 with the sentence (the launcher then reports its child's failure in its own words)
+    assert done.returncode != 0 and "(exitcode: 2)" in done.stderr, done.stderr[-3000:]
+    assert "error: method.sam_rho cannot run under FSDP yet" in " ".join(done.stderr.split())
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow  # 30 s; `make test-slow` (make test stays under 6 minutes on 2 cores)
 def test_a_collapse_under_fsdp_restores_every_shard_and_writes_the_model_from_before(memorized_model_dir, tmp_path):
     # FSDP, full fine-tuning: GA at lr 10 wrecks the model in epoch 1; the shards are restored

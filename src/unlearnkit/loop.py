@@ -36,7 +36,7 @@ from unlearnkit.methods import MethodSetup, UnlearningMethod, build_method
 from unlearnkit.metrics.perplexity import perplexity
 from unlearnkit.metrics.thresholds import run_thresholds
 from unlearnkit.modeling import LoadedModel, enable_gradient_checkpointing, load_configured_model
-from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_sharded_weights
+from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, refuse_unsupported_launch
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.steps import EpochPlan
@@ -148,8 +148,8 @@ def _launch(config: RunConfig, console: Console | None, quiet: bool, checkpoints
     trackers = {"log_with": config.log.to, "project_dir": str(tracking.log_dir(config))} if config.log.to else {}
     accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum, cpu=not _has_accelerator(),
                               step_scheduler_with_optimizer=False, **trackers)
+    refuse_unsupported_launch(accelerator, config.method.gradient_point())  # before the trackers write anything
     tracking.start(accelerator, config)
-    refuse_sharded_weights(accelerator)
     processes = Processes.of(accelerator)
     console = (console or Console(emoji=False, quiet=quiet)) if processes.main else Console(emoji=False, quiet=True)
     progress = Progress(console=console, quiet=quiet or not processes.main)

@@ -87,19 +87,29 @@ class Processes:
 SINGLE = Processes()
 
 
-def refuse_sharded_weights(accelerator: Any) -> None:
-    """Stop before any work on DeepSpeed ZeRO-3, which shards the weights in a way unlearnkit cannot gather for
-    the main process's evaluation yet (FSDP can: :class:`WholeModel`)."""
+def refuse_unsupported_launch(accelerator: Any, gradient_point: dict[str, float | bool] | None = None) -> None:
+    """Stop before any work on a launch this run cannot train correctly on: DeepSpeed ZeRO-3, which shards the
+    weights in a way unlearnkit cannot gather for the main process's evaluation yet (FSDP can:
+    :class:`WholeModel`); and FSDP or DeepSpeed for a forget gradient taken elsewhere than at θ
+    (``gradient_point``: SAM, meta-unlearning, disruption masking), which needs each process's own gradients of
+    the whole weights (``torch.autograd.grad``): FSDP keeps them away from the sharded weights and the method
+    would silently train as without it."""
     from accelerate.utils import DistributedType
+
+    from unlearnkit.errors import UnlearnkitError
 
     plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3:
-        from unlearnkit.errors import UnlearnkitError
-
         raise UnlearnkitError("DeepSpeed ZeRO-3 is not supported yet: the criterion after each epoch runs on the "
                               "main process with the whole model; launch with FSDP (`unlearnkit configs cp "
                               "accelerate/fsdp fsdp.yaml`), which shards the weights too, or DeepSpeed ZeRO-2 "
                               "(accelerate/deepspeed-zero2).")
+    engines = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}
+    if gradient_point and accelerator.distributed_type in engines:
+        options = ", ".join(f"method.{key}" for key in gradient_point)
+        raise UnlearnkitError(f"{options} cannot run under {engines[accelerator.distributed_type]} yet: it takes "
+                              "the forget gradient from each process's own gradients of the whole weights; launch "
+                              "with DDP (`unlearnkit configs cp accelerate/ddp ddp.yaml`) or on one process.")
 
 
 def checkpoints_supported(accelerator: Any) -> bool:
