@@ -95,16 +95,25 @@ def test_zero3_and_a_moved_forget_gradient_under_sharding_are_refused_with_what_
 def test_two_processes_train_as_one_with_the_same_effective_batch_and_one_writes(memorized_model_dir, tmp_path,
                                                                                    single_process_run, forget_rows):
     # 4 forget rows: steps of 2 + 2 rows; 1 row: 1 + 0 (the process without a row takes part with weight 0)
+    # with a tracker: its log written once, and closed without taking down the group the processes still need
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     per_process = max(1, forget_rows // 2)
     two = tmp_path / "two"
     double = torchrun("-m", "unlearnkit.cli", "run", str(CONFIG), "--quiet",
-                      *distributed_settings(memorized_model_dir, two, forget_rows, per_process, 2))
+                      *distributed_settings(memorized_model_dir, two, forget_rows, per_process, 2,
+                                            ("log.to=[tensorboard]",)))
     assert double.returncode == 0, double.stderr[-3000:]
     assert json.loads((two / "run.json").read_text())["launch"]["distributed"] == "MULTI_CPU"
     assert_same_run(two, single_process_run(forget_rows))
     # exactly one process wrote: one output, nothing half-written beside it, the table printed once
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "two"]
     assert double.stdout.count("Outputs in") == 1
+    assert len(list((tmp_path / "logs" / "two").glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(tmp_path / "logs" / "two"))
+    events.Reload()
+    steps = json.loads((two / "metrics.json").read_text())["steps"]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, steps + 1))
 
 
 

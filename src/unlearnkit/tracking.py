@@ -79,5 +79,8 @@ def log(accelerator: Any, config: RunConfig, prefix: str, values: dict[str, Any]
 
 
 def finish(accelerator: Any, config: RunConfig) -> None:
+    """Close the trackers. Not ``accelerator.end_training()``: it also takes down the process group, which a run
+    on several processes still needs (the main one writes the outputs while the others wait for it)."""
     if config.log.to:
-        accelerator.end_training()
+        for tracker in accelerator.trackers:
+            tracker.finish()

@@ -94,7 +94,9 @@ def _unlearn(cfg: Any, output_dir: Path, *, restart: bool, quiet: bool) -> None:
         error_line(message)
     if result.processes > 1:  # torchrun stops all processes once one exits non-zero: wait for the main one's writing
         from accelerate import PartialState
-        PartialState().wait_for_everyone()
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()  # then all leave together: none while a peer still uses the group
     if code != EXIT_OK:
         raise typer.Exit(code)  # the same code on every process
 
