@@ -89,7 +89,8 @@ def main() -> None:
     results["unlearning_epoch"] = _unlearning_epoch(model, tokenizer, data_dir, args)
     epoch = results["unlearning_epoch"]
     print(f"unlearning: {epoch['forget_rows']} of {epoch['split_rows']} forget rows (and as many retain) in "
-          f"{epoch['seconds']:.0f} s; the whole epoch {epoch['epoch_seconds']:.0f} s")
+          f"{epoch['seconds']:.0f} s; the whole epoch {epoch['epoch_seconds']:.0f} s (batches padded to the set's "
+          f"longest row: {epoch['padded_epoch_seconds']:.0f} s, {epoch['speedup_of_cut_batches']:.2f} x)")
     atomic_write_json(args.out, results)
     sizes = {role: len(rows) for role, rows in tofu_rows(data_dir, args.split).items()}  # the 300-item convention
     for role, rows in tofu_rows(data_dir, args.split, limit=args.limit).items():
@@ -132,24 +133,34 @@ def main() -> None:
 
 def _unlearning_epoch(model: Any, tokenizer: Any, data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """IHL + LM loss on ``epoch_rows`` forget rows of the split and as many retain rows, full fine-tuning, batch 8,
-    and the whole epoch's time scaled from it."""
+    each batch cut to its longest row as the loop does, and the whole epoch's time scaled from it; beside it the
+    same passes on batches padded to the set's longest row (what the loop did before cutting them)."""
     whole = load_blocks(SourceConfig(source="tofu", split=args.split), tokenizer, data_dir)
     forget = whole.subset(list(range(min(args.epoch_rows, len(whole)))))
     retain_split = "retain" + str(100 - int(args.split.removeprefix("forget"))).zfill(2)
-    retain = load_blocks(SourceConfig(source="tofu", split=retain_split, n=len(forget), seed=0), tokenizer, data_dir)
+    retain = load_blocks(SourceConfig(source="tofu", split=retain_split), tokenizer, data_dir)
+    retain = retain.subset(list(range(len(forget))))  # padded to the retain split's longest row, as in a run
+    seconds = {cut: _epoch_seconds(model, forget, retain, cut) for cut in (True, False)}
+    return {"forget_rows": len(forget), "split_rows": len(whole), "seconds": seconds[True],
+            "epoch_seconds": seconds[True] * len(whole) / len(forget),
+            "padded_epoch_seconds": seconds[False] * len(whole) / len(forget),
+            "speedup_of_cut_batches": seconds[False] / seconds[True]}
+
+
+def _epoch_seconds(model: Any, forget: Any, retain: Any, cut: bool) -> float:
     model.train()
     started = time.perf_counter()
     for start in range(0, len(forget), 8):
         rows = list(range(start, min(start + 8, len(forget))))
         f, r = forget.subset(rows), retain.subset(rows)
+        if cut:
+            f, r = f.trimmed(), r.trimmed()
         loss = inverted_hinge_loss(model(input_ids=f.input_ids, attention_mask=f.attention_mask).logits, f.labels()) \
             + lm_loss(model(input_ids=r.input_ids, attention_mask=r.attention_mask).logits, r.labels())
         loss.backward()
         model.zero_grad(set_to_none=True)
     model.eval()
-    seconds = time.perf_counter() - started
-    return {"forget_rows": len(forget), "split_rows": len(whole), "seconds": seconds,
-            "epoch_seconds": seconds * len(whole) / len(forget)}
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

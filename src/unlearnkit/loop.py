@@ -297,8 +297,8 @@ def _train_epoch(session: _Session, setup: _SetUp, training: _Training, loop: Lo
     step_losses: dict[str, float] = {}
     for micro in session.progress.track(plan.micro_steps(training.generator), total=plan.steps,
                                         description=f"epoch {epoch}/{session.config.train.epochs}", unit="step"):
-        forget = plan.forget.subset(micro.forget_rows) if micro.forget_rows is not None else None
-        retain = (plan.retain.subset(micro.retain_rows)
+        forget = plan.forget.subset(micro.forget_rows).trimmed() if micro.forget_rows is not None else None
+        retain = (plan.retain.subset(micro.retain_rows).trimmed()
                   if plan.retain is not None and micro.retain_rows is not None else None)
         # the first step is counted (forward, backward, all processes alike); the others are scaled from it
         counted = (tally.count_sample("train", (forget.num_tokens if forget else 0) +

@@ -14,6 +14,10 @@ with replacement from the loop's generator, one draw per step, and dealt out the
 beyond its forget rows carry retain rows only, so a step's retain rows, like its forget rows, do not depend on
 how the step is split.
 
+The loop cuts each micro-step's rows to the longest of them (:meth:`TokenBlocks.trimmed`): a set of rows of unequal
+length (question-answer pairs, one record per line) is padded to its longest row, and a batch of shorter ones
+would otherwise pay for columns that change no real token's logits.
+
 A loss is a mean over items: tokens for the LM, GA and IHL terms, rows for NPO and SimNPO
 (:attr:`unlearnkit.methods.UnlearningMethod.unit`). With rows of unequal length (one record per line of a user's
 file), a per-micro-step mean would weight a token by how its rows fell on processes and micro-steps; so every

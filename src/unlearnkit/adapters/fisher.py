@@ -205,15 +205,14 @@ def empirical_fisher(
     device = next(iter(params.values())).device
     sums = {name: torch.zeros(p.shape, dtype=torch.float32, device=device) for name, p in params.items()}
     step = 1 if estimator == "per_sequence" else batch_size
-    labels_all = blocks.labels()
     total_tokens = 0
     with only_these_require_grad(model, params.values()):
         model.eval()
         for unit in processes.units(-(-len(blocks) // step)):
             start = unit * step
-            sl = slice(start, start + step)
-            loss, n = _sum_token_loss(model, blocks.input_ids[sl].to(device),
-                                      blocks.attention_mask[sl].to(device), labels_all[sl].to(device))
+            part = blocks.subset(list(range(start, min(start + step, len(blocks))))).trimmed()
+            loss, n = _sum_token_loss(model, part.input_ids.to(device), part.attention_mask.to(device),
+                                      part.labels().to(device))
             if n == 0:
                 continue  # a fully padded unit carries no information (and would divide by zero)
             # ∇(sum/n) = ḡ_u; accumulate n·ḡ_u² in fp32 and drop the grad at once.

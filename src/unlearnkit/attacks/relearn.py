@@ -55,7 +55,7 @@ def relearn(model: torch.nn.Module, rows: TokenBlocks, *, steps: int = 20, lr: f
     for _ in range(steps):
         if len(order) < batch_size:
             order += torch.randperm(len(rows), generator=generator).tolist()
-        batch = rows.subset(order[:batch_size])
+        batch = rows.subset(order[:batch_size]).trimmed()
         order = order[batch_size:]
         logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
         loss = lm_loss(logits, batch.labels().to(device))

@@ -62,6 +62,17 @@ class TokenBlocks:
             self.input_ids[index], self.attention_mask[index], self.name, ids, self.retokenized, loss_mask
         )
 
+    def trimmed(self) -> TokenBlocks:
+        """These rows without the padding columns all of them end with (a batch of short rows from a set padded
+        to its longest row). Padding is on the right and the models are causal, so no real token's logits
+        depend on those columns: only the cost does."""
+        length = int(self.attention_mask.sum(dim=1).max()) if len(self) else 0
+        if length >= self.seq_len:
+            return self
+        loss_mask = None if self.loss_mask is None else self.loss_mask[:, :length]
+        return TokenBlocks(self.input_ids[:, :length], self.attention_mask[:, :length], self.name, self.ids,
+                           self.retokenized, loss_mask)
+
     @classmethod
     def from_lists(cls, rows: list[list[int]], name: str, pad_id: int = 0,
                    ids: list[str] | None = None, seq_len: int | None = None) -> TokenBlocks:

@@ -46,7 +46,7 @@ def answer_nll_sums(model: torch.nn.Module, blocks: TokenBlocks, batch_size: int
     device = next(model.parameters()).device
     with eval_mode(model):
         for start in range(0, len(blocks), batch_size):
-            batch = trim_padding(blocks.subset(list(range(start, min(start + batch_size, len(blocks))))))
+            batch = blocks.subset(list(range(start, min(start + batch_size, len(blocks))))).trimmed()
             logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
             nll = token_nll(logits, batch.labels().to(device), dtype=torch.float64)
             sums.append(nll.sum(dim=1).cpu())
@@ -63,16 +63,6 @@ def answer_losses(model: torch.nn.Module, blocks: TokenBlocks, batch_size: int =
     """Per row, the mean NLL of its answer tokens (TOFU's ``avg_gt_loss``, float64)."""
     sums, counts = answer_nll_sums(model, blocks, batch_size)
     return sums / counts.clamp(min=1)
-
-
-def trim_padding(blocks: TokenBlocks) -> TokenBlocks:
-    """``blocks`` without the padding columns every row has (a batch padded to a longer set's length)."""
-    length = int(blocks.attention_mask.sum(dim=1).max()) if len(blocks) else 0
-    if length >= blocks.seq_len:
-        return blocks
-    loss_mask = None if blocks.loss_mask is None else blocks.loss_mask[:, :length]
-    return TokenBlocks(blocks.input_ids[:, :length], blocks.attention_mask[:, :length], blocks.name, blocks.ids,
-                       blocks.retokenized, loss_mask)
 
 
 def score_questions(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], *, role: str, template: str,
@@ -349,4 +339,4 @@ __all__ = ["BASE_ANSWER", "FIRST_ITEMS", "MIN_K", "TOFU_ROLES", "TOFU_SETS", "UT
            "answer_losses", "answer_probabilities", "extraction_strength", "forget_quality", "greedy_answers",
            "model_utility", "privacy_leak", "question_scores", "retain_model_reference", "rouge_l_recall",
            "score_questions", "set_summary", "teacher_forced_records", "tofu_evaluation", "tofu_rows",
-           "trim_padding", "with_answers"]
+           "with_answers"]

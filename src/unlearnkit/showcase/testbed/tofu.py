@@ -31,7 +31,7 @@ from unlearnkit.data.catalog import resolve_data_dir
 from unlearnkit.data.qa import author_rows, qa_blocks, read_qa_rows
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import atomic_write_json, staged_directory
-from unlearnkit.metrics.tofu import answer_probabilities, trim_padding
+from unlearnkit.metrics.tofu import answer_probabilities
 from unlearnkit.modeling import load_model
 from unlearnkit.objectives import lm_loss
 from unlearnkit.progress import Progress
@@ -166,7 +166,7 @@ def finetune_qa(model: Any, blocks: TokenBlocks, settings: TofuSettings, *, stat
         micro = list(torch.split(chosen, settings.micro_batch))
         losses = []
         for number, part in enumerate(micro):
-            batch = trim_padding(blocks.subset(part))
+            batch = blocks.subset(part).trimmed()
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             loss = lm_loss(logits, batch.labels())
             losses.append(loss.item())
