@@ -83,6 +83,25 @@ def test_ma_equals_explicit_prefix_loop(memorized, mixed_batch):
             assert ma[b].item() == pytest.approx(hits / (length - 1), abs=1e-12)
 
 
+def test_a_pass_in_batches_of_similar_length_gives_each_row_what_it_scores_alone(memorized, mixed_batch):
+    # rows of 32, 27, 32, 12, 32, 21 and 11 tokens, 3 to a batch: batched by length and each batch cut to its
+    # longest row, then put back in order; each row's MA and log-probabilities are those of the row by itself
+    from unlearnkit.metrics.memorization import teacher_forced_pass
+
+    model, _ = memorized
+    passed = teacher_forced_pass(model, mixed_batch.input_ids, mixed_batch.attention_mask, batch_size=3,
+                                 with_log_probs=True)
+    assert passed.log_probs is not None
+    with torch.no_grad():
+        for row, length in enumerate(mixed_batch.attention_mask.sum(1).tolist()):
+            x = mixed_batch.input_ids[row, :length]
+            logits = model(input_ids=x[None]).logits[0, :-1].double()
+            alone = torch.log_softmax(logits, dim=-1).gather(-1, x[1:, None])[:, 0]
+            torch.testing.assert_close(passed.log_probs[row], alone, rtol=0, atol=1e-5)
+            assert passed.ma[row].item() == pytest.approx(float((logits.argmax(-1) == x[1:]).double().mean()),
+                                                          abs=1e-12)
+
+
 def test_ma_restores_training_mode(memorized):
     model, seqs = memorized
     model.train()

@@ -92,7 +92,7 @@ def _decided_el(model: Any, blocks: TokenBlocks, ma: torch.Tensor, config: EvalC
     total = 0.0
     for start in range(0, len(order), group):
         rows = order[start:start + group]
-        part = blocks.subset(rows)
+        part = blocks.subset(rows).trimmed()  # EL_n of a row does not depend on the padding after it
         if config.el_method == "fast":
             el = extraction_likelihood(model, part.input_ids, n=config.el_n, attention_mask=part.attention_mask,
                                        batch_size=config.batch_size, scored_mask=part.loss_mask)

@@ -204,19 +204,38 @@ def teacher_forced_pass(model: torch.nn.Module, input_ids: torch.Tensor, attenti
                 f"Sequence {row} has {length} token(s); MA needs at least 2 tokens, so drop empty texts."
             )
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    batches: list[torch.Tensor] | None = [] if with_log_probs else None
-    with eval_mode(model):
-        preds, _ = _teacher_forced_argmax(model, input_ids, mask, batch_size, log_probs=batches)
+    preds, values = _length_sorted_argmax(model, input_ids, mask, lengths, batch_size, with_log_probs)
     counted = (mask if scored_mask is None else scored_mask)[:, 1:].cpu() > 0
     hits = (preds[:, :-1] == input_ids[:, 1:].cpu()) & counted
     if scored_mask is None:
         ma = hits.sum(dim=1).double() / torch.tensor(lengths, dtype=torch.float64).sub(1)
     else:
         ma = hits.sum(dim=1).double() / counted.sum(dim=1).clamp(min=1).double()
-    if batches is None:
+    if values is None:
         return TeacherForced(ma)
-    values = torch.cat(batches)
     return TeacherForced(ma, [values[row][counted[row]] for row in range(len(values))])
+
+
+def _length_sorted_argmax(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, lengths: list[int],
+                          batch_size: int, with_log_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_teacher_forced_argmax` over rows batched by length, each batch cut to its longest row (a set of
+    question-answer rows is padded to its longest, most rows far shorter), back in the rows' order: the argmax
+    per position (-1 on padding) and, with ``with_log_probs``, ``log p(x_t | x_<t)`` (0 on padding)."""
+    rows, width = input_ids.shape
+    preds = torch.full((rows, width), -1, dtype=torch.long)
+    values = torch.zeros(rows, max(width - 1, 0), dtype=torch.float64) if with_log_probs else None
+    order = sorted(range(rows), key=lambda row: lengths[row])
+    with eval_mode(model):
+        for start in range(0, rows, batch_size):
+            chosen = order[start:start + batch_size]
+            cut = max(lengths[row] for row in chosen)
+            batches: list[torch.Tensor] | None = [] if values is not None else None
+            found, _ = _teacher_forced_argmax(model, input_ids[chosen, :cut], mask[chosen, :cut], len(chosen),
+                                              log_probs=batches)
+            preds[chosen, :cut] = found
+            if values is not None and batches is not None:
+                values[chosen, :cut - 1] = batches[0]
+    return preds, values
 
 
 # ----------------------------------------------------------------------------------------------- EL_n
