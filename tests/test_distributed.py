@@ -146,7 +146,10 @@ def test_a_step_is_the_same_on_two_processes_with_accumulation_and_in_one_batch_
             worst = max(float((two[n] - w).abs().max() / w.abs().max()) for n, w in one.items())
             differences[f"{run}, 1 process x {batch} rows x accumulation {grad_accum}"] = worst
     print("\n".join(f"{name}: {value:.1e}" for name, value in differences.items()))
-    assert max(differences.values()) <= 1e-5, differences
+    # each batch is cut to its longest row, so the split changes the batches' widths, and GPT-Neo rounds its
+    # attention in float32 even in a float64 model, differently for each width; two epochs of Adam amplify that
+    # to about 2e-5 (GA and NPO with LoRA); a row counted twice or a wrong normaliser is off by percents
+    assert max(differences.values()) <= 1e-4, differences
 
 
 VARIANT_RUNS = ["ihl-lora-sam", "gd-none-meta", "ihl-none-mask"]
@@ -179,10 +182,7 @@ def test_sam_meta_unlearning_and_disruption_masking_take_each_micro_batch_alike_
         # and the variant changed the training: the comparison would pass if it were ignored on both sides
         assert max(float((plain[n] - w).abs().max() / w.abs().max()) for n, w in one.items()) > 1e-3, run
     print("\n".join(f"{name}: {value:.1e}" for name, value in differences.items()))
-    # each batch is cut to its longest row, so the split changes the batches' widths, and GPT-Neo rounds its
-    # attention in float32 even in a float64 model, differently for each width; two epochs of Adam amplify that
-    # to about 1e-5 (NPO with LoRA); a row counted twice or a wrong normaliser is off by percents
-    assert max(differences.values()) <= 1e-4, differences
+    assert max(differences.values()) <= 1e-5, differences
 
 
 def load_blocks_lengths(model_dir: Path, records: Path) -> list[int]:
