@@ -79,6 +79,18 @@ def test_testbed_build_rejects_unknown_size(monkeypatch: pytest.MonkeyPatch,
             in capsys.readouterr().err)
 
 
+def test_tofu_build_refuses_an_unknown_split_before_loading(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr("sys.argv", ["unlearnkit", "testbed", "build", "--size", "tofu-smollm2", "--tofu-split",
+                                     "forget20"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == EXIT_BAD_INPUT
+    assert 'Unknown --tofu-split "forget20"; choose one of: forget01, forget05, forget10.' in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("kind", ["testbed", "smollm2"])
 def test_configs_load_and_name_the_six_methods(kind: str) -> None:
     files = sorted((REPO / "configs" / kind).glob("*.yaml"))

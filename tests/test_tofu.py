@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -75,12 +76,32 @@ def test_tofu_source(data_dir):
     assert len(blocks) == 5 and blocks.loss_mask is not None
     assert blocks.ids[0].startswith("holdout01#")
     assert int(blocks.loss_mask.sum()) < blocks.num_tokens  # the questions are not scored
+    study = load_blocks(SourceConfig(source="tofu", split="retain_perturbed"), tokenizer, data_dir)
+    assert len(study) == 400  # the retain questions TOFU scores: a smaller study's retain rows
     with pytest.raises(ValueError, match="template"):
         SourceConfig(source="tofu", template="Q: {question}")
     with pytest.raises(ValueError, match="does not apply"):
         SourceConfig(source="tofu", path="x.txt")
     with pytest.raises(ValueError, match="split"):
         SourceConfig(source="tofu", split="forget20")
+
+
+@pytest.mark.parametrize("split", ["forget01", "forget10"])
+def test_a_smaller_study_keeps_whole_authors_and_the_questions_tofu_scores(data_dir, split):
+    full = _rows(data_dir, "full", 4000)
+    forget = {r["question"] for r in _rows(data_dir, split, 400)}
+    scored_retain = {r["question"] for r in _rows(data_dir, "retain_perturbed", 400)}
+    target = TofuSettings(authors=24, forget_split=split)
+    retain = TofuSettings(authors=24, forget_split=split, model="retain")
+    target_rows, retain_rows = target.training_rows(), retain.training_rows()
+    assert len(target_rows) == 24 * 20 and sorted(set(target_rows)) == target_rows
+    assert set(Counter(row // 20 for row in target_rows).values()) == {20}  # whole authors (20 rows each)
+    questions = {full[i]["question"] for i in target_rows}
+    assert forget <= questions  # the target knows the forget split's authors
+    assert {full[i]["question"] for i in retain_rows} == questions - forget  # the retain model never saw them
+    if len(forget) == 40:  # 22 other authors: the 20 the retain evaluation asks about come first
+        assert scored_retain <= questions - forget
+    assert TofuSettings(authors=10, forget_split="forget10").training_rows() == list(range(3800, 4000))
 
 
 def test_answer_probability_is_the_length_normalised_probability(data_dir):
@@ -384,6 +405,13 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     assert evaluated["forget_quality"] == pytest.approx(1.0)  # the model against itself: indistinguishable
     assert evaluated["privacy_leak"] == pytest.approx(0.0, abs=1e-6)
     assert len(evaluated["sets"]["world_facts"]["records"]) == 2 and "model utility" in (out / "eval.md").read_text()
+    # the retain model's own scores in the sweep's folder: a row of TOFU's table and a point of its figure
+    (tmp_path / "sweep" / "retain-model").mkdir()
+    (tmp_path / "sweep" / "retain-model" / "eval.json").write_bytes((out / "eval.json").read_bytes())
+    write_report(tmp_path / "sweep")
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text(encoding="utf-8")
+    utility = f"{evaluated['model_utility']:.3f}"
+    assert f"| retain model (never saw the forget authors) | | | | 1.000 | {utility} |" in report
 
 
 def test_el_of_question_answer_rows_scores_the_answers_prefixes_exactly():

@@ -232,8 +232,11 @@ def testbed_build(
                                                                   "--set model.name=...); progress goes to stderr")
                           ] = False,
     force: Annotated[bool, typer.Option("--force", help="rebuild even when cached")] = False,
-    authors: Annotated[int | None, typer.Option(help="tofu-smollm2: only the last N fictitious authors (quick "
-                                                     "looks, tests)", min=1, max=200)] = None,
+    authors: Annotated[int | None, typer.Option(help="tofu-smollm2: a study of N fictitious authors only, the "
+                                                     "forget split's and the first of full (quick looks, tests, "
+                                                     "a study that fits a CPU)", min=1, max=200)] = None,
+    tofu_split: Annotated[str, typer.Option(help="tofu-smollm2: the forget split the retain model leaves out "
+                                                 "(forget01 | forget05 | forget10)")] = "forget10",
     lr: Annotated[float | None, typer.Option(help="tofu-smollm2: the fine-tuning learning rate", min=0)] = None,
     tofu_model: Annotated[str, typer.Option(help="tofu-smollm2: target | retain | both")] = "both",
     quiet: Quiet = False,
@@ -241,8 +244,10 @@ def testbed_build(
     """Train (or reuse from the cache) a model that has memorised TDEC rows, and print where it is."""
     if size not in TESTBED_SIZES:
         raise UnlearnkitError(f'Unknown testbed size "{size}"; choose one of: {", ".join(TESTBED_SIZES)}.')
-    if (authors is not None or lr is not None or tofu_model != "both") and size != "tofu-smollm2":
-        raise UnlearnkitError("--authors, --lr and --tofu-model apply to --size tofu-smollm2 only; remove them.")
+    if (authors is not None or lr is not None or tofu_model != "both" or tofu_split != "forget10") \
+            and size != "tofu-smollm2":
+        raise UnlearnkitError("--authors, --lr, --tofu-model and --tofu-split apply to --size tofu-smollm2 only; "
+                              "remove them.")
     if tofu_model not in ("target", "retain", "both"):
         raise UnlearnkitError(f'Unknown --tofu-model "{tofu_model}"; choose target, retain or both.')
     from unlearnkit.progress import Progress
@@ -250,7 +255,7 @@ def testbed_build(
 
     progress = Progress(console=Console(emoji=False, stderr=print_path, quiet=quiet), quiet=quiet)
     if size == "tofu-smollm2":
-        _build_tofu(authors, lr, tofu_model, data_dir=data_dir, force=force, print_path=print_path,
+        _build_tofu(authors, lr, tofu_model, tofu_split, data_dir=data_dir, force=force, print_path=print_path,
                     progress=progress, quiet=quiet)
         return
     if size in SMOLLM2_SIZES:
@@ -277,13 +282,15 @@ def testbed_build(
     Console(emoji=False).print(f"Model in {directory / 'model'} (manifest.json beside it)")
 
 
-def _build_tofu(authors: int | None, lr: float | None, which: str, *, data_dir: Any, force: bool, print_path: bool,
-                progress: Any, quiet: bool) -> None:
+def _build_tofu(authors: int | None, lr: float | None, which: str, split: str, *, data_dir: Any, force: bool,
+                print_path: bool, progress: Any, quiet: bool) -> None:
     from dataclasses import replace
 
-    from unlearnkit.showcase.testbed.tofu import TofuSettings, build_tofu
+    from unlearnkit.showcase.testbed.tofu import FORGET_ROWS, TofuSettings, build_tofu
 
-    base = TofuSettings(authors=authors)
+    if split not in FORGET_ROWS:
+        raise UnlearnkitError(f'Unknown --tofu-split "{split}"; choose one of: {", ".join(FORGET_ROWS)}.')
+    base = TofuSettings(authors=authors, forget_split=split)
     base = base if lr is None else replace(base, lr=lr)
     models = ["target", "retain"] if which == "both" else [which]
     settings = [replace(base, model=model) for model in models]

@@ -22,7 +22,7 @@ JANG_DOMAINS = (
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
 TOFU_SPLITS = (
     "forget10", "forget05", "forget01", "retain90", "retain95", "retain99", "holdout10", "holdout05", "holdout01",
-    "full", "real_authors", "world_facts",
+    "full", "real_authors", "world_facts", "retain_perturbed",
 )
 # How a question and its answer become one text: TOFU's official prompt formats (its config/model_config.yaml)
 # and the tokenizer's own chat template; free text with {question} and {answer} is the fourth way.

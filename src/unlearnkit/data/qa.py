@@ -122,10 +122,15 @@ def qa_blocks(rows: list[dict[str, Any]], tokenizer: Any, *, template: str, name
     return TokenBlocks(blocks.input_ids, blocks.attention_mask, name, blocks.ids, loss_mask=loss_mask)
 
 
-def author_rows(total_rows: int, authors: int | None) -> list[int]:
-    """The rows of ``full`` that belong to its last ``authors`` fictitious authors (all rows for None): the forget
-    splits are ``full``'s last authors, so a smaller study keeps them whole."""
+def author_rows(total_rows: int, authors: int | None, forget_rows: int) -> list[int]:
+    """The rows of ``full`` in a study of ``authors`` fictitious authors (all rows for None): the forget split's
+    (``full``'s last ``forget_rows``, kept whole) and, for the rest, the first authors of ``full``, the ones whose
+    questions TOFU's retain evaluation (``retain_perturbed``, the first 400 rows) asks. A study no larger than the
+    forget split keeps its last authors."""
     if authors is None:
         return list(range(total_rows))
-    start = max(0, total_rows - authors * TOFU_AUTHOR_ROWS)
-    return list(range(start, total_rows))
+    wanted = authors * TOFU_AUTHOR_ROWS
+    if wanted <= forget_rows:
+        return list(range(total_rows - wanted, total_rows))
+    first = min(wanted - forget_rows, total_rows - forget_rows)
+    return list(range(first)) + list(range(total_rows - forget_rows, total_rows))

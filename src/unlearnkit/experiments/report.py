@@ -322,9 +322,10 @@ def _report_body(rows: Sequence[Row], results: Path, figure_dir: Path, link_pref
     if membership_rows(rows):  # runs judged by the indistinguishability rule (eval.rule: paper+mia)
         parts += ["", membership_markdown(rows)]
     if tofu_rows(rows):  # runs scored with TOFU (eval.tofu): its table and its figure
+        retain_model = retain_model_scores(results)
         parts += ["", "**TOFU** (after unlearning; docs/tofu.md says how each number is computed):", "",
-                  tofu_markdown(rows)]
-        figure, why = tofu_figure(rows, retain_model_scores(results))
+                  tofu_markdown(rows, retain_model)]
+        figure, why = tofu_figure(rows, retain_model)
         target = figure_dir / "tofu_utility_vs_forget_quality.png"
         if figure is None:
             parts += ["", f"The TOFU figure was not drawn: {why}."]

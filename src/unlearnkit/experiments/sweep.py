@@ -159,20 +159,23 @@ def _membership_fields(config: Any, metrics: Any) -> dict[str, Any]:
 SET_NUMBERS = ("prob", "rouge_l_recall", "truth_ratio", "extraction_strength")
 
 
+def tofu_numbers(found: dict[str, Any]) -> dict[str, Any]:
+    """TOFU's numbers of one scoring (a run's snapshot, or ``unlearnkit eval``'s eval.json) without the records:
+    the aggregates, and each set's under its role (``forget``, ``retain``, ...)."""
+    return {**{key: found.get(key) for key in ("forget_quality", "model_utility", "extraction_strength",
+                                               "min_k_auc", "privacy_leak") if key in found},
+            **{role: {k: v for k, v in each.items() if k in SET_NUMBERS} for role, each in found["sets"].items()}}
+
+
 def _tofu_fields(metrics: Any) -> dict[str, Any]:
     """TOFU's numbers of a run scored with ``eval.tofu``: before, after and along the epochs (no records)."""
     after = (metrics.after.model_extra or {}).get("tofu")
     if after is None:
         return {}
-
-    def numbers(found: dict[str, Any]) -> dict[str, Any]:
-        return {**{key: found.get(key) for key in ("forget_quality", "model_utility", "extraction_strength",
-                                                   "min_k_auc", "privacy_leak") if key in found},
-                **{role: {k: v for k, v in each.items() if k in SET_NUMBERS} for role, each in found["sets"].items()}}
-
     before = (metrics.before.model_extra or {}).get("tofu")
-    return {"tofu": {"after": numbers(after), "before": numbers(before) if before else None,
-                     "epochs": [{"epoch": e["epoch"], **numbers(e["tofu"])} for e in metrics.epochs if "tofu" in e]}}
+    return {"tofu": {"after": tofu_numbers(after), "before": tofu_numbers(before) if before else None,
+                     "epochs": [{"epoch": e["epoch"], **tofu_numbers(e["tofu"])} for e in metrics.epochs
+                                if "tofu" in e]}}
 
 
 def _point_config(point: SweepPoint) -> Any:

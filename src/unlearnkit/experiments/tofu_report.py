@@ -16,6 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from unlearnkit.experiments.figures import done_rows, ordered_labels, row_label
+from unlearnkit.experiments.sweep import tofu_numbers
 
 Row = dict[str, Any]
 RETAIN_MODEL_EVAL = Path("retain-model") / "eval.json"
@@ -34,8 +35,9 @@ def tofu_rows(rows: Sequence[Row]) -> list[Row]:
     return [row for row in done_rows(rows) if row.get("tofu")]
 
 
-def tofu_markdown(rows: Sequence[Row]) -> str:
-    """TOFU's table: per run its numbers after unlearning, the target's first."""
+def tofu_markdown(rows: Sequence[Row], retain_model: Row | None = None) -> str:
+    """TOFU's table: per run its numbers after unlearning, the target's first and the retain model's (its
+    :func:`retain_model_scores`, where given) second."""
     runs = sorted(tofu_rows(rows), key=lambda row: ordered_labels([row_label(r) for r in tofu_rows(rows)])
                   .index(row_label(row)))
     header = ("| method | epochs | params (%) | FLOPs | forget quality ↑ | model utility ↑ | forget truth ratio | "
@@ -44,6 +46,9 @@ def tofu_markdown(rows: Sequence[Row]) -> str:
     target = next((row["tofu"]["before"] for row in runs if row["tofu"].get("before")), None)
     if target is not None:
         lines.append("| target (before unlearning) | 0 | | | " + " | ".join(_numbers(target)) + " |")
+    if retain_model is not None:
+        lines.append("| retain model (never saw the forget authors) | | | | " + " | ".join(_numbers(retain_model))
+                     + " |")
     for row in runs:
         flops = (row.get("flops") or {}).get("total")
         params = row.get("params_pct")
@@ -70,7 +75,7 @@ def retain_model_scores(results: Path) -> Row | None:
         found: Row = json.loads((results / RETAIN_MODEL_EVAL).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return found
+    return tofu_numbers(found)
 
 
 def tofu_figure(rows: Sequence[Row], retain_model: Row | None = None) -> tuple[Figure | None, str | None]:

@@ -50,7 +50,7 @@ class TofuSettings:
 
     model: str = "target"  # target: every author of the study; retain: all but forget_split's
     forget_split: str = "forget10"
-    authors: int | None = None  # the last N authors of full only (keeps the forget split's authors whole)
+    authors: int | None = None  # a study of N authors only: the forget split's and full's first (data.qa.author_rows)
     template: str = "phi"
     lr: float = 3e-4  # chosen by measurement: docs/tofu.md (docs/results/tofu/target-lr.json)
     epochs: int = 5
@@ -66,13 +66,15 @@ class TofuSettings:
         settings = asdict(self)
         for unkeyed in ("name", "checkpoint_every", "micro_batch"):  # how it is computed, not what
             settings.pop(unkeyed)
-        text = json.dumps({"version": 1, "base": "smollm2", **settings}, sort_keys=True)
+        # version 2: a study larger than the forget split took full's last authors before, its first ones now
+        mixed = self.authors is not None and self.authors * 20 > FORGET_ROWS[self.forget_split]
+        text = json.dumps({"version": 2 if mixed else 1, "base": "smollm2", **settings}, sort_keys=True)
         authors = "" if self.authors is None else f"-a{self.authors}"
         return f"{self.name}{authors}-{self.model}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
     def training_rows(self) -> list[int]:
         """Rows of ``full`` this model trains on."""
-        rows = author_rows(4000, self.authors)
+        rows = author_rows(4000, self.authors, FORGET_ROWS[self.forget_split])
         if self.model == "retain":
             first_forget = 4000 - FORGET_ROWS[self.forget_split]
             rows = [row for row in rows if row < first_forget]
@@ -134,9 +136,10 @@ def build_tofu(settings: TofuSettings, *, data_dir: str | Path | None = None, qu
 
 
 def _point_latest(settings: TofuSettings, directory: Path) -> None:
-    """``testbed/tofu-smollm2-target`` (``-retain``): the fixed path configs/tofu/ name, for the whole study."""
-    if settings.authors is None:
-        point_latest(directory, f"{settings.name}-{settings.model}")
+    """``testbed/tofu-smollm2-target`` (``-retain``) for the whole study, ``tofu-smollm2-a22-forget01-target``
+    for a smaller one: the fixed paths configs/tofu/ name."""
+    study = "" if settings.authors is None else f"-a{settings.authors}-{settings.forget_split}"
+    point_latest(directory, f"{settings.name}{study}-{settings.model}")
 
 
 def finetune_qa(model: Any, blocks: TokenBlocks, settings: TofuSettings, *, state_dir: Path,
@@ -196,7 +199,7 @@ def _probe_sets(settings: TofuSettings, data_dir: Path, tokenizer: Any, pad: int
     forget_rows = FORGET_ROWS[settings.forget_split]
     holdout = "holdout" + settings.forget_split.removeprefix("forget")
     full = read_qa_rows(data_dir, "full")
-    study = author_rows(4000, settings.authors)
+    study = author_rows(4000, settings.authors, forget_rows)
     retain_rows = [row for row in study if row < 4000 - forget_rows][:PROBE_ROWS]
     sets = {
         settings.forget_split: [full[i] for i in study if i >= 4000 - forget_rows][:PROBE_ROWS],
