@@ -412,6 +412,18 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     report = (tmp_path / "sweep" / "report" / "report.md").read_text(encoding="utf-8")
     utility = f"{evaluated['model_utility']:.3f}"
     assert f"| retain model (never saw the forget authors) | | | | 1.000 | {utility} |" in report
+    # a page section keeps the retain model's numbers (not its answers) and regenerates from its own folder
+    from unlearnkit.experiments.report import update_page
+
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text("<!-- report:tofu -->\n<!-- /report:tofu -->\n", encoding="utf-8")
+    update_page(page, "tofu", tmp_path / "sweep")
+    kept = json.loads((tmp_path / "docs" / "results" / "tofu" / "retain-model" / "eval.json").read_text())
+    assert kept["model_utility"] == evaluated["model_utility"] and "records" not in kept["sets"]["forget"]
+    first = page.read_text(encoding="utf-8")
+    update_page(page, "tofu", tmp_path / "docs" / "results" / "tofu")
+    assert page.read_text(encoding="utf-8") == first and "| retain model (never saw" in first
 
 
 def test_el_of_question_answer_rows_scores_the_answers_prefixes_exactly():

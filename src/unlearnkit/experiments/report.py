@@ -34,7 +34,9 @@ from unlearnkit.experiments.figures import (
 from unlearnkit.experiments.robust_report import membership_markdown, membership_rows
 from unlearnkit.experiments.tofu_report import (
     CAPTION,
+    RETAIN_MODEL_EVAL,
     TITLE,
+    retain_model_aggregates,
     retain_model_scores,
     tofu_figure,
     tofu_markdown,
@@ -197,6 +199,9 @@ def update_page(page: Path, section: str, results_dir: Path, select: str | None 
         source = Path(results_dir) / name
         if source.is_file() and source.resolve() != (figure_dir / name).resolve():
             atomic_write_text(figure_dir / name, source.read_text(encoding="utf-8"))
+    retain_model = retain_model_aggregates(Path(results_dir))  # TOFU's retain model: its numbers, not its answers
+    if retain_model is not None:
+        atomic_write_text(figure_dir / RETAIN_MODEL_EVAL, retain_model)
     replace_section(page, section, body, text)
 
 

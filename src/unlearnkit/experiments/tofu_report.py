@@ -69,13 +69,28 @@ def _numbers(found: Row) -> list[str]:
 
 
 def retain_model_scores(results: Path) -> Row | None:
-    """The retain model's own TOFU scores, where the sweep's folder holds them: ``retain-model/eval.json``, as
+    """The retain model's own TOFU numbers, where the sweep's folder holds them: ``retain-model/eval.json``, as
     ``unlearnkit eval RETAIN --suite tofu --retain-model RETAIN --output <sweep>/retain-model`` writes it."""
+    found = _retain_model_eval(results)
+    return None if found is None else tofu_numbers(found)
+
+
+def retain_model_aggregates(results: Path) -> str | None:
+    """That eval.json without its per-question records (a page's results folder keeps it, small, so the section
+    regenerates from the repository alone); None where there is none."""
+    found = _retain_model_eval(results)
+    if found is None:
+        return None
+    sets = {role: {k: v for k, v in each.items() if k != "records"} for role, each in found["sets"].items()}
+    return json.dumps({**found, "sets": sets}, indent=1, sort_keys=True) + "\n"
+
+
+def _retain_model_eval(results: Path) -> Row | None:
     try:
         found: Row = json.loads((results / RETAIN_MODEL_EVAL).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return tofu_numbers(found)
+    return found
 
 
 def tofu_figure(rows: Sequence[Row], retain_model: Row | None = None) -> tuple[Figure | None, str | None]:
