@@ -152,6 +152,19 @@ def test_a_method_with_one_configuration_keeps_the_papers_name_and_a_rank_sweep_
         f"{label} r{rank}" for label in PAPER_LABELS[2:] for rank in (4, 8))]
 
 
+def test_runs_stopped_by_different_rules_get_their_own_rows_the_papers_first(rows):
+    one = [row for row in rows if row["adapter"] == "none" or (row["rank"], row["modules"]) == (8, ["q", "v", "ffn"])]
+    ga = [row for row in one if row["method"] == "ga"]
+    ihl = [row for row in one if (row["method"], row["adapter"]) == ("ihl", "flora")]
+    mia = [{**row, "rule": "paper+mia", "name": row["name"] + "-mia", "el10": 0.5} for row in ihl]
+    labels = [entry["method"] for entry in table1_rows([*mia, *ihl, *ga])]
+    assert labels == ["Before", "GA", "FLoRA+IHL rule=paper", "FLoRA+IHL rule=paper+mia"]
+    mia_row = next(e for e in table1_rows([*mia, *ihl]) if e["method"] == "FLoRA+IHL rule=paper+mia")
+    won = [row for row in mia if row["success"]]
+    assert mia_row["el10_pct_mean"] == pytest.approx(50.0) and mia_row["success"] == f"{len(won)}/{len(mia)}"
+    assert [e["method"] for e in table1_rows(mia)] == ["Before", "FLoRA+IHL"]  # one rule: the method's name
+
+
 @pytest.mark.parametrize("label", ["GD", "LoRA r8 Q,V", "FLoRA+IHL r8 Q,V,FFN"])
 @pytest.mark.parametrize(("key", "field", "scale", "decimals"), [
     ("el10_pct", "el10", 100.0, 1), ("ma_pct", "ma", 100.0, 1), ("reasoning_acc_pct", "reasoning_acc", 100.0, 1),

@@ -160,8 +160,8 @@ def table1_markdown(rows: Sequence[Row], table: Sequence[Row] | None = None) -> 
     headers = ["Model", "Method", *(c.header for c in COLUMNS), "Success"]
     caption = _caption(rows)
     if any(" " in str(entry["method"]) for entry in table):
-        caption += (" A method whose runs differ in LoRA rank or adapted modules has a row per configuration (rN: "
-                    "rank N).")
+        caption += (" A method whose runs differ in LoRA rank, adapted modules, options or stopping rule has a row "
+                    "per configuration (rN: rank N).")
     lines = [caption, "", "| " + " | ".join(headers) + " |",
              "|" + "|".join([":---", ":---", *("---:" for _ in COLUMNS), "---:"]) + "|"]
     for entry in table:
@@ -242,8 +242,9 @@ def marked_page(page: Path, section: str) -> str:
 
 
 def _variant_labels(runs: Sequence[Row]) -> dict[int, str]:
-    """Each run's Table 1 row label: its method (:func:`row_label`), with the LoRA rank and the adapted modules
-    added where the method's runs differ in them (a rank or module sweep), e.g. "FLoRA+IHL r4 Q,V"."""
+    """Each run's Table 1 row label: its method (:func:`row_label`), with the LoRA rank, the adapted modules, the
+    method's options and the stopping rule added where the method's runs differ in them (a rank or module sweep,
+    the two rules of eval.rule), e.g. "FLoRA+IHL r4 Q,V" or "FLoRA+IHL rule=paper+mia"."""
     by_method: dict[str, list[Row]] = {}
     for row in runs:
         by_method.setdefault(row_label(row), []).append(row)
@@ -252,6 +253,7 @@ def _variant_labels(runs: Sequence[Row]) -> dict[int, str]:
         ranks = {row.get("rank") for row in group}
         module_sets = {modules_label(row.get("modules")) for row in group}
         options = {json.dumps(row.get("method_options") or {}, sort_keys=True) for row in group}
+        rules = {row.get("rule") or "paper" for row in group}
         for row in group:
             parts = [label]
             if len(ranks) > 1 and row.get("rank") is not None:
@@ -260,20 +262,24 @@ def _variant_labels(runs: Sequence[Row]) -> dict[int, str]:
                 parts.append(str(modules_label(row["modules"])))
             if len(options) > 1 and row.get("method_options"):  # e.g. level_from=current
                 parts.append(",".join(f"{k}={v}" for k, v in sorted(row["method_options"].items())))
+            if len(rules) > 1:  # runs stopped by different rules are not averaged together
+                parts.append(f"rule={row.get('rule') or 'paper'}")
             labels[id(row)] = " ".join(parts)
     return labels
 
 
 def _ordered_variants(labels: Iterable[str]) -> list[str]:
-    """Methods in the paper's order (:func:`ordered_labels`); a method's variants by rank, then module set."""
+    """Methods in the paper's order (:func:`ordered_labels`); a method's variants by stopping rule (the paper's
+    first), then rank, then module set."""
     unique = set(labels)
     methods = ordered_labels(label.split(" ")[0] for label in unique)
 
-    def variant_key(label: str) -> tuple[int, int, int, str]:
+    def variant_key(label: str) -> tuple[int, str, int, int, str]:
         parts = label.split(" ")[1:]
+        rule = next((p for p in parts if p.startswith("rule=")), "")
         rank = next((int(p[1:]) for p in parts if re.fullmatch(r"r\d+", p)), 0)
-        modules = next((p for p in parts if not re.fullmatch(r"r\d+", p)), "")
-        return (methods.index(label.split(" ")[0]), rank, len(modules.split(",")) if modules else 0, modules)
+        modules = next((p for p in parts if not re.fullmatch(r"r\d+", p) and p != rule), "")
+        return (methods.index(label.split(" ")[0]), rule, rank, len(modules.split(",")) if modules else 0, modules)
 
     return sorted(unique, key=variant_key)
 
