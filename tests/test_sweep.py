@@ -160,6 +160,23 @@ def test_a_sweep_resumes_its_interrupted_point_skips_finished_ones_and_records_f
     csv_lines = (tmp_path / "sweep" / RESULTS_CSV).read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("name,status,model,method")
 
+    # another machine that kept nothing: the records without weights put back (docs/experiments.md) are skipped,
+    # and their rows come back the same
+    import shutil
+
+    from unlearnkit.experiments.sweep import collect_results
+
+    for point in ("modules-qv__lr-0.05", "modules-qv__lr-0.1"):
+        shutil.copytree(tmp_path / "sweep" / point, tmp_path / "records" / point,
+                        ignore=shutil.ignore_patterns("model", "adapter"))
+    elsewhere = load_sweep(_write(tmp_path / "elsewhere.yaml", {
+        **yaml.safe_load(file.read_text()), "output": str(tmp_path / "records")}))
+    outcome = run_sweep(elsewhere, elsewhere.points[:2])
+    assert outcome.skipped == ["modules-qv__lr-0.05", "modules-qv__lr-0.1"] and not outcome.ran
+    kept = collect_results(elsewhere)
+    assert [{k: v for k, v in r.items() if k != "output_dir"} for r in kept] == [
+        {k: v for k, v in r.items() if k != "output_dir"} for r in rows[:2]]
+
 
 @pytest.mark.parametrize("file", sorted(REPO.glob("configs/*/sweeps/*.yaml")), ids=lambda p: f"{p.parent.parent.name}/"
                          f"{p.name}")
