@@ -168,6 +168,15 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
                     "never saw) {:.3f} → {:.3f}".format(*(record("docs/results/testbeds/tofu-smollm2-target.json")[
                         "answer_probability"][when][part] for part in ("forget10", "retain", "holdout10")
                         for when in ("before", "after")))),
+    **{f"TOFU 22 authors, {model}": ("docs/tofu.md", lambda model=model: "| {} | {:.3f} → {:.3f} | {:.3f} → {:.3f} | "
+                                     "{:.3f} → {:.3f} |".format(
+        "target" if model == "target" else "retain model",
+        *(record(f"docs/results/testbeds/tofu-smollm2-a22-forget01-{model}.json")["answer_probability"][when][part]
+          for part in ("forget01", "retain", "holdout01") for when in ("before", "after")))) for model in
+       ("target", "retain")},
+    "TOFU 22 authors, build time": ("docs/tofu.md", lambda: "in {:.0f} s and {:.0f} s".format(*(
+        record(f"docs/results/testbeds/tofu-smollm2-a22-forget01-{model}.json")["seconds"]
+        for model in ("target", "retain")))),
     # docs/testbeds.md: the committed manifests
     "tiny testbed parameters": ("docs/testbeds.md", lambda: f"{record(TINY)['parameters']:,} parameters"),
     "tiny testbed pool MA": ("docs/testbeds.md", lambda: f"pool MA {record(TINY)['measured']['pool']['ma']:.3f}"),
