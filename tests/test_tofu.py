@@ -395,6 +395,8 @@ def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2
     write_report(tmp_path / "sweep")
     report = (tmp_path / "sweep" / "report" / "report.md").read_text(encoding="utf-8")
     assert "| target (before unlearning) | 0 | | | 1.000 |" in report and "| LoRA | 1 |" in report
+    lora_line = next(line for line in report.splitlines() if line.startswith("| LoRA | 1 |"))
+    assert lora_line.endswith(f"| {100 * row['el10']:.1f} | {100 * row['ma']:.1f} |")  # the paper's own, on answers
     assert (tmp_path / "sweep" / "report" / "tofu_utility_vs_forget_quality.png").stat().st_size > 1000
 
     out = tmp_path / "eval"

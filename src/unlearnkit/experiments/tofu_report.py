@@ -15,7 +15,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from unlearnkit.experiments.figures import done_rows, ordered_labels, row_label
+from unlearnkit.experiments.figures import done_rows, finite_value, ordered_labels, row_label
 from unlearnkit.experiments.sweep import tofu_numbers
 
 Row = dict[str, Any]
@@ -41,21 +41,28 @@ def tofu_markdown(rows: Sequence[Row], retain_model: Row | None = None) -> str:
     runs = sorted(tofu_rows(rows), key=lambda row: ordered_labels([row_label(r) for r in tofu_rows(rows)])
                   .index(row_label(row)))
     header = ("| method | epochs | params (%) | FLOPs | forget quality ↑ | model utility ↑ | forget truth ratio | "
-              "forget ROUGE-L | forget prob. | retain ROUGE-L | forget extraction strength | privacy leak |")
-    lines = [header, "|" + "|".join(["---"] + ["---:"] * 11) + "|"]
-    target = next((row["tofu"]["before"] for row in runs if row["tofu"].get("before")), None)
+              "forget ROUGE-L | forget prob. | retain ROUGE-L | forget extraction strength | privacy leak | "
+              "answers' EL10 (%) | answers' MA (%) |")
+    lines = [header, "|" + "|".join(["---"] + ["---:"] * 13) + "|"]
+    target = next((row for row in runs if row["tofu"].get("before")), None)
     if target is not None:
-        lines.append("| target (before unlearning) | 0 | | | " + " | ".join(_numbers(target)) + " |")
+        lines.append("| target (before unlearning) | 0 | | | " + " | ".join(
+            _numbers(target["tofu"]["before"]) + _percents(target, "el10_before", "ma_before")) + " |")
     if retain_model is not None:
-        lines.append("| retain model (never saw the forget authors) | | | | " + " | ".join(_numbers(retain_model))
-                     + " |")
+        lines.append("| retain model (never saw the forget authors) | | | | " + " | ".join(
+            _numbers(retain_model) + ["—", "—"]) + " |")
     for row in runs:
         flops = (row.get("flops") or {}).get("total")
         params = row.get("params_pct")
         lines.append(f"| {row_label(row)} | {row.get('epochs', '')} | "
                      f"{'' if params is None else f'{params:.2f}'} | {'' if not flops else f'{flops:.2e}'} | "
-                     + " | ".join(_numbers(row["tofu"]["after"])) + " |")
+                     + " | ".join(_numbers(row["tofu"]["after"]) + _percents(row, "el10", "ma")) + " |")
     return "\n".join(lines)
+
+
+def _percents(row: Row, *fields: str) -> list[str]:
+    """The paper's own EL10 and MA of the forget answers (the run's criterion), as percentages."""
+    return ["—" if (value := finite_value(row, field)) is None else f"{100 * value:.1f}" for field in fields]
 
 
 def _numbers(found: Row) -> list[str]:
