@@ -89,6 +89,14 @@ def _robust_smollm2(method: str) -> dict[str, Any]:
     return record(f"docs/results/robust-smollm2/epochs/forget-set0__rule-paper__method-{method}.json")
 
 
+def _tofu_a22(method: str) -> dict[str, Any]:
+    return next(r for r in record("docs/results/tofu-smollm2-a22/results.jsonl") if r["name"] == f"method-{method}")
+
+
+def _tofu_a22_after(*methods: str, part: str = "forget_quality", of: str | None = None) -> list[float]:
+    return [(_tofu_a22(m)["tofu"]["after"][of][part] if of else _tofu_a22(m)["tofu"]["after"][part]) for m in methods]
+
+
 def _sam_rise() -> str:
     moved = [e for e in _robust_smollm2("flora-ihl-sam")["epochs"] if e.get("forget_loss_moved") is not None]
     rise = [e["forget_loss_moved"] - e["forget_loss"] for e in moved]
@@ -177,6 +185,34 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "TOFU 22 authors, build time": ("docs/tofu.md", lambda: "in {:.0f} s and {:.0f} s".format(*(
         record(f"docs/results/testbeds/tofu-smollm2-a22-forget01-{model}.json")["seconds"]
         for model in ("target", "retain")))),
+    "TOFU 22 authors, target": ("docs/results.md", lambda: "(forget answer probability {:.3f}; the retain model, "
+                                "which never saw them, {:.3f}), and the KS test tells its truth ratios from the "
+                                "retain model's: forget quality {:.3f}".format(
+        _tofu_a22("ga")["tofu"]["before"]["forget"]["prob"],
+        record("docs/results/tofu-smollm2-a22/retain-model/eval.json")["sets"]["forget"]["prob"],
+        _tofu_a22("ga")["tofu"]["before"]["forget_quality"])),
+    "TOFU 22 authors, full fine-tuning": ("docs/results.md", lambda: (
+        "forget qualities of {:.3f}, {:.3f} and {:.3f}".format(*_tofu_a22_after("ga", "gd", "npo"))
+        + " in the official 5 epochs, and the answers' probability falls to about the retain model's; they pay on "
+        "the retain authors' answers (ROUGE-L {:.3f}, {:.3f} and {:.3f} against the target's {:.3f})".format(
+            *_tofu_a22_after("ga", "gd", "npo", part="rouge_l_recall", of="retain"),
+            _tofu_a22("ga")["tofu"]["before"]["retain"]["rouge_l_recall"]))),
+    "TOFU 22 authors, LoRA + IHL": ("docs/results.md", lambda: "forget quality stays at {:.3f} and the privacy leak "
+                                    "at {:.0f}".format(*_tofu_a22_after("lora-ihl"),
+                                                       *_tofu_a22_after("lora-ihl", part="privacy_leak")).replace(
+                                                           "-", "−")),
+    "TOFU 22 authors, FLoRA (GD)": ("docs/results.md", lambda: "(0.152 on this fine-tuned target, so a small "
+                                    "absolute rise), and the run was restored to its state after epoch 2: forget "
+                                    "quality {:.3f}, retain ROUGE-L {:.3f}".format(
+        *_tofu_a22_after("flora-gd"), *_tofu_a22_after("flora-gd", part="rouge_l_recall", of="retain"))),
+    "TOFU 22 authors, utility": ("docs/results.md", lambda: "real authors' ROUGE-L, {:.3f} on the target (a 135M "
+                                 "model answers few questions about real authors), which GD brings to {:.3f}: that "
+                                 "alone puts GD's utility ({:.3f}) below GA's ({:.3f})".format(
+        _tofu_a22("ga")["tofu"]["before"]["real_authors"]["rouge_l_recall"],
+        *_tofu_a22_after("gd", part="rouge_l_recall", of="real_authors"), *_tofu_a22_after("gd", "ga",
+                                                                                            part="model_utility"))),
+    "TOFU 22 authors, criterion": ("docs/results.md", lambda: "holdout01's level, {:.1f} %".format(
+        100 * _tofu_a22("ga")["threshold_ma"])),
     # docs/testbeds.md: the committed manifests
     "tiny testbed parameters": ("docs/testbeds.md", lambda: f"{record(TINY)['parameters']:,} parameters"),
     "tiny testbed pool MA": ("docs/testbeds.md", lambda: f"pool MA {record(TINY)['measured']['pool']['ma']:.3f}"),
