@@ -95,11 +95,18 @@ def test_each_method_unlearns_and_outputs_reload(memorized_model_dir, tmp_path, 
             assert not (out / "adapter").exists()
 
 
-def test_without_early_stopping_runs_all_epochs_and_says_so(memorized_model_dir, tmp_path):
-    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 1e-6, ["train.epochs=2"])
+@pytest.mark.parametrize(("early_stop", "says"), [
+    (True, "forgetting criterion NOT met within 2 epochs"),
+    # a fixed number of epochs (TOFU's protocol): the criterion was only recorded, and the reason says so
+    (False, "all 2 epochs ran (eval.early_stop off: the forgetting criterion is recorded, not used to stop); it "
+            "was NOT met after any epoch")])
+def test_a_run_that_used_all_its_epochs_says_why(memorized_model_dir, tmp_path, early_stop, says):
+    config = _config(memorized_model_dir, tmp_path / "run", "ihl", "lora", 1e-6,
+                     ["train.epochs=2", f"eval.early_stop={str(early_stop).lower()}"])
     result = run_unlearning(config, quiet=True)
     assert not result.state.criterion_met and len(result.state.history) == 2
-    assert "NOT met within 2 epochs" in render_report(result)
+    assert result.state.stop_reason.startswith(says)
+    assert says in render_report(result)
 
 
 def test_warmup_raises_the_learning_rate_linearly_over_updates(memorized_model_dir, tmp_path):
