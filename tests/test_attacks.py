@@ -130,6 +130,19 @@ def test_the_attack_command_on_a_run_directory_reports_every_attack_with_its_rec
     rerun = json.loads((tmp_path / "again" / "attack.json").read_text())
     assert [(row["attack"], row["ma"], row["el"]) for row in rerun["rows"]] == [
         (row["attack"], row["ma"], row["el"]) for row in report["rows"]]
+    # --no-el: the same attacks and MA, no EL anywhere but the run's own scores before unlearning (even where
+    # the score cache knew a copy's EL), so no EL recovery either
+    cheap = run_cli("attack", str(ihl_lora_run), "--relearn-steps", "5", "--relearn-lr", "1e-3", "--quant",
+                    "int4-g32-asym", "--no-el", "--output", str(tmp_path / "no-el"), "-q")
+    assert cheap.returncode == 0, cheap.stderr[-2000:]
+    without = json.loads((tmp_path / "no-el" / "attack.json").read_text())
+    assert without["plan"]["score_el"] is False and report["plan"]["score_el"] is True
+    assert [(r["attack"], r["rows"], r["ma"]) for r in without["rows"]] == [
+        (r["attack"], r["rows"], r["ma"]) for r in report["rows"]]
+    for found in without["rows"]:
+        assert (found["el"] is None) == (found["attack"] != "before unlearning")
+        assert found.get("recovery", {}).get("el") is None and found.get("specific_recovery", {}).get("el") is None
+    assert without["rows"][5]["specific_recovery"]["ma"] == pytest.approx(report["rows"][5]["specific_recovery"]["ma"])
 
 
 @pytest.mark.integration

@@ -50,6 +50,7 @@ class AttackPlan:
     unrelated_steps: int = 20  # fine-tuning on unrelated text (the run's retain set), Łucki et al. 2024 (0: none)
     quantisations: tuple[QuantSpec, ...] = (QuantSpec(8, 128, True), QuantSpec(4, 128, True), QuantSpec(4, 32, False))
     seed: int = 0
+    score_el: bool = True  # False: MA, extraction and membership inference only (EL_n is an attack's dearest score)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
 
     Each fine-tuning attack is measured on forget rows it never trained on and, as its control, on the held-out
     rows: its ``specific_recovery`` is what came back on the forget rows beyond what held-out text gained."""
-    attacks = _Attacks(model, tokenizer, holdout, eval_config, progress)
+    attacks = _Attacks(model, tokenizer, holdout, eval_config, progress, plan.score_el)
     everything = list(range(len(forget)))
     original_all = ({**before.on(everything), "extraction": before.extraction} if before is not None else None)
     if original_all is not None:
@@ -117,8 +118,9 @@ class _Attacks:
     """One attack run's shared state: the result it fills, how a copy is measured, and the control."""
 
     def __init__(self, model: Any, tokenizer: Any, holdout: TokenBlocks, eval_config: EvalConfig,
-                 progress: Progress) -> None:
+                 progress: Progress, score_el: bool = True) -> None:
         self.model, self.tokenizer, self.holdout, self.progress = model, tokenizer, holdout, progress
+        self.score_el = score_el
         self.config = eval_config.model_copy(update={"audit": True, "downstream": None})
         self.result = AttackResult()
         self.held_out_unlearned: dict[str, Any] = {}
@@ -130,8 +132,14 @@ class _Attacks:
         known = {**self.held_out, "forget": forget_scores} if forget_scores is not None else self.held_out
         snapshot = evaluation_snapshot(candidate, RunData(forget=blocks, validation=self.holdout), self.config,
                                        self.progress, label=label, tokenizer=self.tokenizer, known=known,
-                                       cache=ScoreCache.of(candidate, self.config))
-        return {**summarise(snapshot), "forget_scores": snapshot["forget"]}
+                                       cache=ScoreCache.of(candidate, self.config),
+                                       el_roles=("forget",) if self.score_el else ())
+        scores = {**summarise(snapshot), "forget_scores": self._el_kept(snapshot["forget"])}
+        return {**scores, "el": scores["forget_scores"]["el"]}
+
+    def _el_kept(self, scores: dict[str, Any]) -> dict[str, Any]:
+        # without EL, none at all: a copy the score cache knew would otherwise fill some cells of the table only
+        return scores if self.score_el else {**scores, "el": None, "el_per_sequence": None}
 
     def add(self, attack: str, rows: str, scores: dict[str, Any], unlearned: dict[str, Any] | None,
             original: dict[str, Any] | None) -> dict[str, Any]:
@@ -144,8 +152,9 @@ class _Attacks:
 
     def control(self, candidate: Any, attack: str) -> dict[str, Any]:
         """The held-out rows under ``candidate``: text never memorised, so what rises there was not the rows."""
-        scores = cached_memorization(candidate, self.holdout, self.config, self.progress, f"held-out rows, {attack}",
-                                     ScoreCache.of(candidate, self.config))
+        scores = self._el_kept(cached_memorization(candidate, self.holdout, self.config, self.progress,
+                                                   f"held-out rows, {attack}", ScoreCache.of(candidate, self.config),
+                                                   with_el=self.score_el))
         self.result.rows.append({"attack": attack, "rows": HELD_OUT_ROWS, "ma": scores["ma"], "el": scores["el"],
                                  "sequences": len(self.holdout)})
         return scores

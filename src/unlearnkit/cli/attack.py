@@ -48,6 +48,10 @@ def attack(
                                                       "folder per run, runs already attacked there skipped)")] = None,
     select: Annotated[str | None, typer.Option(help="for a sweep: attack only the runs whose names match this "
                                                     "pattern, e.g. 'forget-set0__*'")] = None,
+    el: Annotated[bool, typer.Option("--el/--no-el", help="score EL10 after every attack too (exact: the dearest "
+                                                          "score, most of an attack's time on a real model); "
+                                                          "--no-el scores MA, extraction and membership inference "
+                                                          "only")] = True,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -73,7 +77,7 @@ def attack(
     specs = [QuantSpec(**fields) for fields in quant_fields]
     plan = AttackPlan(relearn_steps=relearn_steps, relearn_lr=relearn_lr, relearn_fraction=relearn_fraction,
                       lora_relearn_rank=lora_relearn_rank, lora_relearn_lr=lora_relearn_lr,
-                      unrelated_steps=unrelated_steps, quantisations=tuple(specs))
+                      unrelated_steps=unrelated_steps, quantisations=tuple(specs), score_el=el)
     from unlearnkit.data.catalog import resolve_data_dir
     from unlearnkit.progress import Progress
 
@@ -170,4 +174,4 @@ def _plan_dict(plan: Any) -> dict[str, Any]:
             "relearn_fraction": plan.relearn_fraction, "lora_relearn_rank": plan.lora_relearn_rank,
             "lora_relearn_lr": plan.lora_relearn_lr, "unrelated_steps": plan.unrelated_steps,
             "quantisations": [s.label for s in plan.quantisations],
-            "seed": plan.seed}
+            "seed": plan.seed, "score_el": plan.score_el}
