@@ -89,6 +89,62 @@ def _robust_smollm2(method: str) -> dict[str, Any]:
     return record(f"docs/results/robust-smollm2/epochs/forget-set0__rule-paper__method-{method}.json")
 
 
+def _robust_row(name: str) -> dict[str, Any]:
+    return next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == f"forget-set0__{name}")
+
+
+def _smollm2_attack(method: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The attack record's rows of the set-0 run under the indistinguishability rule, by (attack's first word,
+    rows: "unseen" or "control")."""
+    rows = record(f"docs/results/attacks-robust-smollm2/forget-set0__rule-mia__method-{method}.json")["rows"]
+    return {(r["attack"].split()[0], "control" if r["rows"] == "held-out (control)" else "unseen"): r
+            for r in rows if r["rows"] != "all" or r["attack"].startswith("fine-tune")}
+
+
+def _two(value: float) -> str:
+    return f"{value:.2f}".replace("-0.00", "0.00")  # the page rounds a tiny negative to 0.00, as the table does
+
+
+def _smollm2_attacks_read() -> str:
+    level, ihl = _smollm2_attack("flora-level"), _smollm2_attack("flora-ihl")
+    return ("brought back {:.2f} of the other half's MA after FLoRA + level and {:.2f} after FLoRA + IHL, but most "
+            "of it came back on held-out text too (the control: {:.1f} → {:.1f} % and {:.1f} → {:.1f} %), which "
+            "unlearning had also pushed down: beyond the control, {:.2f} and {:.2f}. The LoRA attacker gave {} / {} "
+            "and {} / {} (raw / specific), fine-tuning on unrelated text {} / {} and {} / {}").format(
+        level["relearn", "unseen"]["recovery"]["ma"], ihl["relearn", "unseen"]["recovery"]["ma"],
+        *(100 * a[step, "control"]["ma"] for a in (level, ihl) for step in ("none", "relearn")),
+        level["relearn", "unseen"]["specific_recovery"]["ma"], ihl["relearn", "unseen"]["specific_recovery"]["ma"],
+        *(_two(a[step, "unseen"][kind]["ma"]) for step in ("LoRA", "fine-tune") for a in (level, ihl)
+          for kind in ("recovery", "specific_recovery")))
+
+
+def _smollm2_level_run() -> str:
+    row, paper = _robust_row("rule-mia__method-flora-level"), _robust_row("rule-paper__method-flora-level")
+    metrics = record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/"
+                     "metrics.json")
+    return ("Forget MA {:.1f} %, held-out TDEC MA {:.1f} % ({:.1f} % before), reasoning {:.1f} % on these items "
+            "({:.1f} % before), dialogue F1 {:.1f} % ({:.1f} %), Pile perplexity {:.1f} ({:.1f}), for {:.1e} FLOPs "
+            "against {:.1e} under the paper's rule.").format(
+        100 * row["ma"], 100 * metrics["after"]["validation"]["ma"], 100 * metrics["before"]["validation"]["ma"],
+        100 * row["reasoning_acc"], 100 * row["reasoning_acc_before"], 100 * row["dialogue_f1"],
+        100 * row["dialogue_f1_before"], row["pile_ppl"], row["pile_ppl_before"], row["flops"]["total"],
+        paper["flops"]["total"])
+
+
+def _smollm2_goal() -> str:
+    level, ihl = (_robust_row(f"rule-mia__method-{m}") for m in ("flora-level", "flora-ihl"))
+    auc = record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/"
+                 "metrics.json")["after"]["privacy"]["mia_auc"]
+    return ("(LOSS AUC {:.2f}, Min-K% {:.2f}; specific recovery {:.2f}; reasoning {} points), FLoRA + IHL under the "
+            "same rule missed two narrowly ({:.2f}; {} points). One run each, on one forget set, and 180 reasoning "
+            "items, where one item is 0.6 points and the same method under the paper's rule scored {:.1f} %").format(
+        auc["loss"], auc["min_k"], _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"],
+        f"{100 * (level['reasoning_acc'] - level['reasoning_acc_before']):.1f}".replace("-", "−"),
+        _smollm2_attack("flora-ihl")["relearn", "unseen"]["specific_recovery"]["ma"],
+        f"{100 * (ihl['reasoning_acc'] - ihl['reasoning_acc_before']):.1f}".replace("-", "−"),
+        100 * _robust_row("rule-paper__method-flora-level")["reasoning_acc"])
+
+
 def _tofu_a22(method: str) -> dict[str, Any]:
     return next(r for r in record("docs/results/tofu-smollm2-a22/results.jsonl") if r["name"] == f"method-{method}")
 
@@ -169,6 +225,14 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
         _robust_smollm2("npo"))),
     "SmolLM2 robust, GA": ("docs/results.md", lambda: "(AUC {:.2f}, Min-K% {:.2f}:".format(
         *(_robust_smollm2("ga")["after"]["privacy"]["mia_auc"][k] for k in ("loss", "min_k")))),
+    "SmolLM2 robust, FLoRA + level indistinguishable": ("docs/results.md", _smollm2_level_run),
+    "SmolLM2 robust, attacks": ("docs/results.md", _smollm2_attacks_read),
+    "SmolLM2 robust, against the goal": ("docs/results.md", _smollm2_goal),
+    "SmolLM2 robust, in robust.md": ("docs/robust.md", lambda: (
+        "FLoRA + level met the goal on that set (membership AUC {:.2f}, specific relearning recovery {:.2f}").format(
+        record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/metrics.json")[
+            "after"]["privacy"]["mia_auc"]["loss"],
+        _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"])),
     "SmolLM2 robust, run time": ("docs/results.md", lambda: "took {:.0f}-{:.0f} minutes each".format(
         *(f(r["seconds"]["total"] for r in record("docs/results/robust-smollm2/results.jsonl")
             if r["axes"]["rule"] == "paper") / 60 for f in (min, max)))),
