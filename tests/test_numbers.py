@@ -133,13 +133,18 @@ def _smollm2_level_run() -> str:
 
 def _smollm2_goal() -> str:
     level, ihl = (_robust_row(f"rule-mia__method-{m}") for m in ("flora-level", "flora-ihl"))
-    auc = record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/"
-                 "metrics.json")["after"]["privacy"]["mia_auc"]
-    return ("(LOSS AUC {:.2f}, Min-K% {:.2f}; specific recovery {:.2f}; reasoning {} points), FLoRA + IHL under the "
-            "same rule missed two narrowly ({:.2f}; {} points). One run each, on one forget set, and 180 reasoning "
-            "items, where one item is 0.6 points and the same method under the paper's rule scored {:.1f} %").format(
+    metrics = record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/"
+                     "metrics.json")
+    auc = metrics["after"]["privacy"]["mia_auc"]
+    return ("(LOSS AUC {:.2f}, Min-K% {:.2f}; specific recovery {:.2f}; reasoning {} points), at a price the goal "
+            "does not count (unseen TDEC text lost too, held-out MA {:.1f} → {:.1f} %, and dialogue F1 {:.1f} → {:.1f} "
+            "%); FLoRA + IHL under the same rule missed two narrowly ({:.2f}; {} points). One run each, on one forget "
+            "set, and 180 reasoning items, "
+            "where one item is 0.6 points and the same method under the paper's rule scored {:.1f} %").format(
         auc["loss"], auc["min_k"], _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"],
         f"{100 * (level['reasoning_acc'] - level['reasoning_acc_before']):.1f}".replace("-", "−"),
+        *(100 * metrics[when]["validation"]["ma"] for when in ("before", "after")),
+        100 * level["dialogue_f1_before"], 100 * level["dialogue_f1"],
         _smollm2_attack("flora-ihl")["relearn", "unseen"]["specific_recovery"]["ma"],
         f"{100 * (ihl['reasoning_acc'] - ihl['reasoning_acc_before']):.1f}".replace("-", "−"),
         100 * _robust_row("rule-paper__method-flora-level")["reasoning_acc"])
