@@ -40,7 +40,7 @@ from unlearnkit.parallel import Processes, WholeModel, checkpoints_supported, re
 from unlearnkit.progress import Progress
 from unlearnkit.results import RunResult, RunState
 from unlearnkit.steps import EpochPlan
-from unlearnkit.stopping import StoppingRule, stopping_rule
+from unlearnkit.stopping import StoppingRule, end_of_epochs, stopping_rule
 from unlearnkit.training import OptimisationStep
 
 
@@ -73,23 +73,13 @@ def run_unlearning(
             _judge_epoch(session, setup, training, loop, epoch, losses)  # MA and EL_n against the thresholds
         _save_checkpoint(session, training, loop)
     if not state.stop_reason:
-        state.stop_reason = _end_of_epochs(config, state.criterion_met)
+        state.stop_reason = end_of_epochs(config.eval, config.train.epochs, state.criterion_met)
         shortfall = None if state.criterion_met or loop.last_scores is None else stopping_rule(
             config.eval, loop.thresholds, validation=setup.eval_sets.validation).shortfall(loop.last_scores,
                                                                                            state.history)
         if shortfall:
             state.stop_reason += f": {shortfall}"
     return _after(session, setup, training, loop)
-
-
-def _end_of_epochs(config: RunConfig, criterion_met: bool) -> str:
-    """Why a run that used all its epochs stopped: the criterion missed, or (``eval.early_stop`` off, as TOFU's
-    fixed-epoch protocol has it) only recorded, which is not a failure of the run."""
-    if config.eval.early_stop:
-        return f"forgetting criterion NOT met within {config.train.epochs} epochs"
-    verdict = "was met after at least one epoch" if criterion_met else "was NOT met after any epoch"
-    return (f"all {config.train.epochs} epochs ran (eval.early_stop off: the forgetting criterion is recorded, not "
-            f"used to stop); it {verdict}")
 
 
 # the step losses an epoch's record averages: forget_loss_moved where the forget gradient is taken elsewhere

@@ -198,3 +198,13 @@ def stopping_rule(config: EvalConfig, thresholds: Thresholds, *, tokenizer: Any 
     if config.tofu is not None and config.tofu.every_epoch:
         rule = WithTofu(rule, config, tokenizer, data_dir)
     return rule
+
+
+def end_of_epochs(config: EvalConfig, epochs: int, criterion_met: bool) -> str:
+    """Why a run that used all its ``epochs`` stopped: the criterion missed, or (``early_stop`` off, as TOFU's
+    fixed-epoch protocol has it) only recorded, which is not a failure of the run."""
+    if config.early_stop:
+        return f"forgetting criterion NOT met within {epochs} epochs"
+    verdict = "was met after at least one epoch" if criterion_met else "was NOT met after any epoch"
+    return (f"all {epochs} epochs ran (eval.early_stop off: the forgetting criterion is recorded, not used to "
+            f"stop); it {verdict}")

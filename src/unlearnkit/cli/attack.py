@@ -48,10 +48,8 @@ def attack(
                                                       "folder per run, runs already attacked there skipped)")] = None,
     select: Annotated[str | None, typer.Option(help="for a sweep: attack only the runs whose names match this "
                                                     "pattern, e.g. 'forget-set0__*'")] = None,
-    el: Annotated[bool, typer.Option("--el/--no-el", help="score EL10 after every attack too (exact: the dearest "
-                                                          "score, most of an attack's time on a real model); "
-                                                          "--no-el scores MA, extraction and membership inference "
-                                                          "only")] = True,
+    el: Annotated[bool, typer.Option("--el/--no-el", help="score EL10 after every attack too (exact, the dearest "
+                                     "score); --no-el: MA, extraction and membership inference only")] = True,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
