@@ -134,8 +134,8 @@ class _Attacks:
                                        self.progress, label=label, tokenizer=self.tokenizer, known=known,
                                        cache=ScoreCache.of(candidate, self.config),
                                        el_roles=("forget",) if self.score_el else ())
-        scores = {**summarise(snapshot), "forget_scores": self._el_kept(snapshot["forget"])}
-        return {**scores, "el": scores["forget_scores"]["el"]}
+        forget = self._el_kept(snapshot["forget"])
+        return {**summarise({**snapshot, "forget": forget}), "forget_scores": forget}
 
     def _el_kept(self, scores: dict[str, Any]) -> dict[str, Any]:
         # without EL, none at all: a copy the score cache knew would otherwise fill some cells of the table only
