@@ -149,6 +149,15 @@ def assert_no_near_ties(model: torch.nn.Module, ids: torch.Tensor, margin: float
     assert closest > margin, f"a near-tie ({closest:.1e}): an exact comparison of MA could flip on another CPU"
 
 
+def import_torch_seconds() -> float:
+    """Seconds a fresh interpreter takes to import torch, measured now beside the refusal it is compared with: a
+    refusal comes quicker than the first step of any real work (timings are compared within a run, never with a
+    fixed number, which a slower or busier machine would miss)."""
+    probe = "import time\nstarted = time.perf_counter()\nimport torch\nprint(time.perf_counter() - started)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip())
+
+
 def run_cli(*args: str, **popen: Any) -> subprocess.CompletedProcess[str]:
     """``unlearnkit ARGS`` in a fresh process (the tests' threads, the offline data pack)."""
     return subprocess.run([sys.executable, "-m", "unlearnkit.cli", *args], capture_output=True, text=True,

@@ -2,14 +2,15 @@
 
 Each case runs the real entry point (:func:`unlearnkit.cli.main`) in this process; the working directory is
 a fresh folder whose contents are compared before and after, so that any file a refused command writes
-(an output, a cache, a half-written model) fails the test. Refusals that need no model take well under a
-second here; the subprocess tests in test_config and test_refusals check that config errors, model paths
-that hold no model and other input checked up front import no torch.
+(an output, a cache, a half-written model) fails the test. Refusals that need no model take less time than a
+fresh interpreter takes to import torch; the subprocess tests in test_config and test_refusals check that config
+errors, model paths that hold no model and other input checked up front import no torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MEMORISED_SEQ_LEN, REPO
+from conftest import MEMORISED_SEQ_LEN, REPO, import_torch_seconds
 from unlearnkit import cli
 
 PAPER = str(REPO / "configs" / "paper" / "gpt-neo-125m-lora-ihl.yaml")
@@ -168,6 +169,12 @@ def _tree(folder: Path) -> dict[str, tuple[int, float, str]]:
             for p in sorted(folder.rglob("*"))}
 
 
+@functools.cache
+def _torch_import_seconds() -> float:
+    """A fresh interpreter's import of torch, measured once for the module: a refused config costs less than that."""
+    return import_torch_seconds()
+
+
 @pytest.mark.parametrize(("name", "arguments", "expected"), CASES, ids=[case[0] for case in CASES])
 def test_bad_input_is_refused_plainly_and_writes_nothing(name, arguments, expected, workdir, memorized_model_dir,
                                                          monkeypatch):
@@ -192,8 +199,8 @@ def test_bad_input_is_refused_plainly_and_writes_nothing(name, arguments, expect
         assert words in message, message
     assert _tree(workdir) == before and _tree(memorized_model_dir) == model_before  # nothing written
     assert not any(p.name.startswith(".") for p in workdir.iterdir())  # no staging or checkpoint left
-    if "MODEL" not in arguments and arguments[0] == "run":
-        assert seconds < 2, seconds
+    if "MODEL" not in arguments and arguments[0] == "run":  # refused before any model is read
+        assert seconds < _torch_import_seconds(), seconds
 
 
 def test_every_problem_of_a_config_is_reported_at_once(monkeypatch, capsys):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, import_torch_seconds
 
 
 def _refused(tmp_path, *args: str) -> tuple[int, bool, str]:
@@ -33,15 +33,6 @@ def _timed_refusal(tmp_path, *args: str) -> tuple[int, bool, str, float]:
     *message, last = done.stderr.strip().splitlines()
     _, code, torch_loaded, seconds = last.split()
     return int(code), torch_loaded == "True", " ".join(" ".join(message).split()), float(seconds)
-
-
-def _import_torch_seconds() -> float:
-    """Seconds a fresh interpreter takes to import torch, measured now beside the refusal it is compared with: a
-    refusal comes quicker than the first step of any real work (timings are compared within a run, never with a
-    fixed number, which a slower or busier machine would miss)."""
-    probe = "import time\nstarted = time.perf_counter()\nimport torch\nprint(time.perf_counter() - started)"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip())
 
 
 # A model directory as the checks before torch see it: its config.json (GPT-Neo's field names), no weights.
@@ -81,7 +72,7 @@ def test_what_issue_27_found_is_refused_without_torch_and_quicker_than_importing
     code, torch_loaded, stderr, seconds = _timed_refusal(tmp_path, *args)
     assert message in stderr and "Traceback" not in stderr, stderr
     assert (code, torch_loaded) == (2, False)
-    assert seconds < _import_torch_seconds(), seconds
+    assert seconds < import_torch_seconds(), seconds
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written or touched
 
 
@@ -168,7 +159,7 @@ def test_a_gguf_model_s_targets_and_sizes_are_refused_from_its_header_without_to
         tmp_path, "run", str(config), "--set", "model.name=smollm2", "--set", setting)
     assert message in stderr and "Traceback" not in stderr, stderr
     assert (code, torch_loaded) == (2, False)
-    assert seconds < _import_torch_seconds(), seconds
+    assert seconds < import_torch_seconds(), seconds
 
 
 def test_the_gguf_header_reads_what_gguf_and_transformers_read():
@@ -218,7 +209,7 @@ def test_a_hub_model_in_the_local_cache_has_its_sizes_checked_before_torch(tmp_p
         tmp_path, "run", PAPER, "--set", "model.name=org/tiny", "--set", "train.batch_size=100000")
     assert "GiB of activations for one step" in stderr and "Traceback" not in stderr, stderr
     assert (code, torch_loaded) == (2, False), stderr
-    assert seconds < _import_torch_seconds(), seconds
+    assert seconds < import_torch_seconds(), seconds
 
     from unlearnkit.model_names import model_shape
 
