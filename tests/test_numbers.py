@@ -85,18 +85,22 @@ def _mask_run(name: str) -> dict[str, Any]:
     return record(f"docs/results/robust-mask-testbed/epochs/{name}.json")
 
 
-def _robust_smollm2(method: str) -> dict[str, Any]:
-    return record(f"docs/results/robust-smollm2/epochs/forget-set0__rule-paper__method-{method}.json")
+def _robust_smollm2(method: str, rule: str = "paper") -> dict[str, Any]:
+    """A set-0 run's metrics.json: in its run record, or for the runs trained before run records were kept, in
+    epochs/."""
+    name = f"forget-set0__rule-{rule}__method-{method}"
+    kept = REPO / "docs" / "results" / "robust-smollm2" / "records" / "sweep" / name / "metrics.json"
+    return record(str(kept.relative_to(REPO)) if kept.exists() else f"docs/results/robust-smollm2/epochs/{name}.json")
 
 
 def _robust_row(name: str) -> dict[str, Any]:
     return next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == f"forget-set0__{name}")
 
 
-def _smollm2_attack(method: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """The attack record's rows of the set-0 run under the indistinguishability rule, by (attack's first word,
-    rows: "unseen" or "control")."""
-    rows = record(f"docs/results/attacks-robust-smollm2/forget-set0__rule-mia__method-{method}.json")["rows"]
+def _smollm2_attack(method: str, rule: str = "mia") -> dict[tuple[str, str], dict[str, Any]]:
+    """The attack record's rows of a set-0 run (by default under the indistinguishability rule), by (attack's first
+    word, rows: "unseen" or "control")."""
+    rows = record(f"docs/results/attacks-robust-smollm2/forget-set0__rule-{rule}__method-{method}.json")["rows"]
     return {(r["attack"].split()[0], "control" if r["rows"] == "held-out (control)" else "unseen"): r
             for r in rows if r["rows"] != "all" or r["attack"].startswith("fine-tune")}
 
@@ -116,6 +120,33 @@ def _smollm2_attacks_read() -> str:
         level["relearn", "unseen"]["specific_recovery"]["ma"], ihl["relearn", "unseen"]["specific_recovery"]["ma"],
         *(_two(a[step, "unseen"][kind]["ma"]) for step in ("LoRA", "fine-tune") for a in (level, ihl)
           for kind in ("recovery", "specific_recovery")))
+
+
+def _smollm2_paper_attacks_read() -> str:
+    ihl, level = _smollm2_attack("flora-ihl", "paper"), _smollm2_attack("flora-level", "paper")
+    earlier = {(r["attack"].split()[0], r["rows"] == "held-out (control)"): r["ma"]
+               for r in record("docs/results/attacks-smollm2/forget-set0__method-flora-ihl.json")["rows"]
+               if r["rows"] != "all"}  # (d)'s record keeps the MAs; its specific recovery is the page's formula
+    removed = earlier["before", False] - earlier["none", False]
+    earlier_recovery = ((earlier["relearn", False] - earlier["none", False]) / removed,
+                        ((earlier["relearn", False] - earlier["none", False])
+                         - (earlier["relearn", True] - earlier["none", True])) / removed)
+    same = all(_two(value) == _two(ihl["relearn", "unseen"][kind]["ma"])
+               for value, kind in zip(earlier_recovery, ("recovery", "specific_recovery"), strict=True))
+    specific = {(m, rule): _smollm2_attack(m, rule)["relearn", "unseen"]["specific_recovery"]["ma"]
+                for m in ("flora-ihl", "flora-level") for rule in ("paper", "mia")}
+    return ("relearning brought back {} of the unseen rows' MA, {} beyond the control (held-out {:.1f} → {:.1f} %){} "
+            "the LoRA attacker {} / {}, unrelated fine-tuning {} / {}. After FLoRA + level, {} / {}, the LoRA attacker "
+            "{} / {}, unrelated fine-tuning {} / {}. Training on to indistinguishability thus cut the specific "
+            "relearning recovery from {} to {} (IHL) and from {} to {} (level)").format(
+        _two(ihl["relearn", "unseen"]["recovery"]["ma"]), _two(ihl["relearn", "unseen"]["specific_recovery"]["ma"]),
+        *(100 * ihl[step, "control"]["ma"] for step in ("none", "relearn")),
+        ": the recoveries of (d)'s FLoRA + IHL run on this forget set;" if same else ";",
+        *(_two(ihl[step, "unseen"][kind]["ma"]) for step in ("LoRA", "fine-tune")
+          for kind in ("recovery", "specific_recovery")),
+        *(_two(level[step, "unseen"][kind]["ma"]) for step in ("relearn", "LoRA", "fine-tune")
+          for kind in ("recovery", "specific_recovery")),
+        *(_two(specific[m, rule]) for m in ("flora-ihl", "flora-level") for rule in ("paper", "mia")))
 
 
 def _smollm2_level_run() -> str:
@@ -218,8 +249,7 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
             m["epochs"][-1]["mia"]["margin"], 100 * m["after"]["validation"]["ma"],
             100 * p["after"]["validation"]["ma"], 100 * m["before"]["validation"]["ma"],
             100 * m["after"]["forget"]["ma"]))(
-        record("docs/results/robust-smollm2/epochs/forget-set0__rule-mia__method-flora-ihl.json"),
-        _robust_smollm2("flora-ihl"))),
+        _robust_smollm2("flora-ihl", rule="mia"), _robust_smollm2("flora-ihl"))),
     "SmolLM2 robust, NPO": ("docs/results.md", lambda: (lambda m: (
         "forget MA fell {:.1f} % → {:.1f} % against a threshold of {:.1f} %, by less each epoch ({:.1f} points in the "
         "last), while EL₁₀ was already below its threshold ({:.1f} % against {:.1f} %); the rows stayed recognisable "
@@ -232,12 +262,17 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
         *(_robust_smollm2("ga")["after"]["privacy"]["mia_auc"][k] for k in ("loss", "min_k")))),
     "SmolLM2 robust, FLoRA + level indistinguishable": ("docs/results.md", _smollm2_level_run),
     "SmolLM2 robust, attacks": ("docs/results.md", _smollm2_attacks_read),
+    "SmolLM2 robust, attacks under the paper's rule": ("docs/results.md", _smollm2_paper_attacks_read),
     "SmolLM2 robust, against the goal": ("docs/results.md", _smollm2_goal),
     "SmolLM2 robust, in robust.md": ("docs/robust.md", lambda: (
         "FLoRA + level met the goal on that set (membership AUC {:.2f}, specific relearning recovery {:.2f}").format(
         record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/metrics.json")[
             "after"]["privacy"]["mia_auc"]["loss"],
         _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"])),
+    "SmolLM2 robust, paper's rule in robust.md": ("docs/robust.md", lambda: (
+        "(specific relearning recovery {} for FLoRA + level, {} for FLoRA + IHL)").format(
+        *(_two(_smollm2_attack(m, "paper")["relearn", "unseen"]["specific_recovery"]["ma"])
+          for m in ("flora-level", "flora-ihl")))),
     "SmolLM2 robust, run time": ("docs/results.md", lambda: "took {:.0f}-{:.0f} minutes each".format(
         *(f(r["seconds"]["total"] for r in record("docs/results/robust-smollm2/results.jsonl")
             if r["axes"]["rule"] == "paper") / 60 for f in (min, max)))),
