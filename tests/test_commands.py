@@ -11,6 +11,8 @@ import pytest
 
 from conftest import MEMORISED_SEQ_LEN, REPO, memorised_run_config, run_cli
 from unlearnkit.loop import run_unlearning
+from unlearnkit.metrics.harness import reasoning_change
+from unlearnkit.reports import reasoning_change_sentence
 
 SEQ_LEN = MEMORISED_SEQ_LEN
 _config = memorised_run_config
@@ -43,7 +45,12 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_mo
         assert set(kept["reasoning"]) == {"arc_easy", "piqa", "copa"}
         assert all(task["n"] == 2 and 0 <= task["acc"] <= 1 for task in kept["reasoning"].values())
         assert kept["dialogue"]["wizard_of_wikipedia"]["n"] == 2 and kept["perplexity"]["pile"]["documents"] == 2
-    assert "## What the model kept" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## What the model kept" in report
+    change = reasoning_change(*(metrics[when]["downstream"]["reasoning"] for when in ("before", "after")))
+    assert change["change"] == pytest.approx(metrics["after"]["downstream"]["reasoning_acc"]
+                                             - metrics["before"]["downstream"]["reasoning_acc"])
+    assert change["items"] == 6 and reasoning_change_sentence(change) in report
 
     bad = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set", "train.lrr=1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
@@ -54,6 +61,43 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_mo
     assert scored.returncode == 0, scored.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["ma"] >= 0.95 and len(scores["el_per_sequence"]) == 4
+
+
+def test_eval_against_a_baseline_says_how_reasoning_changed_item_by_item(memorized_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    changed = tmp_path / "changed"  # the memorised model with its weights disturbed: some answers change
+    model = AutoModelForCausalLM.from_pretrained(memorized_model_dir)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for weight in model.parameters():
+            weight.add_(0.5 * weight.std() * torch.randn(weight.shape, generator=generator))
+    model.save_pretrained(changed)
+    AutoTokenizer.from_pretrained(memorized_model_dir).save_pretrained(changed)
+    tasks = ("--tasks", "copa,piqa", "--limit", "40", "--quiet")
+    assert _cli("eval", str(memorized_model_dir), *tasks, "--output", str(tmp_path / "before")).returncode == 0
+    done = _cli("eval", str(changed), *tasks, "--baseline", str(tmp_path / "before"),
+                "--output", str(tmp_path / "after"))
+    assert done.returncode == 0, done.stderr
+    before, after = (json.loads((tmp_path / when / "eval.json").read_text()) for when in ("before", "after"))
+    found = after["reasoning_change"]
+    assert found == {"baseline": str(tmp_path / "before"), **reasoning_change(before["reasoning"], after["reasoning"])}
+    assert found["change"] == pytest.approx(after["reasoning_acc"] - before["reasoning_acc"]) and found["items"] == 80
+    assert any(a != b for task in ("copa", "piqa") for a, b in zip(before["reasoning"][task]["correct"],
+                                                                     after["reasoning"][task]["correct"], strict=True))
+    assert found["low"] < found["change"] < found["high"]
+    sentence = reasoning_change_sentence(found)
+    assert sentence in " ".join(done.stdout.split()) and sentence in (tmp_path / "after" / "eval.md").read_text()
+    # refused before the model is loaded, nothing written: another --limit, or the baseline's own folder as output
+    other = _cli("eval", str(changed), "--tasks", "copa,piqa", "--limit", "20", "--baseline", str(tmp_path / "before"),
+                 "--output", str(tmp_path / "other"))
+    assert other.returncode == 2 and "same --suite, --tasks and --limit" in other.stderr
+    assert not (tmp_path / "other").exists()
+    kept = (tmp_path / "before" / "eval.json").read_bytes()
+    into = _cli("eval", str(changed), *tasks, "--baseline", str(tmp_path / "before" / "eval.json"),
+                "--output", str(tmp_path / "before"), "--overwrite")
+    assert into.returncode == 2 and "input" in into.stderr and (tmp_path / "before" / "eval.json").read_bytes() == kept
 
 
 def test_fisher_command_saves_a_reusable_fisher(memorized_model_dir, tmp_path, recwarn):

@@ -7,12 +7,20 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import SHARED_DATA, tiny_gpt_neo, tiny_tokenizer
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.metrics.harness import REASONING_TASKS, TASK_DIR, TASK_PREFIX, reasoning_mean, reasoning_scores
+from unlearnkit.metrics.harness import (
+    REASONING_TASKS,
+    TASK_DIR,
+    TASK_PREFIX,
+    reasoning_change,
+    reasoning_mean,
+    reasoning_scores,
+)
 from unlearnkit.metrics.tasks import loaders
 
 pytest.importorskip("lm_eval")
@@ -181,14 +189,16 @@ def test_accuracy_equals_an_independent_loglikelihood_argmax(tiny, data_dir):
     model, tokenizer = tiny
     n = 30
     scores = reasoning_scores(model, tokenizer, ["arc_easy"], data_dir=data_dir, limit=n, batch_size=7)
-    acc = acc_norm = 0
+    correct, acc_norm = [], 0
     for row in loaders.read_jsonl(data_dir, "arc_easy.jsonl")[:n]:
         context = row["query"] + "\nAnswer:"
         lls = [_sequence_logprob(model, tokenizer, context, " " + choice) for choice in row["choices"]]
         per_char = [ll / len(choice) for ll, choice in zip(lls, row["choices"], strict=True)]
-        acc += max(range(len(lls)), key=lls.__getitem__) == row["gold"]
+        correct.append(int(max(range(len(lls)), key=lls.__getitem__) == row["gold"]))
         acc_norm += max(range(len(lls)), key=per_char.__getitem__) == row["gold"]
-    assert scores["arc_easy"] == {"acc": pytest.approx(acc / n), "acc_norm": pytest.approx(acc_norm / n), "n": n}
+    assert 0 < sum(correct) < n  # some right, some wrong: the item order is checked
+    assert scores["arc_easy"] == {"acc": pytest.approx(sum(correct) / n), "acc_norm": pytest.approx(acc_norm / n),
+                                  "n": n, "correct": correct}
 
 
 def test_limit_takes_the_first_documents_and_a_peft_model_is_scored_like_its_base_and_left_alone(tiny, data_dir):
@@ -198,7 +208,9 @@ def test_limit_takes_the_first_documents_and_a_peft_model_is_scored_like_its_bas
     tasks = ["winogrande", "copa", "lambada_openai"]
     base = reasoning_scores(model, tokenizer, tasks, data_dir=data_dir, limit=12)
     assert {name: s["n"] for name, s in base.items()} == dict.fromkeys(tasks, 12)
-    assert set(base["lambada_openai"]) == {"acc", "perplexity", "n"} and set(base["copa"]) == {"acc", "n"}
+    assert set(base["lambada_openai"]) == {"acc", "perplexity", "n", "correct"}
+    assert set(base["copa"]) == {"acc", "n", "correct"}
+    assert all(len(s["correct"]) == 12 and sum(s["correct"]) / 12 == pytest.approx(s["acc"]) for s in base.values())
     assert base["lambada_openai"]["perplexity"] > 1
 
     twin = tiny_gpt_neo(vocab_size=len(tokenizer), seed=1)
@@ -215,6 +227,62 @@ def test_limit_takes_the_first_documents_and_a_peft_model_is_scored_like_its_bas
     assert all(p.grad is None for p in wrapped.parameters()) and tokenizer.pad_token_id == pad
     copa_all = reasoning_scores(model, tokenizer, ["copa"], data_dir=data_dir, limit=500)
     assert copa_all["copa"]["n"] == 100
+
+
+def _bootstrap_interval(before: dict, after: dict, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """The paired bootstrap's 95 % percentile interval of the change of the mean accuracy: the items of each
+    task resampled together (the same item for both models), an independent route to the interval."""
+    rng = np.random.default_rng(seed)
+    changes = np.zeros(draws)
+    for task in before:
+        differences = np.array(after[task]["correct"]) - np.array(before[task]["correct"])
+        picks = rng.integers(0, len(differences), size=(draws, len(differences)))
+        changes += differences[picks].mean(axis=1) / len(before)
+    return float(np.quantile(changes, 0.025)), float(np.quantile(changes, 0.975))
+
+
+def test_the_reasoning_change_is_the_difference_of_the_means_with_the_paired_bootstraps_interval():
+    rng = np.random.default_rng(1)
+    before, after = {}, {}
+    for task, (n, accuracy, flips) in {"a": (400, 0.6, 0.05), "b": (250, 0.4, 0.12), "c": (100, 0.8, 0.02)}.items():
+        first = (rng.random(n) < accuracy).astype(int)
+        second = np.where(rng.random(n) < flips, 1 - first, first)  # a model that changed on a few items
+        before[task] = {"acc": first.mean(), "n": n, "correct": first.tolist()}
+        after[task] = {"acc": second.mean(), "n": n, "correct": second.tolist()}
+    found = reasoning_change(before, after)
+    assert found["change"] == pytest.approx(reasoning_mean(after) - reasoning_mean(before))
+    assert (found["items"], found["tasks"], found["confidence"]) == (750, 3, 0.95)
+    low, high = _bootstrap_interval(before, after)
+    width = high - low
+    assert found["low"] == pytest.approx(low, abs=0.08 * width)
+    assert found["high"] == pytest.approx(high, abs=0.08 * width)
+    # the half-width two independent samples of these sizes would give, each model's binomial variance
+    unpaired = 1.96 * sum(s[t]["acc"] * (1 - s[t]["acc"]) / s[t]["n"] for s in (before, after) for t in s) ** 0.5 / 3
+    assert found["high"] - found["change"] < unpaired / 2
+    same = reasoning_change(before, before)
+    assert (same["change"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+
+
+def test_a_reasoning_change_needs_the_same_tasks_and_items():
+    scored = {"copa": {"acc": 0.5, "n": 4, "correct": [1, 0, 1, 0]}}
+    with pytest.raises(UnlearnkitError, match="same --limit"):
+        reasoning_change(scored, {"copa": {"acc": 0.5, "n": 2, "correct": [1, 0]}})
+    with pytest.raises(UnlearnkitError, match="same --tasks"):
+        reasoning_change(scored, {**scored, "piqa": scored["copa"]})
+    with pytest.raises(UnlearnkitError, match="item by item"):
+        reasoning_change({"copa": {"acc": 0.5, "n": 4}}, scored)  # scored before items were kept
+
+
+def test_cached_scores_without_each_items_result_are_measured_again(tmp_path):
+    from unlearnkit.config import DownstreamConfig
+    from unlearnkit.evaluation import ScoreCache
+
+    cache, options = ScoreCache(tmp_path, "weights"), DownstreamConfig(suite="quick", limit=2)
+    cache.store_downstream(options, {"reasoning": {"copa": {"acc": 0.5, "n": 2}}, "reasoning_acc": 0.5})
+    assert cache.load_downstream(options) is None  # stored by an earlier version: no paired comparison possible
+    kept = {"reasoning": {"copa": {"acc": 0.5, "n": 2, "correct": [0, 1]}}, "reasoning_acc": 0.5}
+    cache.store_downstream(options, kept)
+    assert cache.load_downstream(options) == kept
 
 
 def test_mean_and_errors():

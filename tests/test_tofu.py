@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 import torch
-from tests.conftest import tiny_gpt_neo, tiny_tokenizer
 
+from conftest import tiny_gpt_neo, tiny_tokenizer
 from unlearnkit.config import SourceConfig
 from unlearnkit.data.qa import encode_qa, qa_blocks
 from unlearnkit.data.sources import load_blocks, load_gpt2_tokenizer
@@ -338,7 +338,7 @@ def test_ma_of_question_answer_rows_counts_the_answers(data_dir):
 @pytest.fixture(scope="module")
 def tiny_gpt2_model_dir(tmp_path_factory):
     """A tiny random GPT-Neo with GPT-2's tokenizer: TOFU's rows as a real model would read them."""
-    from tests.conftest import SHARED_DATA
+    from conftest import SHARED_DATA
 
     if not SHARED_DATA.exists():
         pytest.skip("the offline data pack ../shared/data is not present")
@@ -351,7 +351,7 @@ def tiny_gpt2_model_dir(tmp_path_factory):
 
 @pytest.mark.integration
 def test_a_run_on_tofu_scores_tofus_table_before_after_and_every_epoch(tiny_gpt2_model_dir, tmp_path, data_dir):
-    from tests.conftest import REPO, run_cli
+    from conftest import REPO, run_cli
 
     tofu = ("{split: forget01, limit: 2, batch_size: 4, every_epoch: true, generation_length: 80, "
             f"retain_model: {tiny_gpt2_model_dir}}}")

@@ -173,10 +173,13 @@ class ScoreCache:
         return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
     def load_downstream(self, options: DownstreamConfig) -> dict[str, Any] | None:
-        """What these weights kept, as :func:`downstream_scores` measured it with the same options before."""
+        """What these weights kept, as :func:`downstream_scores` measured it with the same options before (None
+        for scores stored before each reasoning item's result was kept: a report compares models item by item)."""
         try:
             scores: dict[str, Any] = json.loads(self._downstream_path(options).read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            return None
+        if not all("correct" in task for task in scores.get("reasoning", {}).values()):
             return None
         return scores
 

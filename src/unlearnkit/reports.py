@@ -244,7 +244,29 @@ def _kept_lines(result: RunResult) -> list[str]:
             f"Suite `{options['suite']}` ({limit}), before and after unlearning.", "",
             "| task | before | after |", "|---|---:|---:|",
             *[f"| {name.strip()} | {b} | {a} |" for name, b, a in kept_rows(
-                [result.before["downstream"], result.after["downstream"]])], ""]
+                [result.before["downstream"], result.after["downstream"]])], "",
+            *_change_lines(result.before["downstream"], result.after["downstream"])]
+
+
+def reasoning_change_sentence(change: dict[str, Any]) -> str:
+    """:func:`unlearnkit.metrics.harness.reasoning_change` in words, in points."""
+    def points(value: float) -> str:
+        return f"{100 * value:+.1f}".replace("-", "−")
+
+    return (f"Reasoning accuracy changed by {points(change['change'])} points ({100 * change['confidence']:.0f} % "
+            f"interval {points(change['low'])} to {points(change['high'])}, paired over the {change['items']} "
+            f"items of {change['tasks']} tasks both were scored on).")
+
+
+def _change_lines(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The paired change of reasoning, where both snapshots kept each item's result (a cached snapshot from
+    before items were kept has none)."""
+    from unlearnkit.metrics.harness import reasoning_change
+
+    tasks = {**before.get("reasoning", {}), **after.get("reasoning", {})}
+    if not tasks or not all("correct" in s.get("reasoning", {}).get(t, {}) for s in (before, after) for t in tasks):
+        return []
+    return [reasoning_change_sentence(reasoning_change(before["reasoning"], after["reasoning"])), ""]
 
 
 def kept_table(snapshot: dict[str, Any], title: str) -> Table:
@@ -268,8 +290,10 @@ def render_kept_markdown(model: str, snapshot: dict[str, Any]) -> str:
         f"Scored on {limit}. Reasoning: accuracy through lm-evaluation-harness (acc / acc_norm, %; LAMBADA: acc "
         "/ perplexity); dialogue: unigram F1 of greedy replies (%); perplexity: whole documents, strided window.",
         "", "| task | score |", "|---|---:|",
-        *[f"| {name.strip()} | {value} |" for name, value in kept_rows([snapshot])],
-        "", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in snapshot.get("seconds", {}).items()), "",
+        *[f"| {name.strip()} | {value} |" for name, value in kept_rows([snapshot])], "",
+        *([f"Against `{snapshot['reasoning_change']['baseline']}`: "
+           f"{reasoning_change_sentence(snapshot['reasoning_change'])}", ""] if "reasoning_change" in snapshot else []),
+        "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in snapshot.get("seconds", {}).items()), "",
     ])
 
 

@@ -134,6 +134,9 @@ def eval_(
                         ] = "phi",
     all_items: Annotated[bool, typer.Option("--all-items", help="tofu: every question of each set (open-unlearning), "
                                                                 "not the first 300 (the original code)")] = False,
+    baseline: Annotated[Path | None, typer.Option(help="an earlier eval.json (or its folder) of the model before "
+                                                       "unlearning, with the same --suite, --tasks and --limit: "
+                                                       "says how reasoning changed, item by item")] = None,
     data_dir: DataDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -147,8 +150,9 @@ def eval_(
                               "arc_easy,piqa,pile (or leave it out for the whole --suite).")
     tofu: TofuEvalConfig | None = None
     if suite == "tofu":
-        if names is not None:
-            raise UnlearnkitError("--tasks does not apply to --suite tofu; remove it.")
+        if names is not None or baseline is not None:
+            raise UnlearnkitError(f"{'--tasks' if names is not None else '--baseline'} does not apply to --suite "
+                                  "tofu; remove it.")
         if retain_model is not None:
             check_model_name(retain_model)
         tofu = validated(lambda: TofuEvalConfig(split=tofu_split, template=template, retain_model=retain_model,
@@ -157,22 +161,21 @@ def eval_(
     else:
         options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
                             "The evaluation option")
+    before = _read_baseline(baseline, suite, names, limit) if baseline is not None else None
     if output is not None:
         from unlearnkit.data.catalog import resolve_data_dir
         from unlearnkit.ownership import check_output_files
 
-        check_output_files(output, ("eval.json", "eval.md"), [Path(model).expanduser(), resolve_data_dir(data_dir)],
+        check_output_files(output, ("eval.json", "eval.md"), [Path(model).expanduser(), resolve_data_dir(data_dir),
+                                                               *([baseline.expanduser()] if baseline else [])],
                            option="--output")
         if not overwrite and any((output / f).exists() for f in ("eval.json", "eval.md")):
             raise UnlearnkitError(f"{output} already holds eval.json or eval.md; choose another --output or pass "
                                   "--overwrite.")
     check_model_name(model)
     from unlearnkit.data.catalog import resolve_data_dir  # torch and the model: only for valid input
-    from unlearnkit.evaluation import downstream_scores
-    from unlearnkit.io import atomic_write_json, atomic_write_text
     from unlearnkit.modeling import load_model
     from unlearnkit.progress import Progress
-    from unlearnkit.reports import kept_table, render_kept_markdown
 
     run_model = Path(model).expanduser() / "model"
     location = str(run_model) if (run_model / "config.json").is_file() else model
@@ -181,13 +184,57 @@ def eval_(
         loaded = load_model(location)
     if tofu is not None:
         _eval_tofu(model, location, loaded, tofu, resolve_data_dir(data_dir), progress, output)
-        return
-    snapshot = downstream_scores(loaded.model, loaded.tokenizer, options, resolve_data_dir(data_dir), progress)
+    else:
+        _eval_downstream(model, location, loaded, options, resolve_data_dir(data_dir), progress, output,
+                         (baseline, before) if baseline is not None and before is not None else None)
+
+
+def _eval_downstream(model: str, location: str, loaded: Any, options: Any, data_dir: Path, progress: Any,
+                     output: Path | None, baseline: tuple[Path, dict[str, Any]] | None) -> None:
+    from unlearnkit.evaluation import downstream_scores
+    from unlearnkit.io import atomic_write_json, atomic_write_text
+    from unlearnkit.metrics.harness import reasoning_change
+    from unlearnkit.reports import kept_table, reasoning_change_sentence, render_kept_markdown
+
+    snapshot = downstream_scores(loaded.model, loaded.tokenizer, options, data_dir, progress)
     Console(emoji=False).print(kept_table(snapshot, f"What {model} kept"))
+    if baseline is not None:
+        path, before = baseline
+        snapshot["reasoning_change"] = {"baseline": str(path), **reasoning_change(before, snapshot["reasoning"])}
+        Console(emoji=False).print(reasoning_change_sentence(snapshot["reasoning_change"]), markup=False,
+                                   highlight=False)
     if output is not None:
         atomic_write_json(output / "eval.json", marked({"model": model, "loaded_from": location, **snapshot}))
         atomic_write_text(output / "eval.md", f"{MARKDOWN_MARK}\n{render_kept_markdown(model, snapshot)}")
         Console(emoji=False).print(f"Wrote {output / 'eval.json'} and {output / 'eval.md'}")
+
+
+def _read_baseline(baseline: Path, suite: str, tasks: list[str] | None, limit: int | None) -> dict[str, Any]:
+    """The reasoning scores of ``--baseline``, or one sentence why they cannot be compared with this evaluation
+    (checked before the model is loaded)."""
+    import json
+
+    from unlearnkit.config import resolve_suite
+
+    wanted = list(resolve_suite(suite, tasks).reasoning)
+    if not wanted:
+        raise UnlearnkitError("--baseline compares reasoning accuracy, and these --tasks name no reasoning task; "
+                              "add one or leave --baseline out.")
+    path = baseline.expanduser()
+    path = path / "eval.json" if path.is_dir() else path
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UnlearnkitError(f"--baseline {baseline} is not a readable eval.json ({error}); give the eval.json "
+                              "that `unlearnkit eval --output` wrote for the model before unlearning.") from None
+    reasoning = found.get("reasoning") if isinstance(found, dict) else None
+    if not isinstance(reasoning, dict) or sorted(reasoning) != sorted(wanted) or found.get("limit") != limit:
+        raise UnlearnkitError(f"--baseline {path} did not score the same reasoning tasks and --limit as this "
+                              "evaluation; evaluate both with the same --suite, --tasks and --limit.")
+    if not all(isinstance(scores, dict) and "correct" in scores for scores in reasoning.values()):
+        raise UnlearnkitError(f"--baseline {path} keeps no per-item results (it was written before unlearnkit kept "
+                              "them); evaluate the model before unlearning again.")
+    return reasoning
 
 
 def _eval_tofu(model: str, location: str, loaded: Any, options: Any, data_dir: Path, progress: Any,

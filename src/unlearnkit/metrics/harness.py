@@ -7,7 +7,10 @@ context; ``acc`` takes the argmax, ``acc_norm`` the argmax of log-probability pe
 LAMBADA scores the last word (``acc``: greedy decoding reproduces it; ``perplexity``: exp of the mean
 negative log-likelihood of the word). :func:`reasoning_mean` is the paper's "Reasoning (Acc)": the mean
 ``acc`` over the tasks. ``limit=N`` scores the first N documents of each task in file order (lm-eval's
-``limit``), so every call with the same N scores the same items.
+``limit``), so every call with the same N scores the same items. Each task also keeps which items it got
+right (``correct``, 0/1 in document order), so that two models scored on the same items can be compared item
+by item: :func:`reasoning_change` gives the change of the mean accuracy with a paired confidence interval,
+far narrower than two separate intervals where the models agree on most items.
 
 The tasks are YAML files in ``tasks/`` (named ``unlearnkit_<task>`` so they never shadow lm-eval's own),
 read from the data directory (``tasks/*.jsonl``, llm-foundry's copies, and HellaSwag's 6-line text file)
@@ -74,9 +77,10 @@ def reasoning_scores(
     limit: int | None = None,
     batch_size: int = 16,
     progress: Progress | None = None,
-) -> dict[str, dict[str, float | int]]:
+) -> dict[str, dict[str, Any]]:
     """Zero-shot lm-eval scores of ``model`` per task: ``{"acc", "acc_norm" (where lm-eval gives it),
-    "perplexity" (LAMBADA), "n" (documents scored)}``.
+    "perplexity" (LAMBADA), "n" (documents scored), "correct" (each document's acc, 0 or 1, in document
+    order)}``.
 
     ``model`` (a transformers causal LM, PEFT-wrapped or not) is evaluated where it is, without gradients
     and in eval mode; its mode, weights and the caller's tokenizer are left as they were. ``limit=N``
@@ -91,7 +95,7 @@ def reasoning_scores(
     for name in names:
         if name not in REASONING_TASKS and name not in manager.all_tasks:
             raise _unknown_task(name, manager.all_subtasks)
-    scores: dict[str, dict[str, float | int]] = {}
+    scores: dict[str, dict[str, Any]] = {}
     with _quiet_lm_eval(), eval_mode(model):
         lm = _wrap(model, tokenizer, batch_size)
         for name in names:
@@ -103,7 +107,7 @@ def reasoning_scores(
                     if task.get_config("num_fewshot") is None:
                         task.set_config(key="num_fewshot", value=0)
                     task.set_fewshot_seed(seed=1234)
-                results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=False)
+                results = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=True)
             if results is None:  # lm-eval answers None on ranks other than 0; we run one process
                 raise RuntimeError("lm-eval returned no results")
             for key in loaded["tasks"]:  # one task, or each task of an lm-eval group
@@ -117,6 +121,40 @@ def reasoning_mean(scores: Mapping[str, Mapping[str, float | int]]) -> float:
     if not accs:
         raise ValueError("no task with an acc to average")
     return sum(accs) / len(accs)
+
+
+def reasoning_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                     confidence: float = 0.95) -> dict[str, float | int]:
+    """How :func:`reasoning_mean` changed from ``before`` to ``after`` (two models' :func:`reasoning_scores` on
+    the same items), with a paired confidence interval: ``{"change", "low", "high", "confidence", "items",
+    "tasks"}``, in accuracy units (0.01 is one point).
+
+    The change is the mean over tasks of the mean per-item difference (after − before, each -1, 0 or 1), which
+    is the difference of the two means exactly; its standard error sums each task's sample variance of the
+    differences over its items, divided by the square of the number of tasks (the tasks are independent
+    samples, weighted equally as the mean weights them). The interval is the normal one, ±z·SE. Items both
+    models got right, or both wrong, add no variance: that is why a paired interval is narrow.
+    """
+    from scipy.stats import norm
+
+    tasks = [t for t in before if "correct" in before[t] and "correct" in after.get(t, {})]
+    if not tasks or set(tasks) != set(before) or set(before) != set(after):
+        raise UnlearnkitError("The two evaluations do not score the same reasoning tasks item by item (both need "
+                              "each task's 'correct'); evaluate both with the same --tasks and --limit.")
+    change, variance, items = 0.0, 0.0, 0
+    for task in tasks:
+        first, second = before[task]["correct"], after[task]["correct"]
+        if len(first) != len(second) or len(first) < 2:
+            raise UnlearnkitError(f"{task} was scored on {len(first)} items before and {len(second)} after; "
+                                  "evaluate both with the same --limit.")
+        differences = [b - a for a, b in zip(first, second, strict=True)]
+        mean = sum(differences) / len(differences)
+        change += mean / len(tasks)
+        variance += sum((d - mean) ** 2 for d in differences) / (len(differences) - 1) / len(differences)
+        items += len(differences)
+    half = float(norm.ppf(0.5 + confidence / 2)) * (variance ** 0.5) / len(tasks)
+    return {"change": change, "low": change - half, "high": change + half, "confidence": confidence,
+            "items": items, "tasks": len(tasks)}
 
 
 def _check_tasks(tasks: Sequence[str]) -> list[str]:
@@ -186,15 +224,18 @@ def _quiet_lm_eval() -> Iterator[None]:
             setattr(task_module, "tqdm", bar)  # noqa: B010
 
 
-def _task_scores(results: Mapping[str, Any], registered: str) -> dict[str, float | int]:
-    """``{"acc": .., "acc_norm": .., "perplexity": .., "n": ..}`` of one task from lm-eval's results."""
+def _task_scores(results: Mapping[str, Any], registered: str) -> dict[str, Any]:
+    """``{"acc": .., "acc_norm": .., "perplexity": .., "n": .., "correct": [..]}`` of one task from lm-eval's
+    results and its logged samples."""
     found = results["results"][registered]
-    row: dict[str, float | int] = {}
+    row: dict[str, Any] = {}
     for metric in METRICS:
         value = found.get(f"{metric},none")
         if isinstance(value, (int, float)):
             row[metric] = float(value)
     row["n"] = int(results["n-samples"][registered]["effective"])
+    samples = sorted(results["samples"][registered], key=lambda sample: sample["doc_id"])
+    row["correct"] = [int(sample["acc"]) for sample in samples]
     return row
 
 
