@@ -51,6 +51,10 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_mo
     assert change["change"] == pytest.approx(metrics["after"]["downstream"]["reasoning_acc"]
                                              - metrics["before"]["downstream"]["reasoning_acc"])
     assert change["items"] == 6 and reasoning_change_sentence(change) in report
+    from unlearnkit.config.sweep import SweepPoint
+    from unlearnkit.experiments.sweep import point_row
+
+    assert point_row(SweepPoint("cli-run", {}, None), out)["reasoning_change"] == change  # a sweep's row has it
 
     bad = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set", "train.lrr=1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

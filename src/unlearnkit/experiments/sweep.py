@@ -141,7 +141,19 @@ def point_row(point: SweepPoint, directory: Path) -> dict[str, Any]:
                   for phase in ("train", "flora_init", "criterion", "total")},
         "tokens": compute.get("tokens", {}), "seconds": {"total": compute.get("seconds", {}).get("total_s")},
         "output_dir": str(directory), **_tofu_fields(metrics), **_membership_fields(config, metrics),
+        **_reasoning_change_fields(metrics),
     }
+
+
+def _reasoning_change_fields(metrics: Any) -> dict[str, Any]:
+    """The paired change of reasoning (change, low, high, confidence, items, tasks), where both snapshots kept
+    each item's result."""
+    from unlearnkit.metrics.harness import reasoning_change
+
+    before, after = ((snapshot.downstream or {}).get("reasoning") for snapshot in (metrics.before, metrics.after))
+    if not before or not after or not all("correct" in task for task in (*before.values(), *after.values())):
+        return {}
+    return {"reasoning_change": reasoning_change(before, after)}
 
 
 def _membership_fields(config: Any, metrics: Any) -> dict[str, Any]:
