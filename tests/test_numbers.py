@@ -162,23 +162,46 @@ def _smollm2_level_run() -> str:
         paper["flops"]["total"])
 
 
+def _smollm2_reasoning(name: str) -> dict[str, Any]:
+    """A model's reasoning on the first 100 items of each task (``unlearnkit eval --limit 100 --baseline``)."""
+    return record(f"docs/results/robust-smollm2/reasoning/{name}.json")
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:.1f}".replace("-", "−")
+
+
 def _smollm2_goal() -> str:
     level, ihl = (_robust_row(f"rule-mia__method-{m}") for m in ("flora-level", "flora-ihl"))
     metrics = record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/"
                      "metrics.json")
     auc = metrics["after"]["privacy"]["mia_auc"]
-    return ("(LOSS AUC {:.2f}, Min-K% {:.2f}; specific recovery {:.2f}; reasoning {} points), at a price the goal "
-            "does not count (unseen TDEC text lost too, held-out MA {:.1f} → {:.1f} %, and dialogue F1 {:.1f} → {:.1f} "
-            "%); FLoRA + IHL under the same rule missed two narrowly ({:.2f}; {} points). One run each, on one forget "
-            "set, and 180 reasoning items, "
-            "where one item is 0.6 points and the same method under the paper's rule scored {:.1f} %").format(
+    again = {m: _smollm2_reasoning(f"forget-set0__rule-mia__method-{m}") for m in ("flora-level", "flora-ihl")}
+    change = {m: found["reasoning_change"] for m, found in again.items()}
+    assert all(c["items"] == 900 and c["baseline"] == "runs/eval/before" for c in change.values())
+    half = (change["flora-level"]["high"] - change["flora-level"]["low"]) / 2
+    return ("(LOSS AUC {:.2f}, Min-K% {:.2f}; specific recovery {:.2f}), at a price the goal does not count (unseen "
+            "TDEC text lost too, held-out MA {:.1f} → {:.1f} %, and dialogue F1 {:.1f} → {:.1f} %); FLoRA + IHL under "
+            "the same rule missed the second narrowly ({:.2f}). The third is not decided by these runs. On the "
+            "sweep's 180 reasoning items (20 per task, one item 0.6 points) FLoRA + level lost {} points and FLoRA + "
+            "IHL {}. Scored again on the first 100 items of each task (`unlearnkit eval --limit 100 --baseline`, "
+            "records in `docs/results/robust-smollm2/reasoning/`), the model before unlearning scored {:.1f} %, "
+            "FLoRA + level {:.1f} % ({} points, paired 95 % interval {} to +{:.1f}) and FLoRA + IHL {:.1f} % ({} "
+            "points, {} to +{:.1f}): the two changed places, and each interval holds both a loss of more than a "
+            "point and none. The interval is wide although it is paired because the unlearned models answer many "
+            "items differently from the model before, in both directions; an interval of ±1 point would need about "
+            "{:.0f} times as many items").format(
         auc["loss"], auc["min_k"], _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"],
-        f"{100 * (level['reasoning_acc'] - level['reasoning_acc_before']):.1f}".replace("-", "−"),
         *(100 * metrics[when]["validation"]["ma"] for when in ("before", "after")),
         100 * level["dialogue_f1_before"], 100 * level["dialogue_f1"],
         _smollm2_attack("flora-ihl")["relearn", "unseen"]["specific_recovery"]["ma"],
-        f"{100 * (ihl['reasoning_acc'] - ihl['reasoning_acc_before']):.1f}".replace("-", "−"),
-        100 * _robust_row("rule-paper__method-flora-level")["reasoning_acc"])
+        _points(level["reasoning_acc_before"] - level["reasoning_acc"]),
+        _points(ihl["reasoning_acc_before"] - ihl["reasoning_acc"]),
+        100 * _smollm2_reasoning("before")["reasoning_acc"],
+        100 * again["flora-level"]["reasoning_acc"], _points(change["flora-level"]["change"]),
+        _points(change["flora-level"]["low"]), 100 * change["flora-level"]["high"],
+        100 * again["flora-ihl"]["reasoning_acc"], _points(change["flora-ihl"]["change"]),
+        _points(change["flora-ihl"]["low"]), 100 * change["flora-ihl"]["high"], (half / 0.01) ** 2)
 
 
 def _tofu_a22(method: str) -> dict[str, Any]:
@@ -265,10 +288,14 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, attacks under the paper's rule": ("docs/results.md", _smollm2_paper_attacks_read),
     "SmolLM2 robust, against the goal": ("docs/results.md", _smollm2_goal),
     "SmolLM2 robust, in robust.md": ("docs/robust.md", lambda: (
-        "FLoRA + level met the goal on that set (membership AUC {:.2f}, specific relearning recovery {:.2f}").format(
+        "FLoRA + level met the goal's first two parts on that set (membership AUC {:.2f}, specific relearning "
+        "recovery {:.2f}), FLoRA + IHL narrowly missed the second; whether reasoning stayed within a point is not "
+        "decided (FLoRA + level: {} points on {} items, paired 95 % interval {} to +{:.1f};").format(
         record("docs/results/robust-smollm2/records/sweep/forget-set0__rule-mia__method-flora-level/metrics.json")[
             "after"]["privacy"]["mia_auc"]["loss"],
-        _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"])),
+        _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"],
+        *(lambda c: (_points(c["change"]), c["items"], _points(c["low"]), 100 * c["high"]))(
+            _smollm2_reasoning("forget-set0__rule-mia__method-flora-level")["reasoning_change"]))),
     "SmolLM2 robust, paper's rule in robust.md": ("docs/robust.md", lambda: (
         "(specific relearning recovery {} for FLoRA + level, {} for FLoRA + IHL)").format(
         *(_two(_smollm2_attack(m, "paper")["relearn", "unseen"]["specific_recovery"]["ma"])
