@@ -204,6 +204,30 @@ def _smollm2_goal() -> str:
         _points(change["flora-ihl"]["low"]), 100 * change["flora-ihl"]["high"], (half / 0.01) ** 2)
 
 
+def _smollm2_set2(method: str) -> tuple[str, str]:
+    """What the page says of a set-2 run under the indistinguishability rule: its training, then what it kept and
+    the attacks."""
+    name = f"forget-set2__rule-mia__method-{method}"
+    row = next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == name)
+    metrics = record(f"docs/results/robust-smollm2/records/sweep/{name}/metrics.json")
+    rows = record(f"docs/results/attacks-robust-smollm2/{name}.json")["rows"]
+    unseen = {r["attack"].split()[0]: r for r in rows if r["rows"] != "held-out (control)"
+              and (r["rows"] != "all" or r["attack"].startswith("fine-tune"))}
+    mia = row["mia"]
+    return ("the paper's rule after epoch {}, indistinguishable after epoch {} (LOSS AUC {:.2f} [{:.2f}, {:.2f}], "
+            "Min-K% {:.2f} [{:.2f}, {:.2f}]). Forget MA {:.1f} %, held-out TDEC MA {:.1f} % ({:.1f} % before)").format(
+        row["paper_rule_epoch"], row["epochs"], *(mia[k][part] for k in ("loss", "min_k")
+                                                  for part in ("auc", "low", "high")),
+        100 * row["ma"], 100 * metrics["after"]["validation"]["ma"], 100 * metrics["before"]["validation"]["ma"]
+    ), ("Reasoning {:.1f} % on the sweep's 180 items ({:.1f} % before), dialogue F1 {:.1f} % ({:.1f} %), Pile "
+               "perplexity {:.1f} ({:.1f}). Attacked: relearning {} raw / {} specific, the LoRA attacker {} / {}, "
+               "unrelated fine-tuning {} / {}").format(
+        100 * row["reasoning_acc"], 100 * row["reasoning_acc_before"], 100 * row["dialogue_f1"],
+        100 * row["dialogue_f1_before"], row["pile_ppl"], row["pile_ppl_before"],
+        *(_two(unseen[step][kind]["ma"]) for step in ("relearn", "LoRA", "fine-tune")
+          for kind in ("recovery", "specific_recovery")))
+
+
 def _tofu_a22(method: str) -> dict[str, Any]:
     return next(r for r in record("docs/results/tofu-smollm2-a22/results.jsonl") if r["name"] == f"method-{method}")
 
@@ -286,6 +310,8 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, FLoRA + level indistinguishable": ("docs/results.md", _smollm2_level_run),
     "SmolLM2 robust, attacks": ("docs/results.md", _smollm2_attacks_read),
     "SmolLM2 robust, attacks under the paper's rule": ("docs/results.md", _smollm2_paper_attacks_read),
+    "SmolLM2 robust, set 2 FLoRA + IHL": ("docs/results.md", lambda: _smollm2_set2("flora-ihl")[0]),
+    "SmolLM2 robust, set 2 FLoRA + IHL kept": ("docs/results.md", lambda: _smollm2_set2("flora-ihl")[1]),
     "SmolLM2 robust, against the goal": ("docs/results.md", _smollm2_goal),
     "SmolLM2 robust, in robust.md": ("docs/robust.md", lambda: (
         "FLoRA + level met the goal's first two parts on that set (membership AUC {:.2f}, specific relearning "
