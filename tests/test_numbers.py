@@ -228,6 +228,86 @@ def _smollm2_set2(method: str) -> tuple[str, str]:
           for kind in ("recovery", "specific_recovery")))
 
 
+def _interval(name: str) -> tuple[str, str, str]:
+    """A run's reasoning change on 900 items and its paired interval, as the page writes them."""
+    change = _smollm2_reasoning(name)["reasoning_change"]
+    assert change["items"] == 900
+    return _points(change["change"]), _points(change["low"]), f"+{100 * change['high']:.1f}"
+
+
+def _smollm2_set2_level() -> str:
+    name = "forget-set2__rule-mia__method-flora-level"
+    row = next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == name)
+    metrics = record(f"docs/results/robust-smollm2/records/sweep/{name}/metrics.json")
+    late = [e for e in metrics["epochs"] if e["epoch"] >= 20]
+    loss = [e["mia"]["loss"]["auc"] for e in late]
+    forget_ma = [e["forget_ma"] for e in late]
+    assert not row["success"] and not row["mia"]["met"] and row["epochs"] == 40
+    return ("rule after epoch {}, then from about epoch 20 the LOSS AUC stayed at {:.2f}-{:.2f}, its 80 % interval "
+            "reaching {:.2f} (the rule asks for at most {:.2f}), while Min-K% was {:.2f} [{:.2f}, {:.2f}]. The "
+            "objective stops pulling once the forget rows' loss is at the held-out rows' level, and on this set "
+            "that equilibrium leaves the LOSS score a little above the margin: forget MA stayed at {:.0f}-{:.0f} %. "
+            "The run exits non-zero and counts no success (the tables above). What it kept: held-out TDEC MA {:.1f} "
+            "% ({:.1f} % before), reasoning {:.1f} % on the sweep's 180 items ({:.1f} % before) and {} points on 900 "
+            "({} to {}), dialogue F1 {:.1f} % ({:.1f} %), Pile perplexity {:.1f} ({:.1f})").format(
+        row["paper_rule_epoch"], min(loss), max(loss), max(e["mia"]["loss"]["high"] for e in late),
+        0.5 + row["mia"]["margin"], *(row["mia"]["min_k"][part] for part in ("auc", "low", "high")),
+        100 * min(forget_ma), 100 * max(forget_ma),
+        100 * metrics["after"]["validation"]["ma"], 100 * metrics["before"]["validation"]["ma"],
+        100 * row["reasoning_acc"], 100 * row["reasoning_acc_before"], *_interval(name),
+        100 * row["dialogue_f1"], 100 * row["dialogue_f1_before"], row["pile_ppl"], row["pile_ppl_before"])
+
+
+def _smollm2_set2_level_attacks() -> str:
+    name = "forget-set2__rule-mia__method-flora-level"
+    rows = record(f"docs/results/attacks-robust-smollm2/{name}.json")["rows"]
+    unseen = {r["attack"].split()[0]: r for r in rows if r["rows"] != "held-out (control)"
+              and (r["rows"] != "all" or r["attack"].startswith("fine-tune"))}
+    control = {r["attack"].split()[0]: r["ma"] for r in rows if r["rows"] == "held-out (control)"}
+    return ("relearning brought back {} of the unseen rows' MA, {} beyond the control (held-out {:.1f} → {:.1f} %), "
+            "the LoRA attacker {} / {}, unrelated fine-tuning {} / {}").format(
+        _two(unseen["relearn"]["recovery"]["ma"]), _two(unseen["relearn"]["specific_recovery"]["ma"]),
+        100 * control["none"], 100 * control["relearn"],
+        *(_two(unseen[step][kind]["ma"]) for step in ("LoRA", "fine-tune")
+          for kind in ("recovery", "specific_recovery")))
+
+
+def _smollm2_both_sets() -> str:
+    def run(method: str, forget_set: int) -> str:
+        return f"forget-set{forget_set}__rule-mia__method-{method}"
+
+    def attack(name: str) -> float:
+        rows = record(f"docs/results/attacks-robust-smollm2/{name}.json")["rows"]
+        return next(r["specific_recovery"]["ma"] for r in rows
+                    if r["attack"].startswith("relearn") and r["rows"] not in ("held-out (control)", "all"))
+
+    def metrics(name: str) -> dict[str, Any]:
+        return record(f"docs/results/robust-smollm2/records/sweep/{name}/metrics.json")
+
+    level = [run("flora-level", k) for k in (0, 2)]
+    set2 = next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == level[1])
+    changes = [_smollm2_reasoning(name)["reasoning_change"] for name in level]
+    aucs = [metrics(name)["after"]["privacy"]["mia_auc"] for name in level]
+    assert all(auc[k] <= 0.6 for auc in aucs for k in ("loss", "min_k"))
+    return ("relearning brought back {} and {} beyond the control: just above the goal's 0.2 both times. FLoRA + level "
+            "met the rule on set 0 only; on set 2 its LOSS AUC of {:.2f} is within the goal's 0.6 but its interval is "
+            "not within the rule's margin, and there its forgetting held best (specific recovery {}). Its reasoning "
+            "changed by {} and {} points on 900 items, intervals ±{:.1f} and ±{:.1f} points wide. So FLoRA + level "
+            "trained to the held-out level is the configuration that comes closest: by the goal's point estimates it "
+            "meets membership ({:.2f} and {:.2f}) and relearning ({} and {}) on both sets").format(
+        *(_two(attack(run("flora-ihl", k))) for k in (0, 2)), set2["mia"]["loss"]["auc"], _two(attack(level[1])),
+        *(_points(c["change"]) for c in changes), *(100 * (c["high"] - c["low"]) / 2 for c in changes),
+        *(auc["loss"] for auc in aucs), *(_two(attack(name)) for name in level))
+
+
+def _smollm2_both_sets_price() -> str:
+    level = [f"forget-set{k}__rule-mia__method-flora-level" for k in (0, 2)]
+    found = [record(f"docs/results/robust-smollm2/records/sweep/{name}/metrics.json") for name in level]
+    return ("The price the goal does not count is the same on both sets: held-out TDEC MA {:.1f} → {:.1f} % and "
+            "{:.1f} %").format(100 * found[0]["before"]["validation"]["ma"],
+                               *(100 * m["after"]["validation"]["ma"] for m in found))
+
+
 def _tofu_a22(method: str) -> dict[str, Any]:
     return next(r for r in record("docs/results/tofu-smollm2-a22/results.jsonl") if r["name"] == f"method-{method}")
 
@@ -312,6 +392,13 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, attacks under the paper's rule": ("docs/results.md", _smollm2_paper_attacks_read),
     "SmolLM2 robust, set 2 FLoRA + IHL": ("docs/results.md", lambda: _smollm2_set2("flora-ihl")[0]),
     "SmolLM2 robust, set 2 FLoRA + IHL kept": ("docs/results.md", lambda: _smollm2_set2("flora-ihl")[1]),
+    "SmolLM2 robust, set 2 FLoRA + IHL on 900 items": ("docs/results.md", lambda: (
+        "task its reasoning changed by {} points (paired 95 % interval {} to {})").format(
+        *_interval("forget-set2__rule-mia__method-flora-ihl"))),
+    "SmolLM2 robust, set 2 FLoRA + level": ("docs/results.md", _smollm2_set2_level),
+    "SmolLM2 robust, set 2 FLoRA + level attacked": ("docs/results.md", _smollm2_set2_level_attacks),
+    "SmolLM2 robust, both sets": ("docs/results.md", _smollm2_both_sets),
+    "SmolLM2 robust, both sets' price": ("docs/results.md", _smollm2_both_sets_price),
     "SmolLM2 robust, against the goal": ("docs/results.md", _smollm2_goal),
     "SmolLM2 robust, in robust.md": ("docs/robust.md", lambda: (
         "FLoRA + level met the goal's first two parts on that set (membership AUC {:.2f}, specific relearning "
@@ -322,6 +409,15 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
         _smollm2_attack("flora-level")["relearn", "unseen"]["specific_recovery"]["ma"],
         *(lambda c: (_points(c["change"]), c["items"], _points(c["low"]), 100 * c["high"]))(
             _smollm2_reasoning("forget-set0__rule-mia__method-flora-level")["reasoning_change"]))),
+    "SmolLM2 robust, set 2 in robust.md": ("docs/robust.md", lambda: (
+        "On forget set 2 FLoRA + IHL again met the rule and again just missed the relearning bound ({}); FLoRA + level "
+        "held best against relearning ({}) but its LOSS AUC settled at {:.2f}").format(
+        *(_two(next(r["specific_recovery"]["ma"] for r in record(
+            f"docs/results/attacks-robust-smollm2/forget-set2__rule-mia__method-{m}.json")["rows"]
+            if r["attack"].startswith("relearn") and r["rows"] not in ("held-out (control)", "all")))
+          for m in ("flora-ihl", "flora-level")),
+        next(r for r in record("docs/results/robust-smollm2/results.jsonl")
+             if r["name"] == "forget-set2__rule-mia__method-flora-level")["mia"]["loss"]["auc"])),
     "SmolLM2 robust, paper's rule in robust.md": ("docs/robust.md", lambda: (
         "(specific relearning recovery {} for FLoRA + level, {} for FLoRA + IHL)").format(
         *(_two(_smollm2_attack(m, "paper")["relearn", "unseen"]["specific_recovery"]["ma"])
