@@ -179,9 +179,9 @@ class ScoreCache:
             scores: dict[str, Any] = json.loads(self._downstream_path(options).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not all("correct" in task for task in scores.get("reasoning", {}).values()):
-            return None
-        return scores
+        from unlearnkit.metrics.harness import items_kept
+
+        return scores if "reasoning" not in scores or items_kept(scores["reasoning"]) else None
 
     def store_downstream(self, options: DownstreamConfig, scores: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):

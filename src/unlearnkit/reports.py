@@ -261,10 +261,9 @@ def reasoning_change_sentence(change: dict[str, Any]) -> str:
 def _change_lines(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """The paired change of reasoning, where both snapshots kept each item's result (a cached snapshot from
     before items were kept has none)."""
-    from unlearnkit.metrics.harness import reasoning_change
+    from unlearnkit.metrics.harness import items_kept, reasoning_change
 
-    tasks = {**before.get("reasoning", {}), **after.get("reasoning", {})}
-    if not tasks or not all("correct" in s.get("reasoning", {}).get(t, {}) for s in (before, after) for t in tasks):
+    if not (items_kept(before.get("reasoning")) and items_kept(after.get("reasoning"))):
         return []
     return [reasoning_change_sentence(reasoning_change(before["reasoning"], after["reasoning"])), ""]
 

@@ -161,7 +161,7 @@ def eval_(
     else:
         options = validated(lambda: DownstreamConfig(suite=suite, tasks=names, limit=limit, batch_size=batch_size),
                             "The evaluation option")
-    before = _read_baseline(baseline, suite, names, limit) if baseline is not None else None
+    before = (baseline, _read_baseline(baseline, suite, names, limit)) if baseline is not None else None
     if output is not None:
         from unlearnkit.data.catalog import resolve_data_dir
         from unlearnkit.ownership import check_output_files
@@ -185,8 +185,7 @@ def eval_(
     if tofu is not None:
         _eval_tofu(model, location, loaded, tofu, resolve_data_dir(data_dir), progress, output)
     else:
-        _eval_downstream(model, location, loaded, options, resolve_data_dir(data_dir), progress, output,
-                         (baseline, before) if baseline is not None and before is not None else None)
+        _eval_downstream(model, location, loaded, options, resolve_data_dir(data_dir), progress, output, before)
 
 
 def _eval_downstream(model: str, location: str, loaded: Any, options: Any, data_dir: Path, progress: Any,

@@ -123,6 +123,12 @@ def reasoning_mean(scores: Mapping[str, Mapping[str, float | int]]) -> float:
     return sum(accs) / len(accs)
 
 
+def items_kept(reasoning: Mapping[str, Mapping[str, Any]] | None) -> bool:
+    """Whether every task of ``reasoning`` kept each item's result (scores stored before they were kept did not),
+    so that :func:`reasoning_change` can compare it."""
+    return reasoning is not None and bool(reasoning) and all("correct" in task for task in reasoning.values())
+
+
 def reasoning_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
                      confidence: float = 0.95) -> dict[str, float | int]:
     """How :func:`reasoning_mean` changed from ``before`` to ``after`` (two models' :func:`reasoning_scores` on
@@ -137,8 +143,8 @@ def reasoning_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str
     """
     from scipy.stats import norm
 
-    tasks = [t for t in before if "correct" in before[t] and "correct" in after.get(t, {})]
-    if not tasks or set(tasks) != set(before) or set(before) != set(after):
+    tasks = list(before)
+    if not (items_kept(before) and items_kept(after)) or set(before) != set(after):
         raise UnlearnkitError("The two evaluations do not score the same reasoning tasks item by item (both need "
                               "each task's 'correct'); evaluate both with the same --tasks and --limit.")
     change, variance, items = 0.0, 0.0, 0
