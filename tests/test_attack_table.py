@@ -12,6 +12,7 @@ from conftest import run_cli
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiments.attack_table import (
     attack_table_markdown,
+    goal_markdown,
     read_attack_records,
     recovery_points,
     update_page_with_attacks,
@@ -90,6 +91,7 @@ def test_a_record_without_a_run_or_relearning_shows_dashes_and_the_model(tmp_pat
     table = attack_table_markdown(read_attack_records(tmp_path))
     assert "relearn" not in table.split("\n\n", 1)[1] and "no relearning" in table
     assert _table_rows(table) == [["runs/gd-none", f"`{tmp_path.name}`", "—", "0.10", "0.10"]]
+    assert goal_markdown(read_attack_records(tmp_path)) == ""  # nothing of the goal measured: no goal table
 
 
 def test_the_report_command_writes_the_attack_table_and_a_page_section_that_regenerates(attacked, tmp_path):
@@ -100,7 +102,7 @@ def test_the_report_command_writes_the_attack_table_and_a_page_section_that_rege
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "attacks.md").read_text(encoding="utf-8").startswith("**Attacks.** 4 attacked runs")
     text = page.read_text(encoding="utf-8")
-    assert "old" not in text and text.endswith("<!-- /report:attacks -->\n\nReading.\n") and "| GD | `gd` |" in text
+    assert "\nold\n" not in text and text.endswith("<!-- /report:attacks -->\n\nReading.\n") and "| GD | `gd` |" in text
     copies = page.parent / "results" / "attacks"
     assert sorted(p.name for p in copies.glob("*.json")) == ["flora-ihl.json", "ga.json", "gd.json", "npo-kl.json"]
     update_page_with_attacks(page, "attacks", copies)  # from the page's own copies: the same section
@@ -139,3 +141,52 @@ def test_the_recovery_figure_plots_specific_recovery_against_the_reasoning_kept(
     assert [p.name for p in written] == ["attacks.md", "figure_recovery.png"]
     assert written[1].read_bytes().startswith(b"\x89PNG") and "(figure_recovery.png)" in written[0].read_text()
 
+
+
+def test_the_goal_table_judges_each_run_part_by_part(attacked):
+    """Membership AUCs after unlearning within 0.5 ± 0.1 (both) and specific relearning recovery at most 0.2 by their
+    values; reasoning at most a point below the model before by its paired interval: met when all of it is above
+    -1 point, missed when all of it is below, else undecided; a part not measured is undecided."""
+    level = record("level", "flora", True, (0.9, 0.3, 0.4), 0.0)
+    (attacked / "flora-level").mkdir()
+    (attacked / "flora-level" / "attack.json").write_text(json.dumps(level), encoding="utf-8")
+    interval = {"flora-level": (0.003, -0.008, 0.014), "ga": (-0.08, -0.11, -0.05)}  # change, low, high
+    # (0.6, 0.4): the band's edges are within it
+    measured = {"flora-level": ((0.6, 0.4), (0.478, 0.475)), "flora-ihl": ((0.55, 0.58), (0.47, 0.475)),
+                "ga": ((0.49, 0.36), (0.40, 0.48)), "npo-kl": ((0.70, 0.50), (0.48, 0.48))}
+
+    def write(name: str, change: tuple[float, float, float] | None) -> None:
+        (loss, min_k), (after, before) = measured[name]
+        file = attacked / name / "attack.json"
+        content = json.loads(file.read_text(encoding="utf-8"))
+        unlearned = next(r for r in content["rows"] if r["attack"] == "none (unlearned)" and r["rows"] == "all")
+        unlearned["mia_auc"] = {"loss": loss, "min_k": min_k}
+        content["run"].update(kept={"reasoning_acc": after}, kept_before={"reasoning_acc": before})
+        content["run"].pop("reasoning_change", None)
+        if change:
+            content["run"]["reasoning_change"] = dict(zip(("change", "low", "high"), change, strict=True))
+        file.write_text(json.dumps(content), encoding="utf-8")
+
+    def goal_rows() -> dict[str, list[str]]:
+        return {row[1].strip("`"): row for row in _table_rows(goal_markdown(read_attack_records(attacked)))}
+
+    for name in measured:
+        write(name, interval.get(name))
+    rows = goal_rows()
+    # specific recovery ((relearned - unlearned) - (0.30 - 0.27)) / (before - unlearned), as in the attack table
+    assert rows["flora-level"][3:] == ["0.60 / 0.40", f"{(0.1 - 0.03) / 0.6:.2f}", "+0.3 [-0.8, +1.4]", "yes"]
+    assert rows["flora-ihl"][3:] == ["0.55 / 0.58", f"{(0.6 - 0.03) / 0.7:.2f}", "-0.5", "no: relearning"]
+    # an AUC far below 0.5 tells the rows apart too (as the less familiar); an interval wholly below -1 point
+    # misses the reasoning bound
+    assert rows["ga"][3:] == ["0.49 / 0.36", f"{(0.4 - 0.03) / 0.8:.2f}", "-8.0 [-11.0, -5.0]",
+                              "no: membership, relearning, reasoning"]
+    assert rows["npo-kl"][6] == "no: membership, relearning"
+    # GD's record measured neither membership nor reasoning: what it measured decides no "yes"
+    assert rows["gd"][3:] == ["— / —", f"{(0.5 - 0.03) / 0.6:.2f}", "—", "no: relearning"]
+    table_order = _table_rows(attack_table_markdown(read_attack_records(attacked)))
+    assert list(rows) == [row[1].strip("`") for row in table_order]
+    # within the goal by the point estimate, but the interval reaches below -1 point; or no interval at all
+    write("flora-level", (0.003, -0.03, 0.036))
+    assert goal_rows()["flora-level"][5:] == ["+0.3 [-3.0, +3.6]", "undecided: reasoning"]
+    write("flora-level", None)
+    assert goal_rows()["flora-level"][5:] == ["+0.3", "undecided: reasoning"]

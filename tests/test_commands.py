@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import MEMORISED_SEQ_LEN, REPO, memorised_run_config, run_cli
+from conftest import DATA, MEMORISED_SEQ_LEN, REPO, memorised_run_config, run_cli
 from unlearnkit.loop import run_unlearning
 from unlearnkit.metrics.harness import reasoning_change
 from unlearnkit.reports import reasoning_change_sentence
@@ -55,6 +55,10 @@ def test_cli_runs_a_paper_config_offline_and_reports_errors_cleanly(memorized_mo
     from unlearnkit.experiments.sweep import point_row
 
     assert point_row(SweepPoint("cli-run", {}, None), out)["reasoning_change"] == change  # a sweep's row has it
+    from unlearnkit.attacks.target import load_target
+
+    # and so has what `unlearnkit attack` records of the run (the attack table's goal judges reasoning by it)
+    assert load_target(str(out), None, None, None, DATA).run_facts["reasoning_change"] == change
 
     bad = _cli("run", str(REPO / "configs/paper/gpt-neo-125m-lora-ihl.yaml"), "--set", "train.lrr=1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -261,11 +261,10 @@ def reasoning_change_sentence(change: dict[str, Any]) -> str:
 def _change_lines(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """The paired change of reasoning, where both snapshots kept each item's result (a cached snapshot from
     before items were kept has none)."""
-    from unlearnkit.metrics.harness import items_kept, reasoning_change
+    from unlearnkit.metrics.harness import change_where_kept
 
-    if not (items_kept(before.get("reasoning")) and items_kept(after.get("reasoning"))):
-        return []
-    return [reasoning_change_sentence(reasoning_change(before["reasoning"], after["reasoning"])), ""]
+    change = change_where_kept(before.get("reasoning"), after.get("reasoning"))
+    return [] if change is None else [reasoning_change_sentence(change), ""]
 
 
 def kept_table(snapshot: dict[str, Any], title: str) -> Table:

@@ -83,6 +83,14 @@ class RunMetrics(BaseModel):
     def success(self) -> bool:
         return succeeded(self.criterion_met, self.diverged_epoch, self.collapsed_epoch)
 
+    def reasoning_change(self) -> dict[str, float | int] | None:
+        """The paired change of reasoning from before to after unlearning
+        (:func:`unlearnkit.metrics.harness.reasoning_change`), where both kept each item's result."""
+        from unlearnkit.metrics.harness import change_where_kept
+
+        return change_where_kept(*((snapshot.downstream or {}).get("reasoning") for snapshot in (self.before,
+                                                                                               self.after)))
+
 
 @dataclass
 class RunState:

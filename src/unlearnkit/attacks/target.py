@@ -80,6 +80,7 @@ def load_target(location: str, forget: SourceConfig | None, holdout: SourceConfi
         "forget": config.data.forget.label(), "seed": config.seed, "epochs": metrics.epochs_run,
         "criterion_met": metrics.criterion_met, "success": metrics.success,
         "kept": metrics.after.kept(), "kept_before": metrics.before.kept(),  # the recovery figure's other axis
+        **({"reasoning_change": change} if (change := metrics.reasoning_change()) is not None else {}),
         **config.method.gradient_point()}
     if config.adapter.adapter_class().has_adapter and (run.adapter_dir / "adapter_config.json").is_file():
         def adapted() -> Any:

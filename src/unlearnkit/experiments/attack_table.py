@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from unlearnkit.attacks import HELD_OUT_ROWS, specific_recovery
 from unlearnkit.errors import UnlearnkitError
@@ -22,7 +22,7 @@ from unlearnkit.experiments.report import marked_page, replace_section, section_
 from unlearnkit.experiments.sweep import SweepOutcome
 from unlearnkit.io import ClaimedElsewhere, atomic_write_json, atomic_write_text, claimed
 
-__all__ = ["ATTACK_FILE", "attack_runs", "read_attack_records", "attack_table_markdown",
+__all__ = ["ATTACK_FILE", "attack_runs", "read_attack_records", "attack_table_markdown", "goal_markdown",
            "holds_attack_records", "recovery_figure", "recovery_points", "write_attack_report",
            "update_page_with_attacks"]
 
@@ -31,6 +31,11 @@ RECOVERY_FIGURE = "figure_recovery.png"
 TABLE_FILE = "attacks.md"
 NO_VALUE = "—"
 Record = dict[str, Any]
+#: forgetting that holds (docs/robust.md): membership AUCs after unlearning within 0.5 ± GOAL_AUC_MARGIN (the
+#: goal's "at most 0.6" read both ways: an AUC far below 0.5 tells the forgotten rows apart too, as the less
+#: familiar ones), relearning's specific recovery of MA at most GOAL_RECOVERY, reasoning at most
+#: GOAL_REASONING_LOSS points below the model before
+GOAL_AUC_MARGIN, GOAL_RECOVERY, GOAL_REASONING_LOSS = 0.1, 0.2, 1.0
 
 
 def attack_runs(run_dirs: Sequence[Path], output: Path, attack_one: Callable[[Path], tuple[Record, str]],
@@ -109,7 +114,7 @@ def write_attack_report(directory: str | Path, out_dir: str | Path | None = None
     records = read_attack_records(directory)
     out = Path(out_dir) if out_dir is not None else Path(directory)
     figure = recovery_figure(records, out / RECOVERY_FIGURE)
-    table = attack_table_markdown(records) + (_figure_markdown(RECOVERY_FIGURE) if figure else "")
+    table = _report_body(records) + (_figure_markdown(RECOVERY_FIGURE) if figure else "")
     return [atomic_write_text(out / TABLE_FILE, table + "\n"), *([figure] if figure else [])]
 
 
@@ -125,8 +130,13 @@ def update_page_with_attacks(page: Path, section: str, directory: str | Path) ->
         if not copy.exists() or copy.resolve() != (Path(directory) / f"{record['name']}.json").resolve():
             atomic_write_json(copy, {key: value for key, value in record.items() if key != "name"})
     figure = recovery_figure(records, folder / RECOVERY_FIGURE)
-    body = attack_table_markdown(records) + (_figure_markdown(f"results/{section}/{RECOVERY_FIGURE}") if figure else "")
+    body = _report_body(records) + (_figure_markdown(f"results/{section}/{RECOVERY_FIGURE}") if figure else "")
     replace_section(page, section, body, text)
+
+
+def _report_body(records: Sequence[Record]) -> str:
+    goal = goal_markdown(records)
+    return attack_table_markdown(records) + (f"\n\n{goal}" if goal else "")
 
 
 def _figure_markdown(link: str) -> str:
@@ -164,11 +174,8 @@ def attack_table_markdown(records: Sequence[Record]) -> str:
     headers += [f"{q} recovery MA" for q in quantisations]
     lines = [_caption(records, quantisations), "", "| " + " | ".join(headers) + " |",
              "|" + "|".join([":---", ":---", ":---", *("---:" for _ in headers[3:])]) + "|"]
-    order = {label: index for index, label in enumerate(ordered_labels(record_label(r) for r in records))}
-    for record in sorted(records, key=lambda r: (order[record_label(r)], r["name"])):
-        facts = record.get("run") or {}
-        success = NO_VALUE if "success" not in facts else "yes" if facts["success"] else "no"
-        cells = [record_label(record), f"`{record['name']}`", success]
+    for record in _in_table_order(records):
+        cells = [record_label(record), f"`{record['name']}`", _success(record)]
         if relearned:
             states, control, specific = _relearning(record)
             cells += [" → ".join(_percent(s.get(key)) for s in states) for key in ("ma", "el")]
@@ -193,6 +200,17 @@ def attack_table_markdown(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
+def _in_table_order(records: Sequence[Record]) -> list[Record]:
+    """Methods in the paper's order (Table 1's), runs by name within a method."""
+    order = {label: index for index, label in enumerate(ordered_labels(record_label(r) for r in records))}
+    return sorted(records, key=lambda r: (order[record_label(r)], r["name"]))
+
+
+def _success(record: Record) -> str:
+    facts = record.get("run") or {}
+    return NO_VALUE if "success" not in facts else "yes" if facts["success"] else "no"
+
+
 def _relearning(record: Record) -> tuple[list[Record], list[Record], dict[str, float | None]]:
     """Relearning's rows of a record: the unseen rows before unlearning, unlearned and relearned; the held-out
     control unlearned and relearned; and the specific recovery of MA and EL10 they give."""
@@ -207,17 +225,69 @@ def _relearning(record: Record) -> tuple[list[Record], list[Record], dict[str, f
     return states, control, specific
 
 
+def goal_markdown(records: Sequence[Record]) -> str:
+    """Each attacked run against the goal of forgetting that holds (docs/robust.md), part by part: the forget
+    rows' LOSS and Min-K% membership AUCs after unlearning and relearning's specific recovery of MA, judged by
+    their values, and the reasoning accuracy kept, judged by its paired interval where the run kept each item's
+    result (met when the whole interval lies above the bound, missed when it lies below, else undecided);
+    "" when no record measured any of them."""
+    lines = []
+    for record in _in_table_order(records):
+        auc = next((row.get("mia_auc") or {} for row in record["rows"]
+                    if row["attack"] == "none (unlearned)" and row["rows"] == "all"), {})
+        aucs = [auc.get(key) for key in ("loss", "min_k")]
+        measured = [a for a in aucs if _finite(a)]
+        specific = _relearning(record)[2]["ma"]
+        kept, change = _reasoning_kept(record), (record.get("run") or {}).get("reasoning_change")
+        bound = -GOAL_REASONING_LOSS / 100
+        parts = {"membership": (max(abs(a - 0.5) for a in measured) <= GOAL_AUC_MARGIN
+                                if len(measured) == len(aucs) else None),
+                 "relearning": specific <= GOAL_RECOVERY if _finite(specific) else None,
+                 "reasoning": None if not change else True if change["low"] >= bound else
+                 False if change["high"] < bound else None}
+        if all(part is None for part in parts.values()) and kept is None:
+            continue
+        missed = [name for name, part in parts.items() if part is False]
+        open_parts = [name for name, part in parts.items() if part is None]
+        verdict = (f"no: {', '.join(missed)}" if missed else f"undecided: {', '.join(open_parts)}" if open_parts
+                   else "yes")
+        reasoning = NO_VALUE if kept is None else f"{kept:+.1f}"
+        if change:
+            reasoning += f" [{100 * change['low']:+.1f}, {100 * change['high']:+.1f}]"
+        lines.append(f"| {record_label(record)} | `{record['name']}` | {_success(record)} | "
+                     f"{' / '.join(_fraction(a) for a in aucs)} | {_fraction(specific)} | {reasoning} | {verdict} |")
+    if not lines:
+        return ""
+    return "\n".join([
+        f"**Against the goal** of forgetting that holds: both membership AUCs of the forget rows after unlearning "
+        f"within 0.5 ± {GOAL_AUC_MARGIN:g} (at most {0.5 + GOAL_AUC_MARGIN:g}, and not below "
+        f"{0.5 - GOAL_AUC_MARGIN:g}, where the rows stand out as less familiar than unseen text) and relearning's "
+        f"specific recovery of MA at most {GOAL_RECOVERY:g}, judged by their values; reasoning accuracy at most "
+        f"{GOAL_REASONING_LOSS:g} point below the model before unlearning, on the items the run scored, judged by "
+        f"its paired 95 % interval (in brackets, where the run kept each item's result): met when all of it lies "
+        f"above the bound, missed when all of it lies below, otherwise undecided (a few hundred items rarely "
+        f"decide a point: score more with `unlearnkit eval --baseline`). — marks a part not measured, which leaves "
+        f"it undecided.", "",
+        "| Method | Run | Success | LOSS / Min-K% AUC | relearning specific recovery MA | reasoning kept (points) "
+        "| goal met |", "|:---|:---|:---|---:|---:|---:|:---|", *lines])
+
+
+def _reasoning_kept(record: Record) -> float | None:
+    """The reasoning accuracy after − before unlearning, in points, when the run's facts carry both."""
+    facts = record.get("run") or {}
+    after, before = (facts.get(key, {}).get("reasoning_acc") for key in ("kept", "kept_before"))
+    return None if after is None or before is None else 100 * (after - before)
+
+
 def recovery_points(records: Sequence[Record]) -> list[tuple[str, str, float, float]]:
     """One point per run whose record carries what the model kept (attack records since the run facts have
     ``kept``): its label, its name, the reasoning accuracy it kept (after − before unlearning, in points) and
     relearning's specific recovery of the unseen rows' MA."""
     points = []
     for record in records:
-        facts = record.get("run") or {}
-        after, before = (facts.get(key, {}).get("reasoning_acc") for key in ("kept", "kept_before"))
-        specific = _relearning(record)[2]["ma"]
-        if after is not None and before is not None and specific is not None:
-            points.append((record_label(record), record["name"], 100 * (after - before), specific))
+        kept, specific = _reasoning_kept(record), _relearning(record)[2]["ma"]
+        if kept is not None and specific is not None:
+            points.append((record_label(record), record["name"], kept, specific))
     return points
 
 
@@ -240,10 +310,10 @@ def recovery_figure(records: Sequence[Record], path: Path) -> Path | None:
         for x, y, name in mine:
             short = name.replace("__", " ").replace("method-", "").replace("rule-", "")  # the axes' values only
             axes.annotate(short, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    axes.axhline(0.2, color="grey", linestyle="--", linewidth=0.8)
-    axes.axvline(-1.0, color="grey", linestyle=":", linewidth=0.8)
-    axes.set_xlabel("reasoning kept: after − before unlearning (points); dotted: −1")
-    axes.set_ylabel("relearning: specific recovery of MA; dashed: 0.2")
+    axes.axhline(GOAL_RECOVERY, color="grey", linestyle="--", linewidth=0.8)
+    axes.axvline(-GOAL_REASONING_LOSS, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel(f"reasoning kept: after − before unlearning (points); dotted: −{GOAL_REASONING_LOSS:g}")
+    axes.set_ylabel(f"relearning: specific recovery of MA; dashed: {GOAL_RECOVERY:g}")
     axes.legend(fontsize=7)
     figure.tight_layout()
     return save_figure(figure, path)
@@ -284,5 +354,5 @@ def _fraction(value: Any) -> str:
     return f"{0.0 if round(value, 2) == 0 else value:.2f}"  # no "-0.00"
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -148,12 +148,8 @@ def point_row(point: SweepPoint, directory: Path) -> dict[str, Any]:
 def _reasoning_change_fields(metrics: Any) -> dict[str, Any]:
     """The paired change of reasoning (change, low, high, confidence, items, tasks), where both snapshots kept
     each item's result."""
-    from unlearnkit.metrics.harness import items_kept, reasoning_change
-
-    before, after = ((snapshot.downstream or {}).get("reasoning") for snapshot in (metrics.before, metrics.after))
-    if before is None or after is None or not (items_kept(before) and items_kept(after)):
-        return {}
-    return {"reasoning_change": reasoning_change(before, after)}
+    change = metrics.reasoning_change()
+    return {} if change is None else {"reasoning_change": change}
 
 
 def _membership_fields(config: Any, metrics: Any) -> dict[str, Any]:

@@ -163,6 +163,15 @@ def reasoning_change(before: Mapping[str, Mapping[str, Any]], after: Mapping[str
             "items": items, "tasks": len(tasks)}
 
 
+def change_where_kept(before: Mapping[str, Mapping[str, Any]] | None,
+                      after: Mapping[str, Mapping[str, Any]] | None) -> dict[str, float | int] | None:
+    """:func:`reasoning_change` from ``before`` to ``after``, or None where either is missing or did not keep each
+    item's result (scores stored before items were kept)."""
+    if before is None or after is None or not (items_kept(before) and items_kept(after)):
+        return None
+    return reasoning_change(before, after)
+
+
 def _check_tasks(tasks: Sequence[str]) -> list[str]:
     if isinstance(tasks, str):
         tasks = [tasks]
