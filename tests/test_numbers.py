@@ -97,10 +97,10 @@ def _robust_row(name: str) -> dict[str, Any]:
     return next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == f"forget-set0__{name}")
 
 
-def _smollm2_attack(method: str, rule: str = "mia") -> dict[tuple[str, str], dict[str, Any]]:
-    """The attack record's rows of a set-0 run (by default under the indistinguishability rule), by (attack's first
-    word, rows: "unseen" or "control")."""
-    rows = record(f"docs/results/attacks-robust-smollm2/forget-set0__rule-{rule}__method-{method}.json")["rows"]
+def _smollm2_attack(method: str, rule: str = "mia", forget: str = "set0") -> dict[tuple[str, str], dict[str, Any]]:
+    """The attack record's rows of a run (by default set 0's under the indistinguishability rule), by (attack's
+    first word, rows: "unseen" or "control")."""
+    rows = record(f"docs/results/attacks-robust-smollm2/forget-{forget}__rule-{rule}__method-{method}.json")["rows"]
     return {(r["attack"].split()[0], "control" if r["rows"] == "held-out (control)" else "unseen"): r
             for r in rows if r["rows"] != "all" or r["attack"].startswith("fine-tune")}
 
@@ -147,6 +147,86 @@ def _smollm2_paper_attacks_read() -> str:
         *(_two(level[step, "unseen"][kind]["ma"]) for step in ("relearn", "LoRA", "fine-tune")
           for kind in ("recovery", "specific_recovery")),
         *(_two(specific[m, rule]) for m in ("flora-ihl", "flora-level") for rule in ("paper", "mia")))
+
+
+def _recoveries(attack: dict[tuple[str, str], dict[str, Any]], *steps: str) -> list[str]:
+    """Raw and specific recovery of the unseen rows' MA after each of ``steps``, as the page rounds them."""
+    return [_two(attack[step, "unseen"][kind]["ma"]) for step in steps for kind in ("recovery", "specific_recovery")]
+
+
+def _smollm2_sam_attacked() -> str:
+    sam, ihl = _smollm2_attack("flora-ihl-sam", "paper"), _smollm2_attack("flora-ihl", "paper")
+    return ("13 epochs, AUC {:.2f} and Min-K% {:.2f}. How far ρ moved the loss on this model (`forget_loss_moved` "
+            "of {}. Attacked, it left as much to recover as FLoRA + IHL: relearning brought back {} of the unseen "
+            "rows' MA, {} beyond the control (FLoRA + IHL: {} and {}), the LoRA attacker {} / {}, unrelated "
+            "fine-tuning {} / {}").format(
+        *(_robust_smollm2("flora-ihl-sam")["after"]["privacy"]["mia_auc"][k] for k in ("loss", "min_k")),
+        _sam_rise(), *_recoveries(sam, "relearn"), *_recoveries(ihl, "relearn"),
+        *_recoveries(sam, "LoRA", "fine-tune"))
+
+
+def _smollm2_set2_paper() -> str:
+    names = [f"forget-set2__rule-paper__method-{m}" for m in ("flora-ihl", "flora-level")]
+    mia = next(r for r in record("docs/results/robust-smollm2/results.jsonl")
+               if r["name"] == "forget-set2__rule-mia__method-flora-ihl")
+    epochs = [next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == n)["epochs"]
+              for n in names]
+    auc = [record(f"docs/results/robust-smollm2/records/sweep/{n}/metrics.json")["after"]["privacy"]["mia_auc"]
+           for n in names]
+    ihl, level = (_smollm2_attack(m, "paper", "set2") for m in ("flora-ihl", "flora-level"))
+    held = (_smollm2_attack(m, "mia", "set2")["relearn", "unseen"]["specific_recovery"]["ma"]
+            for m in ("flora-ihl", "flora-level"))
+    assert mia["paper_rule_epoch"] == epochs[0]
+    return ("FLoRA + IHL met it after epoch {}, as its run under the indistinguishability rule had (the two runs are "
+            "the same up to there), and FLoRA + level after epoch {}. As on set 0 both left the rows recognisable: "
+            "LOSS AUC {:.2f} and Min-K% {:.2f} after FLoRA + IHL, {:.2f} and {:.2f} after FLoRA + level. Attacked: "
+            "relearning brought back {} of the unseen rows' MA after FLoRA + IHL, {} beyond the control, and {} / {} "
+            "after FLoRA + level; the LoRA attacker {} / {} and {} / {}; unrelated fine-tuning {} / {} and {} / {}. "
+            "Training on to indistinguishability cut the specific relearning recovery from {} to {} (IHL) and from {} "
+            "to {} (level)").format(
+        *epochs, *(a[k] for a in auc for k in ("loss", "min_k")), *_recoveries(ihl, "relearn"),
+        *_recoveries(level, "relearn"), *(v for step in ("LoRA", "fine-tune") for a in (ihl, level)
+                                          for v in _recoveries(a, step)),
+        *(v for pair in zip((_recoveries(a, "relearn")[1] for a in (ihl, level)), (_two(h) for h in held), strict=True)
+          for v in pair))
+
+
+def _smollm2_sam_mia() -> str:
+    name = "forget-set0__rule-mia__method-flora-ihl-sam"
+    row = next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == name)
+    ihl = next(r for r in record("docs/results/robust-smollm2/results.jsonl")
+               if r["name"] == "forget-set0__rule-mia__method-flora-ihl")
+    found = [record(f"docs/results/robust-smollm2/records/sweep/{n}/metrics.json") for n in (name, ihl["name"])]
+    sam_attack, ihl_attack = _smollm2_attack("flora-ihl-sam"), _smollm2_attack("flora-ihl")
+    return ("the paper's rule after epoch {}, indistinguishable after epoch {} (LOSS AUC {:.2f} [{:.2f}, {:.2f}], "
+            "Min-K% {:.2f} [{:.2f}, {:.2f}]), {} epochs after FLoRA + IHL without SAM, and at the same price: "
+            "held-out TDEC MA {:.1f} % ({:.1f} % without SAM), Pile perplexity {:.1f} ({:.1f}). Attacked: relearning "
+            "{} raw / {} specific (without SAM {} / {}), the LoRA attacker {} / {}, unrelated fine-tuning {} / {}"
+            ).format(
+        row["paper_rule_epoch"], row["epochs"], *(row["mia"][k][part] for k in ("loss", "min_k")
+                                                  for part in ("auc", "low", "high")),
+        "two" if row["epochs"] - ihl["epochs"] == 2 else row["epochs"] - ihl["epochs"],
+        *(100 * m["after"]["validation"]["ma"] for m in found), *(m["after"]["downstream"]["pile_ppl"] for m in found),
+        *_recoveries(sam_attack, "relearn"), *_recoveries(ihl_attack, "relearn"),
+        *_recoveries(sam_attack, "LoRA", "fine-tune"))
+
+
+def _smollm2_goal_table() -> str:
+    from unlearnkit.experiments.attack_table import goal_markdown, read_attack_records
+
+    records = read_attack_records(REPO / "docs" / "results" / "attacks-robust-smollm2")
+    verdicts = {line.split("|")[2].strip(" `"): line.split("|")[7].strip()
+                for line in goal_markdown(records).splitlines()[4:]}
+    open_runs = sorted(name for name, verdict in verdicts.items() if not verdict.startswith("no"))
+    assert "yes" not in verdicts.values()
+    assert open_runs == [f"forget-{s}__rule-mia__method-flora-level" for s in ("set0", "set2")]
+    assert all(verdicts[name] == "undecided: reasoning" for name in open_runs)
+    rows = [r for r in record("docs/results/robust-smollm2/results.jsonl") if r.get("reasoning_change")]
+    halves = {round(100 * (r["reasoning_change"]["high"] - r["reasoning_change"]["low"]) / 2) for r in rows}
+    return (f"No run meets the goal there: FLoRA + level under the indistinguishability rule is the only "
+            f"configuration that misses no part on either set, and its reasoning part is undecided, as it is for every "
+            f"run on the sweep's {rows[0]['reasoning_change']['items']} items (paired intervals about "
+            f"±{halves.pop() if len(halves) == 1 else halves} points wide)")
 
 
 def _smollm2_level_run() -> str:
@@ -320,9 +400,9 @@ def _sam_rise() -> str:
     moved = [e for e in _robust_smollm2("flora-ihl-sam")["epochs"] if e.get("forget_loss_moved") is not None]
     rise = [e["forget_loss_moved"] - e["forget_loss"] for e in moved]
     share = [r / e["forget_loss"] for r, e in zip(rise, moved, strict=True)]
-    return (f"epochs {moved[0]['epoch']}-{moved[-1]['epoch']}; the first five epochs ran before the record had it): "
-            f"the forget loss at the perturbed point was {min(rise):.3f}-{max(rise):.3f} nats above the loss at θ, "
-            f"{100 * min(share):.1f}-{100 * max(share):.1f} % of it")
+    return (f"epochs {moved[0]['epoch']}-{moved[-1]['epoch']}): the forget loss at the perturbed point was "
+            f"{min(rise):.3f}-{max(rise):.3f} nats above the loss at θ, {100 * min(share):.1f}-{100 * max(share):.1f} "
+            f"% of it")
 
 
 TINY, SMOL = "docs/results/testbeds/tiny.json", "docs/results/testbeds/smollm2.json"
@@ -367,7 +447,10 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, membership after": ("docs/results.md", lambda: " ".join(
         "AUC {:.2f} and Min-K% {:.2f}".format(*(_robust_smollm2(m)["after"]["privacy"]["mia_auc"][k]
                                                 for k in ("loss", "min_k"))) for m in ("flora-level",))),
-    "SmolLM2 robust, SAM's rho": ("docs/results.md", _sam_rise),
+    "SmolLM2 robust, SAM's rho and attacks": ("docs/results.md", _smollm2_sam_attacked),
+    "SmolLM2 robust, set 2 under the paper's rule": ("docs/results.md", _smollm2_set2_paper),
+    "SmolLM2 robust, SAM indistinguishable": ("docs/results.md", _smollm2_sam_mia),
+    "SmolLM2 robust, the goal table": ("docs/results.md", _smollm2_goal_table),
     "SmolLM2 robust, FLoRA + IHL indistinguishable": ("docs/results.md", lambda: (lambda m, p: (
         "LOSS AUC {:.2f} [{:.2f}, {:.2f}], Min-K% {:.2f} [{:.2f}, {:.2f}] (80 % intervals within 0.5 ± {:.2f}). The "
         "price went beyond the forgotten rows: held-out TDEC MA fell to {:.1f} % ({:.1f} % after the paper's rule, "
@@ -385,7 +468,8 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
             100 * (m["epochs"][-2]["forget_ma"] - m["epochs"][-1]["forget_ma"]), 100 * m["after"]["forget"]["el"],
             100 * m["thresholds"]["el"], *(m["after"]["privacy"]["mia_auc"][k] for k in ("loss", "min_k"))))(
         _robust_smollm2("npo"))),
-    "SmolLM2 robust, GA": ("docs/results.md", lambda: "(AUC {:.2f}, Min-K% {:.2f}:".format(
+    "SmolLM2 robust, GA": ("docs/results.md", lambda: "signal to the loss (AUC {:.2f}), while by Min-K% ({:.2f})"
+                           .format(
         *(_robust_smollm2("ga")["after"]["privacy"]["mia_auc"][k] for k in ("loss", "min_k")))),
     "SmolLM2 robust, FLoRA + level indistinguishable": ("docs/results.md", _smollm2_level_run),
     "SmolLM2 robust, attacks": ("docs/results.md", _smollm2_attacks_read),
@@ -418,6 +502,13 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
           for m in ("flora-ihl", "flora-level")),
         next(r for r in record("docs/results/robust-smollm2/results.jsonl")
              if r["name"] == "forget-set2__rule-mia__method-flora-level")["mia"]["loss"]["auc"])),
+    "SmolLM2 robust, set 2 and SAM in robust.md": ("docs/robust.md", lambda: (
+        "(specific relearning recovery {} for FLoRA + IHL, {} for FLoRA + level). SAM with ρ 0.01 changed nothing "
+        "that matters on set 0, under either rule ({} and {} against FLoRA + IHL's {} and {})").format(
+        *(_two(_smollm2_attack(m, "paper", "set2")["relearn", "unseen"]["specific_recovery"]["ma"])
+          for m in ("flora-ihl", "flora-level")),
+        *(_two(_smollm2_attack(m, rule)["relearn", "unseen"]["specific_recovery"]["ma"])
+          for m in ("flora-ihl-sam", "flora-ihl") for rule in ("paper", "mia")))),
     "SmolLM2 robust, paper's rule in robust.md": ("docs/robust.md", lambda: (
         "(specific relearning recovery {} for FLoRA + level, {} for FLoRA + IHL)").format(
         *(_two(_smollm2_attack(m, "paper")["relearn", "unseen"]["specific_recovery"]["ma"])
