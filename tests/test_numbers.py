@@ -451,6 +451,9 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, set 2 under the paper's rule": ("docs/results.md", _smollm2_set2_paper),
     "SmolLM2 robust, SAM indistinguishable": ("docs/results.md", _smollm2_sam_mia),
     "SmolLM2 robust, the goal table": ("docs/results.md", _smollm2_goal_table),
+    "SmolLM2 robust, SAM's reasoning": ("docs/results.md", lambda: (
+        "its reasoning changed by {} points (paired 95 % interval {} to {}; without SAM {}, {} to {})").format(
+        *(v for m in ("flora-ihl-sam", "flora-ihl") for v in _interval(f"forget-set0__rule-mia__method-{m}")))),
     "SmolLM2 robust, FLoRA + IHL indistinguishable": ("docs/results.md", lambda: (lambda m, p: (
         "LOSS AUC {:.2f} [{:.2f}, {:.2f}], Min-K% {:.2f} [{:.2f}, {:.2f}] (80 % intervals within 0.5 ± {:.2f}). The "
         "price went beyond the forgotten rows: held-out TDEC MA fell to {:.1f} % ({:.1f} % after the paper's rule, "
