@@ -222,11 +222,11 @@ def _smollm2_goal_table() -> str:
     assert open_runs == [f"forget-{s}__rule-mia__method-flora-level" for s in ("set0", "set2")]
     assert all(verdicts[name] == "undecided: reasoning" for name in open_runs)
     rows = [r for r in record("docs/results/robust-smollm2/results.jsonl") if r.get("reasoning_change")]
-    halves = {round(100 * (r["reasoning_change"]["high"] - r["reasoning_change"]["low"]) / 2) for r in rows}
+    halves = sorted({round(100 * (r["reasoning_change"]["high"] - r["reasoning_change"]["low"]) / 2) for r in rows})
     return (f"No run meets the goal there: FLoRA + level under the indistinguishability rule is the only "
             f"configuration that misses no part on either set, and its reasoning part is undecided, as it is for every "
             f"run on the sweep's {rows[0]['reasoning_change']['items']} items (paired intervals about "
-            f"±{halves.pop() if len(halves) == 1 else halves} points wide)")
+            f"±{'-'.join(str(h) for h in dict.fromkeys((halves[0], halves[-1])))} points wide)")
 
 
 def _smollm2_level_run() -> str:
@@ -451,6 +451,13 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, set 2 under the paper's rule": ("docs/results.md", _smollm2_set2_paper),
     "SmolLM2 robust, SAM indistinguishable": ("docs/results.md", _smollm2_sam_mia),
     "SmolLM2 robust, the goal table": ("docs/results.md", _smollm2_goal_table),
+    "SmolLM2 robust, GA attacked": ("docs/results.md", lambda: (
+        "{} points, paired 95 % interval {} to {}. Trained again for the attack (the same row): relearning brought "
+        "back {} of the unseen rows' MA, {} beyond the control, and the LoRA attacker {} / {} (no unrelated "
+        "fine-tuning: GA has no retain set to fine-tune on)").format(
+        *(_points(v) for v in (lambda c: (c["change"], c["low"], c["high"]))(record(
+            "docs/results/attacks-robust-smollm2/forget-set0__rule-paper__method-ga.json")["run"]["reasoning_change"])),
+        *_recoveries(_smollm2_attack("ga", "paper"), "relearn", "LoRA"))),
     "SmolLM2 robust, SAM's reasoning": ("docs/results.md", lambda: (
         "its reasoning changed by {} points (paired 95 % interval {} to {}; without SAM {}, {} to {})").format(
         *(v for m in ("flora-ihl-sam", "flora-ihl") for v in _interval(f"forget-set0__rule-mia__method-{m}")))),
