@@ -217,3 +217,35 @@ def test_quantisations_are_named_as_their_labels_read():
     for bad in ("int9-g32-sym", "int4-g0-asym"):  # what QuantSpec would refuse is refused before torch loads
         with pytest.raises(Exception, match="int4-g32-asym"):
             _quant_fields(bad)
+
+
+def test_an_unrelated_attack_without_its_text_is_recorded_as_not_run(tiny_model):
+    from unlearnkit.attacks.suite import UNRELATED_MISSING, AttackPlan, attack_markdown, run_attacks
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.progress import Progress
+
+    ids = torch.randint(0, 95, (12, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    forget, holdout = TokenBlocks(ids[:6], mask[:6], "forget"), TokenBlocks(ids[6:], mask[6:], "held-out")
+    plan = AttackPlan(relearn_steps=0, lora_relearn_rank=0, unrelated_steps=3, quantisations=(), score_el=False)
+    result = run_attacks(tiny_model, None, forget, holdout, plan, EvalConfig(bootstrap=20), Progress(quiet=True))
+    assert result.details["unrelated"] == {"skipped": UNRELATED_MISSING}
+    assert [row["attack"] for row in result.rows] == ["none (unlearned)"]  # no control without an attack
+    assert f"- unrelated: {UNRELATED_MISSING}" in attack_markdown(result, "m")
+    given = run_attacks(tiny_model, None, forget, holdout, plan, EvalConfig(bootstrap=20), Progress(quiet=True),
+                        unrelated=holdout)
+    assert given.details["unrelated"]["rows"] == 6 and "Not run" not in attack_markdown(given, "m")
+
+
+@pytest.mark.integration
+def test_attacking_a_bare_model_names_the_option_that_gives_its_unrelated_attack_text(memorized_model_dir, tmp_path):
+    from unlearnkit.attacks.suite import UNRELATED_MISSING
+
+    bare = run_cli("attack", str(memorized_model_dir), "--forget", "jang,n=4,set=0", "--holdout",
+                   "tdec,split=val,n=4", "--seq-len", "32", "--relearn-steps", "0", "--lora-relearn-rank", "0",
+                   "--quant", "", "--no-el", "--unrelated-steps", "2", "-q", "--output", str(tmp_path / "bare"))
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    said = " ".join(bare.stderr.split())
+    assert UNRELATED_MISSING in said and "--unrelated SOURCE" in said
+    assert json.loads((tmp_path / "bare" / "attack.json").read_text())["details"]["unrelated"] == {
+        "skipped": UNRELATED_MISSING}

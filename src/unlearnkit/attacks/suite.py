@@ -36,6 +36,9 @@ from unlearnkit.data.run_sets import RunData
 from unlearnkit.evaluation import ScoreCache, cached_memorization, evaluation_snapshot
 from unlearnkit.progress import Progress
 
+# why a model without a run's retain set gets no unrelated fine-tuning unless the text is named
+UNRELATED_MISSING = "no unrelated text to fine-tune on (the model has no run's retain set and none was named)"
+
 
 @dataclass(frozen=True)
 class AttackPlan:
@@ -109,6 +112,8 @@ def run_attacks(model: Any, tokenizer: Any, forget: TokenBlocks, holdout: TokenB
                            "all", attacked, forget, unlearned_all, original_all)
         attacks.result.details["unrelated"] = {"text": unrelated.name, "rows": len(unrelated), "losses": losses}
         del attacked
+    elif plan.unrelated_steps > 0:  # recorded, so the table's empty cells say why
+        attacks.result.details["unrelated"] = {"skipped": UNRELATED_MISSING}
     for spec in plan.quantisations:
         attacks.quantisation(spec, forget, unlearned_all, original_all, adapted)
     return attacks.result
@@ -253,4 +258,8 @@ def attack_markdown(result: AttackResult, model: str) -> str:
                      f"{number(row.get('extraction'))} | {number(row.get('mia_auc', {}).get('loss'), False)} | "
                      f"{number(recovery.get('ma'), False)} | {number(recovery.get('el'), False)} | "
                      f"{number(specific.get('ma'), False)} | {number(specific.get('el'), False)} |")
+    not_run = [f"- {name}: {detail['skipped']}" for name, detail in result.details.items()
+               if isinstance(detail, dict) and "skipped" in detail]
+    if not_run:
+        lines += ["", "Not run:", *not_run]
     return "\n".join(lines)

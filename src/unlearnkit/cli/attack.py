@@ -117,12 +117,15 @@ def _attack_sweep(runs: list[Path], output: Path, attack_one: Any, console: Cons
 def _attack_one(location: str, forget_source: Any, holdout_source: Any, unrelated_source: Any, seq_len: int | None,
                 data: Path, plan: Any, progress: Any) -> tuple[dict[str, Any], str]:
     """The attack record (attack.json) and report (attack.md) of the model at ``location``."""
-    from unlearnkit.attacks.suite import attack_markdown, run_attacks
+    from unlearnkit.attacks.suite import UNRELATED_MISSING, attack_markdown, run_attacks
     from unlearnkit.attacks.target import load_target
     from unlearnkit.config import EvalConfig
 
     with progress.status(f"Loading {location}"):
         target = load_target(location, forget_source, holdout_source, seq_len, data, unrelated_source)
+    if plan.unrelated_steps > 0 and target.unrelated is None:
+        progress.warn(f"{location}: {UNRELATED_MISSING}; name it with --unrelated SOURCE (e.g. wikitext) to run "
+                      "that attack.")
     eval_config = target.run_config.eval if target.run_config is not None else EvalConfig()
     result = run_attacks(target.model, target.tokenizer, target.forget, target.holdout, plan, eval_config,
                          progress, before=target.before, adapted=target.adapted, unrelated=target.unrelated)
