@@ -133,10 +133,11 @@ def test_the_recovery_figure_plots_specific_recovery_against_the_reasoning_kept(
         content = json.loads(file.read_text(encoding="utf-8"))
         content["run"].update(kept={"reasoning_acc": after}, kept_before={"reasoning_acc": before})
         file.write_text(json.dumps(content), encoding="utf-8")
-    points = {name: (x, y) for _, name, x, y in recovery_points(read_attack_records(attacked))}
-    # FLoRA + IHL: (0.8 - 0.2) - (0.3 - 0.27) over 0.9 - 0.2 of MA came back beyond the control; GA likewise
-    assert points == {"flora-ihl": (pytest.approx(-1.0), pytest.approx((0.6 - 0.03) / 0.7)),
-                      "ga": (pytest.approx(-8.0), pytest.approx((0.4 - 0.03) / 0.8))}
+    points = {point.name: point[2:] for point in recovery_points(read_attack_records(attacked))}
+    # FLoRA + IHL: (0.8 - 0.2) - (0.3 - 0.27) over 0.9 - 0.2 of MA came back beyond the control; GA likewise,
+    # and it missed its criterion (a cross)
+    assert points == {"flora-ihl": (pytest.approx(-1.0), pytest.approx((0.6 - 0.03) / 0.7), True),
+                      "ga": (pytest.approx(-8.0), pytest.approx((0.4 - 0.03) / 0.8), False)}
     written = write_attack_report(attacked, tmp_path / "figure")
     assert [p.name for p in written] == ["attacks.md", "figure_recovery.png"]
     assert written[1].read_bytes().startswith(b"\x89PNG") and "(figure_recovery.png)" in written[0].read_text()

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 from unlearnkit.attacks import HELD_OUT_ROWS, specific_recovery
 from unlearnkit.errors import UnlearnkitError
@@ -141,9 +141,9 @@ def _report_body(records: Sequence[Record]) -> str:
 
 def _figure_markdown(link: str) -> str:
     return (f"\n\n![Relearning's specific recovery against the reasoning kept]({link})\n\n*Relearning's specific "
-            "recovery of the unseen rows' MA against the reasoning accuracy kept, one point per run: the goal of "
-            "forgetting that holds is below the dashed line (0.2) and right of the dotted one (within a point of "
-            "the model before unlearning).*")
+            "recovery of the unseen rows' MA against the reasoning accuracy kept, one point per run (a cross: the run "
+            "did not meet its forgetting criterion): the goal of forgetting that holds is below the dashed line "
+            "(0.2) and right of the dotted one (within a point of the model before unlearning).*")
 
 
 def record_label(record: Record) -> str:
@@ -279,21 +279,32 @@ def _reasoning_kept(record: Record) -> float | None:
     return None if after is None or before is None else 100 * (after - before)
 
 
-def recovery_points(records: Sequence[Record]) -> list[tuple[str, str, float, float]]:
+class RecoveryPoint(NamedTuple):
+    """One run in the recovery figure."""
+
+    label: str  # the method as Table 1 names it
+    name: str  # the run
+    kept: float  # reasoning accuracy after − before unlearning, in points
+    specific: float  # relearning's specific recovery of the unseen rows' MA
+    success: bool  # the run met its forgetting criterion
+
+
+def recovery_points(records: Sequence[Record]) -> list[RecoveryPoint]:
     """One point per run whose record carries what the model kept (attack records since the run facts have
-    ``kept``): its label, its name, the reasoning accuracy it kept (after − before unlearning, in points) and
-    relearning's specific recovery of the unseen rows' MA."""
+    ``kept``) and relearning's specific recovery."""
     points = []
     for record in records:
         kept, specific = _reasoning_kept(record), _relearning(record)[2]["ma"]
         if kept is not None and specific is not None:
-            points.append((record_label(record), record["name"], kept, specific))
+            success = bool((record.get("run") or {}).get("success"))
+            points.append(RecoveryPoint(record_label(record), record["name"], kept, specific, success))
     return points
 
 
 def recovery_figure(records: Sequence[Record], path: Path) -> Path | None:
     """Relearning's specific recovery against the reasoning kept, one point per run (the goal of docs/robust.md:
-    recovery at most 0.2 with reasoning within a point of the model before unlearning); None without points."""
+    recovery at most 0.2 with reasoning within a point of the model before unlearning); runs that missed their
+    criterion are crosses, as in Figure 2. None without points."""
     points = recovery_points(records)
     if not points:
         return None
@@ -303,13 +314,19 @@ def recovery_figure(records: Sequence[Record], path: Path) -> Path | None:
 
     figure = Figure(figsize=(7, 4.5))  # no pyplot: nothing global changes, no display needed (as figures.py)
     axes = figure.subplots()
-    labels = ordered_labels(label for label, *_ in points)
+    labels = ordered_labels(point.label for point in points)
     for index, label in enumerate(labels):
-        mine = [(x, y, name) for other, name, x, y in points if other == label]
-        axes.scatter([x for x, _, _ in mine], [y for _, y, _ in mine], label=label, color=f"C{index % 10}")
-        for x, y, name in mine:
-            short = name.replace("__", " ").replace("method-", "").replace("rule-", "")  # the axes' values only
-            axes.annotate(short, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        mine = [point for point in points if point.label == label]
+        for success in (True, False):
+            chosen = [point for point in mine if point.success == success]
+            if chosen:
+                axes.scatter([p.kept for p in chosen], [p.specific for p in chosen], color=f"C{index % 10}",
+                             marker="o" if success else "x", label=label if chosen[0] is mine[0] else None)
+        for point in mine:
+            short = point.name.replace("__", " ")  # the grid's values only
+            for axis in ("forget-", "method-", "rule-"):
+                short = short.replace(axis, "")
+            axes.annotate(short, (point.kept, point.specific), fontsize=6, xytext=(3, 3), textcoords="offset points")
     axes.axhline(GOAL_RECOVERY, color="grey", linestyle="--", linewidth=0.8)
     axes.axvline(-GOAL_REASONING_LOSS, color="grey", linestyle=":", linewidth=0.8)
     axes.set_xlabel(f"reasoning kept: after − before unlearning (points); dotted: −{GOAL_REASONING_LOSS:g}")
