@@ -225,6 +225,22 @@ def _smollm2_sam_set2_paper() -> str:
         *_recoveries(sam, "relearn"), *_recoveries(ihl, "relearn"), *_recoveries(sam, "LoRA", "fine-tune"))
 
 
+def _smollm2_cost() -> str:
+    row = {n: next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == f"forget-set0__{n}")
+           for n in ("rule-mia__method-flora-level", "rule-paper__method-flora-ihl", "rule-paper__method-ga")}
+    level, ihl, ga = row.values()
+    assert all(f"{r['params_pct']:.2f}" == "2.95" for r in (level, ihl))  # "stays 2.95 %"
+    assert level["flops"]["criterion"] > level["flops"]["total"] / 2  # "more than half of it"
+    return ("FLoRA + level under the indistinguishability rule took {} epochs and {:.2e} FLOPs, {:.1f} times FLoRA + "
+            "IHL under the paper's rule ({} epochs, {:.2e}) and {:.1f} times GA's ({:.2e}), and {:.0f} minutes against "
+            "{:.0f} (one thread). More than half of it is the criterion itself ({:.2e}: MA, EL₁₀ and the membership "
+            "scores of the forget and held-out rows after every epoch); training alone was {:.2e} against {:.2e}"
+            ).format(level["epochs"], level["flops"]["total"], level["flops"]["total"] / ihl["flops"]["total"],
+                     ihl["epochs"], ihl["flops"]["total"], level["flops"]["total"] / ga["flops"]["total"],
+                     ga["flops"]["total"], level["seconds"]["total"] / 60, ihl["seconds"]["total"] / 60,
+                     level["flops"]["criterion"], level["flops"]["train"], ihl["flops"]["train"])
+
+
 def _smollm2_sam_mia() -> str:
     name = "forget-set0__rule-mia__method-flora-ihl-sam"
     row = next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == name)
@@ -486,6 +502,7 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, SAM indistinguishable": ("docs/results.md", _smollm2_sam_mia),
     "SmolLM2 robust, the goal table": ("docs/results.md", _smollm2_goal_table),
     "SmolLM2 robust, GA attacked": ("docs/results.md", _smollm2_ga_attacked),
+    "SmolLM2 robust, what forgetting that holds costs": ("docs/results.md", _smollm2_cost),
     "SmolLM2 robust, SAM on set 2 under the paper's rule": ("docs/results.md", _smollm2_sam_set2_paper),
     "SmolLM2 robust, SAM's reasoning": ("docs/results.md", lambda: (
         "its reasoning changed by {} points (paired 95 % interval {} to {}; without SAM {}, {} to {})").format(
