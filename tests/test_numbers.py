@@ -5,6 +5,7 @@ that an edit of either cannot drift from the other (docs/development.md, "Number
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -196,18 +197,17 @@ def _smollm2_ga_attacked() -> str:
     facts = record("docs/results/attacks-robust-smollm2/forget-set0__rule-paper__method-ga.json")
     unrelated = [r for r in facts["rows"] if r["attack"].startswith("fine-tune")]
     assert facts["details"]["unrelated"]["text"].startswith("wikitext")
-    raw = [r["recovery"]["ma"] for path in sorted((REPO / "docs/results/attacks-robust-smollm2").glob("*.json"))
-           for r in record(str(path.relative_to(REPO)))["rows"]
-           if r["attack"].startswith("fine-tune") and r["rows"] == "all"]
-    assert max(raw) == unrelated[0]["recovery"]["ma"]  # "the most of any run"
+    flora = [r["recovery"]["ma"] for path in sorted((REPO / "docs/results/attacks-robust-smollm2").glob("*flora*.json"))
+             for r in record(str(path.relative_to(REPO)))["rows"]
+             if r["attack"].startswith("fine-tune") and r["rows"] == "all"]
     change = facts["run"]["reasoning_change"]
     return ("{} points, paired 95 % interval {} to {}. Trained again for the attack (the same row): relearning brought "
             "back {} of the unseen rows' MA, {} beyond the control, and the LoRA attacker {} / {}. GA has no retain "
             "set, so its unrelated fine-tuning trained on WikiText (`--unrelated wikitext`, the other runs' retain "
-            "set): it brought back {} of the rows' MA, the most of any run, but held-out text rose as much ({:.1f} → "
-            "{:.1f} %), and beyond the control {}").format(
+            "set): it brought back {} of the rows' MA, more than after any FLoRA run ({} at most), but held-out text "
+            "rose as much ({:.1f} → {:.1f} %), and beyond the control {}").format(
         *(_points(change[k]) for k in ("change", "low", "high")), *_recoveries(ga, "relearn", "LoRA"),
-        _recoveries(ga, "fine-tune")[0], 100 * ga["none", "control"]["ma"], 100 * unrelated[1]["ma"],
+        _recoveries(ga, "fine-tune")[0], _two(max(flora)), 100 * ga["none", "control"]["ma"], 100 * unrelated[1]["ma"],
         _recoveries(ga, "fine-tune")[1])
 
 
@@ -239,6 +239,43 @@ def _smollm2_cost() -> str:
                      ihl["epochs"], ihl["flops"]["total"], level["flops"]["total"] / ga["flops"]["total"],
                      ga["flops"]["total"], level["seconds"]["total"] / 60, ihl["seconds"]["total"] / 60,
                      level["flops"]["criterion"], level["flops"]["train"], ihl["flops"]["train"])
+
+
+def _smollm2_ga_mia() -> str:
+    name = "forget-set0__rule-mia__method-ga"
+    metrics = record(f"docs/results/robust-smollm2/records/sweep/{name}/metrics.json")
+    row = next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == name)
+    by_epoch = {e["epoch"]: e["mia"] for e in metrics["epochs"]}
+    margin = by_epoch[1]["margin"]
+    assert not any(all(v[k]["low"] >= 0.5 - margin and v[k]["high"] <= 0.5 + margin for k in ("loss", "min_k"))
+                   for v in by_epoch.values())  # "in no epoch were both intervals within"
+    collapsed = metrics["collapsed_epoch"]
+    guard = re.search(r"LM loss on kept text ([\d.]+), more than (\d+) x its ([\d.]+) before", metrics["stop_reason"])
+    assert guard is not None and f"restored to its state after epoch {collapsed - 1}" in metrics["stop_reason"]
+    after, attack = metrics["after"], _smollm2_attack("ga", "mia")
+    change = row["reasoning_change"]
+
+    def interval(verdict: dict[str, Any]) -> str:
+        return f"{verdict['auc']:.2f} [{verdict['low']:.2f}, {verdict['high']:.2f}]"
+
+    paper = row["paper_rule_epoch"]
+    return ("It met the paper's rule after epoch {}, as before, but GA has no floor: by then the Min-K% AUC had "
+            "already fallen through 0.5 to {} while the LOSS AUC was {}, and in no epoch were both intervals within "
+            "0.5 ± {} (epoch {}: LOSS {}, Min-K% {}). It went on pushing until the collapse guard stopped it in "
+            "epoch {} (LM loss on kept text {}, more than {} × its {} before) and restored the model after epoch {}: "
+            "forget MA {:.1f} %, held-out TDEC MA {:.1f} % ({:.1f} % before), LOSS / Min-K% AUC {:.2f} / {:.2f} (the "
+            "rows now stand out as *less* familiar than unseen text), Pile perplexity {:.0f}, reasoning {:.1f} % on "
+            "the sweep's items ({} points, {} to +{:.1f}). Attacked, little of the rows came back beyond what came "
+            "back of unseen text: relearning {} raw / {} specific (held-out MA rose more, {:.1f} → {:.1f} %), the "
+            "LoRA attacker {} / {}, fine-tuning on WikiText {} / {}").format(
+        paper, interval(by_epoch[paper]["min_k"]), interval(by_epoch[paper]["loss"]), _two(margin), paper - 1,
+        interval(by_epoch[paper - 1]["loss"]), interval(by_epoch[paper - 1]["min_k"]), collapsed, *guard.groups(),
+        collapsed - 1, 100 * after["forget"]["ma"], 100 * after["validation"]["ma"],
+        100 * metrics["before"]["validation"]["ma"], *(after["privacy"]["mia_auc"][k] for k in ("loss", "min_k")),
+        after["downstream"]["pile_ppl"], 100 * after["downstream"]["reasoning_acc"], _points(change["change"]),
+        _points(change["low"]), 100 * change["high"], *(v.replace("-", "−") for v in _recoveries(attack, "relearn")),
+        *(100 * attack[step, "control"]["ma"] for step in ("none", "relearn")),
+        *_recoveries(attack, "LoRA", "fine-tune"))
 
 
 def _smollm2_sam_mia() -> str:
@@ -503,6 +540,7 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, the goal table": ("docs/results.md", _smollm2_goal_table),
     "SmolLM2 robust, GA attacked": ("docs/results.md", _smollm2_ga_attacked),
     "SmolLM2 robust, what forgetting that holds costs": ("docs/results.md", _smollm2_cost),
+    "SmolLM2 robust, GA overshoots the indistinguishability rule": ("docs/results.md", _smollm2_ga_mia),
     "SmolLM2 robust, SAM on set 2 under the paper's rule": ("docs/results.md", _smollm2_sam_set2_paper),
     "SmolLM2 robust, SAM's reasoning": ("docs/results.md", lambda: (
         "its reasoning changed by {} points (paired 95 % interval {} to {}; without SAM {}, {} to {})").format(

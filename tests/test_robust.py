@@ -390,3 +390,22 @@ def test_the_level_follows_the_model_being_trained_once_an_epoch():
     assert method.level != pytest.approx(changed, rel=1e-3)
     method.forget_loss(model, forget.subset([0, 1]), torch.tensor([0, 1]), None)  # row 0 again: a new epoch
     assert method.level == pytest.approx(changed, rel=1e-5)
+
+
+def test_a_run_the_collapse_guard_stopped_is_judged_by_the_model_it_kept_not_the_epoch_it_undid():
+    """GA under the indistinguishability rule on SmolLM2 collapsed in its 25th epoch and was restored to the 24th
+    (its committed record): the sweep's verdict is the kept model's, which the audit after unlearning scored
+    independently, not the undone epoch's."""
+    from conftest import REPO
+    from unlearnkit.config.sweep import SweepPoint
+    from unlearnkit.experiments.sweep import point_row
+
+    record = REPO / "docs" / "results" / "robust-smollm2" / "records" / "sweep" / "forget-set0__rule-mia__method-ga"
+    metrics = json.loads((record / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["collapsed_epoch"] == metrics["epochs"][-1]["epoch"]  # the undone epoch has a record
+    row = point_row(SweepPoint(record.name, {}, None), record)
+    audited = metrics["after"]["privacy"]["mia_auc"]
+    assert row["mia"] == metrics["epochs"][-2]["mia"] != metrics["epochs"][-1]["mia"]
+    assert (row["mia"]["loss"]["auc"], row["mia"]["min_k"]["auc"]) == pytest.approx(
+        (audited["loss"], audited["min_k"]), abs=1e-3)
+    assert row["paper_rule_epoch"] == 12 and row["collapsed"] and not row["success"]

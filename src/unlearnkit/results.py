@@ -83,6 +83,11 @@ class RunMetrics(BaseModel):
     def success(self) -> bool:
         return succeeded(self.criterion_met, self.diverged_epoch, self.collapsed_epoch)
 
+    @property
+    def kept_epochs(self) -> list[dict[str, Any]]:
+        """The epochs' records whose model the run kept: not that of an epoch the collapse guard undid."""
+        return [e for e in self.epochs if e.get("epoch") != self.collapsed_epoch]
+
     def reasoning_change(self) -> dict[str, float | int] | None:
         """The paired change of reasoning from before to after unlearning
         (:func:`unlearnkit.metrics.harness.reasoning_change`), where both kept each item's result."""

@@ -153,12 +153,13 @@ def _reasoning_change_fields(metrics: Any) -> dict[str, Any]:
 
 
 def _membership_fields(config: Any, metrics: Any) -> dict[str, Any]:
-    """A run under ``eval.rule: paper+mia``: its rule, the epoch the paper's rule was first met, and the last
-    epoch's membership verdict (AUCs with their intervals)."""
+    """A run under ``eval.rule: paper+mia``: its rule, the epoch the paper's rule was first met, and the membership
+    verdict (AUCs with their intervals) of the last epoch whose model the run kept."""
     if config.eval.rule == "paper":
         return {}
-    verdicts = [e for e in metrics.epochs if "mia" in e]
-    paper_met = next((e["epoch"] for e in metrics.epochs if e.get("forget_el") is not None
+    kept = metrics.kept_epochs
+    verdicts = [e for e in kept if "mia" in e]
+    paper_met = next((e["epoch"] for e in kept if e.get("forget_el") is not None
                       and e["forget_ma"] <= e["ma_threshold"] and e["forget_el"] <= e["el_threshold"]), None)
     return {"rule": config.eval.rule, "paper_rule_epoch": paper_met,
             "mia": verdicts[-1]["mia"] if verdicts else None}
