@@ -91,7 +91,7 @@ def run_requests(config: RunConfig, *, quiet: bool = False, progress: Progress |
                              "below_thresholds": _below(scores, thresholds)}
                             for each, scores in enumerate(score_every_set(f"after request {number}"), 1)],
             "kept": metrics.after.kept(),
-            "retain_check_loss": (metrics.epochs[-1].get("retain_check_loss") if metrics.epochs else None),
+            "retain_check_loss": (metrics.kept_epochs[-1].get("retain_check_loss") if metrics.kept_epochs else None),
         })
         atomic_write_json(Path(config.output.dir) / SUMMARY_JSON, summary)  # kept up to date as requests finish
     atomic_write_text(Path(config.output.dir) / SUMMARY_MD, requests_markdown(summary))
