@@ -188,3 +188,22 @@ def test_every_shipped_sweep_expands_into_valid_configs(file):
     assert len({c.output.dir for c in configs}) == len(configs) >= 2  # a grid: at least two points
     # the grid really varies what its axes name: as many distinct settings as points
     assert len({c.model_dump_json(exclude={"output"}) for c in configs}) == len(configs)
+
+
+def test_the_sweeps_last_line_names_the_runs_that_did_not_forget(memorized_model_dir, tmp_path, monkeypatch,
+                                                                  capsys):
+    from unlearnkit import cli
+
+    settings = dict(part.split("=", 1) for part in memorised_run_overrides(memorized_model_dir, tmp_path))
+    settings.update({"train.epochs": "1", "eval.audit": "false", "eval.bootstrap": "50",
+                     "output.fail_if_not_forgotten": "false"})
+    file = _write(tmp_path / "sweep.yaml", {
+        "base": str(BASE), "output": str(tmp_path / "sweep"),
+        "set": {key: yaml.safe_load(value) for key, value in settings.items()},
+        "grid": {"train.lr": [1e-9]}})  # one epoch at this rate moves nothing: the criterion cannot be met
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "sweep", str(file), "-q"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    row = json.loads((tmp_path / "sweep" / "results.jsonl").read_text())
+    assert done.value.code == 0 and row["success"] is False  # a finished point, not a failed one
+    assert "1 run (1 without success: lr-1e-09), 0 already done, 0 failed" in " ".join(capsys.readouterr().out.split())

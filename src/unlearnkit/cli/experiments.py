@@ -75,7 +75,9 @@ def sweep(
                    f"Continue with the same command: unlearnkit sweep {file}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     elsewhere = f", {len(outcome.elsewhere)} running elsewhere" if outcome.elsewhere else ""
-    end_of_batch(f"{len(outcome.ran)} run, {len(outcome.skipped)} already done{elsewhere}, "
+    unsuccessful = (f" ({len(outcome.unsuccessful)} without success: {', '.join(outcome.unsuccessful)})"
+                    if outcome.unsuccessful else "")
+    end_of_batch(f"{len(outcome.ran)} run{unsuccessful}, {len(outcome.skipped)} already done{elsewhere}, "
                  f"{len(outcome.failed)} failed; "
                  f"results in {plan.output / RESULTS_JSONL}", list(outcome.failed),
                  f"point(s) failed ({{names}}); the reasons are in {plan.output}/NAME.failed.json and results.jsonl. "

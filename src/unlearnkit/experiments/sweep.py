@@ -37,6 +37,7 @@ class SweepOutcome:
     """What one invocation did with the points of its shard."""
 
     ran: list[str] = field(default_factory=list)
+    unsuccessful: list[str] = field(default_factory=list)  # ran, and did not forget (or diverged, or collapsed)
     skipped: list[str] = field(default_factory=list)
     elsewhere: list[str] = field(default_factory=list)  # held by another invocation while this one passed by
     failed: dict[str, str] = field(default_factory=dict)
@@ -78,6 +79,8 @@ def run_sweep(sweep: Sweep, points: list[SweepPoint], *, quiet: bool = True,
                 continue
             failure_file(sweep, point).unlink(missing_ok=True)
             outcome.ran.append(point.name)
+            if not finished.metrics.success:
+                outcome.unsuccessful.append(point.name)
             say(f"    {finished.metrics.stop_reason} ({time.perf_counter() - started:.0f} s)")
         except ClaimedElsewhere as elsewhere:  # another invocation is running this point: go on to the next
             outcome.elsewhere.append(point.name)
