@@ -334,6 +334,28 @@ def _smollm2_ga_set2() -> str:
         100 * after["downstream"]["dialogue_f1"], 100 * before["downstream"]["dialogue_f1"])
 
 
+def _smollm2_sam_mia_set2() -> str:
+    names = {m: f"forget-set2__rule-mia__method-{m}" for m in ("flora-ihl-sam", "flora-ihl")}
+    rows = {m: next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == n)
+            for m, n in names.items()}
+    after = {m: record(f"docs/results/robust-smollm2/records/sweep/{n}/metrics.json")["after"]
+             for m, n in names.items()}
+    sam, ihl = (_smollm2_attack(m, "mia", "set2") for m in names)
+    verdict = rows["flora-ihl-sam"]["mia"]
+
+    def interval(found: dict[str, Any]) -> str:
+        return f"{found['auc']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
+
+    return ("the paper's rule after epoch {}, indistinguishable after epoch {} (LOSS AUC {}, Min-K% {}), two epochs "
+            "after FLoRA + IHL without SAM ({}), at the same price: held-out TDEC MA {:.1f} % ({:.1f} % without SAM), "
+            "Pile perplexity {:.1f} ({:.1f}). Attacked: relearning {} raw / {} specific (without SAM {} / {}), the "
+            "LoRA attacker {} / {}, unrelated fine-tuning {} / {}").format(
+        rows["flora-ihl-sam"]["paper_rule_epoch"], rows["flora-ihl-sam"]["epochs"], interval(verdict["loss"]),
+        interval(verdict["min_k"]), rows["flora-ihl"]["epochs"],
+        *(100 * after[m]["validation"]["ma"] for m in names), *(after[m]["downstream"]["pile_ppl"] for m in names),
+        *_recoveries(sam, "relearn"), *_recoveries(ihl, "relearn"), *_recoveries(sam, "LoRA", "fine-tune"))
+
+
 def _smollm2_sam_mia() -> str:
     name = "forget-set0__rule-mia__method-flora-ihl-sam"
     row = next(r for r in record("docs/results/robust-smollm2/results.jsonl") if r["name"] == name)
@@ -603,6 +625,7 @@ CLAIMS: dict[str, tuple[str, Callable[[], str]]] = {
     "SmolLM2 robust, GA attacked": ("docs/results.md", _smollm2_ga_attacked),
     "SmolLM2 robust, what forgetting that holds costs": ("docs/results.md", _smollm2_cost),
     "SmolLM2 robust, in short": ("docs/results.md", _smollm2_in_short),
+    "SmolLM2 robust, SAM on set 2 under the indistinguishability rule": ("docs/results.md", _smollm2_sam_mia_set2),
     "SmolLM2 robust, GA on set 2 under the paper's rule": ("docs/results.md", _smollm2_ga_set2),
     "SmolLM2 robust, GA on set 2 in robust.md": ("docs/robust.md", lambda: (lambda m, r: (
         "missed no part of the goal but its reasoning bound (undecided, {} points), at a Pile perplexity of {:.1f} "
