@@ -101,9 +101,19 @@ def _robust_row(name: str) -> dict[str, Any]:
 def _smollm2_attack(method: str, rule: str = "mia", forget: str = "set0") -> dict[tuple[str, str], dict[str, Any]]:
     """The attack record's rows of a run (by default set 0's under the indistinguishability rule), by (attack's
     first word, rows: "unseen" or "control")."""
-    rows = record(f"docs/results/attacks-robust-smollm2/forget-{forget}__rule-{rule}__method-{method}.json")["rows"]
+    return _attack_rows(f"forget-{forget}__rule-{rule}__method-{method}")
+
+
+def _attack_rows(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of the attack record of the SmolLM2 run ``name``, keyed as :func:`_smollm2_attack` keys them."""
+    rows = record(f"docs/results/attacks-robust-smollm2/{name}.json")["rows"]
     return {(r["attack"].split()[0], "control" if r["rows"] == "held-out (control)" else "unseen"): r
             for r in rows if r["rows"] != "all" or r["attack"].startswith("fine-tune")}
+
+
+def _auc_interval(found: dict[str, Any]) -> str:
+    """A membership AUC with its bootstrap interval, as the page writes it: 0.54 [0.44, 0.64]."""
+    return f"{found['auc']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
 
 
 def _two(value: float) -> str:
@@ -255,9 +265,6 @@ def _smollm2_ga_mia() -> str:
     after, attack = metrics["after"], _smollm2_attack("ga", "mia")
     change = row["reasoning_change"]
 
-    def interval(verdict: dict[str, Any]) -> str:
-        return f"{verdict['auc']:.2f} [{verdict['low']:.2f}, {verdict['high']:.2f}]"
-
     paper = row["paper_rule_epoch"]
     return ("It met the paper's rule after epoch {}, as before, but GA has no floor: by then the Min-K% AUC had "
             "already fallen through 0.5 to {} while the LOSS AUC was {}, and in no epoch were both intervals within "
@@ -268,8 +275,9 @@ def _smollm2_ga_mia() -> str:
             "the sweep's items ({} points, {} to +{:.1f}). Attacked, little of the rows came back beyond what came "
             "back of unseen text: relearning {} raw / {} specific (held-out MA rose more, {:.1f} → {:.1f} %), the "
             "LoRA attacker {} / {}, fine-tuning on WikiText {} / {}").format(
-        paper, interval(by_epoch[paper]["min_k"]), interval(by_epoch[paper]["loss"]), _two(margin), paper - 1,
-        interval(by_epoch[paper - 1]["loss"]), interval(by_epoch[paper - 1]["min_k"]), collapsed, *guard.groups(),
+        paper, _auc_interval(by_epoch[paper]["min_k"]), _auc_interval(by_epoch[paper]["loss"]), _two(margin),
+        paper - 1, _auc_interval(by_epoch[paper - 1]["loss"]), _auc_interval(by_epoch[paper - 1]["min_k"]),
+        collapsed, *guard.groups(),
         collapsed - 1, 100 * after["forget"]["ma"], 100 * after["validation"]["ma"],
         100 * metrics["before"]["validation"]["ma"], *(after["privacy"]["mia_auc"][k] for k in ("loss", "min_k")),
         after["downstream"]["pile_ppl"], 100 * after["downstream"]["reasoning_acc"], _points(change["change"]),
@@ -285,9 +293,7 @@ def _smollm2_in_short() -> str:
     mia = [n for n in flora if "rule-mia" in n]
 
     def specific(name: str) -> float:
-        rows_of = record(f"docs/results/attacks-robust-smollm2/{name}.json")["rows"]
-        return next(r for r in rows_of if r["attack"].startswith("relearn") and r["rows"].endswith("not attacked")
-                    )["specific_recovery"]["ma"]
+        return _attack_rows(name)["relearn", "unseen"]["specific_recovery"]["ma"]
 
     def span(values: list[float]) -> str:
         return f"{min(values):.2f}-{max(values):.2f}"
@@ -343,15 +349,12 @@ def _smollm2_sam_mia_set2() -> str:
     sam, ihl = (_smollm2_attack(m, "mia", "set2") for m in names)
     verdict = rows["flora-ihl-sam"]["mia"]
 
-    def interval(found: dict[str, Any]) -> str:
-        return f"{found['auc']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
-
     return ("the paper's rule after epoch {}, indistinguishable after epoch {} (LOSS AUC {}, Min-K% {}), two epochs "
             "after FLoRA + IHL without SAM ({}), at the same price: held-out TDEC MA {:.1f} % ({:.1f} % without SAM), "
             "Pile perplexity {:.1f} ({:.1f}). Attacked: relearning {} raw / {} specific (without SAM {} / {}), the "
             "LoRA attacker {} / {}, unrelated fine-tuning {} / {}").format(
-        rows["flora-ihl-sam"]["paper_rule_epoch"], rows["flora-ihl-sam"]["epochs"], interval(verdict["loss"]),
-        interval(verdict["min_k"]), rows["flora-ihl"]["epochs"],
+        rows["flora-ihl-sam"]["paper_rule_epoch"], rows["flora-ihl-sam"]["epochs"], _auc_interval(verdict["loss"]),
+        _auc_interval(verdict["min_k"]), rows["flora-ihl"]["epochs"],
         *(100 * after[m]["validation"]["ma"] for m in names), *(after[m]["downstream"]["pile_ppl"] for m in names),
         *_recoveries(sam, "relearn"), *_recoveries(ihl, "relearn"), *_recoveries(sam, "LoRA", "fine-tune"))
 
